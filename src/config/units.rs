@@ -1,0 +1,136 @@
+//! Human-friendly units in the YAML config: durations (`500ms`, `1s`, `2m`) and byte
+//! sizes (`8kB`, `64MB`, `1GiB`, or a plain number of bytes).
+//!
+//! Sizes follow PostgreSQL's convention: `kB`/`MB`/`GB` are powers of 1024, as in
+//! `postgresql.conf`, so a value copied from there means the same thing here.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::{de, Deserialize, Deserializer, Serialize, Serializer};
+
+/// A duration written as `500ms`, `1s`, `2m`, `1h 30m`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        humantime::parse_duration(text.trim())
+            .map(HumanDuration)
+            .map_err(|e| {
+                de::Error::custom(format!(
+                    "invalid duration {text:?} ({e}); write it like 500ms, 1s or 2m"
+                ))
+            })
+    }
+}
+
+impl Serialize for HumanDuration {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&humantime::format_duration(self.0).to_string())
+    }
+}
+
+impl From<HumanDuration> for Duration {
+    fn from(value: HumanDuration) -> Duration {
+        value.0
+    }
+}
+
+/// A size in bytes, written as a number or with a unit (`B`, `kB`, `MB`, `GB`, `TB`,
+/// also `KiB`/`MiB`/`GiB`/`TiB`; all powers of 1024).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ByteSize(pub u64);
+
+const UNITS: [(&str, u64); 5] = [
+    ("TB", 1 << 40),
+    ("GB", 1 << 30),
+    ("MB", 1 << 20),
+    ("kB", 1 << 10),
+    ("B", 1),
+];
+
+impl ByteSize {
+    pub fn parse(text: &str) -> Result<ByteSize, String> {
+        let text = text.trim();
+        let split = text
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len());
+        let (digits, unit) = text.split_at(split);
+        let number: u64 = digits
+            .parse()
+            .map_err(|_| format!("invalid size {text:?}: expected a number like 64MB"))?;
+        let multiplier = match unit.trim() {
+            "" | "B" => 1,
+            "kB" | "KB" | "k" | "K" | "KiB" => 1 << 10,
+            "MB" | "M" | "MiB" => 1 << 20,
+            "GB" | "G" | "GiB" => 1 << 30,
+            "TB" | "T" | "TiB" => 1 << 40,
+            other => {
+                return Err(format!(
+                    "invalid size {text:?}: unknown unit {other:?} (use B, kB, MB, GB or TB)"
+                ))
+            }
+        };
+        number
+            .checked_mul(multiplier)
+            .map(ByteSize)
+            .ok_or_else(|| format!("size {text:?} is too large"))
+    }
+}
+
+impl fmt::Display for ByteSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (name, factor) in UNITS {
+            if self.0 >= factor && self.0 % factor == 0 {
+                return write!(f, "{}{name}", self.0 / factor);
+            }
+        }
+        write!(f, "{}B", self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(u64),
+            Text(String),
+        }
+        match Raw::deserialize(deserializer)? {
+            Raw::Number(n) => Ok(ByteSize(n)),
+            Raw::Text(text) => ByteSize::parse(&text).map_err(de::Error::custom),
+        }
+    }
+}
+
+impl Serialize for ByteSize {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_with_postgres_units() {
+        assert_eq!(ByteSize::parse("1MB"), Ok(ByteSize(1 << 20)));
+        assert_eq!(ByteSize::parse("8kB"), Ok(ByteSize(8192)));
+        assert_eq!(ByteSize::parse("2 GiB"), Ok(ByteSize(2 << 30)));
+        assert_eq!(ByteSize::parse("123"), Ok(ByteSize(123)));
+        assert!(ByteSize::parse("12 parsecs").is_err());
+        assert!(ByteSize::parse("MB").is_err());
+        assert!(ByteSize::parse("99999999999999TB").is_err());
+    }
+
+    #[test]
+    fn sizes_display_in_the_largest_exact_unit() {
+        assert_eq!(ByteSize(64 << 20).to_string(), "64MB");
+        assert_eq!(ByteSize(1536).to_string(), "1536B");
+        assert_eq!(ByteSize(0).to_string(), "0B");
+    }
+}

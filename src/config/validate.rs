@@ -1,0 +1,328 @@
+//! Checks a parsed config for what the schema cannot express (unique names, usable
+//! URLs, sane health settings) and expands `${VAR}` references in secrets. Every
+//! error names the offending key.
+
+use std::collections::HashSet;
+
+use super::{Config, ConfigError, Secret};
+
+/// A Patroni REST API endpoint parsed from a node's `api` URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiEndpoint {
+    pub host: String,
+    pub port: u16,
+    /// Path prefix without a trailing slash ("" for the root).
+    pub base_path: String,
+}
+
+impl ApiEndpoint {
+    pub fn parse(url: &str) -> Result<ApiEndpoint, String> {
+        let rest = url.strip_prefix("http://").ok_or_else(|| {
+            if url.starts_with("https://") {
+                "https API endpoints are not supported; expose Patroni's REST API over http \
+                 on a trusted network"
+                    .to_string()
+            } else {
+                format!("{url:?} is not an http:// URL")
+            }
+        })?;
+        let (authority, path) = match rest.find('/') {
+            Some(i) => rest.split_at(i),
+            None => (rest, ""),
+        };
+        let (host, port) = split_host_port(authority)
+            .ok_or_else(|| format!("{url:?} needs a host and port, like http://10.0.0.3:8008"))?;
+        Ok(ApiEndpoint {
+            host,
+            port,
+            base_path: path.trim_end_matches('/').to_string(),
+        })
+    }
+
+    /// `host:port` for connecting and for the Host header.
+    pub fn authority(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+
+    pub fn path(&self, path: &str) -> String {
+        format!("{}{}", self.base_path, path)
+    }
+}
+
+fn split_host_port(authority: &str) -> Option<(String, u16)> {
+    let (host, port) = if let Some(rest) = authority.strip_prefix('[') {
+        let end = rest.find(']')?;
+        let port = rest[end + 1..].strip_prefix(':')?;
+        (&rest[..end], port)
+    } else {
+        authority.rsplit_once(':')?
+    };
+    if host.is_empty() {
+        return None;
+    }
+    let port: u16 = port.parse().ok()?;
+    (port != 0).then(|| (host.to_string(), port))
+}
+
+/// Replaces `${NAME}` in every secret with the environment variable's value.
+pub(super) fn expand_secrets(
+    config: &mut Config,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(), ConfigError> {
+    for (i, user) in config.users.iter_mut().enumerate() {
+        let key = format!("users[{i}].password");
+        user.password = Secret::new(expand(user.password.expose(), env, &key)?);
+    }
+    Ok(())
+}
+
+fn expand(
+    text: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+    key: &str,
+) -> Result<String, ConfigError> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after
+            .find('}')
+            .ok_or_else(|| ConfigError::invalid(key, "unterminated ${ in value"))?;
+        let name = &after[..end];
+        if name.is_empty() {
+            return Err(ConfigError::invalid(key, "empty ${} in value"));
+        }
+        let value = env(name).ok_or_else(|| {
+            ConfigError::invalid(key, format!("environment variable {name} is not set"))
+        })?;
+        out.push_str(&value);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+pub(super) fn validate(config: &mut Config) -> Result<(), ConfigError> {
+    validate_listeners(config)?;
+    validate_cluster(config)?;
+    validate_users(config)?;
+    if config.client.max_message_size.0 < 1024 {
+        return Err(ConfigError::invalid(
+            "client.max_message_size",
+            "must be at least 1kB",
+        ));
+    }
+    for (key, value) in [
+        ("client.startup_timeout", config.client.startup_timeout),
+        ("server.connect_timeout", config.server.connect_timeout),
+        ("server.cancel_timeout", config.server.cancel_timeout),
+    ] {
+        if value.0.is_zero() {
+            return Err(ConfigError::invalid(key, "must be greater than zero"));
+        }
+    }
+    Ok(())
+}
+
+fn validate_listeners(config: &Config) -> Result<(), ConfigError> {
+    if config.listeners.is_empty() {
+        return Err(ConfigError::invalid(
+            "listeners",
+            "at least one listener is needed",
+        ));
+    }
+    let mut names = HashSet::new();
+    let mut addresses = HashSet::new();
+    for (i, listener) in config.listeners.iter().enumerate() {
+        if listener.name.trim().is_empty() {
+            return Err(ConfigError::invalid(
+                format!("listeners[{i}].name"),
+                "must not be empty",
+            ));
+        }
+        if !names.insert(listener.name.as_str()) {
+            return Err(ConfigError::invalid(
+                format!("listeners[{i}].name"),
+                format!("duplicate listener name {:?}", listener.name),
+            ));
+        }
+        if listener.listen.port() != 0 && !addresses.insert(listener.listen) {
+            return Err(ConfigError::invalid(
+                format!("listeners[{i}].listen"),
+                format!("{} is used by another listener", listener.listen),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn validate_cluster(config: &mut Config) -> Result<(), ConfigError> {
+    let cluster = &mut config.cluster;
+    if cluster.nodes.is_empty() {
+        return Err(ConfigError::invalid(
+            "cluster.nodes",
+            "at least one node is needed",
+        ));
+    }
+    let mut names = HashSet::new();
+    for (i, node) in cluster.nodes.iter_mut().enumerate() {
+        if node.name.trim().is_empty() || !names.insert(node.name.clone()) {
+            return Err(ConfigError::invalid(
+                format!("cluster.nodes[{i}].name"),
+                format!("node names must be unique and not empty ({:?})", node.name),
+            ));
+        }
+        if node.host.trim().is_empty() {
+            return Err(ConfigError::invalid(
+                format!("cluster.nodes[{i}].host"),
+                "must not be empty",
+            ));
+        }
+        if node.port == 0 {
+            return Err(ConfigError::invalid(
+                format!("cluster.nodes[{i}].port"),
+                "must not be 0",
+            ));
+        }
+        let endpoint = ApiEndpoint::parse(&node.api)
+            .map_err(|reason| ConfigError::invalid(format!("cluster.nodes[{i}].api"), reason))?;
+        node.api_endpoint = Some(endpoint);
+    }
+    let health = &cluster.health;
+    if health.interval.0.is_zero() || health.timeout.0.is_zero() {
+        return Err(ConfigError::invalid(
+            "cluster.health",
+            "interval and timeout must be greater than zero",
+        ));
+    }
+    if health.rise == 0 || health.fall == 0 {
+        return Err(ConfigError::invalid(
+            "cluster.health",
+            "rise and fall must be at least 1",
+        ));
+    }
+    Ok(())
+}
+
+fn validate_users(config: &Config) -> Result<(), ConfigError> {
+    let mut names = HashSet::new();
+    for (i, user) in config.users.iter().enumerate() {
+        if user.name.is_empty() || !names.insert(user.name.as_str()) {
+            return Err(ConfigError::invalid(
+                format!("users[{i}].name"),
+                format!("user names must be unique and not empty ({:?})", user.name),
+            ));
+        }
+        if user.password.expose().is_empty() {
+            return Err(ConfigError::invalid(
+                format!("users[{i}].password"),
+                "must not be empty",
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+listeners:
+  - { name: rw, listen: "127.0.0.1:5000", route: primary }
+  - { name: ro, listen: "127.0.0.1:5001", route: replica, fallback: none }
+cluster:
+  nodes:
+    - { name: node1, host: 10.0.0.3, port: 5432, api: "http://10.0.0.3:8008" }
+  health: { interval: 500ms, timeout: 1s, rise: 2, fall: 3 }
+users:
+  - { name: app, password: "${APP_PW}" }
+"#;
+
+    fn env(name: &str) -> Option<String> {
+        (name == "APP_PW").then(|| "s3cret".to_string())
+    }
+
+    #[test]
+    fn minimal_config_loads_with_defaults_and_env() {
+        let config = Config::from_yaml_str_with_env(MINIMAL, &env).expect("valid");
+        assert_eq!(config.users[0].password.expose(), "s3cret");
+        assert_eq!(
+            config.listeners[0].fallback,
+            super::super::Fallback::Primary
+        );
+        assert_eq!(config.listeners[1].fallback, super::super::Fallback::None);
+        assert_eq!(
+            config.cluster.health.interval.0,
+            std::time::Duration::from_millis(500)
+        );
+        assert_eq!(config.admin.listen.port(), 8080);
+        let endpoint = config.cluster.nodes[0]
+            .api_endpoint
+            .clone()
+            .expect("parsed");
+        assert_eq!(endpoint.authority(), "10.0.0.3:8008");
+        let effective = config.to_effective_yaml();
+        assert!(effective.contains("<redacted>"), "{effective}");
+        assert!(!effective.contains("s3cret"));
+        assert!(effective.contains("startup_timeout"));
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_line() {
+        let text = MINIMAL.replace("rise: 2", "rise: 2, rize: 3");
+        let err = Config::from_yaml_str_with_env(&text, &env).expect_err("unknown key");
+        let message = err.to_string();
+        assert!(message.contains("unknown field `rize`"), "{message}");
+        assert!(message.contains("line 8"), "{message}");
+    }
+
+    #[test]
+    fn missing_env_var_is_named() {
+        let err = Config::from_yaml_str_with_env(MINIMAL, &|_| None).expect_err("no env");
+        assert_eq!(
+            err.to_string(),
+            "users[0].password: environment variable APP_PW is not set"
+        );
+    }
+
+    #[test]
+    fn bad_values_are_rejected_with_their_key() {
+        let cases = [
+            ("interval: 500ms", "interval: soon", "invalid duration"),
+            ("route: primary", "route: sideways", "unknown variant"),
+            (
+                "http://10.0.0.3:8008",
+                "https://10.0.0.3:8008",
+                "cluster.nodes[0].api",
+            ),
+            (
+                "http://10.0.0.3:8008",
+                "http://10.0.0.3",
+                "cluster.nodes[0].api",
+            ),
+            ("rise: 2", "rise: 0", "cluster.health"),
+            ("name: ro,", "name: rw,", "duplicate listener name"),
+        ];
+        for (from, to, expected) in cases {
+            let text = MINIMAL.replacen(from, to, 1);
+            let err = Config::from_yaml_str_with_env(&text, &env).expect_err(to);
+            assert!(err.to_string().contains(expected), "{to}: {err}");
+        }
+    }
+
+    #[test]
+    fn api_urls_parse() {
+        let e = ApiEndpoint::parse("http://[::1]:8008/patroni/").expect("ipv6");
+        assert_eq!((e.host.as_str(), e.port), ("::1", 8008));
+        assert_eq!(e.path("/primary"), "/patroni/primary");
+        assert_eq!(e.authority(), "[::1]:8008");
+        assert!(ApiEndpoint::parse("http://:8008").is_err());
+        assert!(ApiEndpoint::parse("ftp://x:1").is_err());
+    }
+}

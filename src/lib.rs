@@ -1,0 +1,33 @@
+//! Switchyard: a PostgreSQL wire-protocol proxy that follows a Patroni cluster and
+//! splits writes (to the primary) from reads (across healthy replicas).
+//!
+//! # Layout
+//! The data path, in the order a client meets it:
+//! - [`listener`]: accept loops, one per configured listener, one task per client.
+//! - [`session`]: the client's life: [`session::handshake`] (SSLRequest, cancel,
+//!   startup), [`session::client_auth`] (SCRAM-SHA-256 / MD5 against [`users`]),
+//!   routing via [`router`], a server connection from [`server`], then
+//!   [`session::relay`] until either side leaves.
+//! - [`router`]: a pure function from listener route and [`topology`] snapshot to a node.
+//! - [`server`]: opening and logging in to a PostgreSQL node.
+//! - [`protocol`]: framing (never decoding what is only forwarded), startup packets,
+//!   message builders and SQLSTATEs. [`auth`]: SCRAM and MD5 primitives.
+//! - [`cancel`]: proxy-minted cancel keys mapped to the server in use.
+//!
+//! Beside the data path: [`topology`] (Patroni polling, rise/fall health, snapshots),
+//! [`admin`] (HTTP /health and /status), [`config`] (YAML schema and validation) and
+//! [`proxy`] (wiring it all together and shutting it down).
+
+pub mod admin;
+pub mod auth;
+pub mod cancel;
+pub mod config;
+pub mod http_client;
+pub mod listener;
+pub mod protocol;
+pub mod proxy;
+pub mod router;
+pub mod server;
+pub mod session;
+pub mod topology;
+pub mod users;

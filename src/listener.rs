@@ -1,0 +1,76 @@
+//! Accept loops: one per configured listener. Each accepted client gets TCP options
+//! set and its own session task; accept errors (such as running out of file
+//! descriptors) back off instead of spinning.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::task::TaskTracker;
+
+use crate::proxy::{ListenerState, ProxyContext};
+use crate::session;
+
+pub async fn accept_loop(
+    socket: TcpListener,
+    state: Arc<ListenerState>,
+    ctx: Arc<ProxyContext>,
+    tasks: TaskTracker,
+) {
+    let mut backoff = Duration::from_millis(10);
+    loop {
+        let accepted = tokio::select! {
+            accepted = socket.accept() => accepted,
+            _ = ctx.shutdown.cancelled() => return,
+        };
+        let (stream, peer) = match accepted {
+            Ok(pair) => {
+                backoff = Duration::from_millis(10);
+                pair
+            }
+            Err(e) => {
+                tracing::error!(listener = %state.config.name, error = %e, "accept failed; backing off {backoff:?}");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        set_keepalive(&stream);
+        let guard = ClientCount::enter(&state);
+        let ctx = Arc::clone(&ctx);
+        let state = Arc::clone(&state);
+        tasks.spawn(async move {
+            let _guard = guard;
+            session::run(stream, peer, ctx, state).await;
+        });
+    }
+}
+
+/// Dead clients (a laptop that closed its lid) are noticed by TCP keepalive instead
+/// of holding a server connection forever.
+fn set_keepalive(stream: &tokio::net::TcpStream) {
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(60))
+        .with_interval(Duration::from_secs(10));
+    if let Err(e) = socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive) {
+        tracing::debug!(error = %e, "cannot set TCP keepalive");
+    }
+}
+
+/// Counts a client against its listener while the guard lives.
+struct ClientCount(Arc<ListenerState>);
+
+impl ClientCount {
+    fn enter(state: &Arc<ListenerState>) -> ClientCount {
+        state.clients.fetch_add(1, Ordering::Relaxed);
+        ClientCount(Arc::clone(state))
+    }
+}
+
+impl Drop for ClientCount {
+    fn drop(&mut self) {
+        self.0.clients.fetch_sub(1, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,247 @@
+//! Stream framing for the relay: finds message boundaries in bytes as they pass,
+//! without buffering or decoding what is only forwarded.
+//!
+//! A regular protocol message is a type byte, then a big-endian u32 length that counts
+//! itself but not the type byte, then the body. [`FrameScanner`] is fed every chunk
+//! read from a socket, in order, and reports each complete message's type and end
+//! offset; for the few types the proxy must look inside (ReadyForQuery's status, a
+//! ParameterStatus) it collects the body, even when it straddles chunks. A chunk can
+//! then be written on unchanged, so a large DataRow costs one header read, not a copy.
+
+/// The largest body the scanner will collect for inspection; bigger inspected
+/// messages are reported with an empty body.
+const MAX_CAPTURE: usize = 8 * 1024;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    #[error("invalid message length {len} for message type {tag:?}")]
+    BadLength { tag: char, len: u32 },
+    #[error("message of type {tag:?} is {len} bytes, larger than the limit of {limit} bytes")]
+    TooLarge { tag: char, len: usize, limit: usize },
+}
+
+/// A complete message seen by the scanner.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Frame<'a> {
+    pub tag: u8,
+    /// The body, only for tags the scanner was asked to capture (else empty).
+    pub body: &'a [u8],
+    /// Offset just past this message in the chunk that completed it.
+    pub end: usize,
+}
+
+pub struct FrameScanner {
+    header: [u8; 5],
+    header_len: usize,
+    tag: u8,
+    remaining: usize,
+    capturing: bool,
+    captured: Vec<u8>,
+    max_len: usize,
+    capture: fn(u8) -> bool,
+}
+
+impl FrameScanner {
+    /// `max_len` bounds the length field (body plus the 4 length bytes); `capture`
+    /// says which message types' bodies are collected.
+    pub fn new(max_len: usize, capture: fn(u8) -> bool) -> FrameScanner {
+        FrameScanner {
+            header: [0; 5],
+            header_len: 0,
+            tag: 0,
+            remaining: 0,
+            capturing: false,
+            captured: Vec::new(),
+            max_len,
+            capture,
+        }
+    }
+
+    /// True when the bytes fed so far end exactly at a message boundary.
+    pub fn at_boundary(&self) -> bool {
+        self.header_len == 0 && self.remaining == 0
+    }
+
+    /// Feeds the next chunk of the stream, calling `on_frame` for every message that
+    /// completes inside it.
+    pub fn scan(
+        &mut self,
+        chunk: &[u8],
+        mut on_frame: impl FnMut(Frame<'_>),
+    ) -> Result<(), FrameError> {
+        let mut pos = 0;
+        while pos < chunk.len() {
+            if self.remaining == 0 && self.header_len < 5 {
+                pos = self.read_header(chunk, pos)?;
+                if self.remaining == 0 && self.header_len == 5 {
+                    self.header_len = 0;
+                    on_frame(Frame {
+                        tag: self.tag,
+                        body: &[],
+                        end: pos,
+                    });
+                }
+                continue;
+            }
+            let take = self.remaining.min(chunk.len() - pos);
+            if self.capturing {
+                self.captured.extend_from_slice(&chunk[pos..pos + take]);
+            }
+            pos += take;
+            self.remaining -= take;
+            if self.remaining == 0 {
+                self.header_len = 0;
+                let body: &[u8] = if self.capturing { &self.captured } else { &[] };
+                on_frame(Frame {
+                    tag: self.tag,
+                    body,
+                    end: pos,
+                });
+                self.captured.clear();
+            }
+        }
+        Ok(())
+    }
+
+    fn read_header(&mut self, chunk: &[u8], mut pos: usize) -> Result<usize, FrameError> {
+        let need = 5 - self.header_len;
+        let take = need.min(chunk.len() - pos);
+        self.header[self.header_len..self.header_len + take]
+            .copy_from_slice(&chunk[pos..pos + take]);
+        self.header_len += take;
+        pos += take;
+        if self.header_len < 5 {
+            return Ok(pos);
+        }
+        let tag = self.header[0];
+        let len = u32::from_be_bytes([
+            self.header[1],
+            self.header[2],
+            self.header[3],
+            self.header[4],
+        ]);
+        if len < 4 {
+            return Err(FrameError::BadLength {
+                tag: tag as char,
+                len,
+            });
+        }
+        let len = len as usize;
+        if len > self.max_len {
+            return Err(FrameError::TooLarge {
+                tag: tag as char,
+                len,
+                limit: self.max_len,
+            });
+        }
+        self.tag = tag;
+        self.remaining = len - 4;
+        self.capturing = (self.capture)(tag) && self.remaining <= MAX_CAPTURE;
+        Ok(pos)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut out = vec![tag];
+        out.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+        out.extend_from_slice(body);
+        out
+    }
+
+    fn stream() -> Vec<u8> {
+        let mut bytes = Vec::new();
+        bytes.extend(message(b'T', b"rowdesc"));
+        bytes.extend(message(b'D', &[7u8; 300]));
+        bytes.extend(message(b'S', b"TimeZone\0UTC\0"));
+        bytes.extend(message(b'C', b"SELECT 1\0"));
+        bytes.extend(message(b'1', b""));
+        bytes.extend(message(b'Z', b"I"));
+        bytes
+    }
+
+    fn capture_z_and_s(tag: u8) -> bool {
+        tag == b'Z' || tag == b'S'
+    }
+
+    fn frames_with_chunk_size(bytes: &[u8], size: usize) -> Vec<(u8, Vec<u8>)> {
+        let mut scanner = FrameScanner::new(1 << 20, capture_z_and_s);
+        let mut seen = Vec::new();
+        for chunk in bytes.chunks(size) {
+            scanner
+                .scan(chunk, |f| {
+                    assert!(f.end <= chunk.len());
+                    seen.push((f.tag, f.body.to_vec()));
+                })
+                .expect("valid stream");
+        }
+        assert!(scanner.at_boundary());
+        seen
+    }
+
+    #[test]
+    fn every_chunking_sees_the_same_frames() {
+        let bytes = stream();
+        let whole = frames_with_chunk_size(&bytes, bytes.len());
+        let tags: Vec<u8> = whole.iter().map(|(t, _)| *t).collect();
+        assert_eq!(tags, b"TDSC1Z".to_vec());
+        assert_eq!(whole[2].1, b"TimeZone\0UTC\0".to_vec());
+        assert_eq!(whole[5].1, b"I".to_vec());
+        assert!(whole[1].1.is_empty(), "DataRow is never collected");
+        for size in 1..bytes.len() {
+            assert_eq!(
+                frames_with_chunk_size(&bytes, size),
+                whole,
+                "chunk size {size}"
+            );
+        }
+    }
+
+    #[test]
+    fn end_offsets_point_past_each_message() {
+        let bytes = stream();
+        let mut ends = Vec::new();
+        let mut scanner = FrameScanner::new(1 << 20, |_| false);
+        scanner.scan(&bytes, |f| ends.push(f.end)).expect("valid");
+        assert_eq!(ends.last(), Some(&bytes.len()));
+        assert_eq!(ends[0], 1 + 4 + 7);
+    }
+
+    #[test]
+    fn oversized_and_malformed_lengths_are_errors() {
+        let mut scanner = FrameScanner::new(100, |_| false);
+        let err = scanner.scan(&message(b'Q', &[b'x'; 200]), |_| {});
+        assert!(matches!(
+            err,
+            Err(FrameError::TooLarge {
+                tag: 'Q',
+                len: 204,
+                ..
+            })
+        ));
+        let mut scanner = FrameScanner::new(100, |_| false);
+        let err = scanner.scan(&[b'Q', 0, 0, 0, 3], |_| {});
+        assert_eq!(err, Err(FrameError::BadLength { tag: 'Q', len: 3 }));
+    }
+
+    #[test]
+    fn random_bytes_never_panic() {
+        let mut seed: u64 = 0x9e3779b97f4a7c15;
+        for _ in 0..2000 {
+            let mut scanner = FrameScanner::new(4096, |_| true);
+            let len = (seed % 64) as usize;
+            let data: Vec<u8> = (0..len)
+                .map(|_| {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    (seed & 0xff) as u8
+                })
+                .collect();
+            let _ = scanner.scan(&data, |_| {});
+        }
+    }
+}

@@ -1,0 +1,245 @@
+//! Builders for the messages Switchyard writes itself (to clients and to servers),
+//! encoded with pgwire's message types. Everything the proxy only forwards is never
+//! built here.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use pgwire::messages::cancel::CancelRequest;
+use pgwire::messages::response::{ErrorResponse, NoticeResponse, ReadyForQuery, TransactionStatus};
+use pgwire::messages::startup::{
+    Authentication, BackendKeyData, ParameterStatus, Password, SASLInitialResponse, SASLResponse,
+    SecretKey, Startup,
+};
+use pgwire::messages::Message;
+
+use super::sqlstate::SqlState;
+
+/// Encodes a pgwire message. Encoding only fails for messages over pgwire's size
+/// limits, which nothing built here can reach; such a message is dropped and logged
+/// rather than taking the session down with a panic.
+fn put<M: Message>(buf: &mut BytesMut, message: &M) {
+    if let Err(e) = message.encode(buf) {
+        tracing::error!(error = %e, "cannot encode a protocol message");
+    }
+}
+
+fn encoded<M: Message>(message: &M) -> Bytes {
+    let mut buf = BytesMut::with_capacity(64);
+    put(&mut buf, message);
+    buf.freeze()
+}
+
+/// Severity of an error sent to a client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Severity {
+    /// The session ends after this error.
+    Fatal,
+    /// The statement failed; the session goes on.
+    Error,
+}
+
+impl Severity {
+    fn as_str(self) -> &'static str {
+        match self {
+            Severity::Fatal => "FATAL",
+            Severity::Error => "ERROR",
+        }
+    }
+}
+
+/// An error the proxy reports to a client in PostgreSQL's own format.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientError {
+    pub severity: Severity,
+    pub code: SqlState,
+    pub message: String,
+    pub detail: Option<String>,
+    pub hint: Option<String>,
+}
+
+impl ClientError {
+    pub fn fatal(code: SqlState, message: impl Into<String>) -> ClientError {
+        ClientError {
+            severity: Severity::Fatal,
+            code,
+            message: message.into(),
+            detail: None,
+            hint: None,
+        }
+    }
+
+    pub fn with_detail(mut self, detail: impl Into<String>) -> ClientError {
+        self.detail = Some(detail.into());
+        self
+    }
+
+    pub fn with_hint(mut self, hint: impl Into<String>) -> ClientError {
+        self.hint = Some(hint.into());
+        self
+    }
+
+    pub fn encode(&self) -> Bytes {
+        let severity = self.severity.as_str().to_string();
+        let mut fields = vec![
+            (b'S', severity.clone()),
+            (b'V', severity),
+            (b'C', self.code.code().to_string()),
+            (b'M', self.message.clone()),
+        ];
+        if let Some(detail) = &self.detail {
+            fields.push((b'D', detail.clone()));
+        }
+        if let Some(hint) = &self.hint {
+            fields.push((b'H', hint.clone()));
+        }
+        encoded(&ErrorResponse::new(fields))
+    }
+}
+
+impl std::fmt::Display for ClientError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} {}: {}",
+            self.severity.as_str(),
+            self.code.code(),
+            self.message
+        )?;
+        if let Some(detail) = &self.detail {
+            write!(f, " ({detail})")?;
+        }
+        Ok(())
+    }
+}
+
+/// A NoticeResponse with severity WARNING.
+pub fn warning_notice(code: SqlState, message: &str) -> Bytes {
+    encoded(&NoticeResponse::new(vec![
+        (b'S', "WARNING".into()),
+        (b'V', "WARNING".into()),
+        (b'C', code.code().into()),
+        (b'M', message.into()),
+    ]))
+}
+
+pub fn ready_for_query_idle(buf: &mut BytesMut) {
+    put(buf, &ReadyForQuery::new(TransactionStatus::Idle));
+}
+
+pub fn parameter_status(buf: &mut BytesMut, name: &str, value: &str) {
+    put(buf, &ParameterStatus::new(name.into(), value.into()));
+}
+
+pub fn backend_key_data(buf: &mut BytesMut, pid: i32, secret: i32) {
+    put(buf, &BackendKeyData::new(pid, SecretKey::I32(secret)));
+}
+
+pub fn authentication_ok(buf: &mut BytesMut) {
+    put(buf, &Authentication::Ok);
+}
+
+pub fn authentication_sasl(mechanisms: &[&str]) -> Bytes {
+    encoded(&Authentication::SASL(
+        mechanisms.iter().map(|m| m.to_string()).collect(),
+    ))
+}
+
+pub fn authentication_sasl_continue(data: Vec<u8>) -> Bytes {
+    encoded(&Authentication::SASLContinue(Bytes::from(data)))
+}
+
+pub fn authentication_sasl_final(buf: &mut BytesMut, data: Vec<u8>) {
+    put(buf, &Authentication::SASLFinal(Bytes::from(data)));
+}
+
+pub fn authentication_md5(salt: [u8; 4]) -> Bytes {
+    encoded(&Authentication::MD5Password(salt.to_vec()))
+}
+
+/// NegotiateProtocolVersion: we speak 3.0 and none of the `_pq_.` options asked for.
+pub fn negotiate_protocol_version(unsupported_options: &[String]) -> Bytes {
+    let body_len = 4
+        + 4
+        + 4
+        + unsupported_options
+            .iter()
+            .map(|o| o.len() + 1)
+            .sum::<usize>();
+    let mut buf = BytesMut::with_capacity(1 + body_len);
+    buf.put_u8(b'v');
+    buf.put_u32(body_len as u32);
+    buf.put_u32(0);
+    buf.put_u32(unsupported_options.len() as u32);
+    for option in unsupported_options {
+        buf.put_slice(option.as_bytes());
+        buf.put_u8(0);
+    }
+    buf.freeze()
+}
+
+/// StartupMessage for protocol 3.0 with the given parameters.
+pub fn startup(parameters: &[(String, String)]) -> Bytes {
+    let mut startup = Startup::new();
+    startup.protocol_number_major = 3;
+    startup.protocol_number_minor = 0;
+    for (key, value) in parameters {
+        startup.parameters.insert(key.clone(), value.clone());
+    }
+    encoded(&startup)
+}
+
+pub fn password(password: &str) -> Bytes {
+    encoded(&Password::new(password.into()))
+}
+
+pub fn sasl_initial_response(mechanism: &str, data: Vec<u8>) -> Bytes {
+    encoded(&SASLInitialResponse::new(
+        mechanism.into(),
+        Some(Bytes::from(data)),
+    ))
+}
+
+pub fn sasl_response(data: Vec<u8>) -> Bytes {
+    encoded(&SASLResponse::new(Bytes::from(data)))
+}
+
+pub fn cancel_request(pid: i32, secret: i32) -> Bytes {
+    encoded(&CancelRequest::new(pid, SecretKey::I32(secret)))
+}
+
+/// Terminate ('X').
+pub fn terminate() -> Bytes {
+    Bytes::from_static(&[b'X', 0, 0, 0, 4])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_response_has_postgres_fields() {
+        let bytes = ClientError::fatal(SqlState::InvalidPassword, "password authentication failed")
+            .with_hint("check it")
+            .encode();
+        assert_eq!(bytes[0], b'E');
+        let len = u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]) as usize;
+        assert_eq!(len + 1, bytes.len());
+        let body = &bytes[5..];
+        assert!(body.windows(6).any(|w| w == b"C28P01"));
+        assert!(body.windows(6).any(|w| w == b"SFATAL"));
+        assert_eq!(body.last(), Some(&0));
+    }
+
+    #[test]
+    fn startup_is_protocol_3_0() {
+        let bytes = startup(&[("user".into(), "app".into())]);
+        assert_eq!(&bytes[4..8], &[0, 3, 0, 0]);
+        assert!(bytes.ends_with(b"user\0app\0\0"));
+    }
+
+    #[test]
+    fn cancel_request_uses_a_four_byte_secret() {
+        let bytes = cancel_request(42, 7);
+        assert_eq!(bytes.len(), 16);
+        assert_eq!(&bytes[4..8], &80877102u32.to_be_bytes());
+    }
+}

@@ -1,0 +1,42 @@
+//! The SQLSTATE codes Switchyard itself reports, named.
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SqlState {
+    /// 08006: a server connection failed or broke.
+    ConnectionFailure,
+    /// 08P01: the client broke the protocol.
+    ProtocolViolation,
+    /// 0A000: a feature the proxy does not support (protocol version, replication).
+    FeatureNotSupported,
+    /// 28000: invalid authorization specification.
+    InvalidAuthorization,
+    /// 28P01: wrong password or unknown user (the same for both, deliberately).
+    InvalidPassword,
+    /// 53300: too many connections.
+    TooManyConnections,
+    /// 57P01: the proxy is shutting down.
+    AdminShutdown,
+    /// 57P03: no node can take this session right now (no primary, no replica).
+    CannotConnectNow,
+    /// 3D000: database does not exist (from a server, forwarded).
+    InvalidCatalogName,
+    /// XX000: an internal error in the proxy.
+    Internal,
+}
+
+impl SqlState {
+    pub fn code(self) -> &'static str {
+        match self {
+            SqlState::ConnectionFailure => "08006",
+            SqlState::ProtocolViolation => "08P01",
+            SqlState::FeatureNotSupported => "0A000",
+            SqlState::InvalidAuthorization => "28000",
+            SqlState::InvalidPassword => "28P01",
+            SqlState::TooManyConnections => "53300",
+            SqlState::AdminShutdown => "57P01",
+            SqlState::CannotConnectNow => "57P03",
+            SqlState::InvalidCatalogName => "3D000",
+            SqlState::Internal => "XX000",
+        }
+    }
+}

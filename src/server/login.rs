@@ -1,0 +1,207 @@
+//! Opening a server connection: TCP connect, StartupMessage (protocol 3.0), answering
+//! whatever authentication the server asks for (SCRAM-SHA-256, MD5, cleartext,
+//! trust), then collecting ParameterStatus and BackendKeyData until ReadyForQuery.
+//! The whole exchange runs under one timeout.
+
+use std::time::Duration;
+
+use bytes::{BufMut, BytesMut};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use crate::auth::{md5, scram};
+use crate::protocol::backend::{self, AuthRequest};
+use crate::protocol::messages;
+use crate::protocol::startup::{read_message, StartupError};
+
+use super::{ServerConnection, ServerError};
+
+/// Server messages during login are small, but an ErrorResponse or a NoticeResponse
+/// can carry a long detail; this bounds what a broken server can make us allocate.
+const MAX_LOGIN_MESSAGE: usize = 1 << 20;
+
+/// Who to log in as, and the startup parameters to pass on.
+pub struct LoginRequest<'a> {
+    pub user: &'a str,
+    pub password: &'a str,
+    pub database: &'a str,
+    /// Extra startup parameters (application_name, options, ...), not user/database.
+    pub params: &'a [(String, String)],
+}
+
+pub async fn connect(
+    node: &str,
+    address: &str,
+    login: &LoginRequest<'_>,
+    timeout: Duration,
+) -> Result<ServerConnection, ServerError> {
+    match tokio::time::timeout(timeout, connect_inner(node, address, login)).await {
+        Ok(result) => result,
+        Err(_) => Err(ServerError::Timeout {
+            address: address.to_string(),
+            after: timeout,
+        }),
+    }
+}
+
+async fn connect_inner(
+    node: &str,
+    address: &str,
+    login: &LoginRequest<'_>,
+) -> Result<ServerConnection, ServerError> {
+    let mut stream = TcpStream::connect(address)
+        .await
+        .map_err(|source| ServerError::Connect {
+            address: address.to_string(),
+            source,
+        })?;
+    let _ = stream.set_nodelay(true);
+    let io_error = |source| ServerError::Io {
+        address: address.to_string(),
+        source,
+    };
+    let mut params = vec![
+        ("user".to_string(), login.user.to_string()),
+        ("database".to_string(), login.database.to_string()),
+    ];
+    params.extend(login.params.iter().cloned());
+    stream
+        .write_all(&messages::startup(&params))
+        .await
+        .map_err(io_error)?;
+    authenticate(&mut stream, address, login).await?;
+    let mut connection = ServerConnection {
+        stream,
+        node: node.to_string(),
+        address: address.to_string(),
+        params: Vec::new(),
+        backend_pid: 0,
+        backend_secret: 0,
+    };
+    collect_until_ready(&mut connection).await?;
+    Ok(connection)
+}
+
+async fn read(stream: &mut TcpStream, address: &str) -> Result<(u8, BytesMut), ServerError> {
+    let (tag, body) = read_message(stream, MAX_LOGIN_MESSAGE)
+        .await
+        .map_err(|e| match e {
+            StartupError::Io(source) => ServerError::Io {
+                address: address.to_string(),
+                source,
+            },
+            other => ServerError::Protocol(other.to_string()),
+        })?;
+    if tag == b'E' {
+        let fields = backend::parse_error_fields(&body);
+        let mut raw = BytesMut::with_capacity(body.len() + 5);
+        raw.put_u8(b'E');
+        raw.put_u32(body.len() as u32 + 4);
+        raw.put_slice(&body);
+        return Err(ServerError::Rejected {
+            fields,
+            raw: raw.freeze(),
+        });
+    }
+    Ok((tag, body))
+}
+
+async fn authenticate(
+    stream: &mut TcpStream,
+    address: &str,
+    login: &LoginRequest<'_>,
+) -> Result<(), ServerError> {
+    let mut scram: Option<scram::ScramClient> = None;
+    loop {
+        let (tag, body) = read(stream, address).await?;
+        if tag != b'R' {
+            return Err(ServerError::Protocol(format!(
+                "expected an authentication request, got message type {:?}",
+                tag as char
+            )));
+        }
+        let request =
+            backend::parse_auth_request(&body).map_err(|e| ServerError::Protocol(e.to_string()))?;
+        let reply = match request {
+            AuthRequest::Ok => return Ok(()),
+            AuthRequest::Cleartext => messages::password(login.password),
+            AuthRequest::Md5 { salt } => {
+                messages::password(&md5::md5_response(login.user, login.password, salt))
+            }
+            AuthRequest::Sasl { mechanisms } => {
+                if !mechanisms
+                    .iter()
+                    .any(|m| *m == scram::SCRAM_SHA_256.as_bytes())
+                {
+                    return Err(ServerError::Auth(
+                        "server offers no SASL mechanism we support (need SCRAM-SHA-256)".into(),
+                    ));
+                }
+                let client = scram::ScramClient::new(login.password);
+                let first = client.client_first();
+                scram = Some(client);
+                messages::sasl_initial_response(scram::SCRAM_SHA_256, first)
+            }
+            AuthRequest::SaslContinue(data) => {
+                let client = scram.as_mut().ok_or_else(|| {
+                    ServerError::Protocol("SASL continue before SASL start".into())
+                })?;
+                let final_message = client
+                    .handle_server_first(data)
+                    .map_err(|e| ServerError::Auth(e.to_string()))?;
+                messages::sasl_response(final_message)
+            }
+            AuthRequest::SaslFinal(data) => {
+                let client = scram
+                    .as_ref()
+                    .ok_or_else(|| ServerError::Protocol("SASL final before SASL start".into()))?;
+                client
+                    .verify_server_final(data)
+                    .map_err(|e| ServerError::Auth(format!("server signature: {e}")))?;
+                continue;
+            }
+            AuthRequest::Unsupported(code) => {
+                return Err(ServerError::Auth(format!(
+                    "server asks for authentication method {code}, which a proxy cannot use"
+                )))
+            }
+        };
+        stream
+            .write_all(&reply)
+            .await
+            .map_err(|source| ServerError::Io {
+                address: address.to_string(),
+                source,
+            })?;
+    }
+}
+
+async fn collect_until_ready(connection: &mut ServerConnection) -> Result<(), ServerError> {
+    loop {
+        let (tag, body) = read(&mut connection.stream, &connection.address).await?;
+        let malformed = |e: backend::MalformedServerMessage| ServerError::Protocol(e.to_string());
+        match tag {
+            b'S' => {
+                let (name, value) = backend::parse_parameter_status(&body).map_err(malformed)?;
+                match connection.params.iter_mut().find(|(n, _)| *n == name) {
+                    Some(slot) => slot.1 = value,
+                    None => connection.params.push((name, value)),
+                }
+            }
+            b'K' => {
+                let (pid, secret) = backend::parse_backend_key_data(&body).map_err(malformed)?;
+                connection.backend_pid = pid;
+                connection.backend_secret = secret;
+            }
+            b'Z' => return Ok(()),
+            // NoticeResponse and NegotiateProtocolVersion need no action.
+            b'N' | b'v' => {}
+            other => {
+                return Err(ServerError::Protocol(format!(
+                    "unexpected message type {:?} during login",
+                    other as char
+                )))
+            }
+        }
+    }
+}

@@ -1,0 +1,180 @@
+//! The pre-session phase of a client connection: answer SSLRequest/GSSENCRequest
+//! (with 'N': this build has no TLS on the client side), then take a CancelRequest or
+//! a StartupMessage, and check the startup parameters a session needs.
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use crate::protocol::messages;
+use crate::protocol::startup::{read_first_packet, FirstPacket, StartupError, StartupParams};
+use crate::protocol::{ClientError, SqlState};
+
+/// What a client connection turned out to be.
+pub enum Opening {
+    Startup(StartupParams),
+    Cancel { pid: i32, secret: Vec<u8> },
+}
+
+/// Why the handshake ended without a session.
+pub enum HandshakeFailure {
+    /// The client went away; nothing to say to it.
+    Gone(String),
+    /// Tell the client this, then close.
+    Refuse(ClientError),
+}
+
+impl From<StartupError> for HandshakeFailure {
+    fn from(e: StartupError) -> HandshakeFailure {
+        match e {
+            StartupError::Closed | StartupError::Io(_) => HandshakeFailure::Gone(e.to_string()),
+            StartupError::UnsupportedProtocol { .. } => HandshakeFailure::Refuse(
+                ClientError::fatal(SqlState::FeatureNotSupported, e.to_string()),
+            ),
+            StartupError::BadLength(_)
+            | StartupError::Malformed(_)
+            | StartupError::UnexpectedMessage(_) => HandshakeFailure::Refuse(ClientError::fatal(
+                SqlState::ProtocolViolation,
+                e.to_string(),
+            )),
+        }
+    }
+}
+
+/// Reads packets until a StartupMessage or CancelRequest. Each of SSLRequest and
+/// GSSENCRequest is answered 'N' at most once, as PostgreSQL does.
+pub async fn read_opening(socket: &mut TcpStream) -> Result<Opening, HandshakeFailure> {
+    let (mut ssl_answered, mut gss_answered) = (false, false);
+    loop {
+        match read_first_packet(socket).await? {
+            FirstPacket::SslRequest if !ssl_answered => {
+                ssl_answered = true;
+                write_refusal(socket).await?;
+            }
+            FirstPacket::GssEncRequest if !gss_answered => {
+                gss_answered = true;
+                write_refusal(socket).await?;
+            }
+            FirstPacket::SslRequest | FirstPacket::GssEncRequest => {
+                return Err(HandshakeFailure::Refuse(ClientError::fatal(
+                    SqlState::ProtocolViolation,
+                    "duplicate SSL or GSS negotiation request",
+                )))
+            }
+            FirstPacket::Cancel { pid, secret } => return Ok(Opening::Cancel { pid, secret }),
+            FirstPacket::Startup(params) => return Ok(Opening::Startup(params)),
+        }
+    }
+}
+
+async fn write_refusal(socket: &mut TcpStream) -> Result<(), HandshakeFailure> {
+    socket
+        .write_all(b"N")
+        .await
+        .map_err(|e| HandshakeFailure::Gone(e.to_string()))
+}
+
+/// The parameters a session needs from a StartupMessage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionParams {
+    pub user: String,
+    pub database: String,
+    /// Everything else the server should see (application_name, options, ...).
+    pub passthrough: Vec<(String, String)>,
+    /// `_pq_.` protocol options the client asked for (we support none).
+    pub protocol_options: Vec<String>,
+}
+
+pub fn session_params(startup: &StartupParams) -> Result<SessionParams, ClientError> {
+    let user = match startup.get("user") {
+        Some(user) if !user.is_empty() => user.to_string(),
+        _ => {
+            return Err(ClientError::fatal(
+                SqlState::InvalidAuthorization,
+                "no PostgreSQL user name specified in startup packet",
+            ))
+        }
+    };
+    if startup
+        .get("replication")
+        .is_some_and(|v| v != "false" && v != "off" && v != "0")
+    {
+        return Err(ClientError::fatal(
+            SqlState::FeatureNotSupported,
+            "replication connections are not supported through Switchyard",
+        )
+        .with_hint("Connect replication clients to the PostgreSQL node directly."));
+    }
+    let database = match startup.get("database") {
+        Some(db) if !db.is_empty() => db.to_string(),
+        _ => user.clone(),
+    };
+    let mut passthrough = Vec::new();
+    let mut protocol_options = Vec::new();
+    for (key, value) in &startup.params {
+        match key.as_str() {
+            "user" | "database" | "replication" => {}
+            k if k.starts_with("_pq_.") => protocol_options.push(key.clone()),
+            _ => passthrough.push((key.clone(), value.clone())),
+        }
+    }
+    Ok(SessionParams {
+        user,
+        database,
+        passthrough,
+        protocol_options,
+    })
+}
+
+/// For a client asking for protocol 3.x with x > 0 or `_pq_.` options: the
+/// NegotiateProtocolVersion message PostgreSQL would send, else None.
+pub fn protocol_negotiation(
+    startup: &StartupParams,
+    params: &SessionParams,
+) -> Option<bytes::Bytes> {
+    (startup.minor_version > 0 || !params.protocol_options.is_empty())
+        .then(|| messages::negotiate_protocol_version(&params.protocol_options))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn startup(params: &[(&str, &str)]) -> StartupParams {
+        StartupParams {
+            minor_version: 0,
+            params: params
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn database_defaults_to_user_and_extras_pass_through() {
+        let params = session_params(&startup(&[
+            ("user", "app"),
+            ("application_name", "psql"),
+            ("_pq_.compression", "on"),
+        ]))
+        .expect("valid");
+        assert_eq!(params.database, "app");
+        assert_eq!(
+            params.passthrough,
+            vec![("application_name".into(), "psql".into())]
+        );
+        assert_eq!(
+            params.protocol_options,
+            vec!["_pq_.compression".to_string()]
+        );
+    }
+
+    #[test]
+    fn missing_user_and_replication_are_refused() {
+        let err = session_params(&startup(&[("database", "x")])).expect_err("no user");
+        assert_eq!(err.code, SqlState::InvalidAuthorization);
+        let err = session_params(&startup(&[("user", "a"), ("replication", "database")]))
+            .expect_err("replication");
+        assert_eq!(err.code, SqlState::FeatureNotSupported);
+        assert!(session_params(&startup(&[("user", "a"), ("replication", "false")])).is_ok());
+    }
+}

@@ -1,0 +1,242 @@
+//! The relay: once a session is bound to a server connection, bytes flow both ways
+//! unchanged. Each direction runs on its own so neither can block the other; framing
+//! is tracked as the bytes pass ([`FrameScanner`]) to enforce the client message size
+//! limit, spot Terminate, and follow the transaction status in ReadyForQuery. Nothing
+//! that is only forwarded is decoded or copied into another buffer.
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+
+use crate::protocol::frame::{FrameError, FrameScanner};
+
+/// Read buffer per direction; reads larger than this just take another round.
+const BUFFER_SIZE: usize = 16 * 1024;
+
+/// Why the relay stopped.
+#[derive(Debug)]
+pub enum RelayEnd {
+    /// The client sent Terminate (forwarded to the server).
+    ClientTerminated,
+    /// The client closed its socket or broke it.
+    ClientGone(Option<std::io::Error>),
+    /// The server closed or broke the connection. `sent_error` says whether the last
+    /// thing it sent was an ErrorResponse (usually a FATAL explaining why).
+    ServerGone {
+        error: Option<std::io::Error>,
+        sent_error: bool,
+    },
+    /// The client sent a message the proxy refuses (bad length, too large).
+    ClientProtocol(FrameError),
+    Shutdown,
+}
+
+/// Bytes relayed, for the session's log line and metrics.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RelayStats {
+    pub client_bytes: u64,
+    pub server_bytes: u64,
+    /// Last transaction status seen in ReadyForQuery ('I', 'T' or 'E').
+    pub transaction_status: u8,
+}
+
+pub async fn relay<CR, CW, SR, SW>(
+    client: (&mut CR, &mut CW),
+    server: (&mut SR, &mut SW),
+    max_message_size: usize,
+    shutdown: &CancellationToken,
+    stats: &mut RelayStats,
+) -> RelayEnd
+where
+    CR: AsyncRead + Unpin,
+    CW: AsyncWrite + Unpin,
+    SR: AsyncRead + Unpin,
+    SW: AsyncWrite + Unpin,
+{
+    let (client_reader, client_writer) = client;
+    let (server_reader, server_writer) = server;
+    let mut client_bytes = 0u64;
+    let mut server_bytes = 0u64;
+    let mut status = b'I';
+    let end = tokio::select! {
+        end = client_to_server(client_reader, server_writer, max_message_size, &mut client_bytes) => end,
+        end = server_to_client(server_reader, client_writer, &mut server_bytes, &mut status) => end,
+        _ = shutdown.cancelled() => RelayEnd::Shutdown,
+    };
+    stats.client_bytes += client_bytes;
+    stats.server_bytes += server_bytes;
+    stats.transaction_status = status;
+    end
+}
+
+fn never_capture(_: u8) -> bool {
+    false
+}
+
+fn capture_ready_for_query(tag: u8) -> bool {
+    tag == b'Z'
+}
+
+async fn client_to_server<R, W>(
+    reader: &mut R,
+    writer: &mut W,
+    max_message_size: usize,
+    relayed: &mut u64,
+) -> RelayEnd
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut scanner = FrameScanner::new(max_message_size, never_capture);
+    let mut buffer = BytesMut::with_capacity(BUFFER_SIZE);
+    loop {
+        match reader.read_buf(&mut buffer).await {
+            Ok(0) => return RelayEnd::ClientGone(None),
+            Ok(_) => {}
+            Err(e) => return RelayEnd::ClientGone(Some(e)),
+        }
+        let mut terminate_at = None;
+        if let Err(e) = scanner.scan(&buffer, |frame| {
+            if frame.tag == b'X' && terminate_at.is_none() {
+                terminate_at = Some(frame.end);
+            }
+        }) {
+            return RelayEnd::ClientProtocol(e);
+        }
+        let upto = terminate_at.unwrap_or(buffer.len());
+        if let Err(e) = writer.write_all(&buffer[..upto]).await {
+            return server_gone(Some(e), false);
+        }
+        *relayed += upto as u64;
+        if terminate_at.is_some() {
+            return RelayEnd::ClientTerminated;
+        }
+        buffer.clear();
+    }
+}
+
+async fn server_to_client<R, W>(
+    reader: &mut R,
+    writer: &mut W,
+    relayed: &mut u64,
+    status: &mut u8,
+) -> RelayEnd
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    // Server messages are not size-limited: a DataRow may be up to 1 GB and is
+    // streamed through, never held whole.
+    let mut scanner = FrameScanner::new(u32::MAX as usize, capture_ready_for_query);
+    let mut buffer = BytesMut::with_capacity(BUFFER_SIZE);
+    let mut last_was_error = false;
+    loop {
+        match reader.read_buf(&mut buffer).await {
+            Ok(0) => return server_gone(None, last_was_error),
+            Ok(_) => {}
+            Err(e) => return server_gone(Some(e), last_was_error),
+        }
+        let scanned = scanner.scan(&buffer, |frame| {
+            last_was_error = frame.tag == b'E';
+            if frame.tag == b'Z' {
+                if let Some(&s) = frame.body.first() {
+                    *status = s;
+                }
+            }
+        });
+        if let Err(e) = scanned {
+            tracing::error!(error = %e, "server sent an invalid message length");
+            return server_gone(None, false);
+        }
+        if let Err(e) = writer.write_all(&buffer).await {
+            return RelayEnd::ClientGone(Some(e));
+        }
+        *relayed += buffer.len() as u64;
+        buffer.clear();
+    }
+}
+
+fn server_gone(error: Option<std::io::Error>, sent_error: bool) -> RelayEnd {
+    RelayEnd::ServerGone { error, sent_error }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::duplex;
+
+    fn message(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut out = vec![tag];
+        out.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+        out.extend_from_slice(body);
+        out
+    }
+
+    #[tokio::test]
+    async fn forwards_both_ways_and_stops_at_terminate() {
+        let (mut client_app, client_proxy) = duplex(64 * 1024);
+        let (server_proxy, mut server_app) = duplex(64 * 1024);
+        let (mut cr, mut cw) = tokio::io::split(client_proxy);
+        let (mut sr, mut sw) = tokio::io::split(server_proxy);
+        let shutdown = CancellationToken::new();
+        let relay_task = tokio::spawn(async move {
+            let mut stats = RelayStats::default();
+            let end = relay(
+                (&mut cr, &mut cw),
+                (&mut sr, &mut sw),
+                1024,
+                &shutdown,
+                &mut stats,
+            )
+            .await;
+            (end, stats)
+        });
+        let query = message(b'Q', b"select 1\0");
+        client_app.write_all(&query).await.expect("write");
+        let mut got = vec![0u8; query.len()];
+        server_app.read_exact(&mut got).await.expect("read");
+        assert_eq!(got, query);
+
+        let reply = [message(b'D', &[1u8; 5000]), message(b'Z', b"T")].concat();
+        server_app.write_all(&reply).await.expect("write");
+        let mut got = vec![0u8; reply.len()];
+        client_app.read_exact(&mut got).await.expect("read");
+        assert_eq!(got, reply);
+
+        client_app
+            .write_all(&message(b'X', b""))
+            .await
+            .expect("write");
+        let (end, stats) = relay_task.await.expect("join");
+        assert!(matches!(end, RelayEnd::ClientTerminated), "{end:?}");
+        assert_eq!(stats.transaction_status, b'T');
+        assert_eq!(stats.server_bytes, reply.len() as u64);
+    }
+
+    #[tokio::test]
+    async fn oversized_client_message_is_refused_before_forwarding() {
+        let (mut client_app, client_proxy) = duplex(64 * 1024);
+        let (server_proxy, _server_app) = duplex(64 * 1024);
+        let (mut cr, mut cw) = tokio::io::split(client_proxy);
+        let (mut sr, mut sw) = tokio::io::split(server_proxy);
+        let shutdown = CancellationToken::new();
+        client_app
+            .write_all(&message(b'Q', &[b'x'; 2000]))
+            .await
+            .expect("write");
+        let mut stats = RelayStats::default();
+        let end = relay(
+            (&mut cr, &mut cw),
+            (&mut sr, &mut sw),
+            1024,
+            &shutdown,
+            &mut stats,
+        )
+        .await;
+        assert!(
+            matches!(end, RelayEnd::ClientProtocol(FrameError::TooLarge { .. })),
+            "{end:?}"
+        );
+        assert_eq!(stats.client_bytes, 0);
+    }
+}

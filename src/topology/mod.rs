@@ -1,0 +1,60 @@
+//! Live cluster topology: which node is primary, which replicas are healthy. The
+//! [`monitor`] loop probes nodes and publishes immutable [`Topology`] snapshots through
+//! a [`TopologyHandle`]: sessions read the latest with one atomic load (arc-swap) and
+//! can wait for routing changes on a watch channel.
+
+pub mod health;
+pub mod monitor;
+pub mod patroni;
+pub mod snapshot;
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use tokio::sync::watch;
+
+pub use snapshot::{NodeState, PrimaryState, Topology};
+
+pub struct TopologyHandle {
+    current: ArcSwap<Topology>,
+    /// Carries the generation of the latest snapshot with a routing change.
+    changes: watch::Sender<u64>,
+    /// Count of finished health rounds, so starters can wait for the first.
+    rounds: watch::Sender<u64>,
+}
+
+impl TopologyHandle {
+    pub fn new(initial: Topology) -> Arc<TopologyHandle> {
+        Arc::new(TopologyHandle {
+            current: ArcSwap::from_pointee(initial),
+            changes: watch::channel(0).0,
+            rounds: watch::channel(0).0,
+        })
+    }
+
+    pub fn load(&self) -> Arc<Topology> {
+        self.current.load_full()
+    }
+
+    pub fn publish(&self, topology: Topology) {
+        let generation = topology.generation;
+        self.current.store(Arc::new(topology));
+        self.changes.send_if_modified(|g| {
+            let changed = *g != generation;
+            *g = generation;
+            changed
+        });
+        self.rounds.send_modify(|r| *r += 1);
+    }
+
+    /// Resolves at each routing change.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    /// Waits until at least one health round has finished.
+    pub async fn first_round(&self) {
+        let mut rounds = self.rounds.subscribe();
+        let _ = rounds.wait_for(|r| *r > 0).await;
+    }
+}

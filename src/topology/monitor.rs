@@ -1,0 +1,243 @@
+//! The discovery loop: every `health.interval` it probes every node at once, folds
+//! the answers into rise/fall health, resolves the primary, publishes a new snapshot
+//! and logs one line per routing change.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use tokio::task::JoinSet;
+use tokio::time::MissedTickBehavior;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{ApiEndpoint, ClusterConfig, HealthConfig};
+
+use super::patroni::{self, Probe};
+use super::snapshot::{resolve_primary, NodeState, PrimaryState, Topology};
+use super::TopologyHandle;
+
+/// Initial node states (nothing known yet) for a cluster config.
+pub fn initial_nodes(cluster: &ClusterConfig) -> Vec<NodeState> {
+    cluster
+        .nodes
+        .iter()
+        .map(|n| NodeState {
+            name: n.name.clone(),
+            address: n.pg_address(),
+            api: n.api.clone(),
+            primary: Default::default(),
+            replica: Default::default(),
+            timeline: None,
+            last_check: None,
+            last_error: None,
+        })
+        .collect()
+}
+
+/// Probes all nodes until `shutdown`. The first round runs at once.
+pub async fn run(cluster: ClusterConfig, handle: Arc<TopologyHandle>, shutdown: CancellationToken) {
+    let endpoints: Vec<ApiEndpoint> = cluster
+        .nodes
+        .iter()
+        .filter_map(|n| n.api_endpoint.clone())
+        .collect();
+    let mut ticker = tokio::time::interval(cluster.health.interval.0);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = shutdown.cancelled() => return,
+        }
+        let probes = tokio::select! {
+            probes = probe_all(&endpoints, cluster.health.timeout.0) => probes,
+            _ = shutdown.cancelled() => return,
+        };
+        let previous = handle.load();
+        let next = apply_round(&previous, &probes, &cluster.health, SystemTime::now());
+        log_changes(&previous, &next);
+        handle.publish(next);
+    }
+}
+
+async fn probe_all(endpoints: &[ApiEndpoint], timeout: std::time::Duration) -> Vec<Probe> {
+    let mut set = JoinSet::new();
+    for (i, endpoint) in endpoints.iter().cloned().enumerate() {
+        set.spawn(async move { (i, patroni::probe(&endpoint, timeout).await) });
+    }
+    let mut probes: Vec<Option<Probe>> = vec![None; endpoints.len()];
+    while let Some(joined) = set.join_next().await {
+        match joined {
+            Ok((i, probe)) => probes[i] = Some(probe),
+            Err(e) => tracing::error!(error = %e, "health probe task failed"),
+        }
+    }
+    probes
+        .into_iter()
+        .map(|p| {
+            p.unwrap_or_else(|| {
+                let failed = super::health::Check::Failed("probe task failed".into());
+                Probe {
+                    primary: failed.clone(),
+                    replica: failed,
+                    timeline: None,
+                }
+            })
+        })
+        .collect()
+}
+
+/// Folds one round of probes into the previous snapshot (pure, for tests).
+pub fn apply_round(
+    previous: &Topology,
+    probes: &[Probe],
+    health: &HealthConfig,
+    now: SystemTime,
+) -> Topology {
+    let mut nodes = previous.nodes.clone();
+    for (node, probe) in nodes.iter_mut().zip(probes) {
+        node.primary
+            .observe(&probe.primary, health.rise, health.fall);
+        node.replica
+            .observe(&probe.replica, health.rise, health.fall);
+        if probe.timeline.is_some() {
+            node.timeline = probe.timeline;
+        }
+        node.last_check = Some(now);
+        node.last_error = probe.error();
+    }
+    let primary = resolve_primary(&nodes);
+    let mut next = Topology {
+        generation: previous.generation,
+        nodes,
+        primary,
+        changed_at: previous.changed_at,
+    };
+    if routing_changed(previous, &next) {
+        next.generation += 1;
+        next.changed_at = Some(now);
+    }
+    next
+}
+
+fn routing_changed(a: &Topology, b: &Topology) -> bool {
+    a.primary != b.primary || !a.replicas().eq(b.replicas())
+}
+
+fn log_changes(old: &Topology, new: &Topology) {
+    if old.primary != new.primary {
+        let name = |t: &Topology| {
+            t.primary_node()
+                .map(|i| t.nodes[i].name.clone())
+                .unwrap_or_else(|| "none".into())
+        };
+        match &new.primary {
+            PrimaryState::Confirmed { .. } => tracing::warn!(
+                old = %name(old),
+                new = %name(new),
+                "topology: primary is now {}",
+                name(new)
+            ),
+            PrimaryState::SplitBrain { nodes } => tracing::error!(
+                claimants = %nodes.join(","),
+                "topology: SPLIT BRAIN, several nodes claim the primary role; writes refused"
+            ),
+            PrimaryState::None { reason } => {
+                tracing::warn!(old = %name(old), "topology: no primary: {reason}")
+            }
+            PrimaryState::Unknown => {}
+        }
+    }
+    for (before, after) in old.nodes.iter().zip(&new.nodes) {
+        if before.role() != after.role() {
+            tracing::info!(
+                node = %after.name,
+                from = before.role(),
+                to = after.role(),
+                error = after.last_error.as_deref().unwrap_or(""),
+                "topology: node role changed"
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::topology::health::Check;
+
+    fn cluster() -> ClusterConfig {
+        let yaml = r#"
+nodes:
+  - { name: a, host: 127.0.0.1, port: 1, api: "http://127.0.0.1:9" }
+  - { name: b, host: 127.0.0.1, port: 2, api: "http://127.0.0.1:9" }
+health: { interval: 1s, timeout: 1s, rise: 2, fall: 3 }
+"#;
+        serde_saphyr::from_str(yaml).expect("cluster yaml")
+    }
+
+    fn probe(primary: Check, replica: Check, timeline: Option<u64>) -> Probe {
+        Probe {
+            primary,
+            replica,
+            timeline,
+        }
+    }
+
+    #[test]
+    fn failover_moves_the_primary_after_rise_rounds() {
+        let config = cluster();
+        let now = SystemTime::now();
+        let mut topology = Topology::unknown(initial_nodes(&config));
+        let round = |t: &Topology, probes: &[Probe]| apply_round(t, probes, &config.health, now);
+
+        topology = round(
+            &topology,
+            &[
+                probe(Check::Yes, Check::No(503), Some(1)),
+                probe(Check::No(503), Check::Yes, None),
+            ],
+        );
+        assert_eq!(topology.primary, PrimaryState::Confirmed { node: 0 });
+        assert_eq!(topology.replicas().collect::<Vec<_>>(), vec![1]);
+        let generation = topology.generation;
+
+        // a is demoted and says so; b is promoted: a leaves at once, b needs rise=2.
+        let flipped = [
+            probe(Check::No(503), Check::Yes, None),
+            probe(Check::Yes, Check::No(503), Some(2)),
+        ];
+        topology = round(&topology, &flipped);
+        assert!(matches!(topology.primary, PrimaryState::None { .. }));
+        assert!(topology.generation > generation);
+        topology = round(&topology, &flipped);
+        assert_eq!(topology.primary, PrimaryState::Confirmed { node: 1 });
+    }
+
+    #[test]
+    fn a_dead_old_primary_loses_to_the_higher_timeline() {
+        let config = cluster();
+        let now = SystemTime::now();
+        let mut topology = Topology::unknown(initial_nodes(&config));
+        let round = |t: &Topology, probes: &[Probe]| apply_round(t, probes, &config.health, now);
+        topology = round(
+            &topology,
+            &[
+                probe(Check::Yes, Check::No(503), Some(1)),
+                probe(Check::No(503), Check::Yes, None),
+            ],
+        );
+        let dead = || Check::Failed("connection refused".into());
+        let promoted = [
+            probe(dead(), dead(), None),
+            probe(Check::Yes, Check::No(503), Some(2)),
+        ];
+        topology = round(&topology, &promoted);
+        // a still counts as primary (1 of 3 failures), b not yet risen.
+        assert_eq!(topology.primary, PrimaryState::Confirmed { node: 0 });
+        topology = round(&topology, &promoted);
+        assert_eq!(topology.primary, PrimaryState::Confirmed { node: 1 });
+        assert_eq!(
+            topology.nodes[0].last_error.as_deref(),
+            Some("connection refused")
+        );
+    }
+}
