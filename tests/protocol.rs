@@ -62,10 +62,7 @@ async fn wrong_password_and_unknown_user_get_the_same_28p01() {
         ("nobody", "whatever"),
         ("app_md5", "wrong"),
     ] {
-        let error = try_connect(rw, user, password)
-            .await
-            .err()
-            .expect("refused");
+        let error = try_connect(rw, user, password).await.expect_err("refused");
         let db_error = error.as_db_error().expect("server error");
         assert_eq!(db_error.code().code(), "28P01", "{user}");
         messages.push(db_error.message().replace(user, "USER"));
@@ -373,8 +370,7 @@ async fn unreachable_server_and_missing_database_are_reported() {
     let proxy = start_proxy(&config_yaml(&nodes, "primary", "")).await;
     let error = try_connect(proxy.listener_addr("rw").expect("rw"), "app", "app_pw")
         .await
-        .err()
-        .expect("no server");
+        .expect_err("no server");
     let db_error = error.as_db_error().expect("server error");
     assert_eq!(db_error.code().code(), "08006");
     assert!(
@@ -390,6 +386,6 @@ async fn unreachable_server_and_missing_database_are_reported() {
         tokio_postgres::NoTls,
     )
     .await;
-    let error = result.err().expect("no database");
+    let error = result.expect_err("no database");
     assert_eq!(error.as_db_error().map(|e| e.code().code()), Some("3D000"));
 }

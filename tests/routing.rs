@@ -94,8 +94,7 @@ async fn reads_fall_back_to_the_primary_or_are_refused() {
     let strict_ro = strict.listener_addr("ro").expect("ro");
     let error = try_connect(strict_ro, "app", "app_pw")
         .await
-        .err()
-        .expect("no replica and fallback none");
+        .expect_err("no replica and fallback none");
     let db_error = error.as_db_error().expect("a server error");
     assert_eq!(db_error.code().code(), "57P03");
     assert!(
@@ -120,8 +119,7 @@ async fn no_primary_means_a_clear_error_and_unhealthy() {
     .await;
     let error = try_connect(rw, "app", "app_pw")
         .await
-        .err()
-        .expect("no primary");
+        .expect_err("no primary");
     let db_error = error.as_db_error().expect("server error");
     assert_eq!(db_error.code().code(), "57P03");
     assert!(db_error
@@ -151,8 +149,7 @@ async fn split_brain_refuses_writes_unless_the_timeline_settles_it() {
     .await;
     let error = try_connect(rw, "app", "app_pw")
         .await
-        .err()
-        .expect("split brain");
+        .expect_err("split brain");
     let db_error = error.as_db_error().expect("server error");
     assert_eq!(db_error.code().code(), "57P03");
     assert!(
