@@ -428,7 +428,7 @@ async fn fake_patroni_hang_and_refuse() {
 #[test]
 fn patroni_cluster_starts_and_switches_over() {
     let t0 = Instant::now();
-    let c = PatroniCluster::start();
+    let mut c = PatroniCluster::start();
     eprintln!(
         "[selftest] PatroniCluster::start() took {:.2?}",
         t0.elapsed()
@@ -475,6 +475,28 @@ fn patroni_cluster_starts_and_switches_over() {
         t.elapsed()
     );
     assert_eq!(c.api_status(0, "/replica"), Some(200));
+
+    // Crash a replica (patroni + postgres), the leader stays; bring it back.
+    let t = Instant::now();
+    c.kill_node(2);
+    wait_until("killed node3 to stop answering", || {
+        c.api_status(2, "/health").is_none()
+            && try_psql(
+                c.pg_port(2),
+                SUPERUSER,
+                SUPERUSER_PASSWORD,
+                "postgres",
+                &["SELECT 1"],
+            )
+            .is_err()
+    });
+    assert_eq!(c.leader(), Some(1));
+    c.start_node(2);
+    c.wait_streaming_replicas(&[0, 2], Duration::from_secs(60));
+    eprintln!(
+        "[selftest] kill + restart of node3 took {:.2?}",
+        t.elapsed()
+    );
 
     let base = c.base_dir.clone();
     let t = Instant::now();

@@ -439,6 +439,17 @@ impl PatroniCluster {
             proc::kill("KILL", pid);
         }
     }
+
+    /// Start node `i`'s Patroni again after [`PatroniCluster::kill_node`]
+    /// (same config and data dir); returns immediately, use
+    /// [`PatroniCluster::wait_streaming_replicas`] or
+    /// [`PatroniCluster::wait_leader`] to wait for it.
+    pub fn start_node(&mut self, i: usize) {
+        match self.nodes[i].proc.as_mut() {
+            Some(p) => p.start(),
+            None => self.spawn_node(i),
+        }
+    }
 }
 
 impl Drop for PatroniCluster {
