@@ -48,6 +48,8 @@ pub struct Config {
     pub client: ClientConfig,
     #[serde(default)]
     pub server: ServerConfig,
+    #[serde(default)]
+    pub pool: PoolConfig,
 }
 
 /// Which nodes a listener sends its sessions to.
@@ -76,6 +78,9 @@ pub struct ListenerConfig {
     pub route: Route,
     #[serde(default = "default_fallback")]
     pub fallback: Fallback,
+    /// Overrides of the global `pool:` settings for this listener's sessions.
+    #[serde(default, skip_serializing_if = "PoolOverride::is_empty")]
+    pub pool: PoolOverride,
 }
 
 fn default_fallback() -> Fallback {
@@ -279,7 +284,135 @@ fn default_cancel_timeout() -> HumanDuration {
     HumanDuration(Duration::from_secs(3))
 }
 
+/// How client sessions share server connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PoolMode {
+    /// A server connection per client session, returned (after `reset_query`) when
+    /// the client leaves. Everything PostgreSQL offers works.
+    Session,
+    /// A server connection per transaction: held from a transaction's first message
+    /// until ReadyForQuery says idle. Session state is limited to what Switchyard
+    /// tracks (startup parameters, SET outside transactions, prepared statements).
+    Transaction,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolConfig {
+    #[serde(default = "default_pool_mode")]
+    pub mode: PoolMode,
+    /// Server connections per (node, database, user).
+    #[serde(default = "default_pool_size")]
+    pub size: u32,
+    /// Idle server connections kept open per pool even without clients.
+    #[serde(default)]
+    pub min_idle: u32,
+    /// Client connections accepted across all listeners; more get 53300.
+    #[serde(default = "default_max_clients")]
+    pub max_client_connections: u32,
+    /// A client waiting longer than this for a server connection gets an error.
+    #[serde(default = "default_checkout_timeout")]
+    pub checkout_timeout: HumanDuration,
+    /// Idle server connections older than this (unused) are closed.
+    #[serde(default = "default_server_idle_timeout")]
+    pub server_idle_timeout: HumanDuration,
+    /// Server connections are closed (when idle) after this long.
+    #[serde(default = "default_server_lifetime")]
+    pub server_lifetime: HumanDuration,
+    /// Run on a session-mode server connection before it goes back to the pool.
+    #[serde(default = "default_reset_query")]
+    pub reset_query: String,
+    /// Prepared statements kept per server connection (transaction mode), LRU.
+    #[serde(default = "default_max_prepared")]
+    pub max_prepared_statements: u32,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        PoolConfig {
+            mode: default_pool_mode(),
+            size: default_pool_size(),
+            min_idle: 0,
+            max_client_connections: default_max_clients(),
+            checkout_timeout: default_checkout_timeout(),
+            server_idle_timeout: default_server_idle_timeout(),
+            server_lifetime: default_server_lifetime(),
+            reset_query: default_reset_query(),
+            max_prepared_statements: default_max_prepared(),
+        }
+    }
+}
+
+fn default_pool_mode() -> PoolMode {
+    PoolMode::Session
+}
+fn default_pool_size() -> u32 {
+    20
+}
+fn default_max_clients() -> u32 {
+    10_000
+}
+fn default_checkout_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(30))
+}
+fn default_server_idle_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(600))
+}
+fn default_server_lifetime() -> HumanDuration {
+    HumanDuration(Duration::from_secs(3600))
+}
+fn default_reset_query() -> String {
+    "DISCARD ALL".into()
+}
+fn default_max_prepared() -> u32 {
+    500
+}
+
+/// Per-listener pool settings; unset fields come from the global `pool:`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolOverride {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<PoolMode>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkout_timeout: Option<HumanDuration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reset_query: Option<String>,
+}
+
+impl PoolOverride {
+    pub fn is_empty(&self) -> bool {
+        self.mode.is_none() && self.checkout_timeout.is_none() && self.reset_query.is_none()
+    }
+}
+
+/// The pool settings that apply to one listener's sessions.
+#[derive(Debug, Clone)]
+pub struct SessionPooling {
+    pub mode: PoolMode,
+    pub checkout_timeout: Duration,
+    pub reset_query: String,
+}
+
 impl Config {
+    /// Pool settings for a listener: its overrides on top of the global ones.
+    pub fn pooling_for(&self, listener: &ListenerConfig) -> SessionPooling {
+        SessionPooling {
+            mode: listener.pool.mode.unwrap_or(self.pool.mode),
+            checkout_timeout: listener
+                .pool
+                .checkout_timeout
+                .unwrap_or(self.pool.checkout_timeout)
+                .0,
+            reset_query: listener
+                .pool
+                .reset_query
+                .clone()
+                .unwrap_or_else(|| self.pool.reset_query.clone()),
+        }
+    }
+
     /// Reads, parses and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {

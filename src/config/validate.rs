@@ -111,6 +111,7 @@ pub(super) fn validate(config: &mut Config) -> Result<(), ConfigError> {
     validate_listeners(config)?;
     validate_cluster(config)?;
     validate_users(config)?;
+    validate_pool(config)?;
     if config.client.max_message_size.0 < 1024 {
         return Err(ConfigError::invalid(
             "client.max_message_size",
@@ -125,6 +126,38 @@ pub(super) fn validate(config: &mut Config) -> Result<(), ConfigError> {
         if value.0.is_zero() {
             return Err(ConfigError::invalid(key, "must be greater than zero"));
         }
+    }
+    Ok(())
+}
+
+fn validate_pool(config: &Config) -> Result<(), ConfigError> {
+    let pool = &config.pool;
+    if pool.size == 0 {
+        return Err(ConfigError::invalid("pool.size", "must be at least 1"));
+    }
+    if pool.min_idle > pool.size {
+        return Err(ConfigError::invalid(
+            "pool.min_idle",
+            format!("{} is more than pool.size ({})", pool.min_idle, pool.size),
+        ));
+    }
+    if pool.max_client_connections == 0 {
+        return Err(ConfigError::invalid(
+            "pool.max_client_connections",
+            "must be at least 1",
+        ));
+    }
+    if pool.checkout_timeout.0.is_zero() {
+        return Err(ConfigError::invalid(
+            "pool.checkout_timeout",
+            "must be greater than zero",
+        ));
+    }
+    if pool.max_prepared_statements == 0 {
+        return Err(ConfigError::invalid(
+            "pool.max_prepared_statements",
+            "must be at least 1",
+        ));
     }
     Ok(())
 }
