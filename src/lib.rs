@@ -24,6 +24,7 @@ pub mod cancel;
 pub mod config;
 pub mod http_client;
 pub mod listener;
+pub mod pool;
 pub mod protocol;
 pub mod proxy;
 pub mod router;

@@ -38,7 +38,7 @@ pub async fn accept_loop(
         };
         let _ = stream.set_nodelay(true);
         set_keepalive(&stream);
-        let guard = ClientCount::enter(&state);
+        let guard = ClientCount::enter(&state, &ctx);
         let ctx = Arc::clone(&ctx);
         let state = Arc::clone(&state);
         tasks.spawn(async move {
@@ -59,18 +59,20 @@ fn set_keepalive(stream: &tokio::net::TcpStream) {
     }
 }
 
-/// Counts a client against its listener while the guard lives.
-struct ClientCount(Arc<ListenerState>);
+/// Counts a client against its listener and the proxy while the guard lives.
+struct ClientCount(Arc<ListenerState>, Arc<ProxyContext>);
 
 impl ClientCount {
-    fn enter(state: &Arc<ListenerState>) -> ClientCount {
+    fn enter(state: &Arc<ListenerState>, ctx: &Arc<ProxyContext>) -> ClientCount {
         state.clients.fetch_add(1, Ordering::Relaxed);
-        ClientCount(Arc::clone(state))
+        ctx.clients.fetch_add(1, Ordering::Relaxed);
+        ClientCount(Arc::clone(state), Arc::clone(ctx))
     }
 }
 
 impl Drop for ClientCount {
     fn drop(&mut self) {
         self.0.clients.fetch_sub(1, Ordering::Relaxed);
+        self.1.clients.fetch_sub(1, Ordering::Relaxed);
     }
 }

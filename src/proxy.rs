@@ -13,6 +13,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::cancel::CancelRegistry;
 use crate::config::{Config, ListenerConfig};
+use crate::pool::{self, PoolSet, PoolSettings};
 use crate::topology::{monitor, Topology, TopologyHandle};
 use crate::users::UserDb;
 use crate::{admin, listener};
@@ -27,6 +28,9 @@ pub struct ProxyContext {
     pub node_sessions: Vec<AtomicU32>,
     /// Round-robin tie-breaker for replica choice.
     pub rotation: AtomicUsize,
+    pub pools: Arc<PoolSet>,
+    /// Client connections open now, across listeners (for max_client_connections).
+    pub clients: AtomicUsize,
     pub shutdown: CancellationToken,
 }
 
@@ -81,6 +85,16 @@ impl RunningProxy {
     }
 }
 
+fn pool_settings(config: &Config) -> PoolSettings {
+    PoolSettings {
+        size: config.pool.size as usize,
+        min_idle: config.pool.min_idle as usize,
+        connect_timeout: config.server.connect_timeout.0,
+        idle_timeout: config.pool.server_idle_timeout.0,
+        lifetime: config.pool.server_lifetime.0,
+    }
+}
+
 /// Starts the proxy. The first topology round is awaited (bounded by the health
 /// timeout) before listeners open, so the first clients already have a route.
 pub async fn start(config: Config) -> Result<RunningProxy, StartError> {
@@ -99,12 +113,19 @@ pub async fn start(config: Config) -> Result<RunningProxy, StartError> {
             .map(|_| AtomicU32::new(0))
             .collect(),
         rotation: AtomicUsize::new(0),
+        pools: Arc::new(PoolSet::new(pool_settings(&config))),
+        clients: AtomicUsize::new(0),
         shutdown: shutdown.clone(),
         config: Arc::clone(&config),
     });
 
     tasks.spawn(monitor::run(
         config.cluster.clone(),
+        Arc::clone(&topology),
+        shutdown.clone(),
+    ));
+    tasks.spawn(pool::maintenance::run(
+        Arc::clone(&context.pools),
         Arc::clone(&topology),
         shutdown.clone(),
     ));

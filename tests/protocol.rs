@@ -24,8 +24,12 @@ async fn proxy_on_primary(extra: &str) -> (RunningProxy, FakePatroni) {
         port: cluster.port(0),
         api: api.url(),
     }];
+    let extra = format!(
+        "{extra}{}",
+        std::env::var("SY_TEST_EXTRA").unwrap_or_default()
+    );
     (
-        start_proxy(&config_yaml(&nodes, "primary", extra)).await,
+        start_proxy(&config_yaml(&nodes, "primary", &extra)).await,
         api,
     )
 }

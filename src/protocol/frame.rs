@@ -30,6 +30,14 @@ pub struct Frame<'a> {
     pub end: usize,
 }
 
+/// Receives message boundaries from [`FrameScanner::scan_with`].
+pub trait FrameVisitor {
+    /// A message with type `tag` starts at offset `at` of the current chunk.
+    fn start(&mut self, tag: u8, at: usize);
+    /// A message completed.
+    fn end(&mut self, frame: Frame<'_>);
+}
+
 pub struct FrameScanner {
     header: [u8; 5],
     header_len: usize,
@@ -67,15 +75,36 @@ impl FrameScanner {
     pub fn scan(
         &mut self,
         chunk: &[u8],
-        mut on_frame: impl FnMut(Frame<'_>),
+        on_frame: impl FnMut(Frame<'_>),
+    ) -> Result<(), FrameError> {
+        struct Ends<F>(F);
+        impl<F: FnMut(Frame<'_>)> FrameVisitor for Ends<F> {
+            fn start(&mut self, _tag: u8, _at: usize) {}
+            fn end(&mut self, frame: Frame<'_>) {
+                (self.0)(frame)
+            }
+        }
+        self.scan_with(chunk, &mut Ends(on_frame))
+    }
+
+    /// Like [`scan`](Self::scan), also telling the visitor where each message starts
+    /// (at its type byte), so it can decide what to do with a message's bytes before
+    /// any of them pass.
+    pub fn scan_with(
+        &mut self,
+        chunk: &[u8],
+        visitor: &mut impl FrameVisitor,
     ) -> Result<(), FrameError> {
         let mut pos = 0;
         while pos < chunk.len() {
             if self.remaining == 0 && self.header_len < 5 {
+                if self.header_len == 0 {
+                    visitor.start(chunk[pos], pos);
+                }
                 pos = self.read_header(chunk, pos)?;
                 if self.remaining == 0 && self.header_len == 5 {
                     self.header_len = 0;
-                    on_frame(Frame {
+                    visitor.end(Frame {
                         tag: self.tag,
                         body: &[],
                         end: pos,
@@ -92,7 +121,7 @@ impl FrameScanner {
             if self.remaining == 0 {
                 self.header_len = 0;
                 let body: &[u8] = if self.capturing { &self.captured } else { &[] };
-                on_frame(Frame {
+                visitor.end(Frame {
                     tag: self.tag,
                     body,
                     end: pos,

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use bytes::{BufMut, BytesMut};
+use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
@@ -70,6 +70,7 @@ async fn connect_inner(
         .await
         .map_err(io_error)?;
     authenticate(&mut stream, address, login).await?;
+    let now = std::time::Instant::now();
     let mut connection = ServerConnection {
         stream,
         node: node.to_string(),
@@ -77,12 +78,19 @@ async fn connect_inner(
         params: Vec::new(),
         backend_pid: 0,
         backend_secret: 0,
+        created_at: now,
+        idle_since: now,
+        applied: Default::default(),
+        statements: Default::default(),
     };
     collect_until_ready(&mut connection).await?;
     Ok(connection)
 }
 
-async fn read(stream: &mut TcpStream, address: &str) -> Result<(u8, BytesMut), ServerError> {
+pub(super) async fn read(
+    stream: &mut TcpStream,
+    address: &str,
+) -> Result<(u8, BytesMut), ServerError> {
     let (tag, body) = read_message(stream, MAX_LOGIN_MESSAGE)
         .await
         .map_err(|e| match e {
@@ -93,15 +101,7 @@ async fn read(stream: &mut TcpStream, address: &str) -> Result<(u8, BytesMut), S
             other => ServerError::Protocol(other.to_string()),
         })?;
     if tag == b'E' {
-        let fields = backend::parse_error_fields(&body);
-        let mut raw = BytesMut::with_capacity(body.len() + 5);
-        raw.put_u8(b'E');
-        raw.put_u32(body.len() as u32 + 4);
-        raw.put_slice(&body);
-        return Err(ServerError::Rejected {
-            fields,
-            raw: raw.freeze(),
-        });
+        return Err(ServerError::rejected(&body));
     }
     Ok((tag, body))
 }
@@ -183,10 +183,7 @@ async fn collect_until_ready(connection: &mut ServerConnection) -> Result<(), Se
         match tag {
             b'S' => {
                 let (name, value) = backend::parse_parameter_status(&body).map_err(malformed)?;
-                match connection.params.iter_mut().find(|(n, _)| *n == name) {
-                    Some(slot) => slot.1 = value,
-                    None => connection.params.push((name, value)),
-                }
+                connection.note_parameter(name, value);
             }
             b'K' => {
                 let (pid, secret) = backend::parse_backend_key_data(&body).map_err(malformed)?;

@@ -3,8 +3,9 @@
 //! the seam a pool takes over (check out a logged-in connection, give it back).
 
 mod login;
+mod query;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::net::TcpStream;
@@ -12,6 +13,8 @@ use tokio::net::TcpStream;
 use crate::cancel::CancelTarget;
 use crate::protocol::backend::ErrorFields;
 use crate::protocol::{ClientError, SqlState};
+use crate::session::params::ParamSet;
+use crate::session::prepared::ServerStatements;
 
 pub use login::{connect, LoginRequest};
 
@@ -20,13 +23,43 @@ pub struct ServerConnection {
     pub stream: TcpStream,
     pub node: String,
     pub address: String,
-    /// ParameterStatus values the server reported during login, in order.
+    /// ParameterStatus values as the server last reported them, in order.
     pub params: Vec<(String, String)>,
     pub backend_pid: i32,
     pub backend_secret: i32,
+    pub created_at: Instant,
+    /// When it last went back to a pool.
+    pub idle_since: Instant,
+    /// Session parameters set on it beyond its login defaults.
+    pub applied: ParamSet,
+    /// Statements prepared on it by the proxy (transaction mode).
+    pub statements: ServerStatements,
 }
 
 impl ServerConnection {
+    /// Records a ParameterStatus the server sent.
+    pub fn note_parameter(&mut self, name: String, value: String) {
+        match self.params.iter_mut().find(|(n, _)| *n == name) {
+            Some(slot) => slot.1 = value,
+            None => self.params.push((name, value)),
+        }
+    }
+
+    /// True when the idle socket shows no sign of trouble: no EOF and no unexpected
+    /// bytes (an idle server has nothing to say; anything it says, such as a FATAL
+    /// before closing, makes the connection unusable).
+    pub fn looks_healthy(&self) -> bool {
+        let mut probe = [0u8; 1];
+        matches!(self.stream.try_read(&mut probe), Err(ref e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    }
+
+    /// Sends Terminate without waiting (best effort) so the server logs a clean exit.
+    pub fn say_goodbye(&self) {
+        let _ = self
+            .stream
+            .try_write(&crate::protocol::messages::terminate());
+    }
+
     pub fn cancel_target(&self) -> CancelTarget {
         CancelTarget {
             address: self.address.clone(),
@@ -60,6 +93,18 @@ pub enum ServerError {
 }
 
 impl ServerError {
+    /// From the body of an ErrorResponse the server sent.
+    pub fn rejected(body: &[u8]) -> ServerError {
+        let mut raw = bytes::BytesMut::with_capacity(body.len() + 5);
+        raw.extend_from_slice(b"E");
+        raw.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
+        raw.extend_from_slice(body);
+        ServerError::Rejected {
+            fields: crate::protocol::backend::parse_error_fields(body),
+            raw: raw.freeze(),
+        }
+    }
+
     /// What the client is told. `Rejected` is better forwarded raw (see `raw_error`).
     pub fn to_client_error(&self, node: &str) -> ClientError {
         let code = match self {

@@ -2,9 +2,16 @@
 //! a server connection, then the relay. Each session runs in its own task under a
 //! tracing span, and logs exactly one line when it ends.
 
+mod checkout;
 pub mod client_auth;
 pub mod handshake;
+pub mod ledger;
+pub mod params;
+pub mod prepared;
 pub mod relay;
+mod session_mode;
+mod transaction;
+pub mod translate;
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -17,12 +24,13 @@ use tokio::net::TcpStream;
 use tracing::Instrument;
 
 use crate::cancel;
+use crate::config::{PoolMode, SessionPooling};
 use crate::protocol::{messages, ClientError, SqlState};
 use crate::proxy::{ListenerState, ProxyContext};
-use crate::router;
-use crate::server::{self, LoginRequest, ServerConnection};
 
 use handshake::{HandshakeFailure, Opening, SessionParams};
+use params::ParamSet;
+use prepared::ClientStatements;
 use relay::{RelayEnd, RelayStats};
 
 /// Runs a client connection to completion. Never panics on client input; every
@@ -67,14 +75,8 @@ async fn run_in_span(mut socket: TcpStream, ctx: Arc<ProxyContext>, listener: Ar
     let span = tracing::Span::current();
     span.record("user", params.user.as_str());
     span.record("database", params.database.as_str());
-    let mut session = Session {
-        ctx,
-        listener,
-        params,
-        started,
-        stats: RelayStats::default(),
-        node: None,
-    };
+    let mut session = Session::new(ctx, listener, params);
+    session.started = started;
     let end = session.serve(&mut socket, out).await;
     session.log_end(&end);
 }
@@ -129,13 +131,24 @@ async fn refuse(socket: &mut TcpStream, error: &ClientError) {
     .await;
 }
 
-struct Session {
+pub(crate) struct Session {
     ctx: Arc<ProxyContext>,
     listener: Arc<ListenerState>,
     params: SessionParams,
+    pooling: SessionPooling,
     started: Instant,
     stats: RelayStats,
+    /// The node last used, for the log line.
     node: Option<String>,
+    binding: Option<checkout::Binding>,
+    /// Parameters from the startup packet: what RESET returns to.
+    startup: ParamSet,
+    /// Parameters every server this client uses must have.
+    desired: ParamSet,
+    /// ParameterStatus values the client has been told.
+    reported: Vec<(String, String)>,
+    statements: ClientStatements,
+    transactions: u64,
 }
 
 /// How a session ended, for its log line.
@@ -145,97 +158,68 @@ enum SessionEnd {
 }
 
 impl Session {
+    fn new(ctx: Arc<ProxyContext>, listener: Arc<ListenerState>, params: SessionParams) -> Session {
+        let startup = ParamSet::from_startup(&params.passthrough);
+        Session {
+            pooling: ctx.config.pooling_for(&listener.config),
+            ctx,
+            listener,
+            params,
+            started: Instant::now(),
+            stats: RelayStats::default(),
+            node: None,
+            binding: None,
+            desired: startup.clone(),
+            startup,
+            reported: Vec::new(),
+            statements: ClientStatements::default(),
+            transactions: 0,
+        }
+    }
+
     async fn serve(&mut self, socket: &mut TcpStream, mut out: BytesMut) -> SessionEnd {
-        let (node_index, mut server) = match self.bind_server().await {
-            Ok(bound) => bound,
-            Err(Refusal { error, raw }) => {
-                match raw {
-                    Some(raw) => {
-                        let _ = socket.write_all(&raw).await;
-                    }
-                    None => refuse(socket, &error).await,
-                }
-                return SessionEnd::Refused(error);
+        let over_limit = self.ctx.clients.load(Ordering::Relaxed)
+            > self.ctx.config.pool.max_client_connections as usize;
+        if over_limit {
+            let error = ClientError::fatal(
+                SqlState::TooManyConnections,
+                format!(
+                    "too many client connections (max_client_connections is {})",
+                    self.ctx.config.pool.max_client_connections
+                ),
+            );
+            refuse(socket, &error).await;
+            return SessionEnd::Refused(error);
+        }
+        // The first server gives the client its ParameterStatus set, and proves the
+        // database exists and the parameters are valid before the client is told Ok.
+        let server = match self.checkout().await {
+            Ok(server) => server,
+            Err(refusal) => {
+                refusal.send(socket).await;
+                return SessionEnd::Refused(refusal.error);
             }
         };
-        let _load = SessionLoad::enter(&self.ctx, node_index);
         let registration = self.ctx.cancels.register();
-        registration.set_target(Some(server.cancel_target()));
-        for (name, value) in &server.params {
-            messages::parameter_status(&mut out, name, value);
-        }
+        self.parameter_updates(&server, &mut out);
         messages::backend_key_data(&mut out, registration.pid, registration.secret);
         messages::ready_for_query_idle(&mut out);
         if let Err(e) = socket.write_all(&out).await {
+            server.release();
             return SessionEnd::Relay(RelayEnd::ClientGone(Some(e)));
         }
         drop(out);
-
-        let max_message = self.ctx.config.client.max_message_size.0 as usize;
-        let (mut client_reader, mut client_writer) = socket.split();
-        let (mut server_reader, mut server_writer) = server.stream.split();
-        let end = relay::relay(
-            (&mut client_reader, &mut client_writer),
-            (&mut server_reader, &mut server_writer),
-            max_message,
-            &self.ctx.shutdown,
-            &mut self.stats,
-        )
-        .await;
-        self.finish(socket, &mut server, &end).await;
-        SessionEnd::Relay(end)
-    }
-
-    /// Routes the session and logs in to the chosen node.
-    async fn bind_server(&mut self) -> Result<(usize, ServerConnection), Refusal> {
-        let topology = self.ctx.topology.load();
-        let sessions: Vec<u32> = self
-            .ctx
-            .node_sessions
-            .iter()
-            .map(|c| c.load(Ordering::Relaxed))
-            .collect();
-        let rotation = self.ctx.rotation.fetch_add(1, Ordering::Relaxed);
-        let config = &self.listener.config;
-        let node_index = router::choose_node(
-            config.route,
-            config.fallback,
-            &topology,
-            &sessions,
-            rotation,
-        )
-        .map_err(|e| Refusal::from(e.to_client_error(&config.name)))?;
-        let node = &topology.nodes[node_index];
-        self.node = Some(node.name.clone());
-        tracing::Span::current().record("node", node.name.as_str());
-        let user = self.ctx.users.get(&self.params.user).ok_or_else(|| {
-            Refusal::from(ClientError::fatal(
-                SqlState::InvalidPassword,
-                "user vanished",
-            ))
-        })?;
-        let login = LoginRequest {
-            user: &user.name,
-            password: user.password.expose(),
-            database: &self.params.database,
-            params: &self.params.passthrough,
-        };
-        let timeout = self.ctx.config.server.connect_timeout.0;
-        match server::connect(&node.name, &node.address, &login, timeout).await {
-            Ok(server) => Ok((node_index, server)),
-            Err(e) => {
-                tracing::warn!(node = %node.name, error = %e, "server login failed");
-                Err(Refusal {
-                    error: e.to_client_error(&node.name),
-                    raw: e.raw_error().cloned(),
-                })
+        match self.pooling.mode {
+            PoolMode::Session => session_mode::run(self, socket, server, &registration).await,
+            PoolMode::Transaction => {
+                server.release();
+                transaction::run(self, socket, &registration).await
             }
         }
     }
 
-    /// Tells the client why the session ended when the proxy ended it, and closes
-    /// the server side cleanly.
-    async fn finish(&self, socket: &mut TcpStream, server: &mut ServerConnection, end: &RelayEnd) {
+    /// Tells the client why the session ended when the proxy ended it.
+    async fn finish(&self, socket: &mut TcpStream, end: &RelayEnd) {
         let to_client = match end {
             RelayEnd::ClientProtocol(e) => Some(ClientError::fatal(
                 SqlState::ProtocolViolation,
@@ -245,7 +229,10 @@ impl Session {
                 sent_error: false, ..
             } => Some(ClientError::fatal(
                 SqlState::ConnectionFailure,
-                format!("server connection to node \"{}\" was lost", server.node),
+                format!(
+                    "server connection to node \"{}\" was lost",
+                    self.node.as_deref().unwrap_or("?")
+                ),
             )),
             RelayEnd::Shutdown => Some(ClientError::fatal(
                 SqlState::AdminShutdown,
@@ -255,16 +242,6 @@ impl Session {
         };
         if let Some(error) = to_client {
             refuse(socket, &error).await;
-        }
-        if !matches!(
-            end,
-            RelayEnd::ClientTerminated | RelayEnd::ServerGone { .. }
-        ) {
-            let _ = tokio::time::timeout(
-                std::time::Duration::from_secs(1),
-                server.stream.write_all(&messages::terminate()),
-            )
-            .await;
         }
     }
 
@@ -287,8 +264,10 @@ impl Session {
         };
         tracing::info!(
             route = ?self.listener.config.route,
+            mode = ?self.pooling.mode,
             node = self.node.as_deref().unwrap_or("-"),
             duration_ms = self.started.elapsed().as_millis() as u64,
+            transactions = self.transactions,
             bytes_from_client = self.stats.client_bytes,
             bytes_from_server = self.stats.server_bytes,
             "session ended: {reason}"
@@ -297,36 +276,26 @@ impl Session {
 }
 
 /// A refusal after authentication: our own error, or the server's raw ErrorResponse.
-struct Refusal {
+pub(crate) struct Refusal {
     error: ClientError,
     raw: Option<bytes::Bytes>,
+}
+
+impl Refusal {
+    async fn send(&self, socket: &mut TcpStream) {
+        match &self.raw {
+            Some(raw) => {
+                let _ =
+                    tokio::time::timeout(std::time::Duration::from_secs(1), socket.write_all(raw))
+                        .await;
+            }
+            None => refuse(socket, &self.error).await,
+        }
+    }
 }
 
 impl From<ClientError> for Refusal {
     fn from(error: ClientError) -> Refusal {
         Refusal { error, raw: None }
-    }
-}
-
-/// Counts a session against its node for least-connections routing while alive.
-struct SessionLoad<'a> {
-    ctx: &'a ProxyContext,
-    node: usize,
-}
-
-impl<'a> SessionLoad<'a> {
-    fn enter(ctx: &'a ProxyContext, node: usize) -> SessionLoad<'a> {
-        if let Some(counter) = ctx.node_sessions.get(node) {
-            counter.fetch_add(1, Ordering::Relaxed);
-        }
-        SessionLoad { ctx, node }
-    }
-}
-
-impl Drop for SessionLoad<'_> {
-    fn drop(&mut self) {
-        if let Some(counter) = self.ctx.node_sessions.get(self.node) {
-            counter.fetch_sub(1, Ordering::Relaxed);
-        }
     }
 }

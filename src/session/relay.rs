@@ -31,13 +31,27 @@ pub enum RelayEnd {
     Shutdown,
 }
 
-/// Bytes relayed, for the session's log line and metrics.
+/// What the relay saw, for the session's log line and for deciding whether the
+/// server connection is clean enough to reuse.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct RelayStats {
     pub client_bytes: u64,
     pub server_bytes: u64,
     /// Last transaction status seen in ReadyForQuery ('I', 'T' or 'E').
     pub transaction_status: u8,
+    /// Requests that each end in a ReadyForQuery (Query, Sync, FunctionCall) sent.
+    pub requests: u64,
+    /// ReadyForQuery messages received.
+    pub ready: u64,
+    /// The client's stream ended on a message boundary.
+    pub client_at_boundary: bool,
+}
+
+impl RelayStats {
+    /// The server owes nothing and is outside any transaction.
+    pub fn server_idle(&self) -> bool {
+        self.requests == self.ready && self.transaction_status == b'I' && self.client_at_boundary
+    }
 }
 
 pub async fn relay<CR, CW, SR, SW>(
@@ -55,18 +69,35 @@ where
 {
     let (client_reader, client_writer) = client;
     let (server_reader, server_writer) = server;
-    let mut client_bytes = 0u64;
-    let mut server_bytes = 0u64;
-    let mut status = b'I';
+    let mut upstream = Direction::default();
+    let mut downstream = Direction {
+        status: b'I',
+        ..Direction::default()
+    };
     let end = tokio::select! {
-        end = client_to_server(client_reader, server_writer, max_message_size, &mut client_bytes) => end,
-        end = server_to_client(server_reader, client_writer, &mut server_bytes, &mut status) => end,
+        end = client_to_server(client_reader, server_writer, max_message_size, &mut upstream) => end,
+        end = server_to_client(server_reader, client_writer, &mut downstream) => end,
         _ = shutdown.cancelled() => RelayEnd::Shutdown,
     };
-    stats.client_bytes += client_bytes;
-    stats.server_bytes += server_bytes;
-    stats.transaction_status = status;
+    stats.client_bytes += upstream.bytes;
+    stats.server_bytes += downstream.bytes;
+    stats.transaction_status = downstream.status;
+    stats.requests += upstream.messages;
+    stats.ready += downstream.messages;
+    stats.client_at_boundary = upstream.at_boundary;
     end
+}
+
+/// Counters one direction keeps.
+#[derive(Default)]
+struct Direction {
+    bytes: u64,
+    /// Client: requests ending in ReadyForQuery; server: ReadyForQuery messages.
+    messages: u64,
+    /// Server: last transaction status.
+    status: u8,
+    /// Client: stopped on a message boundary.
+    at_boundary: bool,
 }
 
 fn never_capture(_: u8) -> bool {
@@ -81,7 +112,7 @@ async fn client_to_server<R, W>(
     reader: &mut R,
     writer: &mut W,
     max_message_size: usize,
-    relayed: &mut u64,
+    counters: &mut Direction,
 ) -> RelayEnd
 where
     R: AsyncRead + Unpin,
@@ -90,25 +121,29 @@ where
     let mut scanner = FrameScanner::new(max_message_size, never_capture);
     let mut buffer = BytesMut::with_capacity(BUFFER_SIZE);
     loop {
+        counters.at_boundary = scanner.at_boundary();
         match reader.read_buf(&mut buffer).await {
             Ok(0) => return RelayEnd::ClientGone(None),
             Ok(_) => {}
             Err(e) => return RelayEnd::ClientGone(Some(e)),
         }
         let mut terminate_at = None;
-        if let Err(e) = scanner.scan(&buffer, |frame| {
-            if frame.tag == b'X' && terminate_at.is_none() {
-                terminate_at = Some(frame.end);
-            }
+        let mut requests = 0;
+        if let Err(e) = scanner.scan(&buffer, |frame| match frame.tag {
+            b'X' if terminate_at.is_none() => terminate_at = Some(frame.end),
+            b'Q' | b'S' | b'F' if terminate_at.is_none() => requests += 1,
+            _ => {}
         }) {
             return RelayEnd::ClientProtocol(e);
         }
+        counters.messages += requests;
         let upto = terminate_at.unwrap_or(buffer.len());
         if let Err(e) = writer.write_all(&buffer[..upto]).await {
             return server_gone(Some(e), false);
         }
-        *relayed += upto as u64;
+        counters.bytes += upto as u64;
         if terminate_at.is_some() {
+            counters.at_boundary = true;
             return RelayEnd::ClientTerminated;
         }
         buffer.clear();
@@ -118,8 +153,7 @@ where
 async fn server_to_client<R, W>(
     reader: &mut R,
     writer: &mut W,
-    relayed: &mut u64,
-    status: &mut u8,
+    counters: &mut Direction,
 ) -> RelayEnd
 where
     R: AsyncRead + Unpin,
@@ -139,8 +173,9 @@ where
         let scanned = scanner.scan(&buffer, |frame| {
             last_was_error = frame.tag == b'E';
             if frame.tag == b'Z' {
+                counters.messages += 1;
                 if let Some(&s) = frame.body.first() {
-                    *status = s;
+                    counters.status = s;
                 }
             }
         });
@@ -151,7 +186,7 @@ where
         if let Err(e) = writer.write_all(&buffer).await {
             return RelayEnd::ClientGone(Some(e));
         }
-        *relayed += buffer.len() as u64;
+        counters.bytes += buffer.len() as u64;
         buffer.clear();
     }
 }

@@ -46,6 +46,11 @@ pub fn config_yaml(nodes: &[NodeSpec], ro_fallback: &str, extra: &str) -> String
 }
 
 pub async fn start_proxy(yaml: &str) -> RunningProxy {
+    // Logs show up with `RUST_LOG=switchyard=debug cargo test -- --nocapture`.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
     let config = Config::from_yaml_str(yaml).unwrap_or_else(|e| panic!("config: {e}\n{yaml}"));
     proxy::start(config).await.expect("proxy starts")
 }

@@ -1,0 +1,303 @@
+//! One pool of server connections for a (node, database, user): at most `size`
+//! open, idle ones reused most-recently-used first, checkout with a timeout, and an
+//! RAII guard whose drop discards the connection unless it was explicitly released
+//! as clean, so no error path can hand a broken or mid-transaction connection to the
+//! next client.
+
+use std::ops::{Deref, DerefMut};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::PoolKey;
+use crate::config::Secret;
+use crate::server::{self, LoginRequest, ServerConnection, ServerError};
+
+/// Settings shared by every pool.
+#[derive(Debug, Clone)]
+pub struct PoolSettings {
+    pub size: usize,
+    pub min_idle: usize,
+    pub connect_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub lifetime: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckoutError {
+    #[error("timed out after {waited:?} waiting for a server connection to node \"{node}\" (pool of {size}, all in use)")]
+    Timeout {
+        node: String,
+        waited: Duration,
+        size: usize,
+    },
+    #[error(transparent)]
+    Connect(#[from] ServerError),
+}
+
+pub struct ServerPool {
+    pub key: PoolKey,
+    address: String,
+    password: Secret,
+    settings: PoolSettings,
+    slots: Arc<Semaphore>,
+    idle: Mutex<Vec<(ServerConnection, u64)>>,
+    /// Connections open now (idle and in use).
+    open: AtomicUsize,
+    /// Clients waiting in checkout now.
+    waiting: AtomicUsize,
+    /// Bumped by `drain`: connections from an older epoch are closed, not reused.
+    epoch: AtomicU64,
+}
+
+/// A snapshot of a pool's counters, for /status and metrics.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PoolStats {
+    pub node: String,
+    pub database: String,
+    pub user: String,
+    pub size: usize,
+    pub open: usize,
+    pub idle: usize,
+    pub in_use: usize,
+    pub waiting: usize,
+}
+
+impl ServerPool {
+    pub fn new(
+        key: PoolKey,
+        address: String,
+        password: Secret,
+        settings: PoolSettings,
+    ) -> ServerPool {
+        ServerPool {
+            key,
+            address,
+            password,
+            slots: Arc::new(Semaphore::new(settings.size)),
+            settings,
+            idle: Mutex::new(Vec::new()),
+            open: AtomicUsize::new(0),
+            waiting: AtomicUsize::new(0),
+            epoch: AtomicU64::new(0),
+        }
+    }
+
+    fn idle(&self) -> MutexGuard<'_, Vec<(ServerConnection, u64)>> {
+        // Each critical section is a push, pop or retain: a panic cannot leave the
+        // list half-changed, so a poisoned lock is still consistent.
+        self.idle.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    /// A logged-in, idle server connection, waiting at most `timeout` for a slot.
+    pub async fn checkout(
+        self: &Arc<Self>,
+        timeout: Duration,
+    ) -> Result<PooledServer, CheckoutError> {
+        let started = Instant::now();
+        self.waiting.fetch_add(1, Ordering::Relaxed);
+        let acquired = tokio::time::timeout(timeout, Arc::clone(&self.slots).acquire_owned()).await;
+        self.waiting.fetch_sub(1, Ordering::Relaxed);
+        let permit = match acquired {
+            Ok(Ok(permit)) => permit,
+            // The semaphore is never closed; treat it like a timeout all the same.
+            Ok(Err(_)) | Err(_) => {
+                return Err(CheckoutError::Timeout {
+                    node: self.key.node.clone(),
+                    waited: started.elapsed(),
+                    size: self.settings.size,
+                })
+            }
+        };
+        if let Some((connection, epoch)) = self.take_idle() {
+            return Ok(self.guard(connection, epoch, permit));
+        }
+        let epoch = self.epoch.load(Ordering::Relaxed);
+        let connection = self.connect().await?;
+        Ok(self.guard(connection, epoch, permit))
+    }
+
+    fn guard(
+        self: &Arc<Self>,
+        connection: ServerConnection,
+        epoch: u64,
+        permit: OwnedSemaphorePermit,
+    ) -> PooledServer {
+        PooledServer {
+            connection: Some(connection),
+            pool: Arc::clone(self),
+            epoch,
+            _permit: permit,
+        }
+    }
+
+    /// Pops a reusable idle connection, closing stale or broken ones on the way.
+    fn take_idle(&self) -> Option<(ServerConnection, u64)> {
+        let current = self.epoch.load(Ordering::Relaxed);
+        loop {
+            let (connection, epoch) = self.idle().pop()?;
+            if epoch == current
+                && self.is_fresh(&connection, Instant::now())
+                && connection.looks_healthy()
+            {
+                return Some((connection, epoch));
+            }
+            self.close(connection);
+        }
+    }
+
+    async fn connect(&self) -> Result<ServerConnection, ServerError> {
+        let login = LoginRequest {
+            user: &self.key.user,
+            password: self.password.expose(),
+            database: &self.key.database,
+            params: &[],
+        };
+        let connection = server::connect(
+            &self.key.node,
+            &self.address,
+            &login,
+            self.settings.connect_timeout,
+        )
+        .await?;
+        self.open.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(node = %self.key.node, database = %self.key.database, user = %self.key.user, "server connection opened");
+        Ok(connection)
+    }
+
+    fn is_fresh(&self, connection: &ServerConnection, now: Instant) -> bool {
+        now.duration_since(connection.created_at) < self.settings.lifetime
+            && now.duration_since(connection.idle_since) < self.settings.idle_timeout
+    }
+
+    fn give_back(&self, mut connection: ServerConnection, epoch: u64) {
+        let now = Instant::now();
+        if epoch != self.epoch.load(Ordering::Relaxed)
+            || now.duration_since(connection.created_at) >= self.settings.lifetime
+        {
+            return self.close(connection);
+        }
+        connection.idle_since = now;
+        self.idle().push((connection, epoch));
+    }
+
+    fn close(&self, connection: ServerConnection) {
+        connection.say_goodbye();
+        self.open.fetch_sub(1, Ordering::Relaxed);
+        drop(connection);
+    }
+
+    /// Closes idle connections past their idle timeout or lifetime. Returns how many.
+    pub fn prune(&self) -> usize {
+        let now = Instant::now();
+        let stale: Vec<ServerConnection> = {
+            let mut idle = self.idle();
+            let (keep, stale): (Vec<_>, Vec<_>) =
+                idle.drain(..).partition(|(c, _)| self.is_fresh(c, now));
+            *idle = keep;
+            stale.into_iter().map(|(c, _)| c).collect()
+        };
+        let closed = stale.len();
+        stale.into_iter().for_each(|c| self.close(c));
+        closed
+    }
+
+    /// Opens connections until `min_idle` are idle, without making clients wait.
+    pub async fn top_up(&self) {
+        while self.idle().len() < self.settings.min_idle {
+            let Ok(permit) = Arc::clone(&self.slots).try_acquire_owned() else {
+                return;
+            };
+            let epoch = self.epoch.load(Ordering::Relaxed);
+            match self.connect().await {
+                Ok(connection) => self.give_back(connection, epoch),
+                Err(e) => {
+                    tracing::warn!(node = %self.key.node, error = %e, "cannot open a server connection for min_idle");
+                    return;
+                }
+            }
+            drop(permit);
+        }
+    }
+
+    /// Closes every idle connection and makes those in use close when returned.
+    pub fn drain(&self) -> usize {
+        self.epoch.fetch_add(1, Ordering::Relaxed);
+        let idle: Vec<_> = self.idle().drain(..).collect();
+        let closed = idle.len();
+        idle.into_iter().for_each(|(c, _)| self.close(c));
+        closed
+    }
+
+    pub fn stats(&self) -> PoolStats {
+        let open = self.open.load(Ordering::Relaxed);
+        let idle = self.idle().len();
+        PoolStats {
+            node: self.key.node.clone(),
+            database: self.key.database.clone(),
+            user: self.key.user.clone(),
+            size: self.settings.size,
+            open,
+            idle,
+            in_use: open.saturating_sub(idle),
+            waiting: self.waiting.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// A checked-out server connection. Dropping it closes the connection; only
+/// [`release`](PooledServer::release) returns it to the pool.
+pub struct PooledServer {
+    connection: Option<ServerConnection>,
+    pool: Arc<ServerPool>,
+    epoch: u64,
+    // Dropped after `connection` is back in the idle list, so a waiter woken by the
+    // permit finds it there.
+    _permit: OwnedSemaphorePermit,
+}
+
+impl PooledServer {
+    /// Returns a clean, idle connection to the pool.
+    pub fn release(mut self) {
+        if let Some(connection) = self.connection.take() {
+            self.pool.give_back(connection, self.epoch);
+        }
+    }
+
+    pub fn pool(&self) -> &Arc<ServerPool> {
+        &self.pool
+    }
+}
+
+impl Deref for PooledServer {
+    type Target = ServerConnection;
+    fn deref(&self) -> &ServerConnection {
+        // Invariant: `connection` is only taken in `release` and `drop`, which consume self.
+        self.connection
+            .as_ref()
+            .unwrap_or_else(|| unreachable!("connection taken before drop"))
+    }
+}
+
+impl DerefMut for PooledServer {
+    fn deref_mut(&mut self) -> &mut ServerConnection {
+        self.connection
+            .as_mut()
+            .unwrap_or_else(|| unreachable!("connection taken before drop"))
+    }
+}
+
+impl Drop for PooledServer {
+    fn drop(&mut self) {
+        if let Some(connection) = self.connection.take() {
+            tracing::debug!(node = %self.pool.key.node, "server connection discarded");
+            self.pool.close(connection);
+        }
+    }
+}

@@ -1,0 +1,550 @@
+//! The response ledger of a transaction-mode session: what the server owes the
+//! client for every message sent to it, in order. Because the proxy rewrites the
+//! client's extended-protocol traffic (statements prepared under other names, Parse
+//! messages it injects, Close/Parse it answers itself), the server's replies no
+//! longer match the client's requests one to one; the ledger walks the server's
+//! messages (by header only) against what was sent and decides, per message, to
+//! forward it, swallow it, or insert a reply the proxy owes. It also knows when the
+//! server is idle and can go back to the pool.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use super::params::ParamChange;
+use super::prepared::{ServerStatements, StatementDef};
+use crate::protocol::frame::{Frame, FrameError, FrameScanner, FrameVisitor};
+
+pub const PARSE_COMPLETE: &[u8] = &[b'1', 0, 0, 0, 4];
+pub const CLOSE_COMPLETE: &[u8] = &[b'3', 0, 0, 0, 4];
+
+/// What a server-side statement change does if its message fails or is skipped.
+#[derive(Debug)]
+pub enum Effect {
+    None,
+    /// A Parse we sent: the server does not have the statement if it fails.
+    Prepared(Arc<StatementDef>),
+    /// A Close we sent: the server still has the statement if it is skipped.
+    Closed(Arc<StatementDef>),
+}
+
+/// One reply the server (or the proxy) owes the client.
+#[derive(Debug)]
+pub enum Expect {
+    /// ParseComplete / BindComplete / CloseComplete. `suppress` for messages the
+    /// proxy sent on its own behalf, whose replies the client must not see.
+    Complete { suppress: bool, effect: Effect },
+    /// ParameterDescription then RowDescription or NoData.
+    DescribeStatement,
+    /// RowDescription or NoData.
+    DescribePortal,
+    /// Rows, then CommandComplete, EmptyQueryResponse or PortalSuspended.
+    Execute,
+    /// Everything up to ReadyForQuery (Sync, simple Query, FunctionCall). A simple
+    /// query that changes a tracked parameter carries the change.
+    Ready { change: Option<ParamChange> },
+    /// A reply the proxy makes up itself, sent when it reaches the head.
+    Synthetic(&'static [u8]),
+    /// Marks where the client ended a COPY (CopyDone/CopyFail) before the server
+    /// had said it entered copy-in mode; owes nothing.
+    CopyEnd,
+}
+
+/// Output of processing one chunk of server bytes.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Segment {
+    /// Forward this range of the chunk.
+    Forward(usize, usize),
+    /// Send these bytes the proxy made up.
+    Insert(&'static [u8]),
+}
+
+/// Things the session must apply after a chunk.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Event {
+    /// A ParameterStatus body the server sent (forwarded to the client too).
+    ParameterStatus(Vec<u8>),
+    /// A tracked SET/RESET succeeded outside a transaction.
+    ParamCommitted(ParamChange),
+}
+
+#[derive(Debug)]
+pub struct Ledger {
+    queue: VecDeque<Expect>,
+    /// Transaction status from the last ReadyForQuery.
+    status: u8,
+    /// The client sent extended-protocol messages without the closing Sync yet.
+    batch_open: bool,
+    /// An ErrorResponse arrived while the head was a Ready entry.
+    error_in_ready: bool,
+    /// Whether the message in progress (started in an earlier chunk) is forwarded.
+    forwarding: bool,
+    /// The client changed settings in a way that is not tracked (SET inside a
+    /// transaction block); the server must be reset before another client uses it.
+    pub untracked_settings: bool,
+    /// The server is in copy-in mode (it ignores Sync and Flush until the client's
+    /// CopyDone or CopyFail).
+    copy_in: bool,
+}
+
+impl Default for Ledger {
+    fn default() -> Self {
+        Ledger {
+            queue: VecDeque::new(),
+            status: b'I',
+            batch_open: false,
+            error_in_ready: false,
+            forwarding: true,
+            untracked_settings: false,
+            copy_in: false,
+        }
+    }
+}
+
+impl Ledger {
+    pub fn push(&mut self, expect: Expect) {
+        self.queue.push_back(expect);
+    }
+
+    pub fn status(&self) -> u8 {
+        self.status
+    }
+
+    pub fn set_batch_open(&mut self, open: bool) {
+        self.batch_open = open;
+    }
+
+    /// The client sent Sync: it is owed a ReadyForQuery unless the server is in
+    /// copy-in mode, where PostgreSQL ignores Sync.
+    pub fn client_sync(&mut self) {
+        if !self.copy_in {
+            self.push(Expect::Ready { change: None });
+        }
+    }
+
+    /// The client sent CopyDone or CopyFail.
+    pub fn client_copy_end(&mut self) {
+        if self.copy_in {
+            self.copy_in = false;
+        } else {
+            self.push(Expect::CopyEnd);
+        }
+    }
+
+    /// The server entered copy-in mode: Syncs the client already sent after the
+    /// COPY started (up to its CopyDone, if that was sent too) get no reply.
+    fn server_copy_in(&mut self) {
+        let mut index = 1;
+        while index < self.queue.len() {
+            match self.queue[index] {
+                Expect::Ready { .. } => {
+                    self.queue.remove(index);
+                }
+                Expect::CopyEnd => {
+                    self.queue.remove(index);
+                    return;
+                }
+                _ => index += 1,
+            }
+        }
+        self.copy_in = true;
+    }
+
+    /// Nothing owed, no transaction, no half-sent batch: the server can be released.
+    pub fn is_idle(&self) -> bool {
+        self.queue.is_empty() && self.status == b'I' && !self.batch_open
+    }
+
+    pub fn owes_nothing(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    /// Emits the proxy-made replies now at the head of the queue.
+    pub fn flush_synthetic(&mut self, segments: &mut Vec<Segment>) {
+        while let Some(Expect::Synthetic(bytes)) = self.queue.front() {
+            segments.push(Segment::Insert(bytes));
+            self.queue.pop_front();
+        }
+    }
+
+    /// Walks a chunk of server bytes, producing what to send the client.
+    pub fn process(
+        &mut self,
+        chunk: &[u8],
+        scanner: &mut FrameScanner,
+        statements: &mut ServerStatements,
+        segments: &mut Vec<Segment>,
+        events: &mut Vec<Event>,
+    ) -> Result<(), FrameError> {
+        let run_start = (!scanner.at_boundary() && self.forwarding).then_some(0);
+        let mut walker = Walker {
+            ledger: self,
+            statements,
+            segments,
+            events,
+            run_start,
+        };
+        scanner.scan_with(chunk, &mut walker)?;
+        if let Some(start) = walker.run_start {
+            if start < chunk.len() {
+                walker.segments.push(Segment::Forward(start, chunk.len()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Decides, at a message's first byte, whether it is forwarded.
+    fn on_start(&mut self, tag: u8, statements: &mut ServerStatements) -> bool {
+        while matches!(self.queue.front(), Some(Expect::CopyEnd)) {
+            self.queue.pop_front();
+        }
+        if tag == b'G' {
+            self.server_copy_in();
+        } else if tag == b'E' {
+            // An error ends copy-in mode on the server side.
+            self.copy_in = false;
+        }
+        let Some(head) = self.queue.front() else {
+            return true;
+        };
+        match (head, tag) {
+            (Expect::Complete { .. }, b'1' | b'2' | b'3') => {
+                let suppress = matches!(head, Expect::Complete { suppress: true, .. });
+                self.queue.pop_front();
+                !suppress
+            }
+            (Expect::DescribeStatement, b'T' | b'n')
+            | (Expect::DescribePortal, b'T' | b'n')
+            | (Expect::Execute, b'C' | b'I' | b's') => {
+                self.queue.pop_front();
+                true
+            }
+            (Expect::Ready { .. }, b'E') => {
+                self.error_in_ready = true;
+                true
+            }
+            (_, b'E') => {
+                self.fail_batch(statements);
+                true
+            }
+            _ => true,
+        }
+    }
+
+    /// After an error in an extended-protocol batch the server skips everything up
+    /// to Sync: undo what the skipped messages would have done.
+    fn fail_batch(&mut self, statements: &mut ServerStatements) {
+        while let Some(head) = self.queue.front() {
+            if matches!(head, Expect::Ready { .. }) {
+                break;
+            }
+            if let Some(Expect::Complete { effect, .. }) = self.queue.pop_front() {
+                match effect {
+                    Effect::Prepared(def) => statements.remove(&def.server_name),
+                    Effect::Closed(def) => statements.insert(def),
+                    Effect::None => {}
+                }
+            }
+        }
+    }
+
+    fn on_ready(&mut self, status: u8, events: &mut Vec<Event>) {
+        // Pop through the Ready entry this ReadyForQuery answers; anything before it
+        // was never answered (which only a confused server causes).
+        while let Some(expect) = self.queue.pop_front() {
+            if let Expect::Ready { change } = expect {
+                if let Some(change) = change {
+                    if !self.error_in_ready && status == b'I' {
+                        events.push(Event::ParamCommitted(change));
+                    } else if status != b'I' {
+                        self.untracked_settings = true;
+                    }
+                }
+                break;
+            }
+        }
+        self.error_in_ready = false;
+        self.status = status;
+    }
+}
+
+struct Walker<'a> {
+    ledger: &'a mut Ledger,
+    statements: &'a mut ServerStatements,
+    segments: &'a mut Vec<Segment>,
+    events: &'a mut Vec<Event>,
+    run_start: Option<usize>,
+}
+
+impl Walker<'_> {
+    fn close_run(&mut self, at: usize) {
+        if let Some(start) = self.run_start.take() {
+            if start < at {
+                self.segments.push(Segment::Forward(start, at));
+            }
+        }
+    }
+}
+
+impl FrameVisitor for Walker<'_> {
+    fn start(&mut self, tag: u8, at: usize) {
+        let asynchronous = matches!(tag, b'N' | b'A' | b'S');
+        let forward = if asynchronous {
+            true
+        } else {
+            if matches!(self.ledger.queue.front(), Some(Expect::Synthetic(_))) {
+                self.close_run(at);
+                self.ledger.flush_synthetic(self.segments);
+            }
+            self.ledger.on_start(tag, self.statements)
+        };
+        self.ledger.forwarding = forward;
+        match (forward, self.run_start.is_some()) {
+            (true, false) => self.run_start = Some(at),
+            (false, true) => self.close_run(at),
+            _ => {}
+        }
+    }
+
+    fn end(&mut self, frame: Frame<'_>) {
+        match frame.tag {
+            b'S' => self
+                .events
+                .push(Event::ParameterStatus(frame.body.to_vec())),
+            b'Z' => {
+                let status = frame.body.first().copied().unwrap_or(b'I');
+                self.ledger.on_ready(status, self.events);
+            }
+            _ => {}
+        }
+        if matches!(self.ledger.queue.front(), Some(Expect::Synthetic(_))) {
+            if self.ledger.forwarding {
+                self.close_run(frame.end);
+            }
+            self.ledger.flush_synthetic(self.segments);
+        }
+    }
+}
+
+/// Message types whose bodies the ledger reads: ReadyForQuery and ParameterStatus.
+pub fn capture_tags(tag: u8) -> bool {
+    matches!(tag, b'Z' | b'S')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut out = vec![tag];
+        out.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+        out.extend_from_slice(body);
+        out
+    }
+
+    fn def(query: &str) -> Arc<StatementDef> {
+        let mut body = b"s\0".to_vec();
+        body.extend_from_slice(query.as_bytes());
+        body.extend_from_slice(&[0, 0, 0]);
+        Arc::new(StatementDef::from_parse_body(&body, 1))
+    }
+
+    /// Feeds `server` in chunks of `size` and returns what the client receives.
+    fn client_sees(
+        ledger: &mut Ledger,
+        statements: &mut ServerStatements,
+        server: &[u8],
+        size: usize,
+    ) -> (Vec<u8>, Vec<Event>) {
+        let mut scanner = FrameScanner::new(1 << 20, capture_tags);
+        let mut out = Vec::new();
+        let mut events = Vec::new();
+        for chunk in server.chunks(size) {
+            let mut segments = Vec::new();
+            ledger
+                .process(chunk, &mut scanner, statements, &mut segments, &mut events)
+                .expect("valid");
+            for segment in segments {
+                match segment {
+                    Segment::Forward(a, b) => out.extend_from_slice(&chunk[a..b]),
+                    Segment::Insert(bytes) => out.extend_from_slice(bytes),
+                }
+            }
+        }
+        (out, events)
+    }
+
+    #[test]
+    fn injected_parse_is_swallowed_and_skipped_parse_is_answered_in_order() {
+        // Client: Parse(a, already prepared) Bind Execute Sync; the proxy also injected
+        // a Parse for a statement the Bind needs.
+        let server = [
+            message(b'1', b""), // reply to the injected Parse
+            message(b'2', b""), // BindComplete
+            message(b'D', b"row"),
+            message(b'C', b"SELECT 1\0"),
+            message(b'Z', b"I"),
+        ]
+        .concat();
+        let expected = [
+            PARSE_COMPLETE.to_vec(),
+            message(b'2', b""),
+            message(b'D', b"row"),
+            message(b'C', b"SELECT 1\0"),
+            message(b'Z', b"I"),
+        ]
+        .concat();
+        for size in 1..=server.len() {
+            let mut ledger = Ledger::default();
+            let mut statements = ServerStatements::default();
+            ledger.push(Expect::Synthetic(PARSE_COMPLETE));
+            ledger.push(Expect::Complete {
+                suppress: true,
+                effect: Effect::Prepared(def("select 1")),
+            });
+            ledger.push(Expect::Complete {
+                suppress: false,
+                effect: Effect::None,
+            });
+            ledger.push(Expect::Execute);
+            ledger.push(Expect::Ready { change: None });
+            let (out, _) = client_sees(&mut ledger, &mut statements, &server, size);
+            assert_eq!(out, expected, "chunk size {size}");
+            assert!(ledger.is_idle());
+        }
+    }
+
+    #[test]
+    fn an_error_skips_to_sync_and_undoes_skipped_parses() {
+        let statement = def("select broken");
+        let mut statements = ServerStatements::default();
+        statements.insert(Arc::clone(&statement));
+        let mut ledger = Ledger::default();
+        ledger.push(Expect::Complete {
+            suppress: false,
+            effect: Effect::None,
+        }); // Bind fails
+        ledger.push(Expect::Complete {
+            suppress: true,
+            effect: Effect::Prepared(Arc::clone(&statement)),
+        });
+        ledger.push(Expect::Synthetic(CLOSE_COMPLETE)); // skipped by the server, so not sent
+        ledger.push(Expect::Execute);
+        ledger.push(Expect::Ready { change: None });
+        let server = [message(b'E', b"SERROR\0\0"), message(b'Z', b"I")].concat();
+        let (out, _) = client_sees(&mut ledger, &mut statements, &server, 3);
+        assert_eq!(out, server);
+        assert!(!statements.touch(&statement), "the skipped Parse never ran");
+        assert!(ledger.is_idle());
+    }
+
+    #[test]
+    fn a_synthetic_reply_with_nothing_else_owed_is_flushed_at_once() {
+        let mut ledger = Ledger::default();
+        ledger.push(Expect::Synthetic(CLOSE_COMPLETE));
+        let mut segments = Vec::new();
+        ledger.flush_synthetic(&mut segments);
+        assert_eq!(segments, vec![Segment::Insert(CLOSE_COMPLETE)]);
+        assert!(ledger.owes_nothing());
+    }
+
+    #[test]
+    fn tracked_set_commits_only_outside_a_transaction_and_without_error() {
+        let change = ParamChange::Set("search_path".into(), "x".into());
+        let mut statements = ServerStatements::default();
+        let reply = |status: &[u8]| [message(b'C', b"SET\0"), message(b'Z', status)].concat();
+
+        let mut ledger = Ledger::default();
+        ledger.push(Expect::Ready {
+            change: Some(change.clone()),
+        });
+        let (_, events) = client_sees(&mut ledger, &mut statements, &reply(b"I"), 64);
+        assert_eq!(events, vec![Event::ParamCommitted(change.clone())]);
+
+        let mut ledger = Ledger::default();
+        ledger.push(Expect::Ready {
+            change: Some(change.clone()),
+        });
+        let (_, events) = client_sees(&mut ledger, &mut statements, &reply(b"T"), 64);
+        assert!(events.is_empty());
+        assert!(
+            ledger.untracked_settings,
+            "a SET inside a transaction taints the server"
+        );
+
+        let mut ledger = Ledger::default();
+        ledger.push(Expect::Ready {
+            change: Some(change),
+        });
+        let failed = [message(b'E', b"SERROR\0\0"), message(b'Z', b"I")].concat();
+        let (_, events) = client_sees(&mut ledger, &mut statements, &failed, 64);
+        assert!(events.is_empty());
+    }
+
+    #[test]
+    fn syncs_sent_during_copy_in_get_no_reply() {
+        let reply = [
+            message(b'2', b""),
+            message(b'G', b"\0\0\0"),
+            message(b'C', b"COPY 3\0"),
+            message(b'Z', b"I"),
+        ]
+        .concat();
+        // tokio-postgres: Bind Execute Sync, data, CopyDone Sync - all before the
+        // proxy has seen CopyInResponse, or Sync and CopyDone after it.
+        for early in [true, false] {
+            let mut ledger = Ledger::default();
+            let mut statements = ServerStatements::default();
+            ledger.push(Expect::Complete {
+                suppress: false,
+                effect: Effect::None,
+            });
+            ledger.push(Expect::Execute);
+            ledger.client_sync();
+            if early {
+                ledger.client_copy_end();
+                ledger.client_sync();
+                let (out, _) = client_sees(&mut ledger, &mut statements, &reply, 4);
+                assert_eq!(out, reply);
+            } else {
+                let (first, rest) = reply.split_at(5 + 8);
+                client_sees(&mut ledger, &mut statements, first, 64);
+                ledger.client_sync(); // ignored by the server in copy-in mode
+                ledger.client_copy_end();
+                ledger.client_sync();
+                client_sees(&mut ledger, &mut statements, rest, 64);
+            }
+            assert!(ledger.is_idle(), "early={early}: {ledger:?}");
+        }
+    }
+
+    #[test]
+    fn asynchronous_messages_pass_without_consuming_the_ledger() {
+        let mut ledger = Ledger::default();
+        let mut statements = ServerStatements::default();
+        ledger.push(Expect::Complete {
+            suppress: true,
+            effect: Effect::None,
+        });
+        ledger.push(Expect::Ready { change: None });
+        let server = [
+            message(b'N', b"SNOTICE\0\0"),
+            message(b'S', b"TimeZone\0UTC\0"),
+            message(b'1', b""),
+            message(b'Z', b"T"),
+        ]
+        .concat();
+        let (out, events) = client_sees(&mut ledger, &mut statements, &server, 7);
+        let expected = [
+            message(b'N', b"SNOTICE\0\0"),
+            message(b'S', b"TimeZone\0UTC\0"),
+            message(b'Z', b"T"),
+        ]
+        .concat();
+        assert_eq!(out, expected);
+        assert_eq!(
+            events,
+            vec![Event::ParameterStatus(b"TimeZone\0UTC\0".to_vec())]
+        );
+        assert!(!ledger.is_idle(), "in a transaction");
+    }
+}

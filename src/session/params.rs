@@ -1,0 +1,323 @@
+//! Session parameters that follow a client from server to server in pooled modes:
+//! the client's startup parameters (applied with `set_config`, which reads values the
+//! way the startup packet does) and `SET`/`RESET` statements it ran outside a
+//! transaction (re-applied as the SQL it wrote). Pure: builds the SQL that brings a
+//! server in line with a client, and recognises SET statements in query text.
+
+/// How a parameter's value was given, which decides how it is re-applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ParamValue {
+    /// A raw value string, as in a startup packet: `set_config(name, value, false)`.
+    Raw(String),
+    /// The SQL the client wrote after `SET name TO`: re-run as written.
+    Sql(String),
+}
+
+/// Parameters set on a session beyond the server's login defaults, in order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ParamSet {
+    entries: Vec<(String, ParamValue)>,
+}
+
+impl ParamSet {
+    pub fn get(&self, name: &str) -> Option<&ParamValue> {
+        self.entries
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
+    }
+
+    pub fn set(&mut self, name: &str, value: ParamValue) {
+        match self
+            .entries
+            .iter_mut()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        {
+            Some(slot) => slot.1 = value,
+            None => self.entries.push((name.to_string(), value)),
+        }
+    }
+
+    pub fn remove(&mut self, name: &str) {
+        self.entries.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &(String, ParamValue)> {
+        self.entries.iter()
+    }
+
+    /// The client's startup parameters as a set; `options` (`-c name=value` and
+    /// `--name=value`) is unpacked into its parameters.
+    pub fn from_startup(params: &[(String, String)]) -> ParamSet {
+        let mut set = ParamSet::default();
+        for (name, value) in params {
+            if name == "options" {
+                for (k, v) in parse_options(value) {
+                    set.set(&k, ParamValue::Raw(v));
+                }
+            } else if is_identifier(name) {
+                set.set(name, ParamValue::Raw(value.clone()));
+            }
+        }
+        set
+    }
+
+    /// SQL that changes a server with `current` into one with `self`, or None.
+    pub fn sync_sql(&self, current: &ParamSet) -> Option<String> {
+        let mut statements = Vec::new();
+        for (name, value) in &self.entries {
+            if current.get(name) != Some(value) {
+                statements.push(match value {
+                    ParamValue::Raw(raw) => format!(
+                        "SELECT pg_catalog.set_config({}, {}, false)",
+                        quote_literal(name),
+                        quote_literal(raw)
+                    ),
+                    ParamValue::Sql(sql) => format!("SET {name} TO {sql}"),
+                });
+            }
+        }
+        for (name, _) in &current.entries {
+            if self.get(name).is_none() {
+                statements.push(format!("RESET {name}"));
+            }
+        }
+        (!statements.is_empty()).then(|| statements.join(";"))
+    }
+}
+
+/// A change to tracked parameters recognised in a simple query.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ParamChange {
+    Set(String, String),
+    Reset(String),
+    ResetAll,
+}
+
+impl ParamChange {
+    /// Applies the change to the client's parameters; `startup` gives the values a
+    /// RESET returns to, as PostgreSQL resets to the session's startup values.
+    pub fn apply(&self, params: &mut ParamSet, startup: &ParamSet) {
+        match self {
+            ParamChange::Set(name, sql) => params.set(name, ParamValue::Sql(sql.clone())),
+            ParamChange::Reset(name) => match startup.get(name) {
+                Some(value) => params.set(name, value.clone()),
+                None => params.remove(name),
+            },
+            ParamChange::ResetAll => *params = startup.clone(),
+        }
+    }
+}
+
+/// Recognises one `SET [SESSION] name {TO|=} value`, `RESET name`, `RESET ALL` or
+/// `DISCARD ALL` statement (optionally ending with `;`). Anything else, including
+/// `SET LOCAL` and multi-statement strings, is not tracked.
+pub fn parse_param_change(query: &[u8]) -> Option<ParamChange> {
+    let text = std::str::from_utf8(query).ok()?;
+    let text = text.trim_end_matches('\0').trim();
+    let text = text.strip_suffix(';').unwrap_or(text).trim();
+    if text.contains(';') || text.contains("--") || text.contains("/*") {
+        return None;
+    }
+    let (keyword, rest) = split_word(text)?;
+    match keyword.to_ascii_lowercase().as_str() {
+        "set" => {
+            let (mut name, mut rest) = split_word(rest)?;
+            if name.eq_ignore_ascii_case("session") {
+                (name, rest) = split_word(rest)?;
+            }
+            if name.eq_ignore_ascii_case("local") || !is_identifier(name) {
+                return None;
+            }
+            let rest = rest.trim_start();
+            let value = rest
+                .strip_prefix('=')
+                .or_else(|| strip_keyword(rest, "to"))?
+                .trim();
+            if value.is_empty() || strip_keyword(value, "default").is_some_and(str::is_empty) {
+                return Some(ParamChange::Reset(name.to_ascii_lowercase()));
+            }
+            Some(ParamChange::Set(
+                name.to_ascii_lowercase(),
+                value.to_string(),
+            ))
+        }
+        "reset" => {
+            let (name, rest) = split_word(rest)?;
+            if !rest.trim().is_empty() {
+                return None;
+            }
+            if name.eq_ignore_ascii_case("all") {
+                Some(ParamChange::ResetAll)
+            } else {
+                is_identifier(name).then(|| ParamChange::Reset(name.to_ascii_lowercase()))
+            }
+        }
+        "discard" => {
+            let (what, rest) = split_word(rest)?;
+            (what.eq_ignore_ascii_case("all") && rest.trim().is_empty())
+                .then_some(ParamChange::ResetAll)
+        }
+        _ => None,
+    }
+}
+
+fn split_word(text: &str) -> Option<(&str, &str)> {
+    let text = text.trim_start();
+    let end = text
+        .find(|c: char| c.is_whitespace() || c == '=')
+        .unwrap_or(text.len());
+    (end > 0).then(|| (&text[..end], &text[end..]))
+}
+
+fn strip_keyword<'a>(text: &'a str, keyword: &str) -> Option<&'a str> {
+    let text = text.trim_start();
+    let (word, rest) = split_word(text)?;
+    word.eq_ignore_ascii_case(keyword).then_some(rest)
+}
+
+/// Parameter names we are willing to put into SQL unquoted.
+fn is_identifier(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
+        && !name.starts_with(|c: char| c.is_ascii_digit())
+}
+
+/// `-c name=value` and `--name=value` pairs of the startup `options` parameter
+/// (backslash escapes a space, as libpq documents).
+fn parse_options(options: &str) -> Vec<(String, String)> {
+    let mut words = Vec::new();
+    let mut current = String::new();
+    let mut chars = options.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                if let Some(next) = chars.next() {
+                    current.push(next);
+                }
+            }
+            c if c.is_whitespace() => {
+                if !current.is_empty() {
+                    words.push(std::mem::take(&mut current));
+                }
+            }
+            c => current.push(c),
+        }
+    }
+    if !current.is_empty() {
+        words.push(current);
+    }
+    let mut pairs = Vec::new();
+    let mut iter = words.into_iter();
+    while let Some(word) = iter.next() {
+        let setting = if word == "-c" {
+            iter.next()
+        } else if let Some(rest) = word.strip_prefix("--") {
+            Some(rest.to_string())
+        } else {
+            word.strip_prefix("-c").map(str::to_string)
+        };
+        if let Some((name, value)) = setting.as_deref().and_then(|s| s.split_once('=')) {
+            let name = name.replace('-', "_");
+            if is_identifier(&name) {
+                pairs.push((name, value.to_string()));
+            }
+        }
+    }
+    pairs
+}
+
+/// A SQL string literal for any value (E'' form when it holds backslashes).
+pub fn quote_literal(value: &str) -> String {
+    let escaped = value.replace('\'', "''");
+    if escaped.contains('\\') {
+        format!("E'{}'", escaped.replace('\\', "\\\\"))
+    } else {
+        format!("'{escaped}'")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recognises_set_statements() {
+        let set = |name: &str, value: &str| Some(ParamChange::Set(name.into(), value.into()));
+        #[rustfmt::skip]
+        let cases: Vec<(&str, Option<ParamChange>)> = vec![
+            ("SET search_path TO app, public", set("search_path", "app, public")),
+            ("set search_path = 'a'", set("search_path", "'a'")),
+            ("  SET SESSION TimeZone TO 'UTC';  ", set("timezone", "'UTC'")),
+            ("SET application_name='x'", set("application_name", "'x'")),
+            ("SET myapp.tenant = 42", set("myapp.tenant", "42")),
+            ("SET search_path TO DEFAULT", Some(ParamChange::Reset("search_path".into()))),
+            ("RESET search_path", Some(ParamChange::Reset("search_path".into()))),
+            ("reset all", Some(ParamChange::ResetAll)),
+            ("DISCARD ALL", Some(ParamChange::ResetAll)),
+            ("SET LOCAL search_path TO x", None),
+            ("SET search_path TO x; DROP TABLE t", None),
+            ("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE", None),
+            ("SELECT 1", None),
+            ("SET", None),
+        ];
+        for (query, expected) in cases {
+            assert_eq!(parse_param_change(query.as_bytes()), expected, "{query}");
+        }
+    }
+
+    #[test]
+    fn startup_options_are_unpacked() {
+        let set = ParamSet::from_startup(&[
+            ("application_name".into(), "psql".into()),
+            (
+                "options".into(),
+                "-c search_path=a,b --statement-timeout=5s -c x\\ y=1".into(),
+            ),
+        ]);
+        assert_eq!(
+            set.get("application_name"),
+            Some(&ParamValue::Raw("psql".into()))
+        );
+        assert_eq!(set.get("search_path"), Some(&ParamValue::Raw("a,b".into())));
+        assert_eq!(
+            set.get("statement_timeout"),
+            Some(&ParamValue::Raw("5s".into()))
+        );
+        assert_eq!(set.get("x y"), None, "not an identifier");
+    }
+
+    #[test]
+    fn sync_sql_sets_what_differs_and_resets_the_rest() {
+        let mut wanted = ParamSet::default();
+        wanted.set("application_name", ParamValue::Raw("it's".into()));
+        wanted.set("search_path", ParamValue::Sql("app, public".into()));
+        let mut current = ParamSet::default();
+        current.set("search_path", ParamValue::Sql("app, public".into()));
+        current.set("timezone", ParamValue::Raw("UTC".into()));
+        assert_eq!(
+            wanted.sync_sql(&current).as_deref(),
+            Some("SELECT pg_catalog.set_config('application_name', 'it''s', false);RESET timezone")
+        );
+        assert_eq!(wanted.sync_sql(&wanted), None);
+        assert_eq!(quote_literal("a\\b"), "E'a\\\\b'");
+    }
+
+    #[test]
+    fn reset_returns_to_startup_values() {
+        let startup = ParamSet::from_startup(&[("timezone".into(), "UTC".into())]);
+        let mut params = startup.clone();
+        ParamChange::Set("timezone".into(), "'Europe/Paris'".into()).apply(&mut params, &startup);
+        ParamChange::Set("search_path".into(), "x".into()).apply(&mut params, &startup);
+        ParamChange::Reset("timezone".into()).apply(&mut params, &startup);
+        assert_eq!(params.get("timezone"), Some(&ParamValue::Raw("UTC".into())));
+        ParamChange::ResetAll.apply(&mut params, &startup);
+        assert_eq!(params, startup);
+    }
+}

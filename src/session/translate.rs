@@ -1,0 +1,519 @@
+//! The client-to-server half of a transaction-mode session: takes complete client
+//! messages from the inbox and writes what the server must receive, recording in
+//! the [`Ledger`] what the server will owe. Named prepared statements are mapped to
+//! server names (preparing them first where this server lacks them); everything else
+//! passes unchanged. The statement texts themselves are never decoded.
+
+use std::sync::Arc;
+
+use bytes::BytesMut;
+
+use super::ledger::{Effect, Expect, Ledger, CLOSE_COMPLETE, PARSE_COMPLETE};
+use super::params::parse_param_change;
+use super::prepared::{self, ClientStatements, ServerStatements, StatementDef};
+use crate::protocol::frame::FrameError;
+use crate::protocol::startup::split_cstr;
+
+/// What one pass over the inbox found.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Translated {
+    /// The client sent Terminate: stop after writing `out`.
+    pub terminate: bool,
+}
+
+pub struct Translator<'a> {
+    pub ledger: &'a mut Ledger,
+    pub client: &'a mut ClientStatements,
+    pub server: &'a mut ServerStatements,
+    pub max_prepared: usize,
+    pub max_message: usize,
+}
+
+/// Length of the first complete message in `inbox`, None if incomplete.
+pub fn complete_message_len(inbox: &[u8], max_message: usize) -> Result<Option<usize>, FrameError> {
+    let Some(header) = inbox.first_chunk::<5>() else {
+        return Ok(None);
+    };
+    let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]);
+    if len < 4 {
+        return Err(FrameError::BadLength {
+            tag: header[0] as char,
+            len,
+        });
+    }
+    if len as usize > max_message {
+        return Err(FrameError::TooLarge {
+            tag: header[0] as char,
+            len: len as usize,
+            limit: max_message,
+        });
+    }
+    let total = 1 + len as usize;
+    Ok((inbox.len() >= total).then_some(total))
+}
+
+impl Translator<'_> {
+    /// Moves every complete message from `inbox` to `out` (translated).
+    pub fn run(
+        &mut self,
+        inbox: &mut BytesMut,
+        out: &mut BytesMut,
+    ) -> Result<Translated, FrameError> {
+        let mut result = Translated::default();
+        let batch_start = self.server.tick();
+        while let Some(len) = complete_message_len(inbox, self.max_message)? {
+            let message = inbox.split_to(len);
+            let tag = message[0];
+            if tag == b'X' {
+                result.terminate = true;
+                break;
+            }
+            self.translate(tag, &message, out, batch_start);
+        }
+        if inbox.is_empty() && inbox.capacity() > 64 * 1024 {
+            // A one-off large message should not pin its buffer for the session.
+            *inbox = BytesMut::new();
+        }
+        Ok(result)
+    }
+
+    fn translate(&mut self, tag: u8, message: &[u8], out: &mut BytesMut, batch_start: u64) {
+        let body = &message[5..];
+        match tag {
+            b'Q' => {
+                let change = if starts_like_setting(body) {
+                    parse_param_change(body)
+                } else {
+                    None
+                };
+                if change.is_some() && self.ledger.status() != b'I' {
+                    self.ledger.untracked_settings = true;
+                }
+                self.ledger.push(Expect::Ready { change });
+                if starts_with_word(body, b"listen") {
+                    // Notifications go to whichever server the listener happened to be
+                    // on, so they would be lost. The server raises the error, which
+                    // keeps transaction semantics exactly as for any failed statement.
+                    put_query(out, REFUSE_LISTEN);
+                } else {
+                    out.extend_from_slice(message);
+                }
+            }
+            b'P' => self.parse(body, message, out, batch_start),
+            b'B' => self.bind(body, message, out, batch_start),
+            b'D' => self.describe(body, message, out, batch_start),
+            b'C' => self.close(body, message, out),
+            b'E' => {
+                self.ledger.set_batch_open(true);
+                self.ledger.push(Expect::Execute);
+                out.extend_from_slice(message);
+            }
+            b'S' => {
+                self.ledger.set_batch_open(false);
+                self.ledger.client_sync();
+                out.extend_from_slice(message);
+            }
+            b'c' | b'f' => {
+                self.ledger.client_copy_end();
+                out.extend_from_slice(message);
+            }
+            b'F' => {
+                self.ledger.push(Expect::Ready { change: None });
+                out.extend_from_slice(message);
+            }
+            // Flush, CopyData and anything unknown (the server judges it).
+            _ => out.extend_from_slice(message),
+        }
+    }
+
+    fn parse(&mut self, body: &[u8], message: &[u8], out: &mut BytesMut, batch_start: u64) {
+        self.ledger.set_batch_open(true);
+        let name = match split_cstr(body) {
+            Some((name, _)) if !name.is_empty() => name,
+            _ => {
+                // The unnamed statement, or a malformed message the server will reject.
+                self.ledger.push(Expect::Complete {
+                    suppress: false,
+                    effect: Effect::None,
+                });
+                out.extend_from_slice(message);
+                return;
+            }
+        };
+        if starts_like_setting(body.get(name.len() + 1..).unwrap_or_default()) {
+            self.ledger.untracked_settings = true;
+        }
+        let def = Arc::new(StatementDef::from_parse_body(body, name.len()));
+        self.client.insert(name, Arc::clone(&def));
+        if self.server.touch(&def) {
+            self.ledger.push(Expect::Synthetic(PARSE_COMPLETE));
+        } else {
+            self.prepare_on_server(def, false, out, batch_start);
+        }
+    }
+
+    /// Sends a Parse for `def` under its server name. `suppress`: the client did not
+    /// ask for it, so its ParseComplete is swallowed.
+    fn prepare_on_server(
+        &mut self,
+        def: Arc<StatementDef>,
+        suppress: bool,
+        out: &mut BytesMut,
+        batch_start: u64,
+    ) {
+        while let Some(evicted) = self
+            .server
+            .evict_over(self.max_prepared.saturating_sub(1), batch_start)
+        {
+            prepared::put_close_statement(out, &evicted.server_name);
+            self.ledger.push(Expect::Complete {
+                suppress: true,
+                effect: Effect::Closed(evicted),
+            });
+        }
+        def.put_parse(out);
+        self.server.insert(Arc::clone(&def));
+        self.ledger.push(Expect::Complete {
+            suppress,
+            effect: Effect::Prepared(def),
+        });
+    }
+
+    /// The server name for a client statement name, preparing it on this server if
+    /// needed; None for the unnamed statement or a name the client never prepared
+    /// (forwarded as is, so the server reports the error).
+    fn server_statement(
+        &mut self,
+        name: &[u8],
+        out: &mut BytesMut,
+        batch_start: u64,
+    ) -> Option<Arc<StatementDef>> {
+        if name.is_empty() {
+            return None;
+        }
+        let def = Arc::clone(self.client.get(name)?);
+        if !self.server.touch(&def) {
+            self.prepare_on_server(Arc::clone(&def), true, out, batch_start);
+        }
+        Some(def)
+    }
+
+    fn bind(&mut self, body: &[u8], message: &[u8], out: &mut BytesMut, batch_start: u64) {
+        self.ledger.set_batch_open(true);
+        let mapped = prepared::split_bind(body).and_then(|(portal, statement, rest)| {
+            let def = self.server_statement(statement, out, batch_start)?;
+            Some((portal, def, rest))
+        });
+        match mapped {
+            Some((portal, def, rest)) => prepared::put_bind(out, portal, &def.server_name, rest),
+            None => out.extend_from_slice(message),
+        }
+        self.ledger.push(Expect::Complete {
+            suppress: false,
+            effect: Effect::None,
+        });
+    }
+
+    fn describe(&mut self, body: &[u8], message: &[u8], out: &mut BytesMut, batch_start: u64) {
+        self.ledger.set_batch_open(true);
+        match prepared::split_target(body) {
+            Some((b'S', name)) => {
+                match self.server_statement(name, out, batch_start) {
+                    Some(def) => prepared::put_describe_statement(out, &def.server_name),
+                    None => out.extend_from_slice(message),
+                }
+                self.ledger.push(Expect::DescribeStatement);
+            }
+            _ => {
+                out.extend_from_slice(message);
+                self.ledger.push(Expect::DescribePortal);
+            }
+        }
+    }
+
+    fn close(&mut self, body: &[u8], message: &[u8], out: &mut BytesMut) {
+        self.ledger.set_batch_open(true);
+        match prepared::split_target(body) {
+            // Server statements are shared and cached: closing the client's name only
+            // forgets the mapping, and the proxy answers CloseComplete itself.
+            Some((b'S', name)) if !name.is_empty() => {
+                self.client.remove(name);
+                self.ledger.push(Expect::Synthetic(CLOSE_COMPLETE));
+            }
+            _ => {
+                out.extend_from_slice(message);
+                self.ledger.push(Expect::Complete {
+                    suppress: false,
+                    effect: Effect::None,
+                });
+            }
+        }
+    }
+}
+
+const REFUSE_LISTEN: &str = "DO $switchyard$BEGIN RAISE EXCEPTION USING \
+    ERRCODE = 'feature_not_supported', \
+    MESSAGE = 'LISTEN is not supported in transaction pooling mode', \
+    HINT = 'Connect through a listener with pool mode session to use LISTEN.'; END$switchyard$";
+
+fn put_query(out: &mut BytesMut, sql: &str) {
+    use bytes::BufMut;
+    out.put_u8(b'Q');
+    out.put_u32((4 + sql.len() + 1) as u32);
+    out.put_slice(sql.as_bytes());
+    out.put_u8(0);
+}
+
+/// Whether `query` starts (after whitespace) with `word` as a whole keyword.
+fn starts_with_word(query: &[u8], word: &[u8]) -> bool {
+    let start = query
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(query.len());
+    let rest = &query[start..];
+    rest.get(..word.len())
+        .is_some_and(|head| head.eq_ignore_ascii_case(word))
+        && rest
+            .get(word.len())
+            .is_none_or(|b| !b.is_ascii_alphanumeric() && *b != b'_')
+}
+
+/// Cheap pre-check before looking for SET/RESET/DISCARD in a query.
+fn starts_like_setting(query: &[u8]) -> bool {
+    let start = query
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(query.len());
+    let rest = &query[start..];
+    [&b"set "[..], b"set\t", b"reset ", b"discard "]
+        .iter()
+        .any(|prefix| {
+            rest.get(..prefix.len())
+                .is_some_and(|head| head.eq_ignore_ascii_case(prefix))
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::BufMut;
+
+    fn message(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut out = vec![tag];
+        out.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+        out.extend_from_slice(body);
+        out
+    }
+
+    fn parse(name: &str, query: &str) -> Vec<u8> {
+        let mut body = Vec::new();
+        body.put_slice(name.as_bytes());
+        body.put_u8(0);
+        body.put_slice(query.as_bytes());
+        body.put_u8(0);
+        body.put_u16(0);
+        message(b'P', &body)
+    }
+
+    fn bind(statement: &str) -> Vec<u8> {
+        let mut body = vec![0u8];
+        body.put_slice(statement.as_bytes());
+        body.put_slice(&[0, 0, 0, 0, 0, 0, 0]);
+        message(b'B', &body)
+    }
+
+    fn run(
+        inbox: &[u8],
+        client: &mut ClientStatements,
+        server: &mut ServerStatements,
+        ledger: &mut Ledger,
+    ) -> Vec<u8> {
+        let mut translator = Translator {
+            ledger,
+            client,
+            server,
+            max_prepared: 2,
+            max_message: 1 << 20,
+        };
+        let mut inbox = BytesMut::from(inbox);
+        let mut out = BytesMut::new();
+        translator.run(&mut inbox, &mut out).expect("valid");
+        out.to_vec()
+    }
+
+    fn tags(bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
+        let mut result = Vec::new();
+        let mut rest = bytes;
+        while rest.len() >= 5 {
+            let len = u32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]) as usize;
+            result.push((rest[0], rest[5..1 + len].to_vec()));
+            rest = &rest[1 + len..];
+        }
+        result
+    }
+
+    #[test]
+    fn a_named_statement_moves_to_a_new_server() {
+        let mut client = ClientStatements::default();
+        let mut first = ServerStatements::default();
+        let mut ledger = Ledger::default();
+        let batch = [
+            parse("s1", "select $1"),
+            bind("s1"),
+            message(b'E', b"\0\0\0\0\0"),
+            message(b'S', b""),
+        ]
+        .concat();
+        let out = tags(&run(&batch, &mut client, &mut first, &mut ledger));
+        let server_name = client.get(b"s1").expect("remembered").server_name.clone();
+        assert_eq!(out[0].0, b'P');
+        assert!(out[0].1.starts_with(server_name.as_bytes()));
+        assert_eq!(out[1].0, b'B');
+        assert!(
+            out[1].1[1..].starts_with(server_name.as_bytes()),
+            "Bind names the server statement"
+        );
+
+        // Next transaction on another server: Bind alone makes the proxy prepare first.
+        let mut second = ServerStatements::default();
+        let mut ledger = Ledger::default();
+        let batch = [bind("s1"), message(b'E', b"\0\0\0\0\0"), message(b'S', b"")].concat();
+        let out = tags(&run(&batch, &mut client, &mut second, &mut ledger));
+        assert_eq!(
+            out.iter().map(|(t, _)| *t).collect::<Vec<_>>(),
+            b"PBES".to_vec()
+        );
+        assert!(matches!(ledger_front(&ledger), Some("suppressed complete")));
+
+        // Same server again: nothing to prepare.
+        let mut ledger = Ledger::default();
+        let out = tags(&run(&batch, &mut client, &mut second, &mut ledger));
+        assert_eq!(
+            out.iter().map(|(t, _)| *t).collect::<Vec<_>>(),
+            b"BES".to_vec()
+        );
+    }
+
+    fn ledger_front(ledger: &Ledger) -> Option<&'static str> {
+        let text = format!("{ledger:?}");
+        text.contains("Complete { suppress: true")
+            .then_some("suppressed complete")
+    }
+
+    #[test]
+    fn parse_of_a_known_statement_and_close_are_answered_by_the_proxy() {
+        let mut client = ClientStatements::default();
+        let mut server = ServerStatements::default();
+        let mut ledger = Ledger::default();
+        run(
+            &parse("a", "select 1"),
+            &mut client,
+            &mut server,
+            &mut ledger,
+        );
+        let mut ledger = Ledger::default();
+        let close = message(b'C', b"Sa\0");
+        let out = run(
+            &[parse("b", "select 1"), close, message(b'S', b"")].concat(),
+            &mut client,
+            &mut server,
+            &mut ledger,
+        );
+        assert_eq!(
+            tags(&out).iter().map(|(t, _)| *t).collect::<Vec<_>>(),
+            b"S".to_vec()
+        );
+        assert!(client.get(b"a").is_none());
+        assert!(client.get(b"b").is_some());
+        let mut segments = Vec::new();
+        ledger.flush_synthetic(&mut segments);
+        assert_eq!(
+            segments.len(),
+            2,
+            "ParseComplete and CloseComplete are owed"
+        );
+    }
+
+    #[test]
+    fn the_lru_limit_closes_old_statements_on_the_server() {
+        let mut client = ClientStatements::default();
+        let mut server = ServerStatements::default();
+        for (i, name) in ["a", "b", "c"].iter().enumerate() {
+            let mut ledger = Ledger::default();
+            let out = run(
+                &[parse(name, &format!("select {i}")), message(b'S', b"")].concat(),
+                &mut client,
+                &mut server,
+                &mut ledger,
+            );
+            let sent: Vec<u8> = tags(&out).iter().map(|(t, _)| *t).collect();
+            if i < 2 {
+                assert_eq!(sent, b"PS".to_vec());
+            } else {
+                assert_eq!(
+                    sent,
+                    b"CPS".to_vec(),
+                    "the oldest is closed to stay at max_prepared"
+                );
+            }
+        }
+        assert_eq!(server.len(), 2);
+    }
+
+    #[test]
+    fn incomplete_and_oversized_messages() {
+        assert_eq!(complete_message_len(b"Q\0\0", 100), Ok(None));
+        assert_eq!(
+            complete_message_len(&message(b'Q', b"x\0"), 100),
+            Ok(Some(7))
+        );
+        assert!(complete_message_len(&message(b'Q', &[b'x'; 200]), 100).is_err());
+        assert!(complete_message_len(&[b'Q', 0, 0, 0, 1], 100).is_err());
+    }
+
+    #[test]
+    fn terminate_stops_translation() {
+        let mut client = ClientStatements::default();
+        let mut server = ServerStatements::default();
+        let mut ledger = Ledger::default();
+        let mut translator = Translator {
+            ledger: &mut ledger,
+            client: &mut client,
+            server: &mut server,
+            max_prepared: 10,
+            max_message: 1 << 20,
+        };
+        let mut inbox =
+            BytesMut::from(&[message(b'X', b""), message(b'Q', b"select 1\0")].concat()[..]);
+        let mut out = BytesMut::new();
+        let result = translator.run(&mut inbox, &mut out).expect("valid");
+        assert!(result.terminate);
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn listen_is_turned_into_a_server_side_error() {
+        let mut client = ClientStatements::default();
+        let mut server = ServerStatements::default();
+        let mut ledger = Ledger::default();
+        let out = run(
+            &message(b'Q', b"  LISTEN events\0"),
+            &mut client,
+            &mut server,
+            &mut ledger,
+        );
+        let sent = tags(&out);
+        assert_eq!(sent.len(), 1);
+        assert!(String::from_utf8_lossy(&sent[0].1).contains("feature_not_supported"));
+        assert!(starts_with_word(b"listen\0", b"listen"));
+        assert!(!starts_with_word(b"listener_count()", b"listen"));
+    }
+
+    #[test]
+    fn setting_detection() {
+        assert!(starts_like_setting(b"  SET search_path TO x\0"));
+        assert!(starts_like_setting(b"reset all\0"));
+        assert!(!starts_like_setting(b"select 1\0"));
+        assert!(!starts_like_setting(b"settings\0"));
+    }
+}
