@@ -111,6 +111,8 @@ struct Status<'a> {
     topology_changed_at: Option<std::time::SystemTime>,
     nodes: Vec<NodeStatus<'a>>,
     listeners: Vec<ListenerStatus<'a>>,
+    clients: usize,
+    pools: Vec<crate::pool::PoolStats>,
 }
 
 #[derive(Serialize)]
@@ -127,6 +129,7 @@ struct ListenerStatus<'a> {
     listen: String,
     route: crate::config::Route,
     fallback: crate::config::Fallback,
+    pool_mode: crate::config::PoolMode,
     clients: usize,
 }
 
@@ -160,9 +163,12 @@ fn status(ctx: &ProxyContext, listeners: &[Arc<ListenerState>]) -> Response<Full
                 listen: l.local_addr.to_string(),
                 route: l.config.route,
                 fallback: l.config.fallback,
+                pool_mode: ctx.config.pooling_for(&l.config).mode,
                 clients: l.clients.load(Ordering::Relaxed),
             })
             .collect(),
+        clients: ctx.clients.load(Ordering::Relaxed),
+        pools: ctx.pools.stats(),
     };
     match serde_json::to_vec_pretty(&status) {
         Ok(body) => Response::builder()

@@ -31,12 +31,25 @@ enum Detach {
     End(RelayEnd),
 }
 
+/// Buffers a session reuses from one transaction to the next, so relaying a
+/// transaction allocates nothing once they have grown to fit.
+#[derive(Default)]
+struct Buffers {
+    /// Translated client messages on their way to the server.
+    upstream: BytesMut,
+    /// Server bytes on their way to the client.
+    downstream: BytesMut,
+    segments: Vec<Segment>,
+    events: Vec<Event>,
+}
+
 pub(super) async fn run(
     session: &mut Session,
     socket: &mut TcpStream,
     registration: &Registration,
 ) -> SessionEnd {
     let mut inbox = BytesMut::new();
+    let mut buffers = Buffers::default();
     loop {
         match wait_for_request(session, socket, &mut inbox).await {
             Ok(true) => {}
@@ -59,7 +72,7 @@ pub(super) async fn run(
             return SessionEnd::Relay(RelayEnd::ClientGone(None));
         }
         registration.set_target(Some(server.cancel_target()));
-        let (detach, ledger) = attach(session, socket, &mut server, &mut inbox).await;
+        let (detach, ledger) = attach(session, socket, &mut server, &mut inbox, &mut buffers).await;
         registration.set_target(None);
         session.transactions += 1;
         let end = match detach {
@@ -143,6 +156,7 @@ async fn attach(
     socket: &mut TcpStream,
     server: &mut PooledServer,
     inbox: &mut BytesMut,
+    buffers: &mut Buffers,
 ) -> (Detach, Ledger) {
     let max_message = session.ctx.config.client.max_message_size.0 as usize;
     let max_prepared = session.ctx.config.pool.max_prepared_statements as usize;
@@ -153,12 +167,17 @@ async fn attach(
         server: &mut connection.statements,
     });
     let wake = Notify::new();
-    let mut events = Vec::new();
+    let Buffers {
+        upstream: out,
+        downstream: buffer,
+        segments,
+        events,
+    } = buffers;
     let (mut client_reader, mut client_writer) = socket.split();
     let (mut server_reader, mut server_writer) = connection.stream.split();
     let upstream = async {
         loop {
-            let mut out = BytesMut::new();
+            out.clear();
             let translated = {
                 let mut guard = lock(&shared);
                 let state = &mut *guard;
@@ -169,7 +188,7 @@ async fn attach(
                     max_prepared,
                     max_message,
                 }
-                .run(inbox, &mut out)
+                .run(inbox, out)
             };
             let translated = match translated {
                 Ok(t) => t,
@@ -177,7 +196,7 @@ async fn attach(
             };
             wake.notify_one();
             if !out.is_empty() {
-                if let Err(e) = server_writer.write_all(&out).await {
+                if let Err(e) = server_writer.write_all(out).await {
                     return RelayEnd::ServerGone {
                         error: Some(e),
                         sent_error: false,
@@ -199,11 +218,13 @@ async fn attach(
     };
     let downstream = async {
         let mut scanner = FrameScanner::new(u32::MAX as usize, ledger::capture_tags);
-        let mut buffer = BytesMut::with_capacity(READ_SIZE);
-        let mut segments = Vec::new();
+        buffer.clear();
         loop {
+            if buffer.capacity() < READ_SIZE {
+                buffer.reserve(READ_SIZE);
+            }
             let read = tokio::select! {
-                read = server_reader.read_buf(&mut buffer) => Some(read),
+                read = server_reader.read_buf(buffer) => Some(read),
                 _ = wake.notified() => None,
             };
             let idle = {
@@ -224,21 +245,21 @@ async fn attach(
                     }
                     Some(Ok(_)) => {
                         let processed = state.ledger.process(
-                            &buffer,
+                            buffer,
                             &mut scanner,
                             state.server,
-                            &mut segments,
-                            &mut events,
+                            segments,
+                            events,
                         );
                         if let Err(e) = processed {
                             return Err(server_protocol_error(e));
                         }
                     }
-                    None => state.ledger.flush_synthetic(&mut segments),
+                    None => state.ledger.flush_synthetic(segments),
                 }
                 state.ledger.is_idle() && scanner.at_boundary()
             };
-            if let Err(e) = write_segments(&mut client_writer, &buffer, &segments).await {
+            if let Err(e) = write_segments(&mut client_writer, buffer, segments).await {
                 return Err(RelayEnd::ClientGone(Some(e)));
             }
             segments.clear();
@@ -260,7 +281,7 @@ async fn attach(
         Ok(shared) => shared.ledger,
         Err(poisoned) => poisoned.into_inner().ledger,
     };
-    apply_events(session, connection, events);
+    apply_events(session, connection, events.drain(..));
     (detach, ledger)
 }
 
@@ -283,7 +304,7 @@ fn server_protocol_error(e: FrameError) -> RelayEnd {
 fn apply_events(
     session: &mut Session,
     connection: &mut crate::server::ServerConnection,
-    events: Vec<Event>,
+    events: impl Iterator<Item = Event>,
 ) {
     for event in events {
         match event {
