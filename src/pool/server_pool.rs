@@ -15,6 +15,9 @@ use super::PoolKey;
 use crate::config::Secret;
 use crate::server::{self, LoginRequest, ServerConnection, ServerError};
 
+/// Idle connections older than this are checked for a closed socket before reuse.
+const RECHECK_AFTER: Duration = Duration::from_secs(1);
+
 /// Settings shared by every pool.
 #[derive(Debug, Clone)]
 pub struct PoolSettings {
@@ -50,6 +53,9 @@ pub struct ServerPool {
     waiting: AtomicUsize,
     /// Bumped by `drain`: connections from an older epoch are closed, not reused.
     epoch: AtomicU64,
+    /// ParameterStatus values of the first successful login, for greeting new
+    /// clients without waiting for a connection.
+    welcome: Mutex<Option<Vec<(String, String)>>>,
 }
 
 /// A snapshot of a pool's counters, for /status and metrics.
@@ -82,7 +88,16 @@ impl ServerPool {
             open: AtomicUsize::new(0),
             waiting: AtomicUsize::new(0),
             epoch: AtomicU64::new(0),
+            welcome: Mutex::new(None),
         }
+    }
+
+    /// The parameters a server of this pool reports at login, once one has logged in.
+    pub fn welcome(&self) -> Option<Vec<(String, String)>> {
+        self.welcome
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     fn idle(&self) -> MutexGuard<'_, Vec<(ServerConnection, u64)>> {
@@ -142,9 +157,14 @@ impl ServerPool {
         let current = self.epoch.load(Ordering::Relaxed);
         loop {
             let (connection, epoch) = self.idle().pop()?;
+            let now = Instant::now();
+            // A connection back in the pool moments ago is reused without the
+            // syscall a check costs on every transaction; longer-idle ones are
+            // checked for EOF or stray bytes (a FATAL sent before closing).
+            let recently_used = now.duration_since(connection.idle_since) < RECHECK_AFTER;
             if epoch == current
-                && self.is_fresh(&connection, Instant::now())
-                && connection.looks_healthy()
+                && self.is_fresh(&connection, now)
+                && (recently_used || connection.looks_healthy())
             {
                 return Some((connection, epoch));
             }
@@ -167,6 +187,10 @@ impl ServerPool {
         )
         .await?;
         self.open.fetch_add(1, Ordering::Relaxed);
+        self.welcome
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert_with(|| connection.params.clone());
         tracing::debug!(node = %self.key.node, database = %self.key.database, user = %self.key.user, "server connection opened");
         Ok(connection)
     }

@@ -32,19 +32,24 @@ impl Drop for Binding {
 }
 
 impl Session {
-    /// A server connection for the next piece of work, parameters synced.
-    pub(super) async fn checkout(&mut self) -> Result<PooledServer, Refusal> {
+    /// The pool of the node this session should use now (routing again if needed).
+    pub(super) fn current_pool(&mut self) -> Result<Arc<crate::pool::ServerPool>, Refusal> {
         let topology = self.ctx.topology.load();
         let node = self.route(&topology)?;
-        let pool = match &self.binding {
+        match &self.binding {
             Some(binding)
                 if binding.node == node
                     && binding.pool.address() == topology.nodes[node].address =>
             {
-                Arc::clone(&binding.pool)
+                Ok(Arc::clone(&binding.pool))
             }
-            _ => self.bind(&topology, node)?,
-        };
+            _ => self.bind(&topology, node),
+        }
+    }
+
+    /// A server connection for the next piece of work, parameters synced.
+    pub(super) async fn checkout(&mut self) -> Result<PooledServer, Refusal> {
+        let pool = self.current_pool()?;
         let mut server =
             pool.checkout(self.pooling.checkout_timeout)
                 .await

@@ -191,29 +191,97 @@ impl Session {
             refuse(socket, &error).await;
             return SessionEnd::Refused(error);
         }
-        // The first server gives the client its ParameterStatus set, and proves the
-        // database exists and the parameters are valid before the client is told Ok.
-        let server = match self.checkout().await {
-            Ok(server) => server,
+        let pool = match self.current_pool() {
+            Ok(pool) => pool,
             Err(refusal) => {
                 refusal.send(socket).await;
                 return SessionEnd::Refused(refusal.error);
             }
         };
+        // Once a pool has logged in somewhere, new clients are greeted with its
+        // parameters at once and wait for a server only when they send work.
+        // The very first login is done now, which also proves the database exists.
+        let first_server = match pool.welcome() {
+            Some(params) => {
+                self.greet_from_cache(params, &mut out);
+                None
+            }
+            None => match self.checkout().await {
+                Ok(server) => {
+                    self.parameter_updates(&server, &mut out);
+                    Some(server)
+                }
+                Err(refusal) => {
+                    refusal.send(socket).await;
+                    return SessionEnd::Refused(refusal.error);
+                }
+            },
+        };
         let registration = self.ctx.cancels.register();
-        self.parameter_updates(&server, &mut out);
         messages::backend_key_data(&mut out, registration.pid, registration.secret);
         messages::ready_for_query_idle(&mut out);
         if let Err(e) = socket.write_all(&out).await {
-            server.release();
+            if let Some(server) = first_server {
+                server.release();
+            }
             return SessionEnd::Relay(RelayEnd::ClientGone(Some(e)));
         }
         drop(out);
         match self.pooling.mode {
-            PoolMode::Session => session_mode::run(self, socket, server, &registration).await,
+            PoolMode::Session => session_mode::run(self, socket, first_server, &registration).await,
             PoolMode::Transaction => {
-                server.release();
+                if let Some(server) = first_server {
+                    server.release();
+                }
                 transaction::run(self, socket, &registration).await
+            }
+        }
+    }
+
+    /// ParameterStatus from the pool's cached login, with the client's own
+    /// application_name (the value PostgreSQL would report for it).
+    fn greet_from_cache(&mut self, mut params: Vec<(String, String)>, out: &mut BytesMut) {
+        if let Some(params::ParamValue::Raw(name)) = self.startup.get("application_name") {
+            if let Some(slot) = params.iter_mut().find(|(n, _)| n == "application_name") {
+                slot.1 = name.clone();
+            }
+        }
+        for (name, value) in &params {
+            messages::parameter_status(out, name, value);
+        }
+        self.reported = params;
+    }
+
+    /// Waits until the inbox holds a complete message. Ok(false): the client said
+    /// Terminate. Reading waits for readability first so an idle client holds no buffer.
+    async fn wait_for_request(
+        &self,
+        socket: &mut TcpStream,
+        inbox: &mut BytesMut,
+    ) -> Result<bool, RelayEnd> {
+        let max_message = self.ctx.config.client.max_message_size.0 as usize;
+        loop {
+            match translate::complete_message_len(inbox, max_message) {
+                Ok(Some(_)) => return Ok(inbox.first() != Some(&b'X')),
+                Ok(None) => {}
+                Err(e) => return Err(RelayEnd::ClientProtocol(e)),
+            }
+            tokio::select! {
+                ready = socket.readable() => {
+                    if let Err(e) = ready {
+                        return Err(RelayEnd::ClientGone(Some(e)));
+                    }
+                }
+                _ = self.ctx.shutdown.cancelled() => return Err(RelayEnd::Shutdown),
+            }
+            if inbox.capacity() - inbox.len() < 1024 {
+                inbox.reserve(16 * 1024);
+            }
+            match socket.try_read_buf(inbox) {
+                Ok(0) => return Err(RelayEnd::ClientGone(None)),
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(RelayEnd::ClientGone(Some(e))),
             }
         }
     }

@@ -54,9 +54,12 @@ impl RelayStats {
     }
 }
 
+/// Relays until either side stops. `pending` holds client bytes already read (the
+/// start of the first request) that go to the server first.
 pub async fn relay<CR, CW, SR, SW>(
     client: (&mut CR, &mut CW),
     server: (&mut SR, &mut SW),
+    pending: BytesMut,
     max_message_size: usize,
     shutdown: &CancellationToken,
     stats: &mut RelayStats,
@@ -75,7 +78,7 @@ where
         ..Direction::default()
     };
     let end = tokio::select! {
-        end = client_to_server(client_reader, server_writer, max_message_size, &mut upstream) => end,
+        end = client_to_server(client_reader, server_writer, pending, max_message_size, &mut upstream) => end,
         end = server_to_client(server_reader, client_writer, &mut downstream) => end,
         _ = shutdown.cancelled() => RelayEnd::Shutdown,
     };
@@ -111,6 +114,7 @@ fn capture_ready_for_query(tag: u8) -> bool {
 async fn client_to_server<R, W>(
     reader: &mut R,
     writer: &mut W,
+    pending: BytesMut,
     max_message_size: usize,
     counters: &mut Direction,
 ) -> RelayEnd
@@ -119,13 +123,16 @@ where
     W: AsyncWrite + Unpin,
 {
     let mut scanner = FrameScanner::new(max_message_size, never_capture);
-    let mut buffer = BytesMut::with_capacity(BUFFER_SIZE);
+    let mut buffer = pending;
+    buffer.reserve(BUFFER_SIZE);
     loop {
-        counters.at_boundary = scanner.at_boundary();
-        match reader.read_buf(&mut buffer).await {
-            Ok(0) => return RelayEnd::ClientGone(None),
-            Ok(_) => {}
-            Err(e) => return RelayEnd::ClientGone(Some(e)),
+        if buffer.is_empty() {
+            counters.at_boundary = scanner.at_boundary();
+            match reader.read_buf(&mut buffer).await {
+                Ok(0) => return RelayEnd::ClientGone(None),
+                Ok(_) => {}
+                Err(e) => return RelayEnd::ClientGone(Some(e)),
+            }
         }
         let mut terminate_at = None;
         let mut requests = 0;
@@ -219,6 +226,7 @@ mod tests {
             let end = relay(
                 (&mut cr, &mut cw),
                 (&mut sr, &mut sw),
+                BytesMut::new(),
                 1024,
                 &shutdown,
                 &mut stats,
@@ -263,6 +271,7 @@ mod tests {
         let end = relay(
             (&mut cr, &mut cw),
             (&mut sr, &mut sw),
+            BytesMut::new(),
             1024,
             &shutdown,
             &mut stats,

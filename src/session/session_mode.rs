@@ -5,6 +5,8 @@
 
 use std::time::Duration;
 
+use bytes::BytesMut;
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use super::relay::{self, RelayEnd};
@@ -18,9 +20,17 @@ const RESET_TIMEOUT: Duration = Duration::from_secs(5);
 pub(super) async fn run(
     session: &mut Session,
     socket: &mut TcpStream,
-    mut server: PooledServer,
+    server: Option<PooledServer>,
     registration: &Registration,
 ) -> SessionEnd {
+    let mut pending = BytesMut::new();
+    let mut server = match server {
+        Some(server) => server,
+        None => match first_server(session, socket, &mut pending).await {
+            Ok(server) => server,
+            Err(end) => return end,
+        },
+    };
     registration.set_target(Some(server.cancel_target()));
     let max_message = session.ctx.config.client.max_message_size.0 as usize;
     let end = {
@@ -29,6 +39,7 @@ pub(super) async fn run(
         relay::relay(
             (&mut client_reader, &mut client_writer),
             (&mut server_reader, &mut server_writer),
+            pending,
             max_message,
             &session.ctx.shutdown,
             &mut session.stats,
@@ -45,6 +56,36 @@ pub(super) async fn run(
     }
     session.finish(socket, &end).await;
     SessionEnd::Relay(end)
+}
+
+/// Waits for the client's first request, then checks out its server and tells the
+/// client about parameters that differ from the greeting.
+async fn first_server(
+    session: &mut Session,
+    socket: &mut TcpStream,
+    pending: &mut BytesMut,
+) -> Result<PooledServer, SessionEnd> {
+    match session.wait_for_request(socket, pending).await {
+        Ok(true) => {}
+        Ok(false) => return Err(SessionEnd::Relay(RelayEnd::ClientTerminated)),
+        Err(end) => {
+            session.finish(socket, &end).await;
+            return Err(SessionEnd::Relay(end));
+        }
+    }
+    let server = match session.checkout().await {
+        Ok(server) => server,
+        Err(refusal) => {
+            refusal.send(socket).await;
+            return Err(SessionEnd::Refused(refusal.error));
+        }
+    };
+    let mut updates = BytesMut::new();
+    session.parameter_updates(&server, &mut updates);
+    if !updates.is_empty() && socket.write_all(&updates).await.is_err() {
+        return Err(SessionEnd::Relay(RelayEnd::ClientGone(None)));
+    }
+    Ok(server)
 }
 
 async fn return_to_pool(mut server: PooledServer, reset_query: &str) {

@@ -15,7 +15,7 @@ use tokio::sync::Notify;
 use super::ledger::{self, Event, Ledger, Segment};
 use super::prepared::{ClientStatements, ServerStatements};
 use super::relay::RelayEnd;
-use super::translate::{complete_message_len, Translator};
+use super::translate::Translator;
 use super::{Session, SessionEnd};
 use crate::cancel::Registration;
 use crate::pool::PooledServer;
@@ -51,7 +51,7 @@ pub(super) async fn run(
     let mut inbox = BytesMut::new();
     let mut buffers = Buffers::default();
     loop {
-        match wait_for_request(session, socket, &mut inbox).await {
+        match session.wait_for_request(socket, &mut inbox).await {
             Ok(true) => {}
             Ok(false) => return SessionEnd::Relay(RelayEnd::ClientTerminated),
             Err(end) => {
@@ -108,40 +108,6 @@ async fn release(mut server: PooledServer, ledger: &Ledger) {
         server.applied = Default::default();
     }
     server.release();
-}
-
-/// Waits until the inbox holds a complete message. Ok(false): the client said
-/// Terminate. Reading waits for readability first so an idle client holds no buffer.
-async fn wait_for_request(
-    session: &Session,
-    socket: &mut TcpStream,
-    inbox: &mut BytesMut,
-) -> Result<bool, RelayEnd> {
-    let max_message = session.ctx.config.client.max_message_size.0 as usize;
-    loop {
-        match complete_message_len(inbox, max_message) {
-            Ok(Some(_)) => return Ok(inbox.first() != Some(&b'X')),
-            Ok(None) => {}
-            Err(e) => return Err(RelayEnd::ClientProtocol(e)),
-        }
-        tokio::select! {
-            ready = socket.readable() => {
-                if let Err(e) = ready {
-                    return Err(RelayEnd::ClientGone(Some(e)));
-                }
-            }
-            _ = session.ctx.shutdown.cancelled() => return Err(RelayEnd::Shutdown),
-        }
-        if inbox.capacity() - inbox.len() < 1024 {
-            inbox.reserve(READ_SIZE);
-        }
-        match socket.try_read_buf(inbox) {
-            Ok(0) => return Err(RelayEnd::ClientGone(None)),
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(RelayEnd::ClientGone(Some(e))),
-        }
-    }
 }
 
 /// State both directions touch while attached; each holds the lock only between awaits.
