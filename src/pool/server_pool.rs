@@ -11,9 +11,12 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use std::collections::HashMap;
+
 use super::PoolKey;
 use crate::config::Secret;
 use crate::server::{self, LoginRequest, ServerConnection, ServerError};
+use crate::session::prepared::StatementDef;
 
 /// Idle connections older than this are checked for a closed socket before reuse.
 const RECHECK_AFTER: Duration = Duration::from_secs(1);
@@ -56,7 +59,12 @@ pub struct ServerPool {
     /// ParameterStatus values of the first successful login, for greeting new
     /// clients without waiting for a connection.
     welcome: Mutex<Option<Vec<(String, String)>>>,
+    /// Statements a server of this pool prepared successfully, by server name.
+    known: Mutex<HashMap<String, Arc<StatementDef>>>,
 }
+
+/// Bound on remembered statements per pool; past it the memory starts over.
+const MAX_KNOWN_STATEMENTS: usize = 10_000;
 
 /// A snapshot of a pool's counters, for /status and metrics.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -89,7 +97,25 @@ impl ServerPool {
             waiting: AtomicUsize::new(0),
             epoch: AtomicU64::new(0),
             welcome: Mutex::new(None),
+            known: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Remembers a statement a server prepared without error.
+    pub fn remember_statement(&self, def: &Arc<StatementDef>) {
+        let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        if known.len() >= MAX_KNOWN_STATEMENTS {
+            known.clear();
+        }
+        known.insert(def.server_name.clone(), Arc::clone(def));
+    }
+
+    /// Whether a server of this pool prepared exactly this statement before.
+    pub fn knows_statement(&self, def: &StatementDef) -> bool {
+        let known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        known
+            .get(&def.server_name)
+            .is_some_and(|k| k.body == def.body)
     }
 
     /// The parameters a server of this pool reports at login, once one has logged in.

@@ -65,6 +65,8 @@ pub enum Event {
     ParameterStatus(Vec<u8>),
     /// A tracked SET/RESET succeeded outside a transaction.
     ParamCommitted(ParamChange),
+    /// A server prepared this statement without error.
+    Prepared(Arc<StatementDef>),
 }
 
 #[derive(Debug)]
@@ -81,6 +83,9 @@ pub struct Ledger {
     /// The client changed settings in a way that is not tracked (SET inside a
     /// transaction block); the server must be reset before another client uses it.
     pub untracked_settings: bool,
+    /// The client ran DISCARD or DEALLOCATE ALL: the proxy forgot what the server
+    /// had prepared and must make sure the server forgot too before reuse.
+    pub statements_reset: bool,
     /// The server is in copy-in mode (it ignores Sync and Flush until the client's
     /// CopyDone or CopyFail).
     copy_in: bool,
@@ -95,6 +100,7 @@ impl Default for Ledger {
             error_in_ready: false,
             forwarding: true,
             untracked_settings: false,
+            statements_reset: false,
             copy_in: false,
         }
     }
@@ -193,7 +199,12 @@ impl Ledger {
     }
 
     /// Decides, at a message's first byte, whether it is forwarded.
-    fn on_start(&mut self, tag: u8, statements: &mut ServerStatements) -> bool {
+    fn on_start(
+        &mut self,
+        tag: u8,
+        statements: &mut ServerStatements,
+        events: &mut Vec<Event>,
+    ) -> bool {
         while matches!(self.queue.front(), Some(Expect::CopyEnd)) {
             self.queue.pop_front();
         }
@@ -207,11 +218,15 @@ impl Ledger {
             return true;
         };
         match (head, tag) {
-            (Expect::Complete { .. }, b'1' | b'2' | b'3') => {
-                let suppress = matches!(head, Expect::Complete { suppress: true, .. });
-                self.queue.pop_front();
-                !suppress
-            }
+            (Expect::Complete { .. }, b'1' | b'2' | b'3') => match self.queue.pop_front() {
+                Some(Expect::Complete { suppress, effect }) => {
+                    if let (b'1', Effect::Prepared(def)) = (tag, effect) {
+                        events.push(Event::Prepared(def));
+                    }
+                    !suppress
+                }
+                _ => true,
+            },
             (Expect::DescribeStatement, b'T' | b'n')
             | (Expect::DescribePortal, b'T' | b'n')
             | (Expect::Execute, b'C' | b'I' | b's') => {
@@ -295,7 +310,7 @@ impl FrameVisitor for Walker<'_> {
                 self.close_run(at);
                 self.ledger.flush_synthetic(self.segments);
             }
-            self.ledger.on_start(tag, self.statements)
+            self.ledger.on_start(tag, self.statements, self.events)
         };
         self.ledger.forwarding = forward;
         match (forward, self.run_start.is_some()) {

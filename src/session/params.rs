@@ -111,6 +111,16 @@ impl ParamChange {
             ParamChange::ResetAll => *params = startup.clone(),
         }
     }
+
+    /// Applies the change to what a pooled server has set beyond its login
+    /// defaults (RESET returns a server to its login value, not the client's).
+    pub fn apply_to_server(&self, applied: &mut ParamSet) {
+        match self {
+            ParamChange::Set(name, sql) => applied.set(name, ParamValue::Sql(sql.clone())),
+            ParamChange::Reset(name) => applied.remove(name),
+            ParamChange::ResetAll => *applied = ParamSet::default(),
+        }
+    }
 }
 
 /// Recognises one `SET [SESSION] name {TO|=} value`, `RESET name`, `RESET ALL` or

@@ -16,7 +16,7 @@ const BUFFER_SIZE: usize = 16 * 1024;
 /// Why the relay stopped.
 #[derive(Debug)]
 pub enum RelayEnd {
-    /// The client sent Terminate (forwarded to the server).
+    /// The client sent Terminate (not forwarded: the server goes back to the pool).
     ClientTerminated,
     /// The client closed its socket or broke it.
     ClientGone(Option<std::io::Error>),
@@ -103,6 +103,31 @@ struct Direction {
     at_boundary: bool,
 }
 
+/// What the relay notes about client messages as they pass.
+#[derive(Default)]
+struct ClientWatch {
+    /// Where a Terminate starts: it stays with the proxy (the server is pooled),
+    /// and is found at its type byte, so none of it is forwarded even when the
+    /// rest of it arrives in a later read.
+    terminate_at: Option<usize>,
+    /// Requests answered by a ReadyForQuery (Query, Sync, FunctionCall).
+    requests: u64,
+}
+
+impl crate::protocol::frame::FrameVisitor for ClientWatch {
+    fn start(&mut self, tag: u8, at: usize) {
+        if tag == b'X' && self.terminate_at.is_none() {
+            self.terminate_at = Some(at);
+        }
+    }
+
+    fn end(&mut self, frame: crate::protocol::frame::Frame<'_>) {
+        if self.terminate_at.is_none() && matches!(frame.tag, b'Q' | b'S' | b'F') {
+            self.requests += 1;
+        }
+    }
+}
+
 fn never_capture(_: u8) -> bool {
     false
 }
@@ -134,16 +159,12 @@ where
                 Err(e) => return RelayEnd::ClientGone(Some(e)),
             }
         }
-        let mut terminate_at = None;
-        let mut requests = 0;
-        if let Err(e) = scanner.scan(&buffer, |frame| match frame.tag {
-            b'X' if terminate_at.is_none() => terminate_at = Some(frame.end),
-            b'Q' | b'S' | b'F' if terminate_at.is_none() => requests += 1,
-            _ => {}
-        }) {
+        let mut watch = ClientWatch::default();
+        if let Err(e) = scanner.scan_with(&buffer, &mut watch) {
             return RelayEnd::ClientProtocol(e);
         }
-        counters.messages += requests;
+        counters.messages += watch.requests;
+        let terminate_at = watch.terminate_at;
         let upto = terminate_at.unwrap_or(buffer.len());
         if let Err(e) = writer.write_all(&buffer[..upto]).await {
             return server_gone(Some(e), false);
@@ -282,5 +303,41 @@ mod tests {
             "{end:?}"
         );
         assert_eq!(stats.client_bytes, 0);
+    }
+
+    #[tokio::test]
+    async fn terminate_is_kept_back_even_when_split_across_reads() {
+        let (mut client_app, client_proxy) = duplex(64 * 1024);
+        let (server_proxy, mut server_app) = duplex(64 * 1024);
+        let (mut cr, mut cw) = tokio::io::split(client_proxy);
+        let (mut sr, mut sw) = tokio::io::split(server_proxy);
+        let shutdown = CancellationToken::new();
+        let relay_task = tokio::spawn(async move {
+            let mut stats = RelayStats::default();
+            let end = relay(
+                (&mut cr, &mut cw),
+                (&mut sr, &mut sw),
+                BytesMut::new(),
+                1024,
+                &shutdown,
+                &mut stats,
+            )
+            .await;
+            (end, stats)
+        });
+        let query = message(b'Q', b"select 1\0");
+        let terminate = message(b'X', b"");
+        client_app
+            .write_all(&[&query[..], &terminate[..2]].concat())
+            .await
+            .expect("write");
+        // The relay stops at the Terminate's type byte; the rest may find it gone.
+        let _ = client_app.write_all(&terminate[2..]).await;
+        let (end, stats) = relay_task.await.expect("join");
+        assert!(matches!(end, RelayEnd::ClientTerminated), "{end:?}");
+        assert_eq!(stats.requests, 1);
+        let mut forwarded = Vec::new();
+        server_app.read_to_end(&mut forwarded).await.expect("read");
+        assert_eq!(forwarded, query, "only the query reaches the server");
     }
 }

@@ -47,8 +47,22 @@ pub(super) async fn run(
         .await
     };
     registration.set_target(None);
-    let clean = matches!(end, RelayEnd::ClientTerminated | RelayEnd::ClientGone(None))
-        && session.stats.server_idle();
+    let client_left = matches!(end, RelayEnd::ClientTerminated | RelayEnd::ClientGone(None));
+    let stats = session.stats;
+    let mut clean = client_left && stats.server_idle();
+    if client_left && !clean && stats.client_at_boundary && stats.requests > stats.ready {
+        // Drivers often send a last Close+Sync right before Terminate: let the
+        // server finish answering, then judge.
+        clean = drain_replies(&mut server, stats.requests - stats.ready).await == Some(b'I');
+    }
+    tracing::debug!(
+        clean,
+        requests = stats.requests,
+        ready = stats.ready,
+        status = %(stats.transaction_status as char),
+        at_boundary = stats.client_at_boundary,
+        "session mode: client left"
+    );
     if clean {
         return_to_pool(server, &session.pooling.reset_query).await;
     } else {
@@ -56,6 +70,37 @@ pub(super) async fn run(
     }
     session.finish(socket, &end).await;
     SessionEnd::Relay(end)
+}
+
+/// Reads and discards `outstanding` ReadyForQuery-terminated replies; returns the
+/// final transaction status, or None if the server broke or took too long.
+async fn drain_replies(server: &mut PooledServer, outstanding: u64) -> Option<u8> {
+    use crate::protocol::frame::FrameScanner;
+    use tokio::io::AsyncReadExt;
+    let drain = async {
+        let mut scanner = FrameScanner::new(u32::MAX as usize, |tag| tag == b'Z');
+        let mut buffer = BytesMut::with_capacity(8192);
+        let (mut seen, mut status) = (0u64, b'I');
+        while seen < outstanding {
+            buffer.clear();
+            if server.stream.read_buf(&mut buffer).await.ok()? == 0 {
+                return None;
+            }
+            scanner
+                .scan(&buffer, |frame| {
+                    if frame.tag == b'Z' {
+                        seen += 1;
+                        status = frame.body.first().copied().unwrap_or(b'I');
+                    }
+                })
+                .ok()?;
+        }
+        scanner.at_boundary().then_some(status)
+    };
+    tokio::time::timeout(RESET_TIMEOUT, drain)
+        .await
+        .ok()
+        .flatten()
 }
 
 /// Waits for the client's first request, then checks out its server and tells the

@@ -5,7 +5,7 @@
 //! run concurrently: client messages go through the [`Translator`] (prepared
 //! statements), server replies through the [`Ledger`].
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -13,13 +13,16 @@ use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
 use super::ledger::{self, Event, Ledger, Segment};
+use super::prepared::{self, StatementDef};
 use super::prepared::{ClientStatements, ServerStatements};
 use super::relay::RelayEnd;
-use super::translate::Translator;
+use super::translate::{complete_message_len, Translator};
 use super::{Session, SessionEnd};
 use crate::cancel::Registration;
 use crate::pool::PooledServer;
 use crate::protocol::frame::{FrameError, FrameScanner};
+use crate::protocol::messages;
+use crate::protocol::startup::split_cstr;
 
 const READ_SIZE: usize = 16 * 1024;
 
@@ -59,6 +62,12 @@ pub(super) async fn run(
                 return SessionEnd::Relay(end);
             }
         }
+        if let Some(replies) = answer_without_server(session, &mut inbox) {
+            if let Err(e) = socket.write_all(&replies).await {
+                return SessionEnd::Relay(RelayEnd::ClientGone(Some(e)));
+            }
+            continue;
+        }
         let mut server = match session.checkout().await {
             Ok(server) => server,
             Err(refusal) => {
@@ -97,6 +106,16 @@ pub(super) async fn run(
 /// Returns a server to the pool; one whose settings were changed in ways the proxy
 /// does not track is reset first so they cannot leak to the next client.
 async fn release(mut server: PooledServer, ledger: &Ledger) {
+    if ledger.statements_reset {
+        if let Err(e) = server
+            .run_internal_query("DEALLOCATE ALL", std::time::Duration::from_secs(5))
+            .await
+        {
+            tracing::warn!(error = %e, "cannot reset prepared statements; closing the server");
+            return;
+        }
+        server.statements.clear();
+    }
     if ledger.untracked_settings {
         if let Err(e) = server
             .run_internal_query("RESET ALL", std::time::Duration::from_secs(5))
@@ -108,6 +127,70 @@ async fn release(mut server: PooledServer, ledger: &Ledger) {
         server.applied = Default::default();
     }
     server.release();
+}
+
+/// Answers a leading Parse/Close/Sync batch from an idle client without a server,
+/// when every Parse is of a statement a server of this pool has prepared before:
+/// the client's mapping is all that changes. This spares a checkout, and keeps
+/// clients that prepare synchronously while others hold every server (pgbench
+/// `-M prepared` with fewer servers than clients) from waiting on each other.
+fn answer_without_server(session: &mut Session, inbox: &mut BytesMut) -> Option<BytesMut> {
+    let pool = Arc::clone(&session.binding.as_ref()?.pool);
+    let max_message = session.ctx.config.client.max_message_size.0 as usize;
+    let mut end = 0;
+    loop {
+        let len = complete_message_len(&inbox[end..], max_message).ok()??;
+        let message = &inbox[end..end + len];
+        let body = &message[5..];
+        let answerable = match message[0] {
+            b'P' => match split_cstr(body) {
+                Some((name, _)) if !name.is_empty() => {
+                    pool.knows_statement(&StatementDef::from_parse_body(body, name.len()))
+                }
+                _ => false,
+            },
+            b'C' => matches!(prepared::split_target(body), Some((b'S', name)) if !name.is_empty()),
+            b'S' => true,
+            _ => false,
+        };
+        if !answerable {
+            return None;
+        }
+        end += len;
+        if message[0] == b'S' {
+            break;
+        }
+    }
+    let batch = inbox.split_to(end);
+    let mut replies = BytesMut::new();
+    let mut offset = 0;
+    while offset < batch.len() {
+        let len = 1 + u32::from_be_bytes([
+            batch[offset + 1],
+            batch[offset + 2],
+            batch[offset + 3],
+            batch[offset + 4],
+        ]) as usize;
+        let body = &batch[offset + 5..offset + len];
+        match batch[offset] {
+            b'P' => {
+                if let Some((name, _)) = split_cstr(body) {
+                    let def = Arc::new(StatementDef::from_parse_body(body, name.len()));
+                    session.statements.insert(name, def);
+                }
+                replies.extend_from_slice(ledger::PARSE_COMPLETE);
+            }
+            b'C' => {
+                if let Some((_, name)) = prepared::split_target(body) {
+                    session.statements.remove(name);
+                }
+                replies.extend_from_slice(ledger::CLOSE_COMPLETE);
+            }
+            _ => messages::ready_for_query_idle(&mut replies),
+        }
+        offset += len;
+    }
+    Some(replies)
 }
 
 /// State both directions touch while attached; each holds the lock only between awaits.
@@ -126,6 +209,7 @@ async fn attach(
 ) -> (Detach, Ledger) {
     let max_message = session.ctx.config.client.max_message_size.0 as usize;
     let max_prepared = session.ctx.config.pool.max_prepared_statements as usize;
+    let pool = Arc::clone(server.pool());
     let connection = &mut **server;
     let shared = Mutex::new(Shared {
         ledger: Ledger::default(),
@@ -247,7 +331,7 @@ async fn attach(
         Ok(shared) => shared.ledger,
         Err(poisoned) => poisoned.into_inner().ledger,
     };
-    apply_events(session, connection, events.drain(..));
+    apply_events(session, connection, &pool, events.drain(..));
     (detach, ledger)
 }
 
@@ -270,6 +354,7 @@ fn server_protocol_error(e: FrameError) -> RelayEnd {
 fn apply_events(
     session: &mut Session,
     connection: &mut crate::server::ServerConnection,
+    pool: &crate::pool::ServerPool,
     events: impl Iterator<Item = Event>,
 ) {
     for event in events {
@@ -282,8 +367,11 @@ fn apply_events(
             }
             Event::ParamCommitted(change) => {
                 change.apply(&mut session.desired, &session.startup);
-                connection.applied = session.desired.clone();
+                // What the server now has: a RESET returns it to its login value,
+                // which the next checkout brings back in line with the client.
+                change.apply_to_server(&mut connection.applied);
             }
+            Event::Prepared(def) => pool.remember_statement(&def),
         }
     }
 }

@@ -90,6 +90,14 @@ impl Translator<'_> {
                     self.ledger.untracked_settings = true;
                 }
                 self.ledger.push(Expect::Ready { change });
+                if starts_with_word(body, b"discard")
+                    || starts_with_word(body, b"deallocate") && contains_word_all(body)
+                {
+                    // These drop the server's prepared statements behind the proxy's
+                    // back (including the shared sy_ ones).
+                    self.server.clear();
+                    self.ledger.statements_reset = true;
+                }
                 if starts_with_word(body, b"listen") {
                     // Notifications go to whichever server the listener happened to be
                     // on, so they would be lost. The server raises the error, which
@@ -276,6 +284,13 @@ fn starts_with_word(query: &[u8], word: &[u8]) -> bool {
         && rest
             .get(word.len())
             .is_none_or(|b| !b.is_ascii_alphanumeric() && *b != b'_')
+}
+
+/// Whether the statement mentions ALL as a word (DEALLOCATE [PREPARE] ALL).
+fn contains_word_all(query: &[u8]) -> bool {
+    query
+        .split(|b| !b.is_ascii_alphanumeric() && *b != b'_')
+        .any(|word| word.eq_ignore_ascii_case(b"all"))
 }
 
 /// Cheap pre-check before looking for SET/RESET/DISCARD in a query.
