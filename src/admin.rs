@@ -112,6 +112,8 @@ struct Status<'a> {
     nodes: Vec<NodeStatus<'a>>,
     listeners: Vec<ListenerStatus<'a>>,
     clients: usize,
+    /// Clients waiting for a primary (failover hold).
+    held_clients: usize,
     pools: Vec<crate::pool::PoolStats>,
 }
 
@@ -168,6 +170,7 @@ fn status(ctx: &ProxyContext, listeners: &[Arc<ListenerState>]) -> Response<Full
             })
             .collect(),
         clients: ctx.clients.load(Ordering::Relaxed),
+        held_clients: ctx.held_clients.load(Ordering::Relaxed),
         pools: ctx.pools.stats(),
     };
     match serde_json::to_vec_pretty(&status) {

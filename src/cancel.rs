@@ -15,7 +15,7 @@ use tokio::net::TcpStream;
 use crate::protocol::messages;
 
 /// Where a cancel for one client must go.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CancelTarget {
     /// `host:port` of the server.
     pub address: String,
@@ -23,9 +23,12 @@ pub struct CancelTarget {
     pub secret: i32,
 }
 
+/// The server a client uses now; shared by the registry and the client's session.
+type TargetSlot = Arc<Mutex<Option<Arc<CancelTarget>>>>;
+
 struct Entry {
     secret: i32,
-    target: Option<CancelTarget>,
+    target: TargetSlot,
 }
 
 #[derive(Default)]
@@ -33,9 +36,12 @@ pub struct CancelRegistry {
     entries: Mutex<HashMap<i32, Entry>>,
 }
 
-/// A client's registered key; unregisters itself when dropped.
+/// A client's registered key; unregisters itself when dropped. Pointing it at
+/// another server (transaction mode does it twice per transaction) takes only the
+/// client's own uncontended lock, never the registry's.
 pub struct Registration {
     registry: Arc<CancelRegistry>,
+    target: TargetSlot,
     pub pid: i32,
     pub secret: i32,
 }
@@ -55,12 +61,14 @@ impl CancelRegistry {
             let pid = rng.gen_range(1..i32::MAX);
             if let std::collections::hash_map::Entry::Vacant(slot) = entries.entry(pid) {
                 let secret = rng.gen();
+                let target = TargetSlot::default();
                 slot.insert(Entry {
                     secret,
-                    target: None,
+                    target: Arc::clone(&target),
                 });
                 return Registration {
                     registry: Arc::clone(self),
+                    target,
                     pid,
                     secret,
                 };
@@ -69,12 +77,12 @@ impl CancelRegistry {
     }
 
     /// The target for a cancel key, if the key is known and the secret matches.
-    pub fn lookup(&self, pid: i32, secret: &[u8]) -> Option<CancelTarget> {
+    pub fn lookup(&self, pid: i32, secret: &[u8]) -> Option<Arc<CancelTarget>> {
         let entries = self.entries();
         let entry = entries.get(&pid)?;
         let matches: bool = entry.secret.to_be_bytes().ct_eq(secret).into();
         if matches {
-            entry.target.clone()
+            lock_slot(&entry.target).clone()
         } else {
             None
         }
@@ -91,11 +99,14 @@ impl CancelRegistry {
 
 impl Registration {
     /// Points this client's key at the server it now uses (None: no server).
-    pub fn set_target(&self, target: Option<CancelTarget>) {
-        if let Some(entry) = self.registry.entries().get_mut(&self.pid) {
-            entry.target = target;
-        }
+    pub fn set_target(&self, target: Option<Arc<CancelTarget>>) {
+        *lock_slot(&self.target) = target;
     }
+}
+
+fn lock_slot(slot: &TargetSlot) -> MutexGuard<'_, Option<Arc<CancelTarget>>> {
+    // Only ever holds an assignment or a clone: consistent even if poisoned.
+    slot.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Drop for Registration {
@@ -139,8 +150,11 @@ mod tests {
             pid: 99,
             secret: 7,
         };
-        registration.set_target(Some(target.clone()));
-        assert_eq!(registry.lookup(registration.pid, &secret), Some(target));
+        registration.set_target(Some(Arc::new(target.clone())));
+        assert_eq!(
+            registry.lookup(registration.pid, &secret).as_deref(),
+            Some(&target)
+        );
         let wrong = (registration.secret ^ 1).to_be_bytes();
         assert_eq!(registry.lookup(registration.pid, &wrong), None);
         assert_eq!(registry.lookup(registration.pid, &secret[..3]), None);

@@ -10,10 +10,6 @@ use tracing_subscriber::EnvFilter;
 
 use switchyard::config::Config;
 
-// Many small, short-lived buffers across threads: mimalloc handles that pattern
-// better than the system allocator.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use switchyard::{http_client, proxy};
 
 #[derive(Parser)]

@@ -31,6 +31,8 @@ pub struct ProxyContext {
     pub pools: Arc<PoolSet>,
     /// Client connections open now, across listeners (for max_client_connections).
     pub clients: AtomicUsize,
+    /// Clients waiting for a primary to appear (failover hold).
+    pub held_clients: AtomicUsize,
     pub shutdown: CancellationToken,
 }
 
@@ -115,6 +117,7 @@ pub async fn start(config: Config) -> Result<RunningProxy, StartError> {
         rotation: AtomicUsize::new(0),
         pools: Arc::new(PoolSet::new(pool_settings(&config))),
         clients: AtomicUsize::new(0),
+        held_clients: AtomicUsize::new(0),
         shutdown: shutdown.clone(),
         config: Arc::clone(&config),
     });

@@ -267,3 +267,52 @@ async fn promotion_is_followed_within_two_seconds() {
     .await;
     println!("new primary reached {took:?} after the API flipped");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn lagging_replicas_leave_the_read_route_and_come_back() {
+    let (cluster, apis, nodes) = shared_cluster_apis().await;
+    let proxy = start_proxy(&config_yaml(&nodes, "primary", "")).await;
+    let lag_aware = start_proxy(
+        &config_yaml(&nodes, "primary", "")
+            .replace("  nodes:\n", "  max_replica_lag: 1MB\n  nodes:\n"),
+    )
+    .await;
+    let ro = lag_aware.listener_addr("ro").expect("ro");
+    apis[1].set_lag(64 << 20);
+    // With the limit, node2 (64MB behind) answers 503 to /replica?lag and leaves the
+    // read route at once; every read goes to node3.
+    eventually(
+        Duration::from_secs(3),
+        "node2 leaves the read route",
+        || async {
+            let status: serde_json::Value =
+                serde_json::from_str(&admin_get(&lag_aware, "/status").await.1).unwrap_or_default();
+            status["nodes"][1]["replica"]["up"] == false
+        },
+    )
+    .await;
+    for _ in 0..4 {
+        let reader = connect(ro, "app", "app_pw").await;
+        assert_eq!(
+            server_port(&reader).await,
+            cluster.port(2),
+            "reads avoid the lagging replica"
+        );
+    }
+    // Without a limit configured, the lag does not matter.
+    let status: serde_json::Value =
+        serde_json::from_str(&admin_get(&proxy, "/status").await.1).expect("json");
+    assert_eq!(status["nodes"][1]["replica"]["up"], true);
+
+    apis[1].set_lag(0);
+    eventually(
+        Duration::from_secs(3),
+        "node2 rejoins after catching up",
+        || async {
+            let status: serde_json::Value =
+                serde_json::from_str(&admin_get(&lag_aware, "/status").await.1).unwrap_or_default();
+            status["nodes"][1]["replica"]["up"] == true
+        },
+    )
+    .await;
+}

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-pub use units::{ByteSize, HumanDuration};
+pub use units::{ByteSize, HumanDuration, MaxLag};
 pub use validate::ApiEndpoint;
 
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +50,29 @@ pub struct Config {
     pub server: ServerConfig,
     #[serde(default)]
     pub pool: PoolConfig,
+    #[serde(default)]
+    pub failover: FailoverConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FailoverConfig {
+    /// A client that needs the primary while there is none (failover, switchover,
+    /// split brain) waits this long for one before it gets 57P03.
+    #[serde(default = "default_hold_timeout")]
+    pub hold_timeout: HumanDuration,
+}
+
+impl Default for FailoverConfig {
+    fn default() -> Self {
+        FailoverConfig {
+            hold_timeout: default_hold_timeout(),
+        }
+    }
+}
+
+fn default_hold_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(30))
 }
 
 /// Which nodes a listener sends its sessions to.
@@ -113,6 +136,10 @@ pub struct ClusterConfig {
     pub nodes: Vec<NodeConfig>,
     #[serde(default)]
     pub health: HealthConfig,
+    /// Replicas further behind the primary than this (as Patroni measures it)
+    /// leave the read route; `off` (the default) disables the check.
+    #[serde(default)]
+    pub max_replica_lag: MaxLag,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

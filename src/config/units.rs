@@ -112,6 +112,37 @@ impl Serialize for ByteSize {
     }
 }
 
+/// A byte limit that can be switched `off`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MaxLag(pub Option<ByteSize>);
+
+impl<'de> Deserialize<'de> for MaxLag {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(u64),
+            Text(String),
+        }
+        match Raw::deserialize(deserializer)? {
+            Raw::Number(n) => Ok(MaxLag(Some(ByteSize(n)))),
+            Raw::Text(text) if text.trim().eq_ignore_ascii_case("off") => Ok(MaxLag(None)),
+            Raw::Text(text) => ByteSize::parse(&text)
+                .map(|size| MaxLag(Some(size)))
+                .map_err(|e| de::Error::custom(format!("{e}, or off"))),
+        }
+    }
+}
+
+impl Serialize for MaxLag {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self.0 {
+            Some(size) => size.serialize(serializer),
+            None => serializer.serialize_str("off"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

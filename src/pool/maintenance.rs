@@ -1,6 +1,8 @@
 //! The pool housekeeping loop: once a second it closes idle connections past their
 //! idle timeout or lifetime, opens connections up to `min_idle` for nodes that are
-//! in the topology, and drains pools of nodes that no longer hold any role.
+//! in the topology, and drains pools of nodes that no longer hold any role. On a
+//! topology change it drains at once the pools of a primary that lost the role: its
+//! connections die with the demotion anyway, and none must carry another write.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,14 +10,40 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::PoolSet;
-use crate::topology::TopologyHandle;
+use crate::topology::{Topology, TopologyHandle};
+
+fn primary_name(topology: &Topology) -> Option<String> {
+    topology
+        .primary_node()
+        .map(|i| topology.nodes[i].name.clone())
+}
+
+fn drain_node(pools: &PoolSet, node: &str, why: &str) {
+    for pool in pools.all().iter().filter(|p| p.key.node == node) {
+        let closed = pool.drain();
+        tracing::info!(node, closed, "{why}: pool drained");
+    }
+}
 
 pub async fn run(pools: Arc<PoolSet>, topology: Arc<TopologyHandle>, shutdown: CancellationToken) {
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut changes = topology.subscribe();
+    let mut primary = primary_name(&topology.load());
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
+            changed = changes.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let now = primary_name(&topology.load());
+                if let Some(old) = primary.as_deref().filter(|old| Some(*old) != now.as_deref()) {
+                    drain_node(&pools, old, "lost the primary role");
+                }
+                primary = now;
+                continue;
+            }
             _ = shutdown.cancelled() => return,
         }
         let snapshot = topology.load();

@@ -18,9 +18,6 @@ use crate::config::Secret;
 use crate::server::{self, LoginRequest, ServerConnection, ServerError};
 use crate::session::prepared::StatementDef;
 
-/// Idle connections older than this are checked for a closed socket before reuse.
-const RECHECK_AFTER: Duration = Duration::from_secs(1);
-
 /// Settings shared by every pool.
 #[derive(Debug, Clone)]
 pub struct PoolSettings {
@@ -141,20 +138,10 @@ impl ServerPool {
         self: &Arc<Self>,
         timeout: Duration,
     ) -> Result<PooledServer, CheckoutError> {
-        let started = Instant::now();
-        self.waiting.fetch_add(1, Ordering::Relaxed);
-        let acquired = tokio::time::timeout(timeout, Arc::clone(&self.slots).acquire_owned()).await;
-        self.waiting.fetch_sub(1, Ordering::Relaxed);
-        let permit = match acquired {
-            Ok(Ok(permit)) => permit,
-            // The semaphore is never closed; treat it like a timeout all the same.
-            Ok(Err(_)) | Err(_) => {
-                return Err(CheckoutError::Timeout {
-                    node: self.key.node.clone(),
-                    waited: started.elapsed(),
-                    size: self.settings.size,
-                })
-            }
+        let permit = match Arc::clone(&self.slots).try_acquire_owned() {
+            Ok(permit) => permit,
+            // Only a client that has to wait pays for a timer.
+            Err(_) => self.wait_for_slot(timeout).await?,
         };
         if let Some((connection, epoch)) = self.take_idle() {
             return Ok(self.guard(connection, epoch, permit));
@@ -162,6 +149,25 @@ impl ServerPool {
         let epoch = self.epoch.load(Ordering::Relaxed);
         let connection = self.connect().await?;
         Ok(self.guard(connection, epoch, permit))
+    }
+
+    async fn wait_for_slot(
+        &self,
+        timeout: Duration,
+    ) -> Result<OwnedSemaphorePermit, CheckoutError> {
+        let started = Instant::now();
+        self.waiting.fetch_add(1, Ordering::Relaxed);
+        let acquired = tokio::time::timeout(timeout, Arc::clone(&self.slots).acquire_owned()).await;
+        self.waiting.fetch_sub(1, Ordering::Relaxed);
+        match acquired {
+            Ok(Ok(permit)) => Ok(permit),
+            // The semaphore is never closed; treat it like a timeout all the same.
+            Ok(Err(_)) | Err(_) => Err(CheckoutError::Timeout {
+                node: self.key.node.clone(),
+                waited: started.elapsed(),
+                size: self.settings.size,
+            }),
+        }
     }
 
     fn guard(
@@ -183,14 +189,13 @@ impl ServerPool {
         let current = self.epoch.load(Ordering::Relaxed);
         loop {
             let (connection, epoch) = self.idle().pop()?;
-            let now = Instant::now();
-            // A connection back in the pool moments ago is reused without the
-            // syscall a check costs on every transaction; longer-idle ones are
-            // checked for EOF or stray bytes (a FATAL sent before closing).
-            let recently_used = now.duration_since(connection.idle_since) < RECHECK_AFTER;
+            // Checked every time (one non-blocking read): during a failover a
+            // connection idle for milliseconds may already hold the server's FATAL,
+            // and once a request is written after it, a TCP reset can discard that
+            // evidence and leave an ambiguous broken connection instead.
             if epoch == current
-                && self.is_fresh(&connection, now)
-                && (recently_used || connection.looks_healthy())
+                && self.is_fresh(&connection, Instant::now())
+                && connection.looks_healthy()
             {
                 return Some((connection, epoch));
             }

@@ -76,8 +76,10 @@ async fn connect_inner(
         node: node.to_string(),
         address: address.to_string(),
         params: Vec::new(),
+        params_version: 0,
         backend_pid: 0,
         backend_secret: 0,
+        cancel: Default::default(),
         created_at: now,
         idle_since: now,
         applied: Default::default(),
@@ -189,6 +191,11 @@ async fn collect_until_ready(connection: &mut ServerConnection) -> Result<(), Se
                 let (pid, secret) = backend::parse_backend_key_data(&body).map_err(malformed)?;
                 connection.backend_pid = pid;
                 connection.backend_secret = secret;
+                connection.cancel = std::sync::Arc::new(crate::cancel::CancelTarget {
+                    address: connection.address.clone(),
+                    pid,
+                    secret,
+                });
             }
             b'Z' => return Ok(()),
             // NoticeResponse and NegotiateProtocolVersion need no action.

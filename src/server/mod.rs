@@ -25,8 +25,12 @@ pub struct ServerConnection {
     pub address: String,
     /// ParameterStatus values as the server last reported them, in order.
     pub params: Vec<(String, String)>,
+    /// Bumped whenever `params` changes, so sessions can skip comparing them.
+    pub params_version: u64,
     pub backend_pid: i32,
     pub backend_secret: i32,
+    /// Where a cancel for a query on this connection goes (built once at login).
+    pub cancel: std::sync::Arc<CancelTarget>,
     pub created_at: Instant,
     /// When it last went back to a pool.
     pub idle_since: Instant,
@@ -40,9 +44,11 @@ impl ServerConnection {
     /// Records a ParameterStatus the server sent.
     pub fn note_parameter(&mut self, name: String, value: String) {
         match self.params.iter_mut().find(|(n, _)| *n == name) {
+            Some(slot) if slot.1 == value => return,
             Some(slot) => slot.1 = value,
             None => self.params.push((name, value)),
         }
+        self.params_version += 1;
     }
 
     /// True when the idle socket shows no sign of trouble: no EOF and no unexpected
@@ -60,12 +66,8 @@ impl ServerConnection {
             .try_write(&crate::protocol::messages::terminate());
     }
 
-    pub fn cancel_target(&self) -> CancelTarget {
-        CancelTarget {
-            address: self.address.clone(),
-            pid: self.backend_pid,
-            secret: self.backend_secret,
-        }
+    pub fn cancel_target(&self) -> std::sync::Arc<CancelTarget> {
+        std::sync::Arc::clone(&self.cancel)
     }
 }
 
@@ -116,6 +118,22 @@ impl ServerError {
             format!("cannot open a server connection to node \"{node}\""),
         )
         .with_detail(self.to_string())
+    }
+
+    /// Whether the node may accept connections again soon: it refused or dropped
+    /// the connection, or said it is starting up or shutting down. Wrong
+    /// credentials or a missing database are not transient.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ServerError::Connect { .. } | ServerError::Timeout { .. } | ServerError::Io { .. } => {
+                true
+            }
+            ServerError::Rejected { fields, .. } => {
+                matches!(fields.code.as_str(), "57P01" | "57P02" | "57P03")
+                    || fields.code.starts_with("08")
+            }
+            ServerError::Auth(_) | ServerError::Protocol(_) => false,
+        }
     }
 
     /// The server's own ErrorResponse, when it refused the login.

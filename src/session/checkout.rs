@@ -31,11 +31,109 @@ impl Drop for Binding {
     }
 }
 
+/// Why a checkout failed, and whether waiting for the topology may help.
+struct CheckoutFailure {
+    transient: bool,
+    refusal: Refusal,
+}
+
+fn checkout_refusal(pool: &crate::pool::ServerPool, e: CheckoutError) -> Refusal {
+    match e {
+        CheckoutError::Timeout { .. } => {
+            tracing::warn!(error = %e, "checkout timed out");
+            Refusal::from(ClientError::fatal(
+                SqlState::TooManyConnections,
+                e.to_string(),
+            ))
+        }
+        CheckoutError::Connect(e) => {
+            tracing::warn!(node = %pool.key.node, error = %e, "server login failed");
+            Refusal {
+                error: e.to_client_error(&pool.key.node),
+                raw: e.raw_error().cloned(),
+            }
+        }
+    }
+}
+
+/// Counts a client waiting for a primary, for /status, while alive.
+struct HeldClient<'a>(&'a ProxyContext);
+
+impl<'a> HeldClient<'a> {
+    fn enter(ctx: &'a ProxyContext) -> HeldClient<'a> {
+        ctx.held_clients.fetch_add(1, Ordering::Relaxed);
+        HeldClient(ctx)
+    }
+}
+
+impl Drop for HeldClient<'_> {
+    fn drop(&mut self) {
+        self.0.held_clients.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 impl Session {
     /// The pool of the node this session should use now (routing again if needed).
-    pub(super) fn current_pool(&mut self) -> Result<Arc<crate::pool::ServerPool>, Refusal> {
-        let topology = self.ctx.topology.load();
-        let node = self.route(&topology)?;
+    /// While writes have no primary the client is held, up to `hold_timeout`, until
+    /// the topology names one.
+    pub(super) async fn current_pool(
+        &mut self,
+        deadline: tokio::time::Instant,
+    ) -> Result<Arc<crate::pool::ServerPool>, Refusal> {
+        let hold = self.ctx.config.failover.hold_timeout.0;
+        let mut changes = self.ctx.topology.subscribe();
+        let mut held_since = None;
+        loop {
+            let topology = self.ctx.topology.load();
+            let error = match self.route(&topology) {
+                Ok(node) => {
+                    if let Some(since) = held_since {
+                        let held: std::time::Duration = tokio::time::Instant::now() - since;
+                        tracing::info!(
+                            client = %self.peer,
+                            user = %self.params.user,
+                            held_ms = held.as_millis() as u64,
+                            "held client resumes on the new primary"
+                        );
+                    }
+                    return self.pool_for(&topology, node);
+                }
+                Err(error) => error,
+            };
+            if !matches!(error, router::RouteError::NoPrimary { .. })
+                || tokio::time::Instant::now() >= deadline
+            {
+                return Err(Refusal::from(
+                    error.to_client_error(&self.listener.config.name),
+                ));
+            }
+            if held_since.is_none() {
+                held_since = Some(tokio::time::Instant::now());
+                tracing::info!(client = %self.peer, user = %self.params.user, "no primary: holding the client for up to {hold:?}");
+            }
+            let _held = HeldClient::enter(&self.ctx);
+            tokio::select! {
+                changed = tokio::time::timeout_at(deadline, changes.changed()) => {
+                    if matches!(changed, Ok(Err(_))) {
+                        // The topology publisher is gone: the proxy is shutting down.
+                        return Err(Refusal::from(error.to_client_error(&self.listener.config.name)));
+                    }
+                }
+                _ = self.ctx.shutdown.cancelled() => {
+                    return Err(Refusal::from(ClientError::fatal(
+                        SqlState::AdminShutdown,
+                        "terminating connection because Switchyard is shutting down",
+                    )));
+                }
+            }
+        }
+    }
+
+    fn pool_for(
+        &mut self,
+        topology: &Topology,
+        node: usize,
+    ) -> Result<Arc<crate::pool::ServerPool>, Refusal> {
         match &self.binding {
             Some(binding)
                 if binding.node == node
@@ -43,43 +141,74 @@ impl Session {
             {
                 Ok(Arc::clone(&binding.pool))
             }
-            _ => self.bind(&topology, node),
+            _ => self.bind(topology, node),
         }
     }
 
-    /// A server connection for the next piece of work, parameters synced.
+    /// The end of the hold for a client that starts waiting now.
+    pub(super) fn hold_deadline(&self) -> tokio::time::Instant {
+        tokio::time::Instant::now() + self.ctx.config.failover.hold_timeout.0
+    }
+
+    /// A server connection for the next piece of work, parameters synced. During a
+    /// failover a primary that refuses connections (shutting down, gone) is waited
+    /// out like a missing one, within the hold.
     pub(super) async fn checkout(&mut self) -> Result<PooledServer, Refusal> {
-        let pool = self.current_pool()?;
-        let mut server =
-            pool.checkout(self.pooling.checkout_timeout)
-                .await
-                .map_err(|e| match e {
-                    CheckoutError::Timeout { .. } => {
-                        tracing::warn!(error = %e, "checkout timed out");
-                        Refusal::from(ClientError::fatal(
-                            SqlState::TooManyConnections,
-                            e.to_string(),
-                        ))
-                    }
+        let deadline = self.hold_deadline();
+        loop {
+            let pool = self.current_pool(deadline).await?;
+            match self.checkout_from(&pool).await {
+                Err(failure) if failure.transient && tokio::time::Instant::now() < deadline => {
+                    tracing::info!(client = %self.peer, node = %pool.key.node, "node refuses connections; holding the client");
+                    let mut changes = self.ctx.topology.subscribe();
+                    let pause = tokio::time::Instant::now() + std::time::Duration::from_millis(250);
+                    let _ = tokio::time::timeout_at(pause.min(deadline), changes.changed()).await;
+                }
+                result => return result.map_err(|failure| failure.refusal),
+            }
+        }
+    }
+
+    async fn checkout_from(
+        &mut self,
+        pool: &Arc<crate::pool::ServerPool>,
+    ) -> Result<PooledServer, CheckoutFailure> {
+        let mut server = match pool.checkout(self.pooling.checkout_timeout).await {
+            Ok(server) => server,
+            Err(e) => {
+                let transient = match &e {
                     CheckoutError::Connect(e) => {
-                        tracing::warn!(node = %pool.key.node, error = %e, "server login failed");
-                        Refusal {
-                            error: e.to_client_error(&pool.key.node),
-                            raw: e.raw_error().cloned(),
-                        }
+                        self.listener.config.route == Route::Primary && e.is_transient()
                     }
-                })?;
-        self.sync_params(&mut server).await?;
+                    CheckoutError::Timeout { .. } => false,
+                };
+                return Err(CheckoutFailure {
+                    transient,
+                    refusal: checkout_refusal(pool, e),
+                });
+            }
+        };
+        self.sync_params(&mut server)
+            .await
+            .map_err(|refusal| CheckoutFailure {
+                transient: false,
+                refusal,
+            })?;
         Ok(server)
     }
 
-    fn route(&mut self, topology: &Topology) -> Result<usize, Refusal> {
+    fn route(&mut self, topology: &Topology) -> Result<usize, router::RouteError> {
         let config = &self.listener.config;
         if let Some(binding) = &self.binding {
             // Reads stay on their replica while it stays healthy (monotonic reads).
             if config.route == Route::Replica && topology.replicas().any(|r| r == binding.node) {
                 return Ok(binding.node);
             }
+        }
+        if config.route == Route::Primary {
+            // The common case, once per transaction in transaction mode: no load
+            // figures needed.
+            return router::choose_node(config.route, config.fallback, topology, &[], 0);
         }
         let sessions: Vec<u32> = self
             .ctx
@@ -89,7 +218,6 @@ impl Session {
             .collect();
         let rotation = self.ctx.rotation.fetch_add(1, Ordering::Relaxed);
         router::choose_node(config.route, config.fallback, topology, &sessions, rotation)
-            .map_err(|e| Refusal::from(e.to_client_error(&config.name)))
     }
 
     fn bind(
@@ -145,6 +273,11 @@ impl Session {
 
     /// ParameterStatus messages for values on `server` the client has not been told.
     pub(super) fn parameter_updates(&mut self, server: &PooledServer, out: &mut BytesMut) {
+        let seen = (server.backend_pid, server.params_version);
+        if self.reported_from == Some(seen) {
+            return;
+        }
+        self.reported_from = Some(seen);
         for (name, value) in &server.params {
             match self.reported.iter_mut().find(|(n, _)| n == name) {
                 Some((_, known)) if known == value => {}
@@ -162,6 +295,7 @@ impl Session {
 
     /// Records a ParameterStatus body the client was sent through the relay.
     pub(super) fn note_reported(&mut self, body: &[u8]) {
+        self.reported_from = None;
         if let Ok((name, value)) = crate::protocol::backend::parse_parameter_status(body) {
             match self.reported.iter_mut().find(|(n, _)| *n == name) {
                 Some(slot) => slot.1 = value,

@@ -86,6 +86,11 @@ pub struct Ledger {
     /// The client ran DISCARD or DEALLOCATE ALL: the proxy forgot what the server
     /// had prepared and must make sure the server forgot too before reuse.
     pub statements_reset: bool,
+    /// The server said something after the client was owed nothing (typically a
+    /// FATAL as it shuts down): swallowed, and the server is not reused.
+    pub unsolicited: bool,
+    /// Requests ending in ReadyForQuery sent in this attach.
+    pub requests: u32,
     /// The server is in copy-in mode (it ignores Sync and Flush until the client's
     /// CopyDone or CopyFail).
     copy_in: bool,
@@ -101,13 +106,33 @@ impl Default for Ledger {
             forwarding: true,
             untracked_settings: false,
             statements_reset: false,
+            unsolicited: false,
+            requests: 0,
             copy_in: false,
         }
     }
 }
 
 impl Ledger {
+    /// Back to the state of a fresh attach, keeping the queue's allocation.
+    pub fn reset(&mut self) {
+        self.queue.clear();
+        let queue = std::mem::take(&mut self.queue);
+        *self = Ledger {
+            queue,
+            ..Ledger::default()
+        };
+    }
+
+    /// A reply the proxy owes is at the head (nothing from the server comes first).
+    pub fn owes_synthetic_now(&self) -> bool {
+        matches!(self.queue.front(), Some(Expect::Synthetic(_)))
+    }
+
     pub fn push(&mut self, expect: Expect) {
+        if matches!(expect, Expect::Ready { .. }) {
+            self.requests += 1;
+        }
         self.queue.push_back(expect);
     }
 
@@ -303,7 +328,12 @@ impl Walker<'_> {
 impl FrameVisitor for Walker<'_> {
     fn start(&mut self, tag: u8, at: usize) {
         let asynchronous = matches!(tag, b'N' | b'A' | b'S');
-        let forward = if asynchronous {
+        let forward = if self.ledger.is_idle() {
+            // Nothing is owed and no transaction is open: this belongs to the
+            // server connection, not to the client.
+            self.ledger.unsolicited = true;
+            false
+        } else if asynchronous {
             true
         } else {
             if matches!(self.ledger.queue.front(), Some(Expect::Synthetic(_))) {
@@ -449,6 +479,19 @@ mod tests {
         let (out, _) = client_sees(&mut ledger, &mut statements, &server, 3);
         assert_eq!(out, server);
         assert!(!statements.touch(&statement), "the skipped Parse never ran");
+        assert!(ledger.is_idle());
+    }
+
+    #[test]
+    fn bytes_after_the_final_ready_are_swallowed_and_taint_the_server() {
+        let mut ledger = Ledger::default();
+        let mut statements = ServerStatements::default();
+        ledger.push(Expect::Ready { change: None });
+        let answer = [message(b'C', b"INSERT 0 1\0"), message(b'Z', b"I")].concat();
+        let server = [answer.clone(), message(b'E', b"SFATAL\0C57P01\0\0")].concat();
+        let (out, _) = client_sees(&mut ledger, &mut statements, &server, 64);
+        assert_eq!(out, answer, "the shutdown notice is not the client's");
+        assert!(ledger.unsolicited);
         assert!(ledger.is_idle());
     }
 

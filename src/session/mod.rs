@@ -41,7 +41,9 @@ pub async fn run(
     ctx: Arc<ProxyContext>,
     listener: Arc<ListenerState>,
 ) {
-    let span = tracing::info_span!(
+    // A DEBUG span: entering a span on every poll costs a few percent of the hot
+    // path, so at INFO the session's own log lines carry its fields explicitly.
+    let span = tracing::debug_span!(
         "session",
         client = %peer,
         listener = %listener.config.name,
@@ -49,13 +51,22 @@ pub async fn run(
         database = tracing::field::Empty,
         node = tracing::field::Empty,
     );
-    run_in_span(socket, ctx, listener).instrument(span).await
+    run_in_span(socket, peer, ctx, listener)
+        .instrument(span)
+        .await
 }
 
-async fn run_in_span(mut socket: TcpStream, ctx: Arc<ProxyContext>, listener: Arc<ListenerState>) {
+async fn run_in_span(
+    mut socket: TcpStream,
+    peer: SocketAddr,
+    ctx: Arc<ProxyContext>,
+    listener: Arc<ListenerState>,
+) {
     let started = Instant::now();
     let startup_timeout = ctx.config.client.startup_timeout.0;
-    let opened = tokio::time::timeout(startup_timeout, open(&mut socket, &ctx)).await;
+    // Startup and checkout futures are boxed so that their state (SCRAM, login,
+    // hold) is only allocated while they run: an idle client's task stays small.
+    let opened = tokio::time::timeout(startup_timeout, Box::pin(open(&mut socket, &ctx))).await;
     let (params, out) = match opened {
         Ok(Ok(Some(opened))) => opened,
         Ok(Ok(None)) => return, // a cancel request, already handled
@@ -75,7 +86,7 @@ async fn run_in_span(mut socket: TcpStream, ctx: Arc<ProxyContext>, listener: Ar
     let span = tracing::Span::current();
     span.record("user", params.user.as_str());
     span.record("database", params.database.as_str());
-    let mut session = Session::new(ctx, listener, params);
+    let mut session = Session::new(ctx, listener, params, peer);
     session.started = started;
     let end = session.serve(&mut socket, out).await;
     session.log_end(&end);
@@ -123,7 +134,11 @@ async fn forward_cancel(ctx: &ProxyContext, pid: i32, secret: &[u8]) {
 }
 
 async fn refuse(socket: &mut TcpStream, error: &ClientError) {
-    tracing::info!(%error, "client refused");
+    let client = socket
+        .peer_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    tracing::info!(%client, %error, "client refused");
     let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
         let _ = socket.write_all(&error.encode()).await;
         let _ = socket.shutdown().await;
@@ -135,6 +150,7 @@ pub(crate) struct Session {
     ctx: Arc<ProxyContext>,
     listener: Arc<ListenerState>,
     params: SessionParams,
+    peer: SocketAddr,
     pooling: SessionPooling,
     started: Instant,
     stats: RelayStats,
@@ -147,6 +163,8 @@ pub(crate) struct Session {
     desired: ParamSet,
     /// ParameterStatus values the client has been told.
     reported: Vec<(String, String)>,
+    /// The server (backend pid, params version) `reported` was last checked against.
+    reported_from: Option<(i32, u64)>,
     statements: ClientStatements,
     transactions: u64,
 }
@@ -158,13 +176,19 @@ enum SessionEnd {
 }
 
 impl Session {
-    fn new(ctx: Arc<ProxyContext>, listener: Arc<ListenerState>, params: SessionParams) -> Session {
+    fn new(
+        ctx: Arc<ProxyContext>,
+        listener: Arc<ListenerState>,
+        params: SessionParams,
+        peer: SocketAddr,
+    ) -> Session {
         let startup = ParamSet::from_startup(&params.passthrough);
         Session {
             pooling: ctx.config.pooling_for(&listener.config),
             ctx,
             listener,
             params,
+            peer,
             started: Instant::now(),
             stats: RelayStats::default(),
             node: None,
@@ -172,6 +196,7 @@ impl Session {
             desired: startup.clone(),
             startup,
             reported: Vec::new(),
+            reported_from: None,
             statements: ClientStatements::default(),
             transactions: 0,
         }
@@ -191,7 +216,8 @@ impl Session {
             refuse(socket, &error).await;
             return SessionEnd::Refused(error);
         }
-        let pool = match self.current_pool() {
+        let deadline = self.hold_deadline();
+        let pool = match Box::pin(self.current_pool(deadline)).await {
             Ok(pool) => pool,
             Err(refusal) => {
                 refusal.send(socket).await;
@@ -206,7 +232,7 @@ impl Session {
                 self.greet_from_cache(params, &mut out);
                 None
             }
-            None => match self.checkout().await {
+            None => match Box::pin(self.checkout()).await {
                 Ok(server) => {
                     self.parameter_updates(&server, &mut out);
                     Some(server)
@@ -228,7 +254,9 @@ impl Session {
         }
         drop(out);
         match self.pooling.mode {
-            PoolMode::Session => session_mode::run(self, socket, first_server, &registration).await,
+            PoolMode::Session => {
+                Box::pin(session_mode::run(self, socket, first_server, &registration)).await
+            }
             PoolMode::Transaction => {
                 if let Some(server) = first_server {
                     server.release();
@@ -250,6 +278,7 @@ impl Session {
             messages::parameter_status(out, name, value);
         }
         self.reported = params;
+        self.reported_from = None;
     }
 
     /// Waits until the inbox holds a complete message. Ok(false): the client said
@@ -331,6 +360,10 @@ impl Session {
             SessionEnd::Relay(RelayEnd::Shutdown) => "proxy shutdown".into(),
         };
         tracing::info!(
+            client = %self.peer,
+            listener = %self.listener.config.name,
+            user = %self.params.user,
+            database = %self.params.database,
             route = ?self.listener.config.route,
             mode = ?self.pooling.mode,
             node = self.node.as_deref().unwrap_or("-"),

@@ -30,6 +30,12 @@ const READ_SIZE: usize = 16 * 1024;
 enum Detach {
     /// The server is idle: back to the pool, wait for the next transaction.
     Released,
+    /// The server's first reply said it is shutting down (57P01) or not accepting
+    /// connections (57P03): PostgreSQL holds that interrupt off while committing, so
+    /// nothing the client sent took effect, and it is sent again on another server
+    /// (after the hold, if the primary is changing). A connection that merely drops
+    /// is never retried: the request may have committed.
+    Retry,
     /// The session is over.
     End(RelayEnd),
 }
@@ -44,7 +50,15 @@ struct Buffers {
     downstream: BytesMut,
     segments: Vec<Segment>,
     events: Vec<Event>,
+    /// Reset at each attach; kept to reuse its queue's allocation.
+    ledger: Ledger,
+    /// Client messages sent to the server in this attach, kept until the client
+    /// has been sent anything (after that a retry could duplicate what it saw).
+    replay: BytesMut,
 }
+
+/// Retries of one transaction on new servers before the client is told.
+const MAX_RETRIES: u32 = 5;
 
 pub(super) async fn run(
     session: &mut Session,
@@ -53,6 +67,7 @@ pub(super) async fn run(
 ) -> SessionEnd {
     let mut inbox = BytesMut::new();
     let mut buffers = Buffers::default();
+    let mut retries = 0;
     loop {
         match session.wait_for_request(socket, &mut inbox).await {
             Ok(true) => {}
@@ -68,7 +83,8 @@ pub(super) async fn run(
             }
             continue;
         }
-        let mut server = match session.checkout().await {
+        // Boxed: see session::run_in_span (an idle client's task stays small).
+        let mut server = match Box::pin(session.checkout()).await {
             Ok(server) => server,
             Err(refusal) => {
                 refusal.send(socket).await;
@@ -81,20 +97,49 @@ pub(super) async fn run(
             return SessionEnd::Relay(RelayEnd::ClientGone(None));
         }
         registration.set_target(Some(server.cancel_target()));
-        let (detach, ledger) = attach(session, socket, &mut server, &mut inbox, &mut buffers).await;
+        let detach = Box::pin(attach(
+            session,
+            socket,
+            &mut server,
+            &mut inbox,
+            &mut buffers,
+        ))
+        .await;
         registration.set_target(None);
-        session.transactions += 1;
+        let ledger = &buffers.ledger;
         let end = match detach {
             Detach::Released => {
-                release(server, &ledger).await;
+                session.transactions += 1;
+                retries = 0;
+                if ledger.unsolicited {
+                    drop(server);
+                } else {
+                    release(server, ledger).await;
+                }
                 continue;
             }
+            Detach::Retry if retries < MAX_RETRIES => {
+                retries += 1;
+                tracing::info!(node = %server.node, attempt = retries, "server went away before answering; sending the request again");
+                // Its idle siblings are most likely gone the same way.
+                server.pool().drain();
+                drop(server);
+                let mut again = buffers.replay.split();
+                again.extend_from_slice(&inbox);
+                inbox = again;
+                continue;
+            }
+            Detach::Retry => RelayEnd::ServerGone {
+                error: None,
+                sent_error: false,
+            },
             Detach::End(end) => end,
         };
+        tracing::debug!(client = %session.peer, end = ?end, owes_nothing = ledger.owes_nothing(), "transaction-mode session ends");
         if ledger.is_idle()
             && matches!(end, RelayEnd::ClientTerminated | RelayEnd::ClientGone(None))
         {
-            release(server, &ledger).await;
+            release(server, ledger).await;
         } else {
             drop(server);
         }
@@ -195,7 +240,9 @@ fn answer_without_server(session: &mut Session, inbox: &mut BytesMut) -> Option<
 
 /// State both directions touch while attached; each holds the lock only between awaits.
 struct Shared<'a> {
-    ledger: Ledger,
+    ledger: &'a mut Ledger,
+    /// Nothing has reached the client in this attach yet.
+    replayable: bool,
     client: &'a mut ClientStatements,
     server: &'a mut ServerStatements,
 }
@@ -206,45 +253,58 @@ async fn attach(
     server: &mut PooledServer,
     inbox: &mut BytesMut,
     buffers: &mut Buffers,
-) -> (Detach, Ledger) {
+) -> Detach {
     let max_message = session.ctx.config.client.max_message_size.0 as usize;
     let max_prepared = session.ctx.config.pool.max_prepared_statements as usize;
     let pool = Arc::clone(server.pool());
     let connection = &mut **server;
-    let shared = Mutex::new(Shared {
-        ledger: Ledger::default(),
-        client: &mut session.statements,
-        server: &mut connection.statements,
-    });
-    let wake = Notify::new();
     let Buffers {
         upstream: out,
         downstream: buffer,
         segments,
         events,
+        ledger,
+        replay,
     } = buffers;
+    ledger.reset();
+    replay.clear();
+    let shared = Mutex::new(Shared {
+        ledger,
+        replayable: true,
+        client: &mut session.statements,
+        server: &mut connection.statements,
+    });
+    let wake = Notify::new();
     let (mut client_reader, mut client_writer) = socket.split();
     let (mut server_reader, mut server_writer) = connection.stream.split();
     let upstream = async {
         loop {
             out.clear();
-            let translated = {
+            let (translated, owes_now) = {
                 let mut guard = lock(&shared);
                 let state = &mut *guard;
-                Translator {
-                    ledger: &mut state.ledger,
+                if state.replayable {
+                    replay.extend_from_slice(&inbox[..complete_prefix(inbox, max_message)]);
+                }
+                let translated = Translator {
+                    ledger: state.ledger,
                     client: state.client,
                     server: state.server,
                     max_prepared,
                     max_message,
                 }
-                .run(inbox, out)
+                .run(inbox, out);
+                (translated, state.ledger.owes_synthetic_now())
             };
             let translated = match translated {
                 Ok(t) => t,
                 Err(e) => return RelayEnd::ClientProtocol(e),
             };
-            wake.notify_one();
+            if owes_now {
+                // Replies the proxy makes up with nothing before them from the
+                // server: the other direction sends them now.
+                wake.notify_one();
+            }
             if !out.is_empty() {
                 if let Err(e) = server_writer.write_all(out).await {
                     return RelayEnd::ServerGone {
@@ -282,35 +342,59 @@ async fn attach(
                 let state = &mut *guard;
                 match read {
                     Some(Ok(0)) => {
-                        return Err(RelayEnd::ServerGone {
+                        return Err(Detach::End(RelayEnd::ServerGone {
                             error: None,
                             sent_error: false,
-                        })
+                        }))
+                    }
+                    // A reset before any reply, with a single request sent: the
+                    // server closed with that request unread in its socket (which
+                    // is what makes the kernel send a reset), so it never ran.
+                    Some(Err(e))
+                        if state.replayable
+                            && state.ledger.requests <= 1
+                            && e.kind() == std::io::ErrorKind::ConnectionReset =>
+                    {
+                        return Err(Detach::Retry)
                     }
                     Some(Err(e)) => {
-                        return Err(RelayEnd::ServerGone {
+                        return Err(Detach::End(RelayEnd::ServerGone {
                             error: Some(e),
                             sent_error: false,
-                        })
+                        }))
                     }
                     Some(Ok(_)) => {
-                        let processed = state.ledger.process(
-                            buffer,
-                            &mut scanner,
-                            state.server,
-                            segments,
-                            events,
-                        );
-                        if let Err(e) = processed {
-                            return Err(server_protocol_error(e));
+                        let verdict = if state.replayable {
+                            going_away(buffer)
+                        } else {
+                            Verdict::Answer
+                        };
+                        match verdict {
+                            Verdict::GoingAway => return Err(Detach::Retry),
+                            Verdict::NeedMore => continue,
+                            Verdict::Answer => {
+                                let processed = state.ledger.process(
+                                    buffer,
+                                    &mut scanner,
+                                    state.server,
+                                    segments,
+                                    events,
+                                );
+                                if let Err(e) = processed {
+                                    return Err(Detach::End(server_protocol_error(e)));
+                                }
+                            }
                         }
                     }
                     None => state.ledger.flush_synthetic(segments),
                 }
+                if !segments.is_empty() {
+                    state.replayable = false;
+                }
                 state.ledger.is_idle() && scanner.at_boundary()
             };
             if let Err(e) = write_segments(&mut client_writer, buffer, segments).await {
-                return Err(RelayEnd::ClientGone(Some(e)));
+                return Err(Detach::End(RelayEnd::ClientGone(Some(e))));
             }
             segments.clear();
             buffer.clear();
@@ -323,22 +407,59 @@ async fn attach(
         end = upstream => Detach::End(end),
         result = downstream => match result {
             Ok(()) => Detach::Released,
-            Err(end) => Detach::End(end),
+            Err(detach) => detach,
         },
         _ = session.ctx.shutdown.cancelled() => Detach::End(RelayEnd::Shutdown),
     };
-    let ledger = match shared.into_inner() {
-        Ok(shared) => shared.ledger,
-        Err(poisoned) => poisoned.into_inner().ledger,
-    };
+    let _ = shared.into_inner();
     apply_events(session, connection, &pool, events.drain(..));
-    (detach, ledger)
+    detach
 }
 
 fn lock<'m, 'a>(shared: &'m Mutex<Shared<'a>>) -> std::sync::MutexGuard<'m, Shared<'a>> {
     // Critical sections never await and leave the state consistent: use it even if
     // a panic elsewhere poisoned the lock.
     shared.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Length of the complete messages at the front of `inbox`.
+fn complete_prefix(inbox: &[u8], max_message: usize) -> usize {
+    let mut end = 0;
+    while let Ok(Some(len)) = complete_message_len(&inbox[end..], max_message) {
+        end += len;
+    }
+    end
+}
+
+enum Verdict {
+    /// The server is shutting down or cannot serve: nothing ran.
+    GoingAway,
+    /// An ErrorResponse has started but is not complete yet.
+    NeedMore,
+    /// A real answer: relay it.
+    Answer,
+}
+
+/// Judges a server's first bytes in an attach: an ErrorResponse saying the server
+/// is shutting down (57P01) or not accepting connections (57P03) before anything
+/// else means the request was never executed. (57P02, crash shutdown, can follow a
+/// commit that reached the WAL, so it is not in this list.)
+fn going_away(buffer: &[u8]) -> Verdict {
+    if buffer.first() != Some(&b'E') {
+        return Verdict::Answer;
+    }
+    match complete_message_len(buffer, 1 << 20) {
+        Ok(Some(len)) => {
+            let fields = crate::protocol::backend::parse_error_fields(&buffer[5..len]);
+            if matches!(fields.code.as_str(), "57P01" | "57P03") {
+                Verdict::GoingAway
+            } else {
+                Verdict::Answer
+            }
+        }
+        Ok(None) => Verdict::NeedMore,
+        Err(_) => Verdict::Answer,
+    }
 }
 
 fn server_protocol_error(e: FrameError) -> RelayEnd {

@@ -42,26 +42,38 @@ pub async fn run(cluster: ClusterConfig, handle: Arc<TopologyHandle>, shutdown: 
         .collect();
     let mut ticker = tokio::time::interval(cluster.health.interval.0);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let max_lag = cluster.max_replica_lag.0.map(|size| size.0);
+    let mut primary_lost_at: Option<SystemTime> = None;
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
             _ = shutdown.cancelled() => return,
         }
         let probes = tokio::select! {
-            probes = probe_all(&endpoints, cluster.health.timeout.0) => probes,
+            probes = probe_all(&endpoints, cluster.health.timeout.0, max_lag) => probes,
             _ = shutdown.cancelled() => return,
         };
         let previous = handle.load();
-        let next = apply_round(&previous, &probes, &cluster.health, SystemTime::now());
-        log_changes(&previous, &next);
+        let now = SystemTime::now();
+        let next = apply_round(&previous, &probes, &cluster.health, now);
+        log_changes(&previous, &next, primary_lost_at);
+        match (previous.primary_node(), next.primary_node()) {
+            (Some(_), None) => primary_lost_at = Some(now),
+            (_, Some(_)) => primary_lost_at = None,
+            _ => {}
+        }
         handle.publish(next);
     }
 }
 
-async fn probe_all(endpoints: &[ApiEndpoint], timeout: std::time::Duration) -> Vec<Probe> {
+async fn probe_all(
+    endpoints: &[ApiEndpoint],
+    timeout: std::time::Duration,
+    max_lag: Option<u64>,
+) -> Vec<Probe> {
     let mut set = JoinSet::new();
     for (i, endpoint) in endpoints.iter().cloned().enumerate() {
-        set.spawn(async move { (i, patroni::probe(&endpoint, timeout).await) });
+        set.spawn(async move { (i, patroni::probe(&endpoint, timeout, max_lag).await) });
     }
     let mut probes: Vec<Option<Probe>> = vec![None; endpoints.len()];
     while let Some(joined) = set.join_next().await {
@@ -122,17 +134,22 @@ fn routing_changed(a: &Topology, b: &Topology) -> bool {
     a.primary != b.primary || !a.replicas().eq(b.replicas())
 }
 
-fn log_changes(old: &Topology, new: &Topology) {
+fn log_changes(old: &Topology, new: &Topology, primary_lost_at: Option<SystemTime>) {
     if old.primary != new.primary {
         let name = |t: &Topology| {
             t.primary_node()
                 .map(|i| t.nodes[i].name.clone())
                 .unwrap_or_else(|| "none".into())
         };
+        // How long writes had no primary: from the round that lost it to this one.
+        let without_primary_ms = primary_lost_at
+            .and_then(|lost| SystemTime::now().duration_since(lost).ok())
+            .map_or(0, |d| d.as_millis() as u64);
         match &new.primary {
             PrimaryState::Confirmed { .. } => tracing::warn!(
                 old = %name(old),
                 new = %name(new),
+                without_primary_ms,
                 "topology: primary is now {}",
                 name(new)
             ),

@@ -27,9 +27,15 @@ impl Probe {
     }
 }
 
-pub async fn probe(api: &ApiEndpoint, timeout: Duration) -> Probe {
+/// Probes one node. With `max_lag`, the replica check is Patroni's
+/// `/replica?lag=<bytes>`, which answers 503 for a replica further behind than that.
+pub async fn probe(api: &ApiEndpoint, timeout: Duration, max_lag: Option<u64>) -> Probe {
     let authority = api.authority();
-    let (primary_path, replica_path) = (api.path("/primary"), api.path("/replica"));
+    let replica_path = match max_lag {
+        Some(bytes) => api.path(&format!("/replica?lag={bytes}")),
+        None => api.path("/replica"),
+    };
+    let primary_path = api.path("/primary");
     let (primary, replica) = tokio::join!(
         check(&authority, &primary_path, timeout),
         check(&authority, &replica_path, timeout),

@@ -1,0 +1,103 @@
+//! Failover behaviour with fake Patroni endpoints over a real primary and replica:
+//! clients are held while there is no primary and resume on the new one; a hold
+//! that outlasts `hold_timeout` ends in a clear 57P03.
+
+mod common;
+mod support;
+
+use std::time::Duration;
+
+use common::fake_patroni::{FakePatroni, FakeRole};
+use common::pg::PgCluster;
+use support::*;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_transaction_waits_for_the_new_primary_instead_of_failing() {
+    let cluster = blocking(|| PgCluster::start(1)).await;
+    let primary_api = FakePatroni::start(FakeRole::Primary, 1).await;
+    let replica_api = FakePatroni::start(FakeRole::Replica, 1).await;
+    let nodes = vec![
+        NodeSpec {
+            name: "node1".into(),
+            port: cluster.port(0),
+            api: primary_api.url(),
+        },
+        NodeSpec {
+            name: "node2".into(),
+            port: cluster.port(1),
+            api: replica_api.url(),
+        },
+    ];
+    let extra = "pool: { mode: transaction, size: 4 }\nfailover: { hold_timeout: 20s }\n";
+    let proxy = start_proxy(&config_yaml(&nodes, "primary", extra)).await;
+    let rw = proxy.listener_addr("rw").expect("rw");
+    let client = connect(rw, "app", "app_pw").await;
+    assert_eq!(server_port(&client).await, cluster.port(0));
+
+    // The primary goes away; the client's next transaction is held, not failed.
+    primary_api.set_role(FakeRole::NotRunning);
+    eventually(
+        Duration::from_secs(3),
+        "write route loses its primary",
+        || async { admin_get(&proxy, "/health").await.0 == 503 },
+    )
+    .await;
+    let held = tokio::spawn(async move {
+        let port = server_port(&client).await;
+        let writable = client
+            .batch_execute("create temp table held_probe(x int)")
+            .await;
+        (port, writable.is_ok())
+    });
+    eventually(
+        Duration::from_secs(5),
+        "the client shows as held",
+        || async {
+            let status: serde_json::Value =
+                serde_json::from_str(&admin_get(&proxy, "/status").await.1).unwrap_or_default();
+            status["held_clients"] == 1
+        },
+    )
+    .await;
+    assert!(!held.is_finished(), "held while there is no primary");
+
+    let cluster = blocking(move || {
+        cluster.stop(0);
+        cluster.promote(1);
+        cluster
+    })
+    .await;
+    replica_api.set_role(FakeRole::Primary);
+    replica_api.set_timeline(2);
+    let (port, writable) = tokio::time::timeout(Duration::from_secs(15), held)
+        .await
+        .expect("the held transaction resumes")
+        .expect("join");
+    assert_eq!(port, cluster.port(1), "resumed on the new primary");
+    assert!(writable, "and it can write there");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hold_longer_than_hold_timeout_ends_in_57p03() {
+    let cluster = blocking(PgCluster::shared).await;
+    let api = FakePatroni::start(FakeRole::Primary, 1).await;
+    let nodes = [NodeSpec {
+        name: "node1".into(),
+        port: cluster.port(0),
+        api: api.url(),
+    }];
+    let extra = "pool: { mode: transaction }\nfailover: { hold_timeout: 1s }\n";
+    let proxy = start_proxy(&config_yaml(&nodes, "primary", extra)).await;
+    let client = connect(proxy.listener_addr("rw").expect("rw"), "app", "app_pw").await;
+    api.set_role(FakeRole::NotRunning);
+    eventually(Duration::from_secs(3), "no primary", || async {
+        admin_get(&proxy, "/health").await.0 == 503
+    })
+    .await;
+    let error = tokio::time::timeout(Duration::from_secs(10), client.batch_execute("select 1"))
+        .await
+        .expect("the hold ends")
+        .expect_err("no primary came back");
+    let code = error.as_db_error().map(|e| e.code().code().to_string());
+    assert_eq!(code.as_deref(), Some("57P03"), "{error:?}");
+}
