@@ -91,17 +91,19 @@ impl fmt::Display for ByteSize {
     }
 }
 
+/// A size as YAML gives it: a plain number of bytes or text with a unit.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum SizeInput {
+    Number(u64),
+    Text(String),
+}
+
 impl<'de> Deserialize<'de> for ByteSize {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Number(u64),
-            Text(String),
-        }
-        match Raw::deserialize(deserializer)? {
-            Raw::Number(n) => Ok(ByteSize(n)),
-            Raw::Text(text) => ByteSize::parse(&text).map_err(de::Error::custom),
+        match SizeInput::deserialize(deserializer)? {
+            SizeInput::Number(n) => Ok(ByteSize(n)),
+            SizeInput::Text(text) => ByteSize::parse(&text).map_err(de::Error::custom),
         }
     }
 }
@@ -118,16 +120,10 @@ pub struct MaxLag(pub Option<ByteSize>);
 
 impl<'de> Deserialize<'de> for MaxLag {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Number(u64),
-            Text(String),
-        }
-        match Raw::deserialize(deserializer)? {
-            Raw::Number(n) => Ok(MaxLag(Some(ByteSize(n)))),
-            Raw::Text(text) if text.trim().eq_ignore_ascii_case("off") => Ok(MaxLag(None)),
-            Raw::Text(text) => ByteSize::parse(&text)
+        match SizeInput::deserialize(deserializer)? {
+            SizeInput::Number(n) => Ok(MaxLag(Some(ByteSize(n)))),
+            SizeInput::Text(text) if text.trim().eq_ignore_ascii_case("off") => Ok(MaxLag(None)),
+            SizeInput::Text(text) => ByteSize::parse(&text)
                 .map(|size| MaxLag(Some(size)))
                 .map_err(|e| de::Error::custom(format!("{e}, or off"))),
         }

@@ -174,12 +174,7 @@ impl FrameScanner {
 mod tests {
     use super::*;
 
-    fn message(tag: u8, body: &[u8]) -> Vec<u8> {
-        let mut out = vec![tag];
-        out.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
-        out.extend_from_slice(body);
-        out
-    }
+    use crate::protocol::test_message as message;
 
     fn stream() -> Vec<u8> {
         let mut bytes = Vec::new();

@@ -11,3 +11,12 @@ pub mod startup;
 
 pub use messages::{ClientError, Severity};
 pub use sqlstate::SqlState;
+
+/// A complete protocol message (type, length, body), for tests.
+#[cfg(test)]
+pub(crate) fn test_message(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut out = vec![tag];
+    out.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+    out.extend_from_slice(body);
+    out
+}

@@ -81,7 +81,9 @@ impl Session {
         deadline: tokio::time::Instant,
     ) -> Result<Arc<crate::pool::ServerPool>, Refusal> {
         let hold = self.ctx.config.failover.hold_timeout.0;
-        let mut changes = self.ctx.topology.subscribe();
+        // Subscribed only once a hold starts (the hot path never pays for it); the
+        // loop routes once more after subscribing, so no change can slip between.
+        let mut changes: Option<tokio::sync::watch::Receiver<u64>> = None;
         let mut held_since = None;
         loop {
             let topology = self.ctx.topology.load();
@@ -107,6 +109,10 @@ impl Session {
                     error.to_client_error(&self.listener.config.name),
                 ));
             }
+            let Some(changes) = changes.as_mut() else {
+                changes = Some(self.ctx.topology.subscribe());
+                continue;
+            };
             if held_since.is_none() {
                 held_since = Some(tokio::time::Instant::now());
                 tracing::info!(client = %self.peer, user = %self.params.user, "no primary: holding the client for up to {hold:?}");

@@ -379,12 +379,7 @@ pub fn capture_tags(tag: u8) -> bool {
 mod tests {
     use super::*;
 
-    fn message(tag: u8, body: &[u8]) -> Vec<u8> {
-        let mut out = vec![tag];
-        out.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
-        out.extend_from_slice(body);
-        out
-    }
+    use crate::protocol::test_message as message;
 
     fn def(query: &str) -> Arc<StatementDef> {
         let mut body = b"s\0".to_vec();

@@ -228,12 +228,7 @@ mod tests {
     use super::*;
     use tokio::io::duplex;
 
-    fn message(tag: u8, body: &[u8]) -> Vec<u8> {
-        let mut out = vec![tag];
-        out.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
-        out.extend_from_slice(body);
-        out
-    }
+    use crate::protocol::test_message as message;
 
     #[tokio::test]
     async fn forwards_both_ways_and_stops_at_terminate() {

@@ -83,8 +83,7 @@ pub(super) async fn run(
             }
             continue;
         }
-        // Boxed: see session::run_in_span (an idle client's task stays small).
-        let mut server = match Box::pin(session.checkout()).await {
+        let mut server = match session.checkout().await {
             Ok(server) => server,
             Err(refusal) => {
                 refusal.send(socket).await;
@@ -97,14 +96,7 @@ pub(super) async fn run(
             return SessionEnd::Relay(RelayEnd::ClientGone(None));
         }
         registration.set_target(Some(server.cancel_target()));
-        let detach = Box::pin(attach(
-            session,
-            socket,
-            &mut server,
-            &mut inbox,
-            &mut buffers,
-        ))
-        .await;
+        let detach = attach(session, socket, &mut server, &mut inbox, &mut buffers).await;
         registration.set_target(None);
         let ledger = &buffers.ledger;
         let end = match detach {
@@ -515,5 +507,35 @@ async fn write_segments<W: tokio::io::AsyncWrite + Unpin>(
             }
             writer.write_all(&out).await
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::test_message as message;
+
+    #[test]
+    fn only_a_first_reply_saying_shutdown_counts_as_never_ran() {
+        let shutdown = message(b'E', b"SFATAL\0C57P01\0Mterminating connection\0\0");
+        assert!(matches!(going_away(&shutdown), Verdict::GoingAway));
+        assert!(matches!(going_away(&shutdown[..7]), Verdict::NeedMore));
+        let crash = message(b'E', b"SFATAL\0C57P02\0\0");
+        assert!(
+            matches!(going_away(&crash), Verdict::Answer),
+            "a crash may follow a commit"
+        );
+        let ordinary = message(b'E', b"SERROR\0C23505\0\0");
+        assert!(matches!(going_away(&ordinary), Verdict::Answer));
+        let rows = message(b'T', b"\0\0");
+        assert!(matches!(going_away(&rows), Verdict::Answer));
+    }
+
+    #[test]
+    fn complete_prefix_stops_at_a_partial_message() {
+        let query = message(b'Q', b"select 1\0");
+        let inbox = [query.clone(), query[..4].to_vec()].concat();
+        assert_eq!(complete_prefix(&inbox, 1 << 20), query.len());
+        assert_eq!(complete_prefix(&[], 1 << 20), 0);
     }
 }

@@ -313,12 +313,7 @@ mod tests {
     use super::*;
     use bytes::BufMut;
 
-    fn message(tag: u8, body: &[u8]) -> Vec<u8> {
-        let mut out = vec![tag];
-        out.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
-        out.extend_from_slice(body);
-        out
-    }
+    use crate::protocol::test_message as message;
 
     fn parse(name: &str, query: &str) -> Vec<u8> {
         let mut body = Vec::new();
