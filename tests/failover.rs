@@ -101,3 +101,48 @@ async fn a_hold_longer_than_hold_timeout_ends_in_57p03() {
     let code = error.as_db_error().map(|e| e.code().code().to_string());
     assert_eq!(code.as_deref(), Some("57P03"), "{error:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_every_api_down_reads_continue_and_writes_are_refused_after_the_hold() {
+    let cluster = blocking(PgCluster::shared).await;
+    let roles = [FakeRole::Primary, FakeRole::Replica, FakeRole::Replica];
+    let mut apis = Vec::new();
+    let mut nodes = Vec::new();
+    for (i, role) in roles.into_iter().enumerate() {
+        let api = FakePatroni::start(role, 1).await;
+        nodes.push(NodeSpec {
+            name: format!("node{}", i + 1),
+            port: cluster.port(i),
+            api: api.url(),
+        });
+        apis.push(api);
+    }
+    let extra = "failover: { hold_timeout: 1s }\n";
+    let proxy = start_proxy(&config_yaml(&nodes, "none", extra)).await;
+    for api in &apis {
+        api.set_role(FakeRole::Refuse);
+    }
+    eventually(
+        Duration::from_secs(5),
+        "the primary falls when its API is gone",
+        || async { admin_get(&proxy, "/health").await.0 == 503 },
+    )
+    .await;
+    let replicas = [cluster.port(1), cluster.port(2)];
+    for _ in 0..3 {
+        let reader = connect(proxy.listener_addr("ro").expect("ro"), "app", "app_pw").await;
+        assert!(
+            replicas.contains(&server_port(&reader).await),
+            "reads stay on the last known replicas"
+        );
+    }
+    let error = try_connect(proxy.listener_addr("rw").expect("rw"), "app", "app_pw")
+        .await
+        .err()
+        .and_then(|e| e.as_db_error().map(|d| d.code().code().to_string()));
+    assert_eq!(
+        error.as_deref(),
+        Some("57P03"),
+        "writes are held, then refused"
+    );
+}

@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{ApiEndpoint, ClusterConfig, HealthConfig};
 
+use super::health::Check;
 use super::patroni::{self, Probe};
 use super::snapshot::{resolve_primary, NodeState, PrimaryState, Topology};
 use super::TopologyHandle;
@@ -105,11 +106,24 @@ pub fn apply_round(
     now: SystemTime,
 ) -> Topology {
     let mut nodes = previous.nodes.clone();
+    // When no API answers at all, the likely fault is between the proxy and the
+    // APIs (or in the DCS layer), not in every database: replicas keep serving the
+    // reads they served, while the primary role still falls as usual, since writes
+    // must never rest on an assumption.
+    let no_api_answers = !probes.is_empty()
+        && probes.iter().all(|p| {
+            matches!(
+                (&p.primary, &p.replica),
+                (Check::Failed(_), Check::Failed(_))
+            )
+        });
     for (node, probe) in nodes.iter_mut().zip(probes) {
         node.primary
             .observe(&probe.primary, health.rise, health.fall);
-        node.replica
-            .observe(&probe.replica, health.rise, health.fall);
+        if !no_api_answers {
+            node.replica
+                .observe(&probe.replica, health.rise, health.fall);
+        }
         if probe.timeline.is_some() {
             node.timeline = probe.timeline;
         }
@@ -227,6 +241,57 @@ health: { interval: 1s, timeout: 1s, rise: 2, fall: 3 }
         assert!(topology.generation > generation);
         topology = round(&topology, &flipped);
         assert_eq!(topology.primary, PrimaryState::Confirmed { node: 1 });
+    }
+
+    #[test]
+    fn with_every_api_down_reads_keep_their_replicas_and_writes_lose_the_primary() {
+        let config = cluster();
+        let now = SystemTime::now();
+        let mut topology = Topology::unknown(initial_nodes(&config));
+        let round = |t: &Topology, probes: &[Probe]| apply_round(t, probes, &config.health, now);
+        topology = round(
+            &topology,
+            &[
+                probe(Check::Yes, Check::No(503), Some(1)),
+                probe(Check::No(503), Check::Yes, None),
+            ],
+        );
+        let down = || {
+            probe(
+                Check::Failed("refused".into()),
+                Check::Failed("refused".into()),
+                None,
+            )
+        };
+        for _ in 0..3 {
+            topology = round(&topology, &[down(), down()]);
+        }
+        assert!(
+            matches!(topology.primary, PrimaryState::None { .. }),
+            "no write route"
+        );
+        assert_eq!(
+            topology.replicas().collect::<Vec<_>>(),
+            vec![1],
+            "reads continue"
+        );
+
+        // One API answering again means the others are judged as usual.
+        let mut topology2 = round(
+            &topology,
+            &[down(), probe(Check::No(503), Check::Yes, None)],
+        );
+        assert_eq!(topology2.replicas().collect::<Vec<_>>(), vec![1]);
+        for _ in 0..3 {
+            topology2 = round(
+                &topology2,
+                &[probe(Check::Yes, Check::No(503), Some(2)), down()],
+            );
+        }
+        assert!(
+            topology2.replicas().next().is_none(),
+            "node b fell after fall failures"
+        );
     }
 
     #[test]
