@@ -14,20 +14,9 @@ use support::*;
 #[tokio::test(flavor = "multi_thread")]
 async fn a_transaction_waits_for_the_new_primary_instead_of_failing() {
     let cluster = blocking(|| PgCluster::start(1)).await;
-    let primary_api = FakePatroni::start(FakeRole::Primary, 1).await;
-    let replica_api = FakePatroni::start(FakeRole::Replica, 1).await;
-    let nodes = vec![
-        NodeSpec {
-            name: "node1".into(),
-            port: cluster.port(0),
-            api: primary_api.url(),
-        },
-        NodeSpec {
-            name: "node2".into(),
-            port: cluster.port(1),
-            api: replica_api.url(),
-        },
-    ];
+    let roles = [FakeRole::Primary, FakeRole::Replica];
+    let (apis, nodes) = fake_apis(&[cluster.port(0), cluster.port(1)], &roles).await;
+    let (primary_api, replica_api) = (&apis[0], &apis[1]);
     let extra = "pool: { mode: transaction, size: 4 }\nfailover: { hold_timeout: 20s }\n";
     let proxy = start_proxy(&config_yaml(&nodes, "primary", extra)).await;
     let rw = proxy.listener_addr("rw").expect("rw");
@@ -106,17 +95,8 @@ async fn a_hold_longer_than_hold_timeout_ends_in_57p03() {
 async fn with_every_api_down_reads_continue_and_writes_are_refused_after_the_hold() {
     let cluster = blocking(PgCluster::shared).await;
     let roles = [FakeRole::Primary, FakeRole::Replica, FakeRole::Replica];
-    let mut apis = Vec::new();
-    let mut nodes = Vec::new();
-    for (i, role) in roles.into_iter().enumerate() {
-        let api = FakePatroni::start(role, 1).await;
-        nodes.push(NodeSpec {
-            name: format!("node{}", i + 1),
-            port: cluster.port(i),
-            api: api.url(),
-        });
-        apis.push(api);
-    }
+    let ports = [cluster.port(0), cluster.port(1), cluster.port(2)];
+    let (apis, nodes) = fake_apis(&ports, &roles).await;
     let extra = "failover: { hold_timeout: 1s }\n";
     let proxy = start_proxy(&config_yaml(&nodes, "none", extra)).await;
     for api in &apis {

@@ -15,13 +15,7 @@ use support::*;
 async fn follows_a_real_patroni_cluster_through_switchover() {
     let cluster = blocking(PatroniCluster::start).await;
     let leader = cluster.leader().expect("a leader");
-    let nodes: Vec<NodeSpec> = (0..3)
-        .map(|i| NodeSpec {
-            name: cluster.name(i),
-            port: cluster.pg_port(i),
-            api: cluster.api_url(i),
-        })
-        .collect();
+    let nodes = patroni_nodes(&cluster);
     let proxy = start_proxy(&config_yaml(&nodes, "primary", "")).await;
     let rw = proxy.listener_addr("rw").expect("rw");
     let ro = proxy.listener_addr("ro").expect("ro");

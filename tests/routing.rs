@@ -15,17 +15,8 @@ use support::*;
 async fn shared_cluster_apis() -> (&'static PgCluster, Vec<FakePatroni>, Vec<NodeSpec>) {
     let cluster = blocking(PgCluster::shared).await;
     let roles = [FakeRole::Primary, FakeRole::Replica, FakeRole::Replica];
-    let mut apis = Vec::new();
-    let mut nodes = Vec::new();
-    for (i, role) in roles.into_iter().enumerate() {
-        let api = FakePatroni::start(role, 1).await;
-        nodes.push(NodeSpec {
-            name: format!("node{}", i + 1),
-            port: cluster.port(i),
-            api: api.url(),
-        });
-        apis.push(api);
-    }
+    let ports = [cluster.port(0), cluster.port(1), cluster.port(2)];
+    let (apis, nodes) = fake_apis(&ports, &roles).await;
     (cluster, apis, nodes)
 }
 
@@ -218,20 +209,9 @@ async fn status_reports_nodes_and_listeners() {
 #[tokio::test(flavor = "multi_thread")]
 async fn promotion_is_followed_within_two_seconds() {
     let cluster = blocking(|| PgCluster::start(1)).await;
-    let primary_api = FakePatroni::start(FakeRole::Primary, 1).await;
-    let replica_api = FakePatroni::start(FakeRole::Replica, 1).await;
-    let nodes = vec![
-        NodeSpec {
-            name: "node1".into(),
-            port: cluster.port(0),
-            api: primary_api.url(),
-        },
-        NodeSpec {
-            name: "node2".into(),
-            port: cluster.port(1),
-            api: replica_api.url(),
-        },
-    ];
+    let roles = [FakeRole::Primary, FakeRole::Replica];
+    let (apis, nodes) = fake_apis(&[cluster.port(0), cluster.port(1)], &roles).await;
+    let (primary_api, replica_api) = (&apis[0], &apis[1]);
     let proxy = start_proxy(&config_yaml(&nodes, "primary", "")).await;
     let rw = proxy.listener_addr("rw").expect("rw");
     assert_eq!(

@@ -230,15 +230,20 @@ mod tests {
 
     use crate::protocol::test_message as message;
 
-    #[tokio::test]
-    async fn forwards_both_ways_and_stops_at_terminate() {
-        let (mut client_app, client_proxy) = duplex(64 * 1024);
-        let (server_proxy, mut server_app) = duplex(64 * 1024);
-        let (mut cr, mut cw) = tokio::io::split(client_proxy);
-        let (mut sr, mut sw) = tokio::io::split(server_proxy);
-        let shutdown = CancellationToken::new();
-        let relay_task = tokio::spawn(async move {
+    /// A relay between two in-memory pipes, with a 1 kB client message limit:
+    /// (client application end, server end, the relay's task).
+    fn spawn_relay() -> (
+        tokio::io::DuplexStream,
+        tokio::io::DuplexStream,
+        tokio::task::JoinHandle<(RelayEnd, RelayStats)>,
+    ) {
+        let (client_app, client_proxy) = duplex(64 * 1024);
+        let (server_proxy, server_app) = duplex(64 * 1024);
+        let task = tokio::spawn(async move {
+            let (mut cr, mut cw) = tokio::io::split(client_proxy);
+            let (mut sr, mut sw) = tokio::io::split(server_proxy);
             let mut stats = RelayStats::default();
+            let shutdown = CancellationToken::new();
             let end = relay(
                 (&mut cr, &mut cw),
                 (&mut sr, &mut sw),
@@ -250,6 +255,12 @@ mod tests {
             .await;
             (end, stats)
         });
+        (client_app, server_app, task)
+    }
+
+    #[tokio::test]
+    async fn forwards_both_ways_and_stops_at_terminate() {
+        let (mut client_app, mut server_app, relay_task) = spawn_relay();
         let query = message(b'Q', b"select 1\0");
         client_app.write_all(&query).await.expect("write");
         let mut got = vec![0u8; query.len()];
@@ -274,25 +285,12 @@ mod tests {
 
     #[tokio::test]
     async fn oversized_client_message_is_refused_before_forwarding() {
-        let (mut client_app, client_proxy) = duplex(64 * 1024);
-        let (server_proxy, _server_app) = duplex(64 * 1024);
-        let (mut cr, mut cw) = tokio::io::split(client_proxy);
-        let (mut sr, mut sw) = tokio::io::split(server_proxy);
-        let shutdown = CancellationToken::new();
+        let (mut client_app, _server_app, relay_task) = spawn_relay();
         client_app
             .write_all(&message(b'Q', &[b'x'; 2000]))
             .await
             .expect("write");
-        let mut stats = RelayStats::default();
-        let end = relay(
-            (&mut cr, &mut cw),
-            (&mut sr, &mut sw),
-            BytesMut::new(),
-            1024,
-            &shutdown,
-            &mut stats,
-        )
-        .await;
+        let (end, stats) = relay_task.await.expect("join");
         assert!(
             matches!(end, RelayEnd::ClientProtocol(FrameError::TooLarge { .. })),
             "{end:?}"
@@ -302,24 +300,7 @@ mod tests {
 
     #[tokio::test]
     async fn terminate_is_kept_back_even_when_split_across_reads() {
-        let (mut client_app, client_proxy) = duplex(64 * 1024);
-        let (server_proxy, mut server_app) = duplex(64 * 1024);
-        let (mut cr, mut cw) = tokio::io::split(client_proxy);
-        let (mut sr, mut sw) = tokio::io::split(server_proxy);
-        let shutdown = CancellationToken::new();
-        let relay_task = tokio::spawn(async move {
-            let mut stats = RelayStats::default();
-            let end = relay(
-                (&mut cr, &mut cw),
-                (&mut sr, &mut sw),
-                BytesMut::new(),
-                1024,
-                &shutdown,
-                &mut stats,
-            )
-            .await;
-            (end, stats)
-        });
+        let (mut client_app, mut server_app, relay_task) = spawn_relay();
         let query = message(b'Q', b"select 1\0");
         let terminate = message(b'X', b"");
         client_app

@@ -177,3 +177,34 @@ pub async fn admin_get(proxy: &RunningProxy, path: &str) -> (u16, String) {
 pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
     tokio::task::spawn_blocking(f).await.expect("blocking task")
 }
+
+/// One fake Patroni API per PostgreSQL port, in the given roles (timeline 1), and the
+/// node list for `config_yaml` (named node1, node2, ...).
+pub async fn fake_apis(
+    ports: &[u16],
+    roles: &[crate::common::fake_patroni::FakeRole],
+) -> (Vec<crate::common::fake_patroni::FakePatroni>, Vec<NodeSpec>) {
+    let mut apis = Vec::new();
+    let mut nodes = Vec::new();
+    for (i, (&port, &role)) in ports.iter().zip(roles).enumerate() {
+        let api = crate::common::fake_patroni::FakePatroni::start(role, 1).await;
+        nodes.push(NodeSpec {
+            name: format!("node{}", i + 1),
+            port,
+            api: api.url(),
+        });
+        apis.push(api);
+    }
+    (apis, nodes)
+}
+
+/// The node list for `config_yaml` of a real Patroni cluster.
+pub fn patroni_nodes(cluster: &crate::common::patroni::PatroniCluster) -> Vec<NodeSpec> {
+    (0..3)
+        .map(|i| NodeSpec {
+            name: cluster.name(i),
+            port: cluster.pg_port(i),
+            api: cluster.api_url(i),
+        })
+        .collect()
+}
