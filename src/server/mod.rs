@@ -51,6 +51,14 @@ impl ServerConnection {
         self.params_version += 1;
     }
 
+    /// The server says it is a hot standby (ParameterStatus `in_hot_standby`,
+    /// PostgreSQL 14 and later; older servers do not say, and count as not).
+    pub fn is_standby(&self) -> bool {
+        self.params
+            .iter()
+            .any(|(name, value)| name == "in_hot_standby" && value == "on")
+    }
+
     /// True when the idle socket shows no sign of trouble: no EOF and no unexpected
     /// bytes (an idle server has nothing to say; anything it says, such as a FATAL
     /// before closing, makes the connection unusable).

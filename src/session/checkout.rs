@@ -194,6 +194,24 @@ impl Session {
                 });
             }
         };
+        if self.listener.config.route == Route::Primary && server.is_standby() {
+            // The server's own word beats the API's: during a switchover Patroni
+            // restarts the old primary as a standby a moment before its /primary
+            // says 503. Its connections must not take writes; hold and route again.
+            tracing::info!(node = %pool.key.node, "node reports in_hot_standby=on; not using it for writes");
+            pool.drain();
+            drop(server);
+            return Err(CheckoutFailure {
+                transient: true,
+                refusal: Refusal::from(ClientError::fatal(
+                    SqlState::CannotConnectNow,
+                    format!(
+                        "node \"{}\" is a standby; no primary available for writes",
+                        pool.key.node
+                    ),
+                )),
+            });
+        }
         self.sync_params(&mut server)
             .await
             .map_err(|refusal| CheckoutFailure {
