@@ -1,8 +1,11 @@
 //! The admin HTTP server (hyper, HTTP/1.1): `GET /health` for Keepalived and load
 //! balancers (200 when the listeners are up and writes have a primary, else 503 with
-//! the reason), and `GET /status` with the topology and listeners as JSON.
+//! the reason; 503 at once when draining), `GET /status` with the topology, listeners
+//! and pools as JSON, `GET /metrics` for Prometheus, and `POST /reload` (loopback and
+//! `admin.reload_allowed_from` only) to re-read the config file.
 
 use std::convert::Infallible;
+use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,21 +20,17 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Serialize;
 use tokio::net::TcpListener;
 
-use crate::proxy::{ListenerState, ProxyContext};
+use crate::config::Cidr;
+use crate::proxy::ProxyContext;
 use crate::topology::{NodeState, Topology};
 
-pub async fn serve(
-    socket: TcpListener,
-    ctx: Arc<ProxyContext>,
-    listeners: Vec<Arc<ListenerState>>,
-) {
-    let listeners = Arc::new(listeners);
+pub async fn serve(socket: TcpListener, ctx: Arc<ProxyContext>) {
     loop {
         let accepted = tokio::select! {
             accepted = socket.accept() => accepted,
             _ = ctx.shutdown.cancelled() => return,
         };
-        let (stream, _) = match accepted {
+        let (stream, peer) = match accepted {
             Ok(pair) => pair,
             Err(e) => {
                 tracing::warn!(error = %e, "admin accept failed");
@@ -40,11 +39,10 @@ pub async fn serve(
             }
         };
         let ctx = Arc::clone(&ctx);
-        let listeners = Arc::clone(&listeners);
         tokio::spawn(async move {
             let service = service_fn(move |request| {
-                let response = handle(&request, &ctx, &listeners);
-                async move { Ok::<_, Infallible>(response) }
+                let ctx = Arc::clone(&ctx);
+                async move { Ok::<_, Infallible>(handle(&request, &ctx, peer.ip()).await) }
             });
             let connection = http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -56,10 +54,10 @@ pub async fn serve(
     }
 }
 
-fn handle(
+async fn handle(
     request: &Request<Incoming>,
     ctx: &ProxyContext,
-    listeners: &[Arc<ListenerState>],
+    peer: IpAddr,
 ) -> Response<Full<Bytes>> {
     let readable = matches!(
         *request.method(),
@@ -67,22 +65,75 @@ fn handle(
     );
     match (readable, request.uri().path()) {
         (true, "/health") => health(ctx),
-        (true, "/status") => status(ctx, listeners),
-        (false, "/health" | "/status") => text(
+        (true, "/status") => status(ctx),
+        (true, "/metrics") => metrics(ctx),
+        (false, "/reload") if request.method() == Method::POST => reload(ctx, peer).await,
+        (true, "/reload") | (false, "/health" | "/status" | "/metrics" | "/reload") => text(
             StatusCode::METHOD_NOT_ALLOWED,
             "method not allowed\n".into(),
         ),
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found; try /health or /status\n".into(),
+            "not found; try /health, /status, /metrics or POST /reload\n".into(),
         ),
+    }
+}
+
+fn metrics(ctx: &ProxyContext) -> Response<Full<Bytes>> {
+    match crate::metrics::render(ctx) {
+        Some(body) => {
+            let mut response = text(StatusCode::OK, body);
+            response.headers_mut().insert(
+                "content-type",
+                hyper::header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            response
+        }
+        None => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "metrics are disabled (the recorder could not be installed)\n".into(),
+        ),
+    }
+}
+
+async fn reload(ctx: &ProxyContext, peer: IpAddr) -> Response<Full<Bytes>> {
+    let allowed = peer.is_loopback()
+        || peer_is_mapped_loopback(peer)
+        || ctx
+            .config()
+            .admin
+            .reload_allowed_from
+            .iter()
+            .filter_map(|range| Cidr::parse(range).ok())
+            .any(|range| range.contains(peer));
+    if !allowed {
+        tracing::warn!(%peer, "POST /reload refused: peer not in admin.reload_allowed_from");
+        return text(
+            StatusCode::FORBIDDEN,
+            "reload is allowed from loopback and admin.reload_allowed_from only\n".into(),
+        );
+    }
+    tracing::info!(%peer, "reload requested over the admin API");
+    match ctx.request_reload().await {
+        Ok(summary) => text(StatusCode::OK, format!("reloaded: {summary}\n")),
+        Err(reason) => text(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("not reloaded, the running configuration stays: {reason}\n"),
+        ),
+    }
+}
+
+fn peer_is_mapped_loopback(peer: IpAddr) -> bool {
+    match peer {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()),
+        IpAddr::V4(_) => false,
     }
 }
 
 /// The health verdict: Ok(summary) when this instance can route writes.
 pub fn health_verdict(ctx: &ProxyContext) -> Result<String, String> {
-    if ctx.shutdown.is_cancelled() {
-        return Err("shutting down".into());
+    if ctx.draining.is_cancelled() {
+        return Err("shutting down (draining clients)".into());
     }
     let topology = ctx.topology.load();
     match topology.primary_node() {
@@ -115,6 +166,16 @@ struct Status<'a> {
     /// Clients waiting for a primary (failover hold).
     held_clients: usize,
     pools: Vec<crate::pool::PoolStats>,
+    draining: bool,
+    reloads: ReloadInfo,
+}
+
+#[derive(Serialize)]
+struct ReloadInfo {
+    succeeded: u64,
+    failed: u64,
+    last_succeeded: bool,
+    last_error: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -133,10 +194,14 @@ struct ListenerStatus<'a> {
     fallback: crate::config::Fallback,
     pool_mode: crate::config::PoolMode,
     clients: usize,
+    active: usize,
+    waiting: usize,
 }
 
-fn status(ctx: &ProxyContext, listeners: &[Arc<ListenerState>]) -> Response<Full<Bytes>> {
+fn status(ctx: &ProxyContext) -> Response<Full<Bytes>> {
     let topology: Arc<Topology> = ctx.topology.load();
+    let listeners = ctx.listeners.load();
+    let config = ctx.config();
     let status = Status {
         primary: topology
             .primary_node()
@@ -148,13 +213,9 @@ fn status(ctx: &ProxyContext, listeners: &[Arc<ListenerState>]) -> Response<Full
         nodes: topology
             .nodes
             .iter()
-            .enumerate()
-            .map(|(i, node)| NodeStatus {
+            .map(|node| NodeStatus {
                 role: node.role(),
-                sessions: ctx
-                    .node_sessions
-                    .get(i)
-                    .map_or(0, |c| c.load(Ordering::Relaxed)),
+                sessions: node.sessions.load(Ordering::Relaxed),
                 state: node,
             })
             .collect(),
@@ -165,13 +226,22 @@ fn status(ctx: &ProxyContext, listeners: &[Arc<ListenerState>]) -> Response<Full
                 listen: l.local_addr.to_string(),
                 route: l.config.route,
                 fallback: l.config.fallback,
-                pool_mode: ctx.config.pooling_for(&l.config).mode,
-                clients: l.clients.load(Ordering::Relaxed),
+                pool_mode: config.pooling_for(&l.config).mode,
+                clients: l.clients(),
+                active: l.counters.active.load(Ordering::Relaxed),
+                waiting: l.counters.waiting.load(Ordering::Relaxed),
             })
             .collect(),
         clients: ctx.clients.load(Ordering::Relaxed),
         held_clients: ctx.held_clients.load(Ordering::Relaxed),
         pools: ctx.pools.stats(),
+        draining: ctx.draining.is_cancelled(),
+        reloads: ReloadInfo {
+            succeeded: ctx.reload_status.successes.load(Ordering::Relaxed),
+            failed: ctx.reload_status.failures.load(Ordering::Relaxed),
+            last_succeeded: ctx.reload_status.last_succeeded.load(Ordering::Relaxed),
+            last_error: ctx.reload_status.last_error(),
+        },
     };
     match serde_json::to_vec_pretty(&status) {
         Ok(body) => Response::builder()

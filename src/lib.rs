@@ -15,8 +15,10 @@
 //! - [`cancel`]: proxy-minted cancel keys mapped to the server in use.
 //!
 //! Beside the data path: [`topology`] (Patroni polling, rise/fall health, snapshots),
-//! [`admin`] (HTTP /health and /status), [`config`] (YAML schema and validation) and
-//! [`proxy`] (wiring it all together and shutting it down).
+//! [`admin`] (HTTP /health, /status, /metrics, POST /reload), [`metrics`]
+//! (Prometheus), [`config`] (YAML schema and validation), [`reload`] (applying a
+//! changed config to the running proxy) and [`proxy`] (wiring it all together and
+//! shutting it down, gracefully or at once).
 
 pub mod admin;
 pub mod auth;
@@ -24,9 +26,11 @@ pub mod cancel;
 pub mod config;
 pub mod http_client;
 pub mod listener;
+pub mod metrics;
 pub mod pool;
 pub mod protocol;
 pub mod proxy;
+pub mod reload;
 pub mod router;
 pub mod server;
 pub mod session;

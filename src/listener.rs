@@ -1,12 +1,16 @@
 //! Accept loops: one per configured listener. Each accepted client gets TCP options
 //! set and its own session task; accept errors (such as running out of file
-//! descriptors) back off instead of spinning.
+//! descriptors) back off instead of spinning. A loop stops (closing its socket) when
+//! a reload removes its listener or the proxy starts draining; sessions it started
+//! carry on.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::proxy::{ListenerState, ProxyContext};
@@ -14,7 +18,8 @@ use crate::session;
 
 pub async fn accept_loop(
     socket: TcpListener,
-    state: Arc<ListenerState>,
+    current: Arc<ArcSwap<ListenerState>>,
+    stop: CancellationToken,
     ctx: Arc<ProxyContext>,
     tasks: TaskTracker,
 ) {
@@ -22,8 +27,10 @@ pub async fn accept_loop(
     loop {
         let accepted = tokio::select! {
             accepted = socket.accept() => accepted,
-            _ = ctx.shutdown.cancelled() => return,
+            _ = stop.cancelled() => break,
+            _ = ctx.draining.cancelled() => break,
         };
+        let state = current.load_full();
         let (stream, peer) = match accepted {
             Ok(pair) => {
                 backoff = Duration::from_millis(10);
@@ -46,6 +53,7 @@ pub async fn accept_loop(
             session::run(stream, peer, ctx, state).await;
         });
     }
+    tracing::info!(listener = %current.load().config.name, "listener closed");
 }
 
 /// Dead clients (a laptop that closed its lid) are noticed by TCP keepalive instead
@@ -64,7 +72,7 @@ struct ClientCount(Arc<ListenerState>, Arc<ProxyContext>);
 
 impl ClientCount {
     fn enter(state: &Arc<ListenerState>, ctx: &Arc<ProxyContext>) -> ClientCount {
-        state.clients.fetch_add(1, Ordering::Relaxed);
+        state.counters.clients.fetch_add(1, Ordering::Relaxed);
         ctx.clients.fetch_add(1, Ordering::Relaxed);
         ClientCount(Arc::clone(state), Arc::clone(ctx))
     }
@@ -72,7 +80,7 @@ impl ClientCount {
 
 impl Drop for ClientCount {
     fn drop(&mut self) {
-        self.0.clients.fetch_sub(1, Ordering::Relaxed);
+        self.0.counters.clients.fetch_sub(1, Ordering::Relaxed);
         self.1.clients.fetch_sub(1, Ordering::Relaxed);
     }
 }

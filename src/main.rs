@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
-use switchyard::config::Config;
+use switchyard::config::{Config, LogConfig, LogFormat};
 
 use switchyard::{http_client, proxy};
 
@@ -54,12 +54,23 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+/// Logs to stderr (journald and container runtimes collect it), as text or JSON.
+/// `RUST_LOG` overrides the configured level.
+fn init_logging(log: &LogConfig) {
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&log.level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match log.format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init(),
+    }
 }
 
 fn check(path: PathBuf) -> ExitCode {
@@ -108,14 +119,14 @@ fn health(admin: &str, timeout: Duration) -> ExitCode {
 }
 
 fn run(path: PathBuf) -> ExitCode {
-    init_logging();
     let config = match Config::load(&path) {
         Ok(config) => config,
         Err(e) => {
-            tracing::error!("{}: {e}", path.display());
+            eprintln!("{}: {e}", path.display());
             return ExitCode::FAILURE;
         }
     };
+    init_logging(&config.log);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -127,32 +138,48 @@ fn run(path: PathBuf) -> ExitCode {
         }
     };
     runtime.block_on(async {
-        let running = match proxy::start(config).await {
+        let running = match proxy::start_with_source(config, Some(path)).await {
             Ok(running) => running,
             Err(e) => {
                 tracing::error!("{e}");
                 return ExitCode::FAILURE;
             }
         };
-        wait_for_signal(&running).await;
-        tracing::info!("shutting down");
-        running.shutdown(Duration::from_secs(10)).await;
+        if let Err(e) = serve_signals(&running).await {
+            tracing::error!("cannot listen for signals: {e}");
+            running.shutdown(Duration::from_secs(5)).await;
+            return ExitCode::FAILURE;
+        }
+        // The timeout in force now: a reload may have changed it.
+        let drain_timeout = running.context.config().shutdown_timeout.0;
+        running.drain_and_stop(drain_timeout).await;
+        tracing::info!("stopped");
         ExitCode::SUCCESS
     })
 }
 
-async fn wait_for_signal(running: &proxy::RunningProxy) {
+/// Reloads on SIGHUP; returns on SIGTERM or SIGINT (a graceful stop follows).
+async fn serve_signals(running: &proxy::RunningProxy) -> std::io::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut terminate = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!("cannot listen for SIGTERM: {e}");
-            return running.stopped().await;
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut hangup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = terminate.recv() => {
+                tracing::info!("SIGTERM: shutting down gracefully");
+                return Ok(());
+            }
+            _ = interrupt.recv() => {
+                tracing::info!("SIGINT: shutting down gracefully");
+                return Ok(());
+            }
+            _ = hangup.recv() => {
+                tracing::info!("SIGHUP: reloading the configuration");
+                // The reloader logs the outcome.
+                let _ = running.reload().await;
+            }
+            _ = running.stopped() => return Ok(()),
         }
-    };
-    tokio::select! {
-        _ = terminate.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-        _ = running.stopped() => {}
     }
 }

@@ -1,31 +1,37 @@
 //! Wiring: builds the shared context from a config, starts the topology monitor,
 //! binds the listeners and the admin server, and hands back a [`RunningProxy`] that
-//! knows the bound addresses (port 0 works, for tests) and can shut everything down.
+//! knows the bound addresses (port 0 works, for tests), reloads its configuration
+//! and shuts down, gracefully (drain) or at once.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, AtomicUsize};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::cancel::CancelRegistry;
 use crate::config::{Config, ListenerConfig};
+use crate::metrics::ListenerMetrics;
 use crate::pool::{self, PoolSet, PoolSettings};
+use crate::reload::{self, ReloadOutcome, ReloadStatus, Reloader};
 use crate::topology::{monitor, Topology, TopologyHandle};
 use crate::users::UserDb;
-use crate::{admin, listener};
+use crate::{admin, listener, metrics};
 
-/// What every session and background task shares. Immutable but for counters.
+/// What every session and background task shares.
 pub struct ProxyContext {
-    pub config: Arc<Config>,
-    pub users: UserDb,
+    /// The configuration in force; swapped whole by a reload. Sessions take a
+    /// snapshot when they start and keep it.
+    config: ArcSwap<Config>,
+    users: ArcSwap<UserDb>,
     pub topology: Arc<TopologyHandle>,
     pub cancels: Arc<CancelRegistry>,
-    /// Live sessions per node (same order as `config.cluster.nodes`).
-    pub node_sessions: Vec<AtomicU32>,
     /// Round-robin tie-breaker for replica choice.
     pub rotation: AtomicUsize,
     pub pools: Arc<PoolSet>,
@@ -33,14 +39,78 @@ pub struct ProxyContext {
     pub clients: AtomicUsize,
     /// Clients waiting for a primary to appear (failover hold).
     pub held_clients: AtomicUsize,
+    /// Listeners accepting now (a reload changes the set).
+    pub listeners: ArcSwap<Vec<Arc<ListenerState>>>,
+    pub reload_status: ReloadStatus,
+    /// Graceful shutdown has begun: no new clients, /health says 503, sessions end
+    /// at their next transaction boundary.
+    pub draining: CancellationToken,
+    /// Hard stop: every task ends now.
     pub shutdown: CancellationToken,
+    reload_requests: mpsc::Sender<oneshot::Sender<ReloadOutcome>>,
 }
 
-/// A bound listener and its live client count.
+impl ProxyContext {
+    pub fn config(&self) -> Arc<Config> {
+        self.config.load_full()
+    }
+
+    pub fn users(&self) -> Arc<UserDb> {
+        self.users.load_full()
+    }
+
+    pub(crate) fn set_config(&self, config: Arc<Config>) {
+        self.users.store(Arc::new(UserDb::from_config(&config)));
+        self.config.store(config);
+    }
+
+    /// Asks the reloader to re-read the config file; resolves with the outcome.
+    pub async fn request_reload(&self) -> ReloadOutcome {
+        let (reply, outcome) = oneshot::channel();
+        if self.reload_requests.send(reply).await.is_err() {
+            return Err("the proxy is shutting down".into());
+        }
+        outcome
+            .await
+            .unwrap_or_else(|_| Err("the proxy is shutting down".into()))
+    }
+}
+
+/// A listener as configured at one moment, with its live counters. A reload that
+/// changes a listener in place makes a new state that shares the counters, so
+/// sessions that started under the old settings keep them and are still counted.
 pub struct ListenerState {
     pub config: ListenerConfig,
     pub local_addr: SocketAddr,
+    pub counters: Arc<ListenerCounters>,
+}
+
+/// Per-listener figures, kept across reloads of the same listener.
+pub struct ListenerCounters {
+    /// Client connections open now.
     pub clients: AtomicUsize,
+    /// Clients holding a server connection now.
+    pub active: AtomicUsize,
+    /// Clients waiting for a server connection or for a primary now.
+    pub waiting: AtomicUsize,
+    pub metrics: ListenerMetrics,
+}
+
+impl ListenerCounters {
+    pub fn new(listener: &str) -> ListenerCounters {
+        ListenerCounters {
+            clients: AtomicUsize::new(0),
+            active: AtomicUsize::new(0),
+            waiting: AtomicUsize::new(0),
+            metrics: ListenerMetrics::new(listener),
+        }
+    }
+}
+
+impl ListenerState {
+    pub fn clients(&self) -> usize {
+        self.counters.clients.load(Ordering::Relaxed)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -55,7 +125,6 @@ pub enum StartError {
 
 pub struct RunningProxy {
     pub context: Arc<ProxyContext>,
-    pub listeners: Vec<Arc<ListenerState>>,
     pub admin_addr: SocketAddr,
     tasks: TaskTracker,
 }
@@ -63,7 +132,9 @@ pub struct RunningProxy {
 impl RunningProxy {
     /// The bound address of the listener with this name.
     pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
-        self.listeners
+        self.context
+            .listeners
+            .load()
             .iter()
             .find(|l| l.config.name == name)
             .map(|l| l.local_addr)
@@ -74,8 +145,41 @@ impl RunningProxy {
         self.context.shutdown.cancelled().await
     }
 
-    /// Stops accepting, ends sessions and waits (bounded) for every task.
+    /// Re-reads the config file and applies it (see [`reload`]).
+    pub async fn reload(&self) -> ReloadOutcome {
+        self.context.request_reload().await
+    }
+
+    /// Graceful shutdown: stop accepting and report unhealthy at once, let every
+    /// client finish its transaction (up to `drain_timeout`), then end the rest
+    /// with 57P01 and stop.
+    pub async fn drain_and_stop(self, drain_timeout: Duration) {
+        let ctx = &self.context;
+        ctx.draining.cancel();
+        let clients = ctx.clients.load(Ordering::Relaxed);
+        tracing::info!(
+            clients,
+            "draining: no new connections; sessions end at their next transaction boundary (up to {drain_timeout:?})"
+        );
+        let deadline = tokio::time::Instant::now() + drain_timeout;
+        while ctx.clients.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let left = ctx.clients.load(Ordering::Relaxed);
+        if left > 0 {
+            tracing::warn!(
+                clients = left,
+                "drain timeout reached; closing the remaining sessions"
+            );
+        } else {
+            tracing::info!("every client has left");
+        }
+        self.shutdown(Duration::from_secs(5)).await;
+    }
+
+    /// Stops at once: ends sessions (57P01) and waits (bounded) for every task.
     pub async fn shutdown(self, deadline: Duration) {
+        self.context.draining.cancel();
         self.context.shutdown.cancel();
         self.tasks.close();
         if tokio::time::timeout(deadline, self.tasks.wait())
@@ -87,7 +191,7 @@ impl RunningProxy {
     }
 }
 
-fn pool_settings(config: &Config) -> PoolSettings {
+pub(crate) fn pool_settings(config: &Config) -> PoolSettings {
     PoolSettings {
         size: config.pool.size as usize,
         min_idle: config.pool.min_idle as usize,
@@ -97,35 +201,56 @@ fn pool_settings(config: &Config) -> PoolSettings {
     }
 }
 
-/// Starts the proxy. The first topology round is awaited (bounded by the health
-/// timeout) before listeners open, so the first clients already have a route.
+/// Binds a listener's socket.
+pub(crate) async fn bind_listener(config: &ListenerConfig) -> Result<TcpListener, StartError> {
+    TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| StartError::Bind {
+            name: config.name.clone(),
+            address: config.listen,
+            source,
+        })
+}
+
+/// Starts the proxy from a config with no file behind it (reloads then fail).
 pub async fn start(config: Config) -> Result<RunningProxy, StartError> {
+    start_with_source(config, None).await
+}
+
+/// Starts the proxy. `source` is the file reloads re-read. The first topology
+/// round is awaited (bounded by the health timeout) before listeners open, so the
+/// first clients already have a route.
+pub async fn start_with_source(
+    config: Config,
+    source: Option<PathBuf>,
+) -> Result<RunningProxy, StartError> {
+    metrics::install();
     let config = Arc::new(config);
     let topology = TopologyHandle::new(Topology::unknown(monitor::initial_nodes(&config.cluster)));
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
+    let (reload_requests, reload_inbox) = mpsc::channel(4);
     let context = Arc::new(ProxyContext {
-        users: UserDb::from_config(&config),
+        users: ArcSwap::from_pointee(UserDb::from_config(&config)),
         topology: Arc::clone(&topology),
         cancels: Arc::new(CancelRegistry::default()),
-        node_sessions: config
-            .cluster
-            .nodes
-            .iter()
-            .map(|_| AtomicU32::new(0))
-            .collect(),
         rotation: AtomicUsize::new(0),
         pools: Arc::new(PoolSet::new(pool_settings(&config))),
         clients: AtomicUsize::new(0),
         held_clients: AtomicUsize::new(0),
+        listeners: ArcSwap::from_pointee(Vec::new()),
+        reload_status: ReloadStatus::default(),
+        draining: shutdown.child_token(),
         shutdown: shutdown.clone(),
-        config: Arc::clone(&config),
+        reload_requests,
+        config: ArcSwap::new(Arc::clone(&config)),
     });
 
+    let monitor_token = shutdown.child_token();
     tasks.spawn(monitor::run(
         config.cluster.clone(),
         Arc::clone(&topology),
-        shutdown.clone(),
+        monitor_token.clone(),
     ));
     tasks.spawn(pool::maintenance::run(
         Arc::clone(&context.pools),
@@ -142,25 +267,9 @@ pub async fn start(config: Config) -> Result<RunningProxy, StartError> {
         );
     }
 
-    let mut listeners = Vec::new();
     let mut sockets = Vec::new();
     for listener_config in &config.listeners {
-        let socket = TcpListener::bind(listener_config.listen)
-            .await
-            .map_err(|source| StartError::Bind {
-                name: listener_config.name.clone(),
-                address: listener_config.listen,
-                source,
-            })?;
-        let local_addr = socket.local_addr().unwrap_or(listener_config.listen);
-        let state = Arc::new(ListenerState {
-            config: listener_config.clone(),
-            local_addr,
-            clients: AtomicUsize::new(0),
-        });
-        tracing::info!(listener = %listener_config.name, address = %local_addr, route = ?listener_config.route, "listening");
-        listeners.push(Arc::clone(&state));
-        sockets.push((socket, state));
+        sockets.push((bind_listener(listener_config).await?, listener_config));
     }
     let admin_socket = TcpListener::bind(config.admin.listen)
         .await
@@ -172,23 +281,33 @@ pub async fn start(config: Config) -> Result<RunningProxy, StartError> {
     let admin_addr = admin_socket.local_addr().unwrap_or(config.admin.listen);
     tracing::info!(address = %admin_addr, "admin HTTP listening");
 
-    for (socket, state) in sockets {
-        tasks.spawn(listener::accept_loop(
-            socket,
-            state,
-            Arc::clone(&context),
-            tasks.clone(),
-        ));
+    let mut reloader = Reloader::new(Arc::clone(&context), tasks.clone(), source, monitor_token);
+    for (socket, listener_config) in sockets {
+        reloader.open_listener(socket, listener_config.clone(), None);
     }
-    tasks.spawn(admin::serve(
-        admin_socket,
-        Arc::clone(&context),
-        listeners.clone(),
-    ));
+    tasks.spawn(reload::serve(reloader, reload_inbox));
+    tasks.spawn(admin::serve(admin_socket, Arc::clone(&context)));
+    tasks.spawn(metrics::upkeep(shutdown.clone()));
     Ok(RunningProxy {
         context,
-        listeners,
         admin_addr,
         tasks,
     })
+}
+
+/// Spawns the accept loop of a bound listener; it stops on `stop` or when draining.
+pub(crate) fn spawn_accept_loop(
+    socket: TcpListener,
+    state: Arc<ArcSwap<ListenerState>>,
+    stop: CancellationToken,
+    ctx: Arc<ProxyContext>,
+    tasks: &TaskTracker,
+) {
+    tasks.spawn(listener::accept_loop(
+        socket,
+        state,
+        stop,
+        ctx,
+        tasks.clone(),
+    ));
 }

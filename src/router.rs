@@ -94,6 +94,7 @@ mod tests {
                     timeline: Some(1),
                     last_check: None,
                     last_error: None,
+                    sessions: Default::default(),
                 };
                 let check = |yes| if yes { Check::Yes } else { Check::No(503) };
                 node.primary.observe(&check(p), 2, 3);

@@ -2,6 +2,7 @@
 //! in secrets) and validation. A `Config` is an immutable snapshot; nothing in the
 //! proxy reads configuration from anywhere else.
 
+mod cidr;
 mod units;
 mod validate;
 
@@ -11,6 +12,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use cidr::Cidr;
 pub use units::{ByteSize, HumanDuration, MaxLag};
 pub use validate::ApiEndpoint;
 
@@ -52,6 +54,53 @@ pub struct Config {
     pub pool: PoolConfig,
     #[serde(default)]
     pub failover: FailoverConfig,
+    /// On SIGTERM, how long clients may take to finish their current transaction
+    /// before they are disconnected (57P01).
+    #[serde(default = "default_shutdown_timeout")]
+    pub shutdown_timeout: HumanDuration,
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+fn default_shutdown_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(30))
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    #[serde(default = "default_log_format")]
+    pub format: LogFormat,
+    /// `RUST_LOG`-style filter (`info`, `switchyard=debug,info`); the `RUST_LOG`
+    /// environment variable wins when set. Read at startup only.
+    #[serde(default = "default_log_level")]
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: default_log_format(),
+            level: default_log_level(),
+        }
+    }
+}
+
+fn default_log_format() -> LogFormat {
+    LogFormat::Text
+}
+fn default_log_level() -> String {
+    "info".into()
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -113,15 +162,19 @@ fn default_fallback() -> Fallback {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
-    /// HTTP listener for /health and /status.
+    /// HTTP listener for /health, /status, /metrics and POST /reload.
     #[serde(default = "default_admin_listen")]
     pub listen: SocketAddr,
+    /// Networks (CIDR) allowed to POST /reload; loopback is always allowed.
+    #[serde(default)]
+    pub reload_allowed_from: Vec<String>,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
         AdminConfig {
             listen: default_admin_listen(),
+            reload_allowed_from: Vec::new(),
         }
     }
 }

@@ -118,7 +118,15 @@ pub(super) fn validate(config: &mut Config) -> Result<(), ConfigError> {
             "must be at least 1kB",
         ));
     }
+    for (i, range) in config.admin.reload_allowed_from.iter().enumerate() {
+        super::Cidr::parse(range)
+            .map_err(|e| ConfigError::invalid(format!("admin.reload_allowed_from[{i}]"), e))?;
+    }
+    if let Err(e) = tracing_subscriber::EnvFilter::try_new(&config.log.level) {
+        return Err(ConfigError::invalid("log.level", e.to_string()));
+    }
     for (key, value) in [
+        ("shutdown_timeout", config.shutdown_timeout),
         ("client.startup_timeout", config.client.startup_timeout),
         ("server.connect_timeout", config.server.connect_timeout),
         ("server.cancel_timeout", config.server.cancel_timeout),

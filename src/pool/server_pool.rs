@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use std::collections::HashMap;
@@ -44,8 +45,13 @@ pub struct ServerPool {
     pub key: PoolKey,
     address: String,
     password: Secret,
-    settings: PoolSettings,
+    /// Swapped by a reload; see [`ServerPool::reconfigure`] for the size.
+    settings: ArcSwap<PoolSettings>,
     slots: Arc<Semaphore>,
+    /// Permits to retire as they come back, after a reload shrank the pool while
+    /// they were in use.
+    excess_permits: AtomicUsize,
+    resize: Mutex<()>,
     idle: Mutex<Vec<(ServerConnection, u64)>>,
     /// Connections open now (idle and in use).
     open: AtomicUsize,
@@ -88,7 +94,9 @@ impl ServerPool {
             address,
             password,
             slots: Arc::new(Semaphore::new(settings.size)),
-            settings,
+            settings: ArcSwap::from_pointee(settings),
+            excess_permits: AtomicUsize::new(0),
+            resize: Mutex::new(()),
             idle: Mutex::new(Vec::new()),
             open: AtomicUsize::new(0),
             waiting: AtomicUsize::new(0),
@@ -133,6 +141,53 @@ impl ServerPool {
         &self.address
     }
 
+    /// Whether this pool logs in with `password`.
+    pub fn uses_password(&self, password: &Secret) -> bool {
+        self.password == *password
+    }
+
+    /// Applies new settings. A larger size frees slots at once; a smaller one
+    /// retires free slots now and busy ones as their clients give them back, so no
+    /// client loses the connection it holds.
+    pub fn reconfigure(&self, settings: PoolSettings) {
+        let _resizing = self.resize.lock().unwrap_or_else(|p| p.into_inner());
+        let old = self.settings.swap(Arc::new(settings.clone()));
+        if settings.size > old.size {
+            let mut grow = settings.size - old.size;
+            let cancelled = self.retire_pending(grow);
+            grow -= cancelled;
+            self.slots.add_permits(grow);
+        } else if settings.size < old.size {
+            let shrink = old.size - settings.size;
+            let retired = self.slots.forget_permits(shrink);
+            self.excess_permits
+                .fetch_add(shrink - retired, Ordering::Relaxed);
+        }
+    }
+
+    /// Takes back up to `n` pending retirements; returns how many.
+    fn retire_pending(&self, n: usize) -> usize {
+        let mut taken = 0;
+        let _ = self
+            .excess_permits
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |pending| {
+                taken = pending.min(n);
+                Some(pending - taken)
+            });
+        taken
+    }
+
+    /// Gives a slot back, or retires it when the pool was shrunk while it was busy.
+    fn return_permit(&self, permit: OwnedSemaphorePermit) {
+        if self.excess_permits.load(Ordering::Relaxed) > 0 && self.retire_pending(1) == 1 {
+            permit.forget();
+        }
+    }
+
+    pub fn size(&self) -> usize {
+        self.settings.load().size
+    }
+
     /// A logged-in, idle server connection, waiting at most `timeout` for a slot.
     pub async fn checkout(
         self: &Arc<Self>,
@@ -165,7 +220,7 @@ impl ServerPool {
             Ok(Err(_)) | Err(_) => Err(CheckoutError::Timeout {
                 node: self.key.node.clone(),
                 waited: started.elapsed(),
-                size: self.settings.size,
+                size: self.size(),
             }),
         }
     }
@@ -180,7 +235,7 @@ impl ServerPool {
             connection: Some(connection),
             pool: Arc::clone(self),
             epoch,
-            _permit: permit,
+            permit: Some(permit),
         }
     }
 
@@ -214,7 +269,7 @@ impl ServerPool {
             &self.key.node,
             &self.address,
             &login,
-            self.settings.connect_timeout,
+            self.settings.load().connect_timeout,
         )
         .await?;
         self.open.fetch_add(1, Ordering::Relaxed);
@@ -227,14 +282,15 @@ impl ServerPool {
     }
 
     fn is_fresh(&self, connection: &ServerConnection, now: Instant) -> bool {
-        now.duration_since(connection.created_at) < self.settings.lifetime
-            && now.duration_since(connection.idle_since) < self.settings.idle_timeout
+        let settings = self.settings.load();
+        now.duration_since(connection.created_at) < settings.lifetime
+            && now.duration_since(connection.idle_since) < settings.idle_timeout
     }
 
     fn give_back(&self, mut connection: ServerConnection, epoch: u64) {
         let now = Instant::now();
         if epoch != self.epoch.load(Ordering::Relaxed)
-            || now.duration_since(connection.created_at) >= self.settings.lifetime
+            || now.duration_since(connection.created_at) >= self.settings.load().lifetime
         {
             return self.close(connection);
         }
@@ -248,13 +304,18 @@ impl ServerPool {
         drop(connection);
     }
 
-    /// Closes idle connections past their idle timeout or lifetime. Returns how many.
+    /// Closes idle connections past their idle timeout or lifetime, and idle ones
+    /// beyond the pool size (after a reload shrank it). Returns how many.
     pub fn prune(&self) -> usize {
         let now = Instant::now();
+        let size = self.size();
         let stale: Vec<ServerConnection> = {
             let mut idle = self.idle();
-            let (keep, stale): (Vec<_>, Vec<_>) =
+            let (mut keep, mut stale): (Vec<_>, Vec<_>) =
                 idle.drain(..).partition(|(c, _)| self.is_fresh(c, now));
+            let over = self.open.load(Ordering::Relaxed).saturating_sub(size);
+            // The least recently used sit at the front.
+            stale.extend(keep.drain(..over.min(keep.len())));
             *idle = keep;
             stale.into_iter().map(|(c, _)| c).collect()
         };
@@ -265,7 +326,7 @@ impl ServerPool {
 
     /// Opens connections until `min_idle` are idle, without making clients wait.
     pub async fn top_up(&self) {
-        while self.idle().len() < self.settings.min_idle {
+        while self.idle().len() < self.settings.load().min_idle {
             let Ok(permit) = Arc::clone(&self.slots).try_acquire_owned() else {
                 return;
             };
@@ -274,10 +335,11 @@ impl ServerPool {
                 Ok(connection) => self.give_back(connection, epoch),
                 Err(e) => {
                     tracing::warn!(node = %self.key.node, error = %e, "cannot open a server connection for min_idle");
+                    self.return_permit(permit);
                     return;
                 }
             }
-            drop(permit);
+            self.return_permit(permit);
         }
     }
 
@@ -297,7 +359,7 @@ impl ServerPool {
             node: self.key.node.clone(),
             database: self.key.database.clone(),
             user: self.key.user.clone(),
-            size: self.settings.size,
+            size: self.size(),
             open,
             idle,
             in_use: open.saturating_sub(idle),
@@ -312,9 +374,9 @@ pub struct PooledServer {
     connection: Option<ServerConnection>,
     pool: Arc<ServerPool>,
     epoch: u64,
-    // Dropped after `connection` is back in the idle list, so a waiter woken by the
+    // Given back after `connection` is in the idle list, so a waiter woken by the
     // permit finds it there.
-    _permit: OwnedSemaphorePermit,
+    permit: Option<OwnedSemaphorePermit>,
 }
 
 impl PooledServer {
@@ -322,6 +384,9 @@ impl PooledServer {
     pub fn release(mut self) {
         if let Some(connection) = self.connection.take() {
             self.pool.give_back(connection, self.epoch);
+        }
+        if let Some(permit) = self.permit.take() {
+            self.pool.return_permit(permit);
         }
     }
 
@@ -353,6 +418,9 @@ impl Drop for PooledServer {
         if let Some(connection) = self.connection.take() {
             tracing::debug!(node = %self.pool.key.node, "server connection discarded");
             self.pool.close(connection);
+        }
+        if let Some(permit) = self.permit.take() {
+            self.pool.return_permit(permit);
         }
     }
 }

@@ -3,7 +3,7 @@
 //! connection out of that node's pool, and bring its session parameters in line
 //! with the client's.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::BytesMut;
@@ -12,22 +12,34 @@ use super::{Refusal, Session};
 use crate::config::Route;
 use crate::pool::{CheckoutError, PoolKey, PooledServer};
 use crate::protocol::{messages, ClientError, SqlState};
-use crate::proxy::ProxyContext;
+use crate::proxy::{ListenerCounters, ProxyContext};
 use crate::router;
 use crate::topology::Topology;
 
 /// The node a session is bound to, counted for least-connections routing while held.
+/// Nodes are known by name: a reload may renumber them.
 pub(super) struct Binding {
-    ctx: Arc<ProxyContext>,
-    pub node: usize,
+    sessions: Arc<AtomicU32>,
     pub pool: Arc<crate::pool::ServerPool>,
+}
+
+impl Binding {
+    fn node_name(&self) -> &str {
+        &self.pool.key.node
+    }
+
+    /// The bound node's index in `topology`, if it is still there at the same address.
+    fn index_in(&self, topology: &Topology) -> Option<usize> {
+        topology
+            .nodes
+            .iter()
+            .position(|n| n.name == self.node_name() && n.address == self.pool.address())
+    }
 }
 
 impl Drop for Binding {
     fn drop(&mut self) {
-        if let Some(counter) = self.ctx.node_sessions.get(self.node) {
-            counter.fetch_sub(1, Ordering::Relaxed);
-        }
+        self.sessions.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -56,6 +68,31 @@ fn checkout_refusal(pool: &crate::pool::ServerPool, e: CheckoutError) -> Refusal
     }
 }
 
+/// Counts a client in one of its listener's states (active, waiting) while alive.
+pub(super) struct ListenerGauge {
+    counters: Arc<ListenerCounters>,
+    gauge: fn(&ListenerCounters) -> &AtomicUsize,
+}
+
+impl ListenerGauge {
+    fn enter(
+        counters: &Arc<ListenerCounters>,
+        gauge: fn(&ListenerCounters) -> &AtomicUsize,
+    ) -> ListenerGauge {
+        gauge(counters).fetch_add(1, Ordering::Relaxed);
+        ListenerGauge {
+            counters: Arc::clone(counters),
+            gauge,
+        }
+    }
+}
+
+impl Drop for ListenerGauge {
+    fn drop(&mut self) {
+        (self.gauge)(&self.counters).fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Counts a client waiting for a primary, for /status, while alive.
 struct HeldClient<'a>(&'a ProxyContext);
 
@@ -80,7 +117,7 @@ impl Session {
         &mut self,
         deadline: tokio::time::Instant,
     ) -> Result<Arc<crate::pool::ServerPool>, Refusal> {
-        let hold = self.ctx.config.failover.hold_timeout.0;
+        let hold = self.config.failover.hold_timeout.0;
         // Subscribed only once a hold starts (the hot path never pays for it); the
         // loop routes once more after subscribing, so no change can slip between.
         let mut changes: Option<tokio::sync::watch::Receiver<u64>> = None;
@@ -141,10 +178,7 @@ impl Session {
         node: usize,
     ) -> Result<Arc<crate::pool::ServerPool>, Refusal> {
         match &self.binding {
-            Some(binding)
-                if binding.node == node
-                    && binding.pool.address() == topology.nodes[node].address =>
-            {
+            Some(binding) if binding.index_in(topology) == Some(node) => {
                 Ok(Arc::clone(&binding.pool))
             }
             _ => self.bind(topology, node),
@@ -153,13 +187,35 @@ impl Session {
 
     /// The end of the hold for a client that starts waiting now.
     pub(super) fn hold_deadline(&self) -> tokio::time::Instant {
-        tokio::time::Instant::now() + self.ctx.config.failover.hold_timeout.0
+        tokio::time::Instant::now() + self.config.failover.hold_timeout.0
     }
 
-    /// A server connection for the next piece of work, parameters synced. During a
-    /// failover a primary that refuses connections (shutting down, gone) is waited
-    /// out like a missing one, within the hold.
+    /// A server connection for the next piece of work, parameters synced, with the
+    /// wait counted for /status and metrics and the client marked active.
     pub(super) async fn checkout(&mut self) -> Result<PooledServer, Refusal> {
+        let counters = Arc::clone(&self.listener.counters);
+        let started = std::time::Instant::now();
+        let waiting = ListenerGauge::enter(&counters, |c| &c.waiting);
+        let result = self.find_server().await;
+        drop(waiting);
+        counters
+            .metrics
+            .checkout_wait
+            .record(started.elapsed().as_secs_f64());
+        if result.is_ok() && self.active.is_none() {
+            self.active = Some(ListenerGauge::enter(&counters, |c| &c.active));
+        }
+        result
+    }
+
+    /// The client holds no server now (transaction mode, between transactions).
+    pub(super) fn mark_idle(&mut self) {
+        self.active = None;
+    }
+
+    /// During a failover a primary that refuses connections (shutting down, gone)
+    /// is waited out like a missing one, within the hold.
+    async fn find_server(&mut self) -> Result<PooledServer, Refusal> {
         let deadline = self.hold_deadline();
         loop {
             let pool = self.current_pool(deadline).await?;
@@ -225,8 +281,12 @@ impl Session {
         let config = &self.listener.config;
         if let Some(binding) = &self.binding {
             // Reads stay on their replica while it stays healthy (monotonic reads).
-            if config.route == Route::Replica && topology.replicas().any(|r| r == binding.node) {
-                return Ok(binding.node);
+            if config.route == Route::Replica {
+                if let Some(node) = binding.index_in(topology) {
+                    if topology.replicas().any(|r| r == node) {
+                        return Ok(node);
+                    }
+                }
             }
         }
         if config.route == Route::Primary {
@@ -234,11 +294,10 @@ impl Session {
             // figures needed.
             return router::choose_node(config.route, config.fallback, topology, &[], 0);
         }
-        let sessions: Vec<u32> = self
-            .ctx
-            .node_sessions
+        let sessions: Vec<u32> = topology
+            .nodes
             .iter()
-            .map(|c| c.load(Ordering::Relaxed))
+            .map(|n| n.sessions.load(Ordering::Relaxed))
             .collect();
         let rotation = self.ctx.rotation.fetch_add(1, Ordering::Relaxed);
         router::choose_node(config.route, config.fallback, topology, &sessions, rotation)
@@ -249,7 +308,8 @@ impl Session {
         topology: &Topology,
         node: usize,
     ) -> Result<Arc<crate::pool::ServerPool>, Refusal> {
-        let user = self.ctx.users.get(&self.params.user).ok_or_else(|| {
+        let users = self.ctx.users();
+        let user = users.get(&self.params.user).ok_or_else(|| {
             Refusal::from(ClientError::fatal(
                 SqlState::InvalidPassword,
                 "user no longer configured",
@@ -262,12 +322,9 @@ impl Session {
             user: user.name.clone(),
         };
         let pool = self.ctx.pools.get(key, &state.address, &user.password);
-        if let Some(counter) = self.ctx.node_sessions.get(node) {
-            counter.fetch_add(1, Ordering::Relaxed);
-        }
+        state.sessions.fetch_add(1, Ordering::Relaxed);
         self.binding = Some(Binding {
-            ctx: Arc::clone(&self.ctx),
-            node,
+            sessions: Arc::clone(&state.sessions),
             pool: Arc::clone(&pool),
         });
         self.node = Some(state.name.clone());
@@ -279,7 +336,7 @@ impl Session {
         let Some(sql) = self.desired.sync_sql(&server.applied) else {
             return Ok(());
         };
-        let timeout = self.ctx.config.server.connect_timeout.0;
+        let timeout = self.config.server.connect_timeout.0;
         match server.run_internal_query(&sql, timeout).await {
             Ok(()) => {
                 server.applied = self.desired.clone();

@@ -67,6 +67,8 @@ pub enum Event {
     ParamCommitted(ParamChange),
     /// A server prepared this statement without error.
     Prepared(Arc<StatementDef>),
+    /// The server sent an ErrorResponse with this SQLSTATE (counted in metrics).
+    Error(String),
 }
 
 #[derive(Debug)]
@@ -355,6 +357,9 @@ impl FrameVisitor for Walker<'_> {
             b'S' => self
                 .events
                 .push(Event::ParameterStatus(frame.body.to_vec())),
+            b'E' => self.events.push(Event::Error(
+                crate::protocol::backend::parse_error_fields(frame.body).code,
+            )),
             b'Z' => {
                 let status = frame.body.first().copied().unwrap_or(b'I');
                 self.ledger.on_ready(status, self.events);
@@ -370,9 +375,10 @@ impl FrameVisitor for Walker<'_> {
     }
 }
 
-/// Message types whose bodies the ledger reads: ReadyForQuery and ParameterStatus.
+/// Message types whose bodies the ledger reads: ReadyForQuery, ParameterStatus and
+/// ErrorResponse (for its SQLSTATE).
 pub fn capture_tags(tag: u8) -> bool {
-    matches!(tag, b'Z' | b'S')
+    matches!(tag, b'Z' | b'S' | b'E')
 }
 
 #[cfg(test)]
@@ -530,7 +536,11 @@ mod tests {
         });
         let failed = [message(b'E', b"SERROR\0\0"), message(b'Z', b"I")].concat();
         let (_, events) = client_sees(&mut ledger, &mut statements, &failed, 64);
-        assert!(events.is_empty());
+        assert_eq!(
+            events,
+            vec![Event::Error(String::new())],
+            "only the error, for metrics"
+        );
     }
 
     #[test]

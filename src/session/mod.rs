@@ -24,7 +24,7 @@ use tokio::net::TcpStream;
 use tracing::Instrument;
 
 use crate::cancel;
-use crate::config::{PoolMode, SessionPooling};
+use crate::config::{Config, PoolMode, SessionPooling};
 use crate::protocol::{messages, ClientError, SqlState};
 use crate::proxy::{ListenerState, ProxyContext};
 
@@ -63,7 +63,7 @@ async fn run_in_span(
     listener: Arc<ListenerState>,
 ) {
     let started = Instant::now();
-    let startup_timeout = ctx.config.client.startup_timeout.0;
+    let startup_timeout = ctx.config().client.startup_timeout.0;
     // Startup and checkout futures are boxed so that their state (SCRAM, login,
     // hold) is only allocated while they run: an idle client's task stays small.
     let opened = tokio::time::timeout(startup_timeout, Box::pin(open(&mut socket, &ctx))).await;
@@ -74,12 +74,16 @@ async fn run_in_span(
             tracing::debug!(%reason, "client left during startup");
             return;
         }
-        Ok(Err(HandshakeFailure::Refuse(error))) => return refuse(&mut socket, &error).await,
+        Ok(Err(HandshakeFailure::Refuse(error))) => {
+            crate::metrics::record_error(&listener.config.name, error.code.code());
+            return refuse(&mut socket, &error).await;
+        }
         Err(_) => {
             let error = ClientError::fatal(
                 SqlState::ProtocolViolation,
                 format!("startup did not finish within {startup_timeout:?}"),
             );
+            crate::metrics::record_error(&listener.config.name, error.code.code());
             return refuse(&mut socket, &error).await;
         }
     };
@@ -114,14 +118,14 @@ async fn open(
             .map_err(|e| HandshakeFailure::Gone(e.to_string()))?;
     }
     let mut out = BytesMut::with_capacity(512);
-    client_auth::authenticate(socket, &ctx.users, &params.user, &mut out).await?;
+    client_auth::authenticate(socket, &ctx.users(), &params.user, &mut out).await?;
     Ok(Some((params, out)))
 }
 
 async fn forward_cancel(ctx: &ProxyContext, pid: i32, secret: &[u8]) {
     match ctx.cancels.lookup(pid, secret) {
         Some(target) => {
-            let timeout = ctx.config.server.cancel_timeout.0;
+            let timeout = ctx.config().server.cancel_timeout.0;
             match cancel::send_cancel(&target, timeout).await {
                 Ok(()) => tracing::info!(server = %target.address, "cancel request forwarded"),
                 Err(e) => {
@@ -148,6 +152,8 @@ async fn refuse(socket: &mut TcpStream, error: &ClientError) {
 
 pub(crate) struct Session {
     ctx: Arc<ProxyContext>,
+    /// The configuration when the session started; a reload does not change it.
+    config: Arc<Config>,
     listener: Arc<ListenerState>,
     params: SessionParams,
     peer: SocketAddr,
@@ -167,6 +173,8 @@ pub(crate) struct Session {
     reported_from: Option<(i32, u64)>,
     statements: ClientStatements,
     transactions: u64,
+    /// Counts the client as active on its listener while it holds a server.
+    active: Option<checkout::ListenerGauge>,
 }
 
 /// How a session ended, for its log line.
@@ -183,8 +191,10 @@ impl Session {
         peer: SocketAddr,
     ) -> Session {
         let startup = ParamSet::from_startup(&params.passthrough);
+        let config = ctx.config();
         Session {
-            pooling: ctx.config.pooling_for(&listener.config),
+            pooling: config.pooling_for(&listener.config),
+            config,
             ctx,
             listener,
             params,
@@ -199,18 +209,19 @@ impl Session {
             reported_from: None,
             statements: ClientStatements::default(),
             transactions: 0,
+            active: None,
         }
     }
 
     async fn serve(&mut self, socket: &mut TcpStream, mut out: BytesMut) -> SessionEnd {
         let over_limit = self.ctx.clients.load(Ordering::Relaxed)
-            > self.ctx.config.pool.max_client_connections as usize;
+            > self.config.pool.max_client_connections as usize;
         if over_limit {
             let error = ClientError::fatal(
                 SqlState::TooManyConnections,
                 format!(
                     "too many client connections (max_client_connections is {})",
-                    self.ctx.config.pool.max_client_connections
+                    self.config.pool.max_client_connections
                 ),
             );
             refuse(socket, &error).await;
@@ -261,6 +272,7 @@ impl Session {
                 if let Some(server) = first_server {
                     server.release();
                 }
+                self.mark_idle();
                 transaction::run(self, socket, &registration).await
             }
         }
@@ -283,15 +295,20 @@ impl Session {
 
     /// Waits until the inbox holds a complete message. Ok(false): the client said
     /// Terminate. Reading waits for readability first so an idle client holds no buffer.
+    /// A draining proxy ends the session here, at a transaction boundary.
     async fn wait_for_request(
         &self,
         socket: &mut TcpStream,
         inbox: &mut BytesMut,
     ) -> Result<bool, RelayEnd> {
-        let max_message = self.ctx.config.client.max_message_size.0 as usize;
+        let max_message = self.config.client.max_message_size.0 as usize;
         loop {
             match translate::complete_message_len(inbox, max_message) {
-                Ok(Some(_)) => return Ok(inbox.first() != Some(&b'X')),
+                Ok(Some(_)) if inbox.first() == Some(&b'X') => return Ok(false),
+                // Between transactions is where a draining proxy lets clients go:
+                // nothing of this request has reached a server.
+                Ok(Some(_)) if self.ctx.draining.is_cancelled() => return Err(RelayEnd::Shutdown),
+                Ok(Some(_)) => return Ok(true),
                 Ok(None) => {}
                 Err(e) => return Err(RelayEnd::ClientProtocol(e)),
             }
@@ -301,7 +318,7 @@ impl Session {
                         return Err(RelayEnd::ClientGone(Some(e)));
                     }
                 }
-                _ = self.ctx.shutdown.cancelled() => return Err(RelayEnd::Shutdown),
+                _ = self.ctx.draining.cancelled() => return Err(RelayEnd::Shutdown),
             }
             if inbox.capacity() - inbox.len() < 1024 {
                 inbox.reserve(16 * 1024);
@@ -338,13 +355,17 @@ impl Session {
             _ => None,
         };
         if let Some(error) = to_client {
+            crate::metrics::record_error(&self.listener.config.name, error.code.code());
             refuse(socket, &error).await;
         }
     }
 
     fn log_end(&self, end: &SessionEnd) {
         let reason = match end {
-            SessionEnd::Refused(error) => format!("refused: {error}"),
+            SessionEnd::Refused(error) => {
+                crate::metrics::record_error(&self.listener.config.name, error.code.code());
+                format!("refused: {error}")
+            }
             SessionEnd::Relay(RelayEnd::ClientTerminated) => "client terminated".into(),
             SessionEnd::Relay(RelayEnd::ClientGone(None)) => "client disconnected".into(),
             SessionEnd::Relay(RelayEnd::ClientGone(Some(e))) => {

@@ -2,12 +2,18 @@
 //! unchanged. Each direction runs on its own so neither can block the other; framing
 //! is tracked as the bytes pass ([`FrameScanner`]) to enforce the client message size
 //! limit, spot Terminate, and follow the transaction status in ReadyForQuery. Nothing
-//! that is only forwarded is decoded or copied into another buffer.
+//! that is only forwarded is decoded or copied into another buffer. A draining proxy
+//! ends the relay once the server is idle with nothing owed (the client's current
+//! transaction has finished).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Instant;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
+use crate::metrics::ListenerMetrics;
 use crate::protocol::frame::{FrameError, FrameScanner};
 
 /// Read buffer per direction; reads larger than this just take another round.
@@ -54,14 +60,72 @@ impl RelayStats {
     }
 }
 
+/// What the relay needs besides the two connections.
+pub struct RelaySettings<'a> {
+    pub max_message_size: usize,
+    pub shutdown: &'a CancellationToken,
+    pub draining: &'a CancellationToken,
+    pub metrics: &'a ListenerMetrics,
+}
+
+/// Progress both directions see: requests sent and answered, and when the current
+/// transaction started (for its duration and for draining at its end).
+struct Progress {
+    requests: AtomicU64,
+    ready: AtomicU64,
+    idle: AtomicBool,
+    busy_since_micros: AtomicU64,
+    origin: Instant,
+}
+
+impl Progress {
+    fn new() -> Progress {
+        Progress {
+            requests: AtomicU64::new(0),
+            ready: AtomicU64::new(0),
+            idle: AtomicBool::new(true),
+            busy_since_micros: AtomicU64::new(0),
+            origin: Instant::now(),
+        }
+    }
+
+    fn micros(&self) -> u64 {
+        self.origin.elapsed().as_micros() as u64
+    }
+
+    /// The client sent requests: a transaction starts if none was running.
+    fn sent(&self, requests: u64) {
+        self.requests.fetch_add(requests, Ordering::Relaxed);
+        if self.idle.swap(false, Ordering::Relaxed) {
+            self.busy_since_micros
+                .store(self.micros(), Ordering::Relaxed);
+        }
+    }
+
+    /// A ReadyForQuery arrived. Returns the transaction's duration when it ended one.
+    fn answered(&self, status: u8) -> Option<f64> {
+        self.ready.fetch_add(1, Ordering::Relaxed);
+        if status != b'I' || self.idle.swap(true, Ordering::Relaxed) {
+            return None;
+        }
+        let started = self.busy_since_micros.load(Ordering::Relaxed);
+        Some(self.micros().saturating_sub(started) as f64 / 1e6)
+    }
+
+    /// Nothing is owed and no transaction is open.
+    fn settled(&self) -> bool {
+        self.idle.load(Ordering::Relaxed)
+            && self.requests.load(Ordering::Relaxed) == self.ready.load(Ordering::Relaxed)
+    }
+}
+
 /// Relays until either side stops. `pending` holds client bytes already read (the
 /// start of the first request) that go to the server first.
 pub async fn relay<CR, CW, SR, SW>(
     client: (&mut CR, &mut CW),
     server: (&mut SR, &mut SW),
     pending: BytesMut,
-    max_message_size: usize,
-    shutdown: &CancellationToken,
+    settings: &RelaySettings<'_>,
     stats: &mut RelayStats,
 ) -> RelayEnd
 where
@@ -77,10 +141,12 @@ where
         status: b'I',
         ..Direction::default()
     };
+    let progress = Progress::new();
     let end = tokio::select! {
-        end = client_to_server(client_reader, server_writer, pending, max_message_size, &mut upstream) => end,
-        end = server_to_client(server_reader, client_writer, &mut downstream) => end,
-        _ = shutdown.cancelled() => RelayEnd::Shutdown,
+        end = client_to_server(client_reader, server_writer, pending, settings, &progress, &mut upstream) => end,
+        end = server_to_client(server_reader, client_writer, settings, &progress, &mut downstream) => end,
+        _ = settings.shutdown.cancelled() => RelayEnd::Shutdown,
+        _ = drained(settings.draining, &progress) => RelayEnd::Shutdown,
     };
     stats.client_bytes += upstream.bytes;
     stats.server_bytes += downstream.bytes;
@@ -89,6 +155,15 @@ where
     stats.ready += downstream.messages;
     stats.client_at_boundary = upstream.at_boundary;
     end
+}
+
+/// Resolves when draining starts while the session is between transactions; a
+/// session inside one is ended by the server direction when it finishes.
+async fn drained(draining: &CancellationToken, progress: &Progress) {
+    draining.cancelled().await;
+    if !progress.settled() {
+        std::future::pending::<()>().await;
+    }
 }
 
 /// Counters one direction keeps.
@@ -112,6 +187,8 @@ struct ClientWatch {
     terminate_at: Option<usize>,
     /// Requests answered by a ReadyForQuery (Query, Sync, FunctionCall).
     requests: u64,
+    /// Simple queries and Executes.
+    queries: u64,
 }
 
 impl crate::protocol::frame::FrameVisitor for ClientWatch {
@@ -122,8 +199,17 @@ impl crate::protocol::frame::FrameVisitor for ClientWatch {
     }
 
     fn end(&mut self, frame: crate::protocol::frame::Frame<'_>) {
-        if self.terminate_at.is_none() && matches!(frame.tag, b'Q' | b'S' | b'F') {
-            self.requests += 1;
+        if self.terminate_at.is_some() {
+            return;
+        }
+        match frame.tag {
+            b'Q' => {
+                self.requests += 1;
+                self.queries += 1;
+            }
+            b'S' | b'F' => self.requests += 1,
+            b'E' => self.queries += 1,
+            _ => {}
         }
     }
 }
@@ -132,22 +218,25 @@ fn never_capture(_: u8) -> bool {
     false
 }
 
-fn capture_ready_for_query(tag: u8) -> bool {
-    tag == b'Z'
+/// ReadyForQuery for the transaction status; ErrorResponse for its SQLSTATE class
+/// (metrics). Both are small; everything else streams through uncaptured.
+fn capture_ready_and_errors(tag: u8) -> bool {
+    tag == b'Z' || tag == b'E'
 }
 
 async fn client_to_server<R, W>(
     reader: &mut R,
     writer: &mut W,
     pending: BytesMut,
-    max_message_size: usize,
+    settings: &RelaySettings<'_>,
+    progress: &Progress,
     counters: &mut Direction,
 ) -> RelayEnd
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut scanner = FrameScanner::new(max_message_size, never_capture);
+    let mut scanner = FrameScanner::new(settings.max_message_size, never_capture);
     let mut buffer = pending;
     buffer.reserve(BUFFER_SIZE);
     loop {
@@ -164,12 +253,19 @@ where
             return RelayEnd::ClientProtocol(e);
         }
         counters.messages += watch.requests;
+        if watch.requests > 0 {
+            progress.sent(watch.requests);
+        }
+        if watch.queries > 0 {
+            settings.metrics.queries.increment(watch.queries);
+        }
         let terminate_at = watch.terminate_at;
         let upto = terminate_at.unwrap_or(buffer.len());
         if let Err(e) = writer.write_all(&buffer[..upto]).await {
             return server_gone(Some(e), false);
         }
         counters.bytes += upto as u64;
+        settings.metrics.received_bytes.increment(upto as u64);
         if terminate_at.is_some() {
             counters.at_boundary = true;
             return RelayEnd::ClientTerminated;
@@ -181,6 +277,8 @@ where
 async fn server_to_client<R, W>(
     reader: &mut R,
     writer: &mut W,
+    settings: &RelaySettings<'_>,
+    progress: &Progress,
     counters: &mut Direction,
 ) -> RelayEnd
 where
@@ -189,9 +287,10 @@ where
 {
     // Server messages are not size-limited: a DataRow may be up to 1 GB and is
     // streamed through, never held whole.
-    let mut scanner = FrameScanner::new(u32::MAX as usize, capture_ready_for_query);
+    let mut scanner = FrameScanner::new(u32::MAX as usize, capture_ready_and_errors);
     let mut buffer = BytesMut::with_capacity(BUFFER_SIZE);
     let mut last_was_error = false;
+    let metrics = settings.metrics;
     loop {
         match reader.read_buf(&mut buffer).await {
             Ok(0) => return server_gone(None, last_was_error),
@@ -200,11 +299,21 @@ where
         }
         let scanned = scanner.scan(&buffer, |frame| {
             last_was_error = frame.tag == b'E';
-            if frame.tag == b'Z' {
-                counters.messages += 1;
-                if let Some(&s) = frame.body.first() {
-                    counters.status = s;
+            match frame.tag {
+                b'Z' => {
+                    counters.messages += 1;
+                    let status = frame.body.first().copied().unwrap_or(b'I');
+                    counters.status = status;
+                    if let Some(took) = progress.answered(status) {
+                        metrics.transactions.increment(1);
+                        metrics.transaction_duration.record(took);
+                    }
                 }
+                b'E' => {
+                    let code = crate::protocol::backend::parse_error_fields(frame.body).code;
+                    crate::metrics::record_error(metrics.listener(), &code);
+                }
+                _ => {}
             }
         });
         if let Err(e) = scanned {
@@ -215,7 +324,11 @@ where
             return RelayEnd::ClientGone(Some(e));
         }
         counters.bytes += buffer.len() as u64;
+        metrics.sent_bytes.increment(buffer.len() as u64);
         buffer.clear();
+        if settings.draining.is_cancelled() && progress.settled() && scanner.at_boundary() {
+            return RelayEnd::Shutdown;
+        }
     }
 }
 
@@ -244,12 +357,19 @@ mod tests {
             let (mut sr, mut sw) = tokio::io::split(server_proxy);
             let mut stats = RelayStats::default();
             let shutdown = CancellationToken::new();
+            let draining = CancellationToken::new();
+            let metrics = ListenerMetrics::new("test");
+            let settings = RelaySettings {
+                max_message_size: 1024,
+                shutdown: &shutdown,
+                draining: &draining,
+                metrics: &metrics,
+            };
             let end = relay(
                 (&mut cr, &mut cw),
                 (&mut sr, &mut sw),
                 BytesMut::new(),
-                1024,
-                &shutdown,
+                &settings,
                 &mut stats,
             )
             .await;

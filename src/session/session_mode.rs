@@ -32,16 +32,20 @@ pub(super) async fn run(
         },
     };
     registration.set_target(Some(server.cancel_target()));
-    let max_message = session.ctx.config.client.max_message_size.0 as usize;
     let end = {
         let (mut client_reader, mut client_writer) = socket.split();
         let (mut server_reader, mut server_writer) = server.stream.split();
+        let settings = relay::RelaySettings {
+            max_message_size: session.config.client.max_message_size.0 as usize,
+            shutdown: &session.ctx.shutdown,
+            draining: &session.ctx.draining,
+            metrics: &session.listener.counters.metrics,
+        };
         relay::relay(
             (&mut client_reader, &mut client_writer),
             (&mut server_reader, &mut server_writer),
             pending,
-            max_message,
-            &session.ctx.shutdown,
+            &settings,
             &mut session.stats,
         )
         .await

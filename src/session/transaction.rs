@@ -96,12 +96,19 @@ pub(super) async fn run(
             return SessionEnd::Relay(RelayEnd::ClientGone(None));
         }
         registration.set_target(Some(server.cancel_target()));
+        let attached_at = std::time::Instant::now();
         let detach = attach(session, socket, &mut server, &mut inbox, &mut buffers).await;
         registration.set_target(None);
+        session.mark_idle();
         let ledger = &buffers.ledger;
         let end = match detach {
             Detach::Released => {
                 session.transactions += 1;
+                let metrics = &session.listener.counters.metrics;
+                metrics.transactions.increment(1);
+                metrics
+                    .transaction_duration
+                    .record(attached_at.elapsed().as_secs_f64());
                 retries = 0;
                 if ledger.unsolicited {
                     drop(server);
@@ -173,7 +180,7 @@ async fn release(mut server: PooledServer, ledger: &Ledger) {
 /// `-M prepared` with fewer servers than clients) from waiting on each other.
 fn answer_without_server(session: &mut Session, inbox: &mut BytesMut) -> Option<BytesMut> {
     let pool = Arc::clone(&session.binding.as_ref()?.pool);
-    let max_message = session.ctx.config.client.max_message_size.0 as usize;
+    let max_message = session.config.client.max_message_size.0 as usize;
     let mut end = 0;
     loop {
         let len = complete_message_len(&inbox[end..], max_message).ok()??;
@@ -246,8 +253,8 @@ async fn attach(
     inbox: &mut BytesMut,
     buffers: &mut Buffers,
 ) -> Detach {
-    let max_message = session.ctx.config.client.max_message_size.0 as usize;
-    let max_prepared = session.ctx.config.pool.max_prepared_statements as usize;
+    let max_message = session.config.client.max_message_size.0 as usize;
+    let max_prepared = session.config.pool.max_prepared_statements as usize;
     let pool = Arc::clone(server.pool());
     let connection = &mut **server;
     let Buffers {
@@ -267,6 +274,7 @@ async fn attach(
         server: &mut connection.statements,
     });
     let wake = Notify::new();
+    let (mut received, mut queries, mut sent) = (0u64, 0u64, 0u64);
     let (mut client_reader, mut client_writer) = socket.split();
     let (mut server_reader, mut server_writer) = connection.stream.split();
     let upstream = async {
@@ -292,6 +300,8 @@ async fn attach(
                 Ok(t) => t,
                 Err(e) => return RelayEnd::ClientProtocol(e),
             };
+            received += translated.bytes;
+            queries += translated.queries;
             if owes_now {
                 // Replies the proxy makes up with nothing before them from the
                 // server: the other direction sends them now.
@@ -385,8 +395,9 @@ async fn attach(
                 }
                 state.ledger.is_idle() && scanner.at_boundary()
             };
-            if let Err(e) = write_segments(&mut client_writer, buffer, segments).await {
-                return Err(Detach::End(RelayEnd::ClientGone(Some(e))));
+            match write_segments(&mut client_writer, buffer, segments).await {
+                Ok(written) => sent += written as u64,
+                Err(e) => return Err(Detach::End(RelayEnd::ClientGone(Some(e)))),
             }
             segments.clear();
             buffer.clear();
@@ -404,6 +415,12 @@ async fn attach(
         _ = session.ctx.shutdown.cancelled() => Detach::End(RelayEnd::Shutdown),
     };
     let _ = shared.into_inner();
+    session.stats.client_bytes += received;
+    session.stats.server_bytes += sent;
+    let metrics = &session.listener.counters.metrics;
+    metrics.received_bytes.increment(received);
+    metrics.sent_bytes.increment(sent);
+    metrics.queries.increment(queries);
     apply_events(session, connection, &pool, events.drain(..));
     detach
 }
@@ -485,18 +502,25 @@ fn apply_events(
                 change.apply_to_server(&mut connection.applied);
             }
             Event::Prepared(def) => pool.remember_statement(&def),
+            Event::Error(code) => {
+                crate::metrics::record_error(&session.listener.config.name, &code)
+            }
         }
     }
 }
 
+/// Writes the segments to the client; returns how many bytes that was.
 async fn write_segments<W: tokio::io::AsyncWrite + Unpin>(
     writer: &mut W,
     chunk: &[u8],
     segments: &[Segment],
-) -> std::io::Result<()> {
+) -> std::io::Result<usize> {
     match segments {
-        [] => Ok(()),
-        [Segment::Forward(start, end)] => writer.write_all(&chunk[*start..*end]).await,
+        [] => Ok(0),
+        [Segment::Forward(start, end)] => {
+            writer.write_all(&chunk[*start..*end]).await?;
+            Ok(end - start)
+        }
         _ => {
             let mut out = BytesMut::new();
             for segment in segments {
@@ -505,7 +529,8 @@ async fn write_segments<W: tokio::io::AsyncWrite + Unpin>(
                     Segment::Insert(bytes) => out.extend_from_slice(bytes),
                 }
             }
-            writer.write_all(&out).await
+            writer.write_all(&out).await?;
+            Ok(out.len())
         }
     }
 }

@@ -19,6 +19,10 @@ use crate::protocol::startup::split_cstr;
 pub struct Translated {
     /// The client sent Terminate: stop after writing `out`.
     pub terminate: bool,
+    /// Client bytes consumed (whole messages, Terminate excluded).
+    pub bytes: u64,
+    /// Simple queries and Executes among them.
+    pub queries: u64,
 }
 
 pub struct Translator<'a> {
@@ -68,6 +72,8 @@ impl Translator<'_> {
                 result.terminate = true;
                 break;
             }
+            result.bytes += len as u64;
+            result.queries += u64::from(matches!(tag, b'Q' | b'E'));
             self.translate(tag, &message, out, batch_start);
         }
         if inbox.is_empty() && inbox.capacity() > 64 * 1024 {

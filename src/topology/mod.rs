@@ -6,6 +6,7 @@
 pub mod health;
 pub mod monitor;
 pub mod patroni;
+pub mod reconfigure;
 pub mod snapshot;
 
 use std::sync::Arc;

@@ -30,6 +30,7 @@ pub fn initial_nodes(cluster: &ClusterConfig) -> Vec<NodeState> {
             timeline: None,
             last_check: None,
             last_error: None,
+            sessions: Default::default(),
         })
         .collect()
 }
@@ -58,6 +59,16 @@ pub async fn run(cluster: ClusterConfig, handle: Arc<TopologyHandle>, shutdown: 
         let now = SystemTime::now();
         let next = apply_round(&previous, &probes, &cluster.health, now);
         log_changes(&previous, &next, primary_lost_at);
+        let new_primary = next.primary_node().map(|i| &next.nodes[i].name);
+        // The first primary found at startup is not a change.
+        let known_before = previous.primary != PrimaryState::Unknown;
+        if known_before
+            && new_primary.is_some()
+            && previous.primary_node().map(|i| &previous.nodes[i].name) != new_primary
+        {
+            let without_primary = primary_lost_at.and_then(|lost| now.duration_since(lost).ok());
+            crate::metrics::record_primary_change(without_primary);
+        }
         match (previous.primary_node(), next.primary_node()) {
             (Some(_), None) => primary_lost_at = Some(now),
             (_, Some(_)) => primary_lost_at = None,

@@ -1,6 +1,8 @@
 //! The immutable topology snapshot sessions route by, and the pure rule that picks
 //! the primary from the nodes' health, refusing to guess when two nodes claim it.
 
+use std::sync::atomic::AtomicU32;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use serde::Serialize;
@@ -21,6 +23,10 @@ pub struct NodeState {
     #[serde(serialize_with = "serialize_time")]
     pub last_check: Option<SystemTime>,
     pub last_error: Option<String>,
+    /// Sessions bound to this node now (least-connections routing). Shared by every
+    /// snapshot of the node, and carried over a reload while the node stays the same.
+    #[serde(skip)]
+    pub sessions: Arc<AtomicU32>,
 }
 
 impl NodeState {
@@ -172,6 +178,7 @@ mod tests {
             timeline,
             last_check: None,
             last_error: None,
+            sessions: Default::default(),
         };
         let check = |yes| if yes { Check::Yes } else { Check::No(503) };
         state.primary.observe(&check(primary), 2, 3);

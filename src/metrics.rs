@@ -1,0 +1,239 @@
+//! Prometheus metrics (the `metrics` crate with its Prometheus exporter), served by
+//! the admin listener at `GET /metrics`. Counters and histograms on the data path
+//! are handles created once per listener, so relaying pays an atomic add, never a
+//! registry lookup. Gauges (connections, pools, topology) are read from the live
+//! state at scrape time instead of being maintained on every change.
+
+use std::sync::atomic::Ordering;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics::{Counter, Histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_util::MetricKindMask;
+
+use crate::proxy::ProxyContext;
+use crate::topology::PrimaryState;
+
+/// Bucket bounds for every `_seconds` histogram: sub-millisecond relays up to
+/// failovers lasting tens of seconds.
+const SECONDS_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0,
+];
+
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Installs the process-wide recorder once. Several proxies in one process (tests)
+/// share it.
+pub fn install() {
+    HANDLE.get_or_init(|| {
+        let builder = PrometheusBuilder::new()
+            // Label sets that stop being set (a removed node, pool or listener)
+            // leave the output instead of showing their last value forever.
+            .idle_timeout(MetricKindMask::GAUGE, Some(Duration::from_secs(120)))
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS_BUCKETS);
+        let builder = match builder {
+            Ok(builder) => builder,
+            Err(e) => {
+                tracing::error!(error = %e, "metrics: invalid histogram buckets; metrics disabled");
+                return None;
+            }
+        };
+        let recorder = builder.build_recorder();
+        let handle = recorder.handle();
+        match metrics::set_global_recorder(recorder) {
+            Ok(()) => Some(handle),
+            Err(e) => {
+                tracing::error!(error = %e, "metrics: cannot install the recorder; metrics disabled");
+                None
+            }
+        }
+    });
+}
+
+/// Drains histogram samples into their buckets now and then, so memory stays
+/// bounded when nobody scrapes.
+pub async fn upkeep(shutdown: tokio_util::sync::CancellationToken) {
+    let mut ticker = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = shutdown.cancelled() => return,
+        }
+        if let Some(Some(handle)) = HANDLE.get() {
+            handle.run_upkeep();
+        }
+    }
+}
+
+/// Data-path figures of one listener.
+pub struct ListenerMetrics {
+    listener: String,
+    pub transactions: Counter,
+    pub queries: Counter,
+    /// Bytes read from clients.
+    pub received_bytes: Counter,
+    /// Bytes written to clients.
+    pub sent_bytes: Counter,
+    pub checkout_wait: Histogram,
+    pub transaction_duration: Histogram,
+}
+
+impl ListenerMetrics {
+    pub fn new(listener: &str) -> ListenerMetrics {
+        let label = || ("listener", listener.to_string());
+        ListenerMetrics {
+            listener: listener.to_string(),
+            transactions: metrics::counter!("switchyard_transactions_total", &[label()]),
+            queries: metrics::counter!("switchyard_queries_total", &[label()]),
+            received_bytes: metrics::counter!("switchyard_client_received_bytes_total", &[label()]),
+            sent_bytes: metrics::counter!("switchyard_client_sent_bytes_total", &[label()]),
+            checkout_wait: metrics::histogram!("switchyard_checkout_wait_seconds", &[label()]),
+            transaction_duration: metrics::histogram!(
+                "switchyard_transaction_duration_seconds",
+                &[label()]
+            ),
+        }
+    }
+}
+
+impl ListenerMetrics {
+    pub fn listener(&self) -> &str {
+        &self.listener
+    }
+}
+
+/// Counts an ErrorResponse sent to a client (from a server or from the proxy) by
+/// its SQLSTATE class. Errors are rare, so the lookup by labels is fine here.
+pub fn record_error(listener: &str, sqlstate: &str) {
+    let class: String = sqlstate.chars().take(2).collect();
+    if class.len() == 2 {
+        metrics::counter!("switchyard_errors_total", "listener" => listener.to_string(), "class" => class)
+            .increment(1);
+    }
+}
+
+/// Counts a change of primary, and how long writes had none before it.
+pub fn record_primary_change(without_primary: Option<Duration>) {
+    metrics::counter!("switchyard_primary_changes_total").increment(1);
+    if let Some(gap) = without_primary {
+        metrics::histogram!("switchyard_failover_duration_seconds").record(gap.as_secs_f64());
+    }
+}
+
+/// One health check of one node.
+pub fn record_health_check(node: &str, took: Duration, failed: bool) {
+    metrics::histogram!("switchyard_health_check_duration_seconds", "node" => node.to_string())
+        .record(took.as_secs_f64());
+    let failures =
+        metrics::counter!("switchyard_health_check_failures_total", "node" => node.to_string());
+    // Registered at zero so rate() works before the first failure.
+    failures.increment(u64::from(failed));
+}
+
+/// The Prometheus text exposition, or None when metrics are disabled.
+pub fn render(ctx: &ProxyContext) -> Option<String> {
+    let handle = HANDLE.get()?.as_ref()?;
+    set_gauges(ctx);
+    Some(handle.render())
+}
+
+fn gauge(name: &'static str, labels: &[(&'static str, String)], value: f64) {
+    metrics::gauge!(name, labels).set(value);
+}
+
+fn set_gauges(ctx: &ProxyContext) {
+    for listener in ctx.listeners.load().iter() {
+        let counters = &listener.counters;
+        let clients = counters.clients.load(Ordering::Relaxed);
+        let active = counters.active.load(Ordering::Relaxed);
+        let waiting = counters.waiting.load(Ordering::Relaxed);
+        let idle = clients.saturating_sub(active + waiting);
+        for (state, value) in [("idle", idle), ("active", active), ("waiting", waiting)] {
+            gauge(
+                "switchyard_client_connections",
+                &[
+                    ("listener", listener.config.name.clone()),
+                    ("state", state.to_string()),
+                ],
+                value as f64,
+            );
+        }
+    }
+    gauge(
+        "switchyard_held_clients",
+        &[],
+        ctx.held_clients.load(Ordering::Relaxed) as f64,
+    );
+    for pool in ctx.pools.stats() {
+        let labels = |extra: Option<&str>| {
+            let mut labels = vec![
+                ("node", pool.node.clone()),
+                ("database", pool.database.clone()),
+                ("user", pool.user.clone()),
+            ];
+            if let Some(state) = extra {
+                labels.push(("state", state.to_string()));
+            }
+            labels
+        };
+        gauge(
+            "switchyard_server_connections",
+            &labels(Some("idle")),
+            pool.idle as f64,
+        );
+        gauge(
+            "switchyard_server_connections",
+            &labels(Some("active")),
+            pool.in_use as f64,
+        );
+        gauge("switchyard_pool_size", &labels(None), pool.size as f64);
+        gauge(
+            "switchyard_pool_waiting_clients",
+            &labels(None),
+            pool.waiting as f64,
+        );
+    }
+    let topology = ctx.topology.load();
+    for node in &topology.nodes {
+        let role = node.role();
+        for candidate in ["primary", "replica", "unavailable"] {
+            gauge(
+                "switchyard_node_role",
+                &[("node", node.name.clone()), ("role", candidate.to_string())],
+                f64::from(u8::from(role == candidate)),
+            );
+        }
+    }
+    gauge(
+        "switchyard_primary_available",
+        &[],
+        f64::from(u8::from(topology.primary_node().is_some())),
+    );
+    gauge(
+        "switchyard_split_brain",
+        &[],
+        f64::from(u8::from(matches!(
+            topology.primary,
+            PrimaryState::SplitBrain { .. }
+        ))),
+    );
+    gauge(
+        "switchyard_config_last_reload_successful",
+        &[],
+        f64::from(u8::from(
+            ctx.reload_status.last_succeeded.load(Ordering::Relaxed),
+        )),
+    );
+    gauge(
+        "switchyard_shutting_down",
+        &[],
+        f64::from(u8::from(ctx.draining.is_cancelled())),
+    );
+    gauge(
+        "switchyard_build_info",
+        &[("version", env!("CARGO_PKG_VERSION").to_string())],
+        1.0,
+    );
+}

@@ -1,0 +1,382 @@
+//! Configuration reload (SIGHUP or `POST /reload`): re-read the file, and only if it
+//! is valid and every new listener can be bound, apply it whole. Users, pool
+//! settings and the cluster's nodes and health settings change in place; listeners
+//! are added, changed or closed. Sessions already running keep the settings they
+//! started with and are never dropped; a closed listener's clients stay until they
+//! leave. An invalid file changes nothing and says why.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{Config, ListenerConfig};
+use crate::proxy::{self, ListenerCounters, ListenerState, ProxyContext};
+use crate::topology::{monitor, reconfigure};
+
+/// What a reload did (a summary line) or why it did nothing.
+pub type ReloadOutcome = Result<String, String>;
+
+/// Reload history, for /status and metrics.
+pub struct ReloadStatus {
+    pub successes: AtomicU64,
+    pub failures: AtomicU64,
+    pub last_succeeded: AtomicBool,
+    pub last_error: Mutex<Option<String>>,
+}
+
+impl Default for ReloadStatus {
+    fn default() -> Self {
+        ReloadStatus {
+            successes: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            last_succeeded: AtomicBool::new(true),
+            last_error: Mutex::new(None),
+        }
+    }
+}
+
+impl ReloadStatus {
+    fn record(&self, outcome: &ReloadOutcome) {
+        let result = match outcome {
+            Ok(_) => {
+                self.successes.fetch_add(1, Ordering::Relaxed);
+                self.last_succeeded.store(true, Ordering::Relaxed);
+                "success"
+            }
+            Err(e) => {
+                self.failures.fetch_add(1, Ordering::Relaxed);
+                self.last_succeeded.store(false, Ordering::Relaxed);
+                *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.clone());
+                "failure"
+            }
+        };
+        metrics::counter!("switchyard_config_reloads_total", "result" => result).increment(1);
+    }
+
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+/// One open listener: the socket lives in its accept loop task.
+struct ListenerSlot {
+    config: ListenerConfig,
+    state: Arc<ArcSwap<ListenerState>>,
+    stop: CancellationToken,
+}
+
+/// Owns what a reload changes besides the context: the listener slots and the
+/// topology monitor. Requests are served one at a time.
+pub struct Reloader {
+    ctx: Arc<ProxyContext>,
+    tasks: TaskTracker,
+    source: Option<PathBuf>,
+    slots: Vec<ListenerSlot>,
+    monitor: CancellationToken,
+}
+
+/// Serves reload requests until the proxy stops.
+pub async fn serve(
+    mut reloader: Reloader,
+    mut requests: mpsc::Receiver<oneshot::Sender<ReloadOutcome>>,
+) {
+    loop {
+        let reply = tokio::select! {
+            request = requests.recv() => match request {
+                Some(reply) => reply,
+                None => return,
+            },
+            _ = reloader.ctx.shutdown.cancelled() => return,
+        };
+        let outcome = reloader.reload().await;
+        match &outcome {
+            Ok(summary) => tracing::info!("configuration reloaded: {summary}"),
+            Err(reason) => {
+                tracing::error!("configuration NOT reloaded, the running one stays: {reason}")
+            }
+        }
+        reloader.ctx.reload_status.record(&outcome);
+        let _ = reply.send(outcome);
+    }
+}
+
+impl Reloader {
+    pub fn new(
+        ctx: Arc<ProxyContext>,
+        tasks: TaskTracker,
+        source: Option<PathBuf>,
+        monitor: CancellationToken,
+    ) -> Reloader {
+        Reloader {
+            ctx,
+            tasks,
+            source,
+            slots: Vec::new(),
+            monitor,
+        }
+    }
+
+    /// Starts accepting on a bound socket. `counters` carries a listener's figures
+    /// over when it is re-created under the same name.
+    pub fn open_listener(
+        &mut self,
+        socket: TcpListener,
+        config: ListenerConfig,
+        counters: Option<Arc<ListenerCounters>>,
+    ) {
+        let local_addr = socket.local_addr().unwrap_or(config.listen);
+        let state = Arc::new(ArcSwap::from_pointee(ListenerState {
+            counters: counters.unwrap_or_else(|| Arc::new(ListenerCounters::new(&config.name))),
+            config: config.clone(),
+            local_addr,
+        }));
+        tracing::info!(listener = %config.name, address = %local_addr, route = ?config.route, "listening");
+        let stop = self.ctx.shutdown.child_token();
+        proxy::spawn_accept_loop(
+            socket,
+            Arc::clone(&state),
+            stop.clone(),
+            Arc::clone(&self.ctx),
+            &self.tasks,
+        );
+        self.slots.push(ListenerSlot {
+            config,
+            state,
+            stop,
+        });
+        self.publish_listeners();
+    }
+
+    fn publish_listeners(&self) {
+        let states = self.slots.iter().map(|s| s.state.load_full()).collect();
+        self.ctx.listeners.store(Arc::new(states));
+    }
+
+    async fn reload(&mut self) -> ReloadOutcome {
+        let Some(path) = self.source.clone() else {
+            return Err("this instance was started without a config file".into());
+        };
+        let config = Config::load(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        if self.ctx.draining.is_cancelled() {
+            return Err("the proxy is shutting down".into());
+        }
+        // Every new socket first: a listener that cannot be bound fails the whole
+        // reload before anything changed.
+        let mut bound = HashMap::new();
+        for listener in &config.listeners {
+            let kept = self
+                .slots
+                .iter()
+                .any(|s| s.config.name == listener.name && s.config.listen == listener.listen);
+            if !kept {
+                let socket = proxy::bind_listener(listener)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                bound.insert(listener.name.clone(), socket);
+            }
+        }
+        let old = self.ctx.config();
+        let mut changes = describe_changes(&old, &config);
+        let config = Arc::new(config);
+        self.ctx.set_config(Arc::clone(&config));
+        self.ctx
+            .pools
+            .reconfigure(proxy::pool_settings(&config), &self.ctx.users());
+        if cluster_changed(&old, &config) {
+            self.restart_monitor(&config);
+        }
+        self.apply_listeners(&config, bound);
+        if old.admin.listen != config.admin.listen {
+            changes.push(format!(
+                "admin.listen stays {} until a restart",
+                old.admin.listen
+            ));
+            tracing::warn!(
+                "admin.listen changed to {}; it takes effect at the next restart",
+                config.admin.listen
+            );
+        }
+        if changes.is_empty() {
+            changes.push("no changes".into());
+        }
+        Ok(changes.join("; "))
+    }
+
+    fn restart_monitor(&mut self, config: &Config) {
+        self.monitor.cancel();
+        let fresh = monitor::initial_nodes(&config.cluster);
+        let topology = &self.ctx.topology;
+        topology.publish(reconfigure::carry_over(
+            &topology.load(),
+            fresh,
+            SystemTime::now(),
+        ));
+        self.monitor = self.ctx.shutdown.child_token();
+        self.tasks.spawn(monitor::run(
+            config.cluster.clone(),
+            Arc::clone(topology),
+            self.monitor.clone(),
+        ));
+    }
+
+    fn apply_listeners(&mut self, config: &Config, mut bound: HashMap<String, TcpListener>) {
+        let old_slots = std::mem::take(&mut self.slots);
+        let mut counters_by_name = HashMap::new();
+        for slot in old_slots {
+            let keep = config
+                .listeners
+                .iter()
+                .find(|l| l.name == slot.config.name && l.listen == slot.config.listen);
+            match keep {
+                Some(listener) => {
+                    // Same socket; new sessions get the new settings.
+                    let current = slot.state.load_full();
+                    slot.state.store(Arc::new(ListenerState {
+                        config: listener.clone(),
+                        local_addr: current.local_addr,
+                        counters: Arc::clone(&current.counters),
+                    }));
+                    self.slots.push(ListenerSlot {
+                        config: listener.clone(),
+                        state: slot.state,
+                        stop: slot.stop,
+                    });
+                }
+                None => {
+                    tracing::info!(listener = %slot.config.name, "listener removed by reload; its clients stay until they leave");
+                    counters_by_name.insert(
+                        slot.config.name.clone(),
+                        Arc::clone(&slot.state.load().counters),
+                    );
+                    slot.stop.cancel();
+                }
+            }
+        }
+        for listener in &config.listeners {
+            if let Some(socket) = bound.remove(&listener.name) {
+                let counters = counters_by_name.remove(&listener.name);
+                self.open_listener(socket, listener.clone(), counters);
+            }
+        }
+        // Keep the configured order for /status.
+        self.slots.sort_by_key(|s| {
+            config
+                .listeners
+                .iter()
+                .position(|l| l.name == s.config.name)
+                .unwrap_or(usize::MAX)
+        });
+        self.publish_listeners();
+    }
+}
+
+fn cluster_changed(old: &Config, new: &Config) -> bool {
+    serde_json::to_value(&old.cluster).ok() != serde_json::to_value(&new.cluster).ok()
+}
+
+/// One phrase per kind of change, for the reload log line.
+fn describe_changes(old: &Config, new: &Config) -> Vec<String> {
+    let mut changes = Vec::new();
+    let names = |c: &Config| -> Vec<String> { c.users.iter().map(|u| u.name.clone()).collect() };
+    let (old_users, new_users) = (names(old), names(new));
+    let added: Vec<&String> = new_users
+        .iter()
+        .filter(|u| !old_users.contains(u))
+        .collect();
+    let removed: Vec<&String> = old_users
+        .iter()
+        .filter(|u| !new_users.contains(u))
+        .collect();
+    let changed: Vec<&str> = new
+        .users
+        .iter()
+        .filter(|u| {
+            old.user(&u.name)
+                .is_some_and(|o| o.password != u.password || o.auth != u.auth)
+        })
+        .map(|u| u.name.as_str())
+        .collect();
+    if !added.is_empty() {
+        changes.push(format!("users added: {}", join(&added)));
+    }
+    if !removed.is_empty() {
+        changes.push(format!("users removed: {}", join(&removed)));
+    }
+    if !changed.is_empty() {
+        changes.push(format!("users changed: {}", changed.join(", ")));
+    }
+    if serde_json::to_value(&old.pool).ok() != serde_json::to_value(&new.pool).ok() {
+        changes.push(format!(
+            "pool settings changed (size {} -> {})",
+            old.pool.size, new.pool.size
+        ));
+    }
+    let node_names =
+        |c: &Config| -> Vec<String> { c.cluster.nodes.iter().map(|n| n.name.clone()).collect() };
+    let (old_nodes, new_nodes) = (node_names(old), node_names(new));
+    let added: Vec<&String> = new_nodes
+        .iter()
+        .filter(|n| !old_nodes.contains(n))
+        .collect();
+    let removed: Vec<&String> = old_nodes
+        .iter()
+        .filter(|n| !new_nodes.contains(n))
+        .collect();
+    if !added.is_empty() {
+        changes.push(format!("nodes added: {}", join(&added)));
+    }
+    if !removed.is_empty() {
+        changes.push(format!("nodes removed: {}", join(&removed)));
+    }
+    if cluster_changed(old, new) && added.is_empty() && removed.is_empty() {
+        changes.push("cluster settings changed".into());
+    }
+    let listener_key = |l: &ListenerConfig| serde_json::to_value(l).ok();
+    let old_listeners: Vec<_> = old.listeners.iter().map(listener_key).collect();
+    let new_listeners: Vec<_> = new.listeners.iter().map(listener_key).collect();
+    if old_listeners != new_listeners {
+        let names: Vec<String> = new.listeners.iter().map(|l| l.name.clone()).collect();
+        changes.push(format!("listeners now: {}", names.join(", ")));
+    }
+    for (section, a, b) in [
+        (
+            "client",
+            serde_json::to_value(&old.client).ok(),
+            serde_json::to_value(&new.client).ok(),
+        ),
+        (
+            "server",
+            serde_json::to_value(&old.server).ok(),
+            serde_json::to_value(&new.server).ok(),
+        ),
+        (
+            "failover",
+            serde_json::to_value(&old.failover).ok(),
+            serde_json::to_value(&new.failover).ok(),
+        ),
+    ] {
+        if a != b {
+            changes.push(format!("{section} settings changed"));
+        }
+    }
+    changes
+}
+
+fn join(names: &[&String]) -> String {
+    names
+        .iter()
+        .map(|s| s.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
