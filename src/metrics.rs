@@ -206,6 +206,15 @@ fn set_gauges(ctx: &ProxyContext) {
             );
         }
     }
+    for node in &topology.nodes {
+        if let Some(lag) = node.lag_bytes {
+            gauge(
+                "switchyard_replica_lag_bytes",
+                &[("node", node.name.clone())],
+                lag as f64,
+            );
+        }
+    }
     gauge(
         "switchyard_primary_available",
         &[],

@@ -282,7 +282,10 @@ impl Reloader {
 }
 
 fn cluster_changed(old: &Config, new: &Config) -> bool {
+    // Secrets serialize redacted, so the probe password is compared on its own.
+    let probe_password = |c: &Config| c.cluster.probe.as_ref().map(|p| p.password.clone());
     serde_json::to_value(&old.cluster).ok() != serde_json::to_value(&new.cluster).ok()
+        || probe_password(old) != probe_password(new)
 }
 
 /// One phrase per kind of change, for the reload log line.

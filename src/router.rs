@@ -76,7 +76,7 @@ fn least_loaded(candidates: &[usize], sessions: &[u32], rotation: usize) -> Opti
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::topology::health::Check;
+    use crate::topology::health::{Check, Refusal};
     use crate::topology::snapshot::{resolve_primary, NodeState};
 
     /// Builds a topology from (primary, replica) flags per node.
@@ -88,15 +88,22 @@ mod tests {
                 let mut node = NodeState {
                     name: format!("n{i}"),
                     address: String::new(),
-                    api: String::new(),
+                    api: None,
                     primary: Default::default(),
                     replica: Default::default(),
                     timeline: Some(1),
+                    lag_bytes: None,
                     last_check: None,
                     last_error: None,
                     sessions: Default::default(),
                 };
-                let check = |yes| if yes { Check::Yes } else { Check::No(503) };
+                let check = |yes| {
+                    if yes {
+                        Check::Yes
+                    } else {
+                        Check::No(Refusal::Http(503))
+                    }
+                };
                 node.primary.observe(&check(p), 2, 3);
                 node.replica.observe(&check(r), 2, 3);
                 node

@@ -271,6 +271,18 @@ async fn lagging_replicas_leave_the_read_route_and_come_back() {
         },
     )
     .await;
+    let status: serde_json::Value =
+        serde_json::from_str(&admin_get(&lag_aware, "/status").await.1).expect("json");
+    assert_eq!(
+        status["nodes"][1]["lag_bytes"],
+        64u64 << 20,
+        "lag comes from the xlog positions in Patroni's answers"
+    );
+    assert_eq!(status["nodes"][2]["lag_bytes"], 0);
+    assert!(
+        status["nodes"][0]["lag_bytes"].is_null(),
+        "the primary has no lag"
+    );
     for _ in 0..4 {
         let reader = connect(ro, "app", "app_pw").await;
         assert_eq!(

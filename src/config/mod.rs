@@ -183,9 +183,27 @@ fn default_admin_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 8080))
 }
 
+/// Where node roles come from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Discovery {
+    /// Each node's Patroni REST API (`/primary`, `/replica`).
+    #[default]
+    Patroni,
+    /// Each PostgreSQL server itself, over a persistent connection
+    /// (`pg_is_in_recovery()`): for repmgr, pg_auto_failover or hand-run clusters.
+    Sql,
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterConfig {
+    /// `patroni` (the default) or `sql`.
+    #[serde(default)]
+    pub discovery: Discovery,
+    /// How the SQL probe logs in; required with `discovery: sql`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe: Option<ProbeConfig>,
     pub nodes: Vec<NodeConfig>,
     #[serde(default)]
     pub health: HealthConfig,
@@ -202,8 +220,10 @@ pub struct NodeConfig {
     pub host: String,
     #[serde(default = "default_pg_port")]
     pub port: u16,
-    /// Patroni REST API base URL, e.g. `http://10.0.0.3:8008`.
-    pub api: String,
+    /// Patroni REST API base URL, e.g. `http://10.0.0.3:8008`. Required with
+    /// `discovery: patroni`; allowed but unused with `discovery: sql`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api: Option<String>,
     /// Parsed form of `api`, filled in by validation.
     #[serde(skip)]
     pub api_endpoint: Option<ApiEndpoint>,
@@ -222,6 +242,22 @@ impl NodeConfig {
 
 fn default_pg_port() -> u16 {
     5432
+}
+
+/// The login the SQL probe uses on every node. It needs no privileges beyond
+/// logging in to `database`: the functions it calls are executable by everyone.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProbeConfig {
+    pub user: String,
+    /// `${VAR}` parts come from the environment, as for users' passwords.
+    pub password: Secret,
+    #[serde(default = "default_probe_database")]
+    pub database: String,
+}
+
+fn default_probe_database() -> String {
+    "postgres".into()
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

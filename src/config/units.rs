@@ -91,11 +91,13 @@ impl fmt::Display for ByteSize {
     }
 }
 
-/// A size as YAML gives it: a plain number of bytes or text with a unit.
+/// A size as YAML gives it: a plain number of bytes or text with a unit. A bare
+/// `off` reaches us as the boolean false (YAML 1.1 booleans), hence `Flag`.
 #[derive(Deserialize)]
 #[serde(untagged)]
 enum SizeInput {
     Number(u64),
+    Flag(bool),
     Text(String),
 }
 
@@ -103,6 +105,9 @@ impl<'de> Deserialize<'de> for ByteSize {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         match SizeInput::deserialize(deserializer)? {
             SizeInput::Number(n) => Ok(ByteSize(n)),
+            SizeInput::Flag(flag) => Err(de::Error::custom(format!(
+                "expected a size like 8kB or 64MB, found {flag}"
+            ))),
             SizeInput::Text(text) => ByteSize::parse(&text).map_err(de::Error::custom),
         }
     }
@@ -122,6 +127,8 @@ impl<'de> Deserialize<'de> for MaxLag {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         match SizeInput::deserialize(deserializer)? {
             SizeInput::Number(n) => Ok(MaxLag(Some(ByteSize(n)))),
+            SizeInput::Flag(false) => Ok(MaxLag(None)),
+            SizeInput::Flag(true) => Err(de::Error::custom("expected a size like 16MB, or off")),
             SizeInput::Text(text) if text.trim().eq_ignore_ascii_case("off") => Ok(MaxLag(None)),
             SizeInput::Text(text) => ByteSize::parse(&text)
                 .map(|size| MaxLag(Some(size)))
@@ -159,5 +166,21 @@ mod tests {
         assert_eq!(ByteSize(64 << 20).to_string(), "64MB");
         assert_eq!(ByteSize(1536).to_string(), "1536B");
         assert_eq!(ByteSize(0).to_string(), "0B");
+    }
+
+    #[test]
+    fn max_lag_is_off_when_written_bare_or_quoted() {
+        #[derive(Deserialize)]
+        struct Holder {
+            lag: MaxLag,
+        }
+        let lag = |yaml: &str| serde_saphyr::from_str::<Holder>(yaml).map(|h| h.lag);
+        assert_eq!(lag("lag: off").ok(), Some(MaxLag(None)));
+        assert_eq!(lag("lag: \"off\"").ok(), Some(MaxLag(None)));
+        assert_eq!(
+            lag("lag: 16MB").ok(),
+            Some(MaxLag(Some(ByteSize(16 << 20))))
+        );
+        assert!(lag("lag: on").is_err());
     }
 }

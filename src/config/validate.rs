@@ -4,7 +4,7 @@
 
 use std::collections::HashSet;
 
-use super::{Config, ConfigError, Secret};
+use super::{Config, ConfigError, Discovery, Secret};
 
 /// A Patroni REST API endpoint parsed from a node's `api` URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,6 +76,10 @@ pub(super) fn expand_secrets(
     for (i, user) in config.users.iter_mut().enumerate() {
         let key = format!("users[{i}].password");
         user.password = Secret::new(expand(user.password.expose(), env, &key)?);
+    }
+    if let Some(probe) = config.cluster.probe.as_mut() {
+        let expanded = expand(probe.password.expose(), env, "cluster.probe.password")?;
+        probe.password = Secret::new(expanded);
     }
     Ok(())
 }
@@ -230,10 +234,23 @@ fn validate_cluster(config: &mut Config) -> Result<(), ConfigError> {
                 "must not be 0",
             ));
         }
-        let endpoint = ApiEndpoint::parse(&node.api)
-            .map_err(|reason| ConfigError::invalid(format!("cluster.nodes[{i}].api"), reason))?;
-        node.api_endpoint = Some(endpoint);
+        let key = || format!("cluster.nodes[{i}].api");
+        node.api_endpoint = match (&node.api, cluster.discovery) {
+            // With SQL discovery an `api` is unused, but still has to make sense.
+            (Some(url), _) => Some(
+                ApiEndpoint::parse(url).map_err(|reason| ConfigError::invalid(key(), reason))?,
+            ),
+            (None, Discovery::Patroni) => {
+                return Err(ConfigError::invalid(
+                    key(),
+                    "required with cluster.discovery: patroni (the node's Patroni REST API \
+                     URL, like http://10.0.0.3:8008)",
+                ))
+            }
+            (None, Discovery::Sql) => None,
+        };
     }
+    validate_probe(cluster)?;
     let health = &cluster.health;
     if health.interval.0.is_zero() || health.timeout.0.is_zero() {
         return Err(ConfigError::invalid(
@@ -248,6 +265,28 @@ fn validate_cluster(config: &mut Config) -> Result<(), ConfigError> {
         ));
     }
     Ok(())
+}
+
+fn validate_probe(cluster: &super::ClusterConfig) -> Result<(), ConfigError> {
+    match (&cluster.probe, cluster.discovery) {
+        (None, Discovery::Sql) => Err(ConfigError::invalid(
+            "cluster.probe",
+            "required with cluster.discovery: sql (user and password the probe logs in with)",
+        )),
+        (Some(probe), _) if probe.user.trim().is_empty() => Err(ConfigError::invalid(
+            "cluster.probe.user",
+            "must not be empty",
+        )),
+        (Some(probe), _) if probe.password.expose().is_empty() => Err(ConfigError::invalid(
+            "cluster.probe.password",
+            "must not be empty",
+        )),
+        (Some(probe), _) if probe.database.trim().is_empty() => Err(ConfigError::invalid(
+            "cluster.probe.database",
+            "must not be empty",
+        )),
+        _ => Ok(()),
+    }
 }
 
 fn validate_users(config: &Config) -> Result<(), ConfigError> {
@@ -355,6 +394,81 @@ users:
             let err = Config::from_yaml_str_with_env(&text, &env).expect_err(to);
             assert!(err.to_string().contains(expected), "{to}: {err}");
         }
+    }
+
+    const SQL_DISCOVERY: &str = r#"
+listeners:
+  - { name: rw, listen: "127.0.0.1:5000", route: primary }
+cluster:
+  discovery: sql
+  probe: { user: monitor, password: "${PROBE_PW}" }
+  nodes:
+    - { name: node1, host: 10.0.0.3 }
+    - { name: node2, host: 10.0.0.4, api: "http://10.0.0.4:8008" }
+users:
+  - { name: app, password: app }
+"#;
+
+    #[test]
+    fn sql_discovery_needs_a_probe_and_no_api() {
+        let env = |name: &str| (name == "PROBE_PW").then(|| "pr0be".to_string());
+        let config = Config::from_yaml_str_with_env(SQL_DISCOVERY, &env).expect("valid");
+        assert_eq!(config.cluster.discovery, Discovery::Sql);
+        let probe = config.cluster.probe.as_ref().expect("probe");
+        assert_eq!(probe.password.expose(), "pr0be");
+        assert_eq!(probe.database, "postgres", "default database");
+        assert!(config.cluster.nodes[0].api_endpoint.is_none());
+        assert!(config.cluster.nodes[1].api_endpoint.is_some());
+        let effective = config.to_effective_yaml();
+        assert!(effective.contains("discovery: sql"), "{effective}");
+        assert!(!effective.contains("pr0be"), "{effective}");
+
+        let missing = Config::from_yaml_str_with_env(SQL_DISCOVERY, &|_| None).expect_err("env");
+        assert_eq!(
+            missing.to_string(),
+            "cluster.probe.password: environment variable PROBE_PW is not set"
+        );
+        let cases = [
+            (
+                "  probe: { user: monitor, password: \"${PROBE_PW}\" }\n",
+                "",
+                "cluster.probe: required",
+            ),
+            ("user: monitor", "user: \"\"", "cluster.probe.user"),
+            (
+                "user: monitor",
+                "user: monitor, port: 5",
+                "unknown field `port`",
+            ),
+            (
+                "discovery: sql",
+                "discovery: patroni",
+                "cluster.nodes[0].api: required",
+            ),
+            ("discovery: sql", "discovery: consul", "unknown variant"),
+        ];
+        for (from, to, expected) in cases {
+            let text = SQL_DISCOVERY.replacen(from, to, 1);
+            let err = Config::from_yaml_str_with_env(&text, &env).expect_err(to);
+            assert!(err.to_string().contains(expected), "{to}: {err}");
+        }
+    }
+
+    #[test]
+    fn patroni_discovery_names_the_node_without_an_api() {
+        let text = MINIMAL.replace(
+            "  health:",
+            "    - { name: node2, host: 10.0.0.4 }\n  health:",
+        );
+        let err = Config::from_yaml_str_with_env(&text, &env).expect_err("no api");
+        assert!(
+            err.to_string()
+                .starts_with("cluster.nodes[1].api: required"),
+            "{err}"
+        );
+        let config = Config::from_yaml_str_with_env(MINIMAL, &env).expect("valid");
+        assert_eq!(config.cluster.discovery, Discovery::Patroni);
+        assert!(config.cluster.probe.is_none());
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Parsers for the few server messages the proxy reads itself while logging in to a
-//! PostgreSQL server: authentication requests, ParameterStatus, BackendKeyData and
-//! ErrorResponse fields. Server bytes are parsed defensively: a malformed message is
+//! PostgreSQL server (authentication requests, ParameterStatus, BackendKeyData,
+//! ErrorResponse fields) and, off the hot path, the DataRows of its own queries. Server bytes are parsed defensively: a malformed message is
 //! an error, never a panic.
 
 use super::startup::split_cstr;
@@ -105,6 +105,31 @@ pub fn parse_error_fields(body: &[u8]) -> ErrorFields {
     fields
 }
 
+/// A DataRow's columns in text format (`None` for NULL), decoded lossily as UTF-8.
+pub fn parse_data_row(body: &[u8]) -> Result<Vec<Option<String>>, MalformedServerMessage> {
+    let malformed = MalformedServerMessage("DataRow");
+    let (count, mut rest) = body.split_first_chunk::<2>().ok_or(malformed.clone())?;
+    let count = u16::from_be_bytes(*count);
+    let mut columns = Vec::with_capacity(usize::from(count));
+    for _ in 0..count {
+        let (len, after) = rest.split_first_chunk::<4>().ok_or(malformed.clone())?;
+        let len = i32::from_be_bytes(*len);
+        if len < 0 {
+            columns.push(None);
+            rest = after;
+            continue;
+        }
+        let len = usize::try_from(len).map_err(|_| malformed.clone())?;
+        if after.len() < len {
+            return Err(malformed);
+        }
+        let (value, after) = after.split_at(len);
+        columns.push(Some(String::from_utf8_lossy(value).into_owned()));
+        rest = after;
+    }
+    Ok(columns)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -157,5 +182,27 @@ mod tests {
             Ok(("TimeZone".into(), "UTC".into()))
         );
         assert!(parse_parameter_status(b"TimeZone\0UTC").is_err());
+    }
+
+    #[test]
+    fn parses_data_rows_with_nulls_and_rejects_truncation() {
+        let mut body = vec![0, 3];
+        body.extend_from_slice(&1i32.to_be_bytes());
+        body.push(b't');
+        body.extend_from_slice(&(-1i32).to_be_bytes());
+        body.extend_from_slice(&9i32.to_be_bytes());
+        body.extend_from_slice(b"0/3000148");
+        assert_eq!(
+            parse_data_row(&body),
+            Ok(vec![Some("t".into()), None, Some("0/3000148".into())])
+        );
+        assert_eq!(parse_data_row(&[0, 0]), Ok(vec![]));
+        for cut in [1, 3, 7, 16] {
+            assert!(parse_data_row(&body[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut oversized = vec![0, 1];
+        oversized.extend_from_slice(&100i32.to_be_bytes());
+        oversized.extend_from_slice(b"short");
+        assert!(parse_data_row(&oversized).is_err());
     }
 }

@@ -17,6 +17,7 @@ use crate::session::params::ParamSet;
 use crate::session::prepared::ServerStatements;
 
 pub use login::{connect, LoginRequest};
+pub use query::Row;
 
 /// A logged-in server connection, idle (ReadyForQuery seen).
 pub struct ServerConnection {

@@ -1,6 +1,7 @@
 //! Queries the proxy runs on a server connection for its own purposes (bringing
-//! session parameters in line with a client, the session-mode reset query). Their
-//! replies are read here and never reach a client.
+//! session parameters in line with a client, the session-mode reset query, the SQL
+//! health probe, the demo's clients). Their replies are read here and never reach a
+//! client.
 
 use std::time::Duration;
 
@@ -13,6 +14,9 @@ use super::{ServerConnection, ServerError};
 
 const MAX_REPLY_MESSAGE: usize = 1 << 20;
 
+/// One row's columns in text format; `None` for NULL.
+pub type Row = Vec<Option<String>>;
+
 impl ServerConnection {
     /// Runs `sql` as a simple query and reads every reply up to ReadyForQuery. Fails
     /// if the server reports an error or does not end idle. ParameterStatus replies
@@ -22,6 +26,26 @@ impl ServerConnection {
         sql: &str,
         timeout: Duration,
     ) -> Result<(), ServerError> {
+        self.simple_query(sql, timeout, false).await.map(|_| ())
+    }
+
+    /// Like [`ServerConnection::run_internal_query`], and returns the first row of
+    /// the result (`None` when there is none). Meant for small results off the hot
+    /// path: the row is decoded.
+    pub async fn query_row(
+        &mut self,
+        sql: &str,
+        timeout: Duration,
+    ) -> Result<Option<Row>, ServerError> {
+        self.simple_query(sql, timeout, true).await
+    }
+
+    async fn simple_query(
+        &mut self,
+        sql: &str,
+        timeout: Duration,
+        want_row: bool,
+    ) -> Result<Option<Row>, ServerError> {
         let exchange = async {
             let mut message = Vec::with_capacity(sql.len() + 6);
             message.push(b'Q');
@@ -36,10 +60,14 @@ impl ServerConnection {
                     source,
                 })?;
             let mut failure = None;
+            let mut row = None;
             loop {
-                let (tag, body) = read_message(&mut self.stream, MAX_REPLY_MESSAGE)
-                    .await
-                    .map_err(|e| ServerError::Protocol(e.to_string()))?;
+                let (tag, body) = match read_message(&mut self.stream, MAX_REPLY_MESSAGE).await {
+                    Ok(message) => message,
+                    // A server that is going away sends its FATAL error and then
+                    // closes: the error says more than the closed socket.
+                    Err(e) => return Err(failure.unwrap_or(ServerError::Protocol(e.to_string()))),
+                };
                 match tag {
                     b'E' if failure.is_none() => failure = Some(ServerError::rejected(&body)),
                     b'S' => {
@@ -47,10 +75,15 @@ impl ServerConnection {
                             self.note_parameter(name, value);
                         }
                     }
+                    b'D' if want_row && row.is_none() => {
+                        let columns = backend::parse_data_row(&body)
+                            .map_err(|e| ServerError::Protocol(e.to_string()))?;
+                        row = Some(columns);
+                    }
                     b'Z' => {
                         return match (failure, body.first()) {
                             (Some(error), _) => Err(error),
-                            (None, Some(b'I')) => Ok(()),
+                            (None, Some(b'I')) => Ok(row),
                             (None, _) => Err(ServerError::Protocol(
                                 "internal query left a transaction open".into(),
                             )),

@@ -1,18 +1,51 @@
 //! Rise/fall health accounting for one role (primary or replica) of one node, as
 //! HAProxy does it, with one difference that matters for writes: an explicit "no"
-//! from the node (Patroni's 503) removes the role at once instead of after `fall`.
+//! from the node (Patroni's 503, or the server itself saying it is in recovery)
+//! removes the role at once instead of after `fall`.
+
+use std::fmt;
 
 use serde::Serialize;
 
 /// One check's outcome for one role.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Check {
-    /// The endpoint answered 200: the node holds the role.
+    /// The node holds the role (Patroni answered 200, or the server's own state says so).
     Yes,
-    /// The endpoint answered, but not 200: the node says it does not hold the role.
-    No(u16),
+    /// The node answered, and does not hold the role.
+    No(Refusal),
     /// No usable answer (connect error, timeout, garbage).
     Failed(String),
+}
+
+/// Why a node that answered does not hold a role.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// Patroni answered with this HTTP status (503) instead of 200.
+    Http(u16),
+    /// The server is in recovery (asked about the primary role).
+    InRecovery,
+    /// The server is not in recovery (asked about the replica role).
+    NotInRecovery,
+    /// The replica replays further behind the primary than `cluster.max_replica_lag`.
+    Lagging { lag_bytes: u64, max_bytes: u64 },
+    /// The server answered that it cannot serve now (starting up, shutting down).
+    Unavailable(String),
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Refusal::Http(status) => write!(f, "HTTP {status}"),
+            Refusal::InRecovery => f.write_str("in recovery"),
+            Refusal::NotInRecovery => f.write_str("not in recovery"),
+            Refusal::Lagging {
+                lag_bytes,
+                max_bytes,
+            } => write!(f, "{lag_bytes} bytes behind (max_replica_lag {max_bytes})"),
+            Refusal::Unavailable(message) => f.write_str(message),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -95,12 +128,12 @@ mod tests {
             ),
             (
                 "an explicit no is immediate",
-                vec![Yes, Yes, No(503)],
+                vec![Yes, Yes, No(Refusal::Http(503))],
                 vec![true, true, false],
             ),
             (
                 "after a no it takes rise successes",
-                vec![Yes, No(503), Yes, Yes],
+                vec![Yes, No(Refusal::InRecovery), Yes, Yes],
                 vec![true, false, false, true],
             ),
         ];

@@ -1,13 +1,16 @@
 //! Live cluster topology: which node is primary, which replicas are healthy. The
-//! [`monitor`] loop probes nodes and publishes immutable [`Topology`] snapshots through
+//! [`monitor`] loop probes nodes (through Patroni's REST API, [`patroni`], or by
+//! asking each server, [`sql_probe`]) and publishes immutable [`Topology`] snapshots through
 //! a [`TopologyHandle`]: sessions read the latest with one atomic load (arc-swap) and
 //! can wait for routing changes on a watch channel.
 
 pub mod health;
 pub mod monitor;
 pub mod patroni;
+pub mod probe;
 pub mod reconfigure;
 pub mod snapshot;
+pub mod sql_probe;
 
 use std::sync::Arc;
 

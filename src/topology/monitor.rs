@@ -1,19 +1,22 @@
-//! The discovery loop: every `health.interval` it probes every node at once, folds
-//! the answers into rise/fall health, resolves the primary, publishes a new snapshot
-//! and logs one line per routing change.
+//! The discovery loop: every `health.interval` it probes every node at once (through
+//! Patroni or the SQL probe, per `cluster.discovery`), folds the answers into
+//! rise/fall health, resolves the primary, publishes a new snapshot and logs one line
+//! per routing change.
 
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use tokio::task::JoinSet;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{ApiEndpoint, ClusterConfig, HealthConfig};
+use crate::config::{ApiEndpoint, ClusterConfig, Discovery, HealthConfig};
 
 use super::health::Check;
-use super::patroni::{self, Probe};
+use super::patroni;
+use super::probe::{replica_lags, Probe};
 use super::snapshot::{resolve_primary, NodeState, PrimaryState, Topology};
+use super::sql_probe::SqlProber;
 use super::TopologyHandle;
 
 /// Initial node states (nothing known yet) for a cluster config.
@@ -28,6 +31,7 @@ pub fn initial_nodes(cluster: &ClusterConfig) -> Vec<NodeState> {
             primary: Default::default(),
             replica: Default::default(),
             timeline: None,
+            lag_bytes: None,
             last_check: None,
             last_error: None,
             sessions: Default::default(),
@@ -35,13 +39,43 @@ pub fn initial_nodes(cluster: &ClusterConfig) -> Vec<NodeState> {
         .collect()
 }
 
+/// Asks every node for its role, one probe per node, in node order.
+enum Prober {
+    /// Patroni REST APIs (`None` for a node without `api`, which validation refuses).
+    Patroni(Vec<Option<ApiEndpoint>>),
+    Sql(SqlProber),
+}
+
+impl Prober {
+    fn new(cluster: &ClusterConfig) -> Prober {
+        match cluster.discovery {
+            Discovery::Patroni => Prober::Patroni(
+                cluster
+                    .nodes
+                    .iter()
+                    .map(|n| n.api_endpoint.clone())
+                    .collect(),
+            ),
+            Discovery::Sql => Prober::Sql(SqlProber::new(cluster)),
+        }
+    }
+
+    /// One probe per node, in node order, with how long each took.
+    async fn round(
+        &mut self,
+        timeout: Duration,
+        max_lag: Option<u64>,
+    ) -> (Vec<Probe>, Vec<Duration>) {
+        match self {
+            Prober::Patroni(endpoints) => probe_patroni(endpoints, timeout, max_lag).await,
+            Prober::Sql(prober) => prober.round(timeout, max_lag).await,
+        }
+    }
+}
+
 /// Probes all nodes until `shutdown`. The first round runs at once.
 pub async fn run(cluster: ClusterConfig, handle: Arc<TopologyHandle>, shutdown: CancellationToken) {
-    let endpoints: Vec<ApiEndpoint> = cluster
-        .nodes
-        .iter()
-        .filter_map(|n| n.api_endpoint.clone())
-        .collect();
+    let mut prober = Prober::new(&cluster);
     let mut ticker = tokio::time::interval(cluster.health.interval.0);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let max_lag = cluster.max_replica_lag.0.map(|size| size.0);
@@ -51,10 +85,13 @@ pub async fn run(cluster: ClusterConfig, handle: Arc<TopologyHandle>, shutdown: 
             _ = ticker.tick() => {}
             _ = shutdown.cancelled() => return,
         }
-        let probes = tokio::select! {
-            probes = probe_all(&endpoints, cluster.health.timeout.0, max_lag) => probes,
+        let (probes, took) = tokio::select! {
+            round = prober.round(cluster.health.timeout.0, max_lag) => round,
             _ = shutdown.cancelled() => return,
         };
+        for ((node, probe), took) in cluster.nodes.iter().zip(&probes).zip(took) {
+            crate::metrics::record_health_check(&node.name, took, probe.error().is_some());
+        }
         let previous = handle.load();
         let now = SystemTime::now();
         let next = apply_round(&previous, &probes, &cluster.health, now);
@@ -78,35 +115,43 @@ pub async fn run(cluster: ClusterConfig, handle: Arc<TopologyHandle>, shutdown: 
     }
 }
 
-async fn probe_all(
-    endpoints: &[ApiEndpoint],
-    timeout: std::time::Duration,
+async fn probe_patroni(
+    endpoints: &[Option<ApiEndpoint>],
+    timeout: Duration,
     max_lag: Option<u64>,
-) -> Vec<Probe> {
+) -> (Vec<Probe>, Vec<Duration>) {
     let mut set = JoinSet::new();
-    for (i, endpoint) in endpoints.iter().cloned().enumerate() {
-        set.spawn(async move { (i, patroni::probe(&endpoint, timeout, max_lag).await) });
+    for (i, endpoint) in endpoints.iter().enumerate() {
+        let Some(endpoint) = endpoint.clone() else {
+            continue;
+        };
+        set.spawn(async move {
+            let started = std::time::Instant::now();
+            let probe = patroni::probe(&endpoint, timeout, max_lag).await;
+            (i, probe, started.elapsed())
+        });
     }
     let mut probes: Vec<Option<Probe>> = vec![None; endpoints.len()];
+    let mut took = vec![Duration::ZERO; endpoints.len()];
     while let Some(joined) = set.join_next().await {
         match joined {
-            Ok((i, probe)) => probes[i] = Some(probe),
+            Ok((i, probe, elapsed)) => {
+                probes[i] = Some(probe);
+                took[i] = elapsed;
+            }
             Err(e) => tracing::error!(error = %e, "health probe task failed"),
         }
     }
-    probes
+    let probes = probes
         .into_iter()
-        .map(|p| {
-            p.unwrap_or_else(|| {
-                let failed = super::health::Check::Failed("probe task failed".into());
-                Probe {
-                    primary: failed.clone(),
-                    replica: failed,
-                    timeline: None,
-                }
-            })
+        .zip(endpoints)
+        .map(|(probe, endpoint)| match (probe, endpoint) {
+            (Some(probe), _) => probe,
+            (None, None) => Probe::failed("no Patroni API configured for this node"),
+            (None, Some(_)) => Probe::failed("probe task failed"),
         })
-        .collect()
+        .collect();
+    (probes, took)
 }
 
 /// Folds one round of probes into the previous snapshot (pure, for tests).
@@ -117,10 +162,10 @@ pub fn apply_round(
     now: SystemTime,
 ) -> Topology {
     let mut nodes = previous.nodes.clone();
-    // When no API answers at all, the likely fault is between the proxy and the
-    // APIs (or in the DCS layer), not in every database: replicas keep serving the
-    // reads they served, while the primary role still falls as usual, since writes
-    // must never rest on an assumption.
+    // When no node answers at all, the likely fault is between the proxy and the
+    // nodes (or, with Patroni, in the DCS layer), not in every database: replicas
+    // keep serving the reads they served, while the primary role still falls as
+    // usual, since writes must never rest on an assumption.
     let no_api_answers = !probes.is_empty()
         && probes.iter().all(|p| {
             matches!(
@@ -128,7 +173,9 @@ pub fn apply_round(
                 (Check::Failed(_), Check::Failed(_))
             )
         });
-    for (node, probe) in nodes.iter_mut().zip(probes) {
+    let lags = replica_lags(probes);
+    for ((node, probe), lag) in nodes.iter_mut().zip(probes).zip(lags) {
+        node.lag_bytes = lag;
         node.primary
             .observe(&probe.primary, health.rise, health.fall);
         if !no_api_answers {
@@ -204,7 +251,7 @@ fn log_changes(old: &Topology, new: &Topology, primary_lost_at: Option<SystemTim
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::topology::health::Check;
+    use crate::topology::health::{Check, Refusal};
 
     fn cluster() -> ClusterConfig {
         let yaml = r#"
@@ -221,6 +268,7 @@ health: { interval: 1s, timeout: 1s, rise: 2, fall: 3 }
             primary,
             replica,
             timeline,
+            wal: Default::default(),
         }
     }
 
@@ -234,8 +282,8 @@ health: { interval: 1s, timeout: 1s, rise: 2, fall: 3 }
         topology = round(
             &topology,
             &[
-                probe(Check::Yes, Check::No(503), Some(1)),
-                probe(Check::No(503), Check::Yes, None),
+                probe(Check::Yes, Check::No(Refusal::Http(503)), Some(1)),
+                probe(Check::No(Refusal::Http(503)), Check::Yes, None),
             ],
         );
         assert_eq!(topology.primary, PrimaryState::Confirmed { node: 0 });
@@ -244,8 +292,8 @@ health: { interval: 1s, timeout: 1s, rise: 2, fall: 3 }
 
         // a is demoted and says so; b is promoted: a leaves at once, b needs rise=2.
         let flipped = [
-            probe(Check::No(503), Check::Yes, None),
-            probe(Check::Yes, Check::No(503), Some(2)),
+            probe(Check::No(Refusal::Http(503)), Check::Yes, None),
+            probe(Check::Yes, Check::No(Refusal::Http(503)), Some(2)),
         ];
         topology = round(&topology, &flipped);
         assert!(matches!(topology.primary, PrimaryState::None { .. }));
@@ -263,8 +311,8 @@ health: { interval: 1s, timeout: 1s, rise: 2, fall: 3 }
         topology = round(
             &topology,
             &[
-                probe(Check::Yes, Check::No(503), Some(1)),
-                probe(Check::No(503), Check::Yes, None),
+                probe(Check::Yes, Check::No(Refusal::Http(503)), Some(1)),
+                probe(Check::No(Refusal::Http(503)), Check::Yes, None),
             ],
         );
         let down = || {
@@ -290,13 +338,19 @@ health: { interval: 1s, timeout: 1s, rise: 2, fall: 3 }
         // One API answering again means the others are judged as usual.
         let mut topology2 = round(
             &topology,
-            &[down(), probe(Check::No(503), Check::Yes, None)],
+            &[
+                down(),
+                probe(Check::No(Refusal::Http(503)), Check::Yes, None),
+            ],
         );
         assert_eq!(topology2.replicas().collect::<Vec<_>>(), vec![1]);
         for _ in 0..3 {
             topology2 = round(
                 &topology2,
-                &[probe(Check::Yes, Check::No(503), Some(2)), down()],
+                &[
+                    probe(Check::Yes, Check::No(Refusal::Http(503)), Some(2)),
+                    down(),
+                ],
             );
         }
         assert!(
@@ -314,14 +368,14 @@ health: { interval: 1s, timeout: 1s, rise: 2, fall: 3 }
         topology = round(
             &topology,
             &[
-                probe(Check::Yes, Check::No(503), Some(1)),
-                probe(Check::No(503), Check::Yes, None),
+                probe(Check::Yes, Check::No(Refusal::Http(503)), Some(1)),
+                probe(Check::No(Refusal::Http(503)), Check::Yes, None),
             ],
         );
         let dead = || Check::Failed("connection refused".into());
         let promoted = [
             probe(dead(), dead(), None),
-            probe(Check::Yes, Check::No(503), Some(2)),
+            probe(Check::Yes, Check::No(Refusal::Http(503)), Some(2)),
         ];
         topology = round(&topology, &promoted);
         // a still counts as primary (1 of 3 failures), b not yet risen.
@@ -332,5 +386,36 @@ health: { interval: 1s, timeout: 1s, rise: 2, fall: 3 }
             topology.nodes[0].last_error.as_deref(),
             Some("connection refused")
         );
+    }
+
+    #[test]
+    fn a_round_records_each_replicas_lag() {
+        let config = cluster();
+        let now = SystemTime::now();
+        let topology = Topology::unknown(initial_nodes(&config));
+        let mut primary = probe(Check::Yes, Check::No(Refusal::Http(503)), Some(1));
+        primary.wal.current = Some(5000);
+        let mut replica = probe(Check::No(Refusal::Http(503)), Check::Yes, None);
+        replica.wal.replayed = Some(4000);
+        let topology = apply_round(&topology, &[primary, replica], &config.health, now);
+        assert_eq!(topology.nodes[0].lag_bytes, None, "the primary has no lag");
+        assert_eq!(topology.nodes[1].lag_bytes, Some(1000));
+
+        let unknown = [
+            Probe::failed("down"),
+            probe(Check::No(Refusal::Http(503)), Check::Yes, None),
+        ];
+        let topology = apply_round(&topology, &unknown, &config.health, now);
+        assert_eq!(topology.nodes[1].lag_bytes, None, "no primary, no lag");
+    }
+
+    #[tokio::test]
+    async fn patroni_probes_stay_aligned_with_nodes() {
+        let (probes, _) = probe_patroni(&[None, None], Duration::from_millis(200), None).await;
+        assert_eq!(probes.len(), 2);
+        for probe in probes {
+            let error = probe.error().unwrap_or_default();
+            assert!(error.contains("no Patroni API"), "{error}");
+        }
     }
 }

@@ -1,31 +1,16 @@
 //! Asks one node's Patroni REST API which role it holds: `GET /primary` and
 //! `GET /replica` (200 = yes, 503 = no), plus `GET /patroni` for the timeline when the
-//! node claims the primary role, so two claimants can be told apart.
+//! node claims the primary role, so two claimants can be told apart. The WAL
+//! positions for replica lag come from the bodies of the first two answers, which
+//! carry the same document as `/patroni`, so lag costs no extra request.
 
 use std::time::Duration;
 
 use crate::config::ApiEndpoint;
 use crate::http_client;
 
-use super::health::Check;
-
-/// One health round's findings for one node.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Probe {
-    pub primary: Check,
-    pub replica: Check,
-    pub timeline: Option<u64>,
-}
-
-impl Probe {
-    /// A one-line description of what went wrong, if anything did.
-    pub fn error(&self) -> Option<String> {
-        match (&self.primary, &self.replica) {
-            (Check::Failed(e), _) | (_, Check::Failed(e)) => Some(e.clone()),
-            _ => None,
-        }
-    }
-}
+use super::health::{Check, Refusal};
+use super::probe::{Probe, Wal};
 
 /// Probes one node. With `max_lag`, the replica check is Patroni's
 /// `/replica?lag=<bytes>`, which answers 503 for a replica further behind than that.
@@ -36,7 +21,7 @@ pub async fn probe(api: &ApiEndpoint, timeout: Duration, max_lag: Option<u64>) -
         None => api.path("/replica"),
     };
     let primary_path = api.path("/primary");
-    let (primary, replica) = tokio::join!(
+    let ((primary, primary_wal), (replica, replica_wal)) = tokio::join!(
         check(&authority, &primary_path, timeout),
         check(&authority, &replica_path, timeout),
     );
@@ -45,18 +30,31 @@ pub async fn probe(api: &ApiEndpoint, timeout: Duration, max_lag: Option<u64>) -
     } else {
         None
     };
+    // Both answers describe the same node a moment apart; prefer the one whose
+    // endpoint matches the role the position belongs to.
+    let wal = Wal {
+        current: primary_wal.current.or(replica_wal.current),
+        replayed: replica_wal.replayed.or(primary_wal.replayed),
+    };
     Probe {
         primary,
         replica,
         timeline,
+        wal,
     }
 }
 
-async fn check(authority: &str, path: &str, timeout: Duration) -> Check {
+async fn check(authority: &str, path: &str, timeout: Duration) -> (Check, Wal) {
     match http_client::get(authority, path, timeout).await {
-        Ok(response) if response.status == 200 => Check::Yes,
-        Ok(response) => Check::No(response.status),
-        Err(e) => Check::Failed(format!("GET {path}: {e}")),
+        Ok(response) => {
+            let wal = parse_wal(&response.body);
+            if response.status == 200 {
+                (Check::Yes, wal)
+            } else {
+                (Check::No(Refusal::Http(response.status)), wal)
+            }
+        }
+        Err(e) => (Check::Failed(format!("GET {path}: {e}")), Wal::default()),
     }
 }
 
@@ -74,6 +72,21 @@ pub fn parse_timeline(body: &[u8]) -> Option<u64> {
     document.get("timeline")?.as_u64()
 }
 
+/// WAL positions from a Patroni status document: `xlog.location` on a primary,
+/// `xlog.replayed_location` on a replica (both in bytes). Anything missing or
+/// malformed is simply unknown.
+pub fn parse_wal(body: &[u8]) -> Wal {
+    let Ok(document) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return Wal::default();
+    };
+    let xlog = document.get("xlog");
+    let field = |name: &str| xlog.and_then(|x| x.get(name)).and_then(|v| v.as_u64());
+    Wal {
+        current: field("location"),
+        replayed: field("replayed_location"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -85,5 +98,29 @@ mod tests {
         assert_eq!(parse_timeline(body), Some(4));
         assert_eq!(parse_timeline(b"{}"), None);
         assert_eq!(parse_timeline(b"not json"), None);
+    }
+
+    #[test]
+    fn reads_wal_positions_from_patroni_status() {
+        let primary = br#"{"role":"master","xlog":{"location":83886080},"timeline":1}"#;
+        assert_eq!(
+            parse_wal(primary),
+            Wal {
+                current: Some(83_886_080),
+                replayed: None
+            }
+        );
+        let replica = br#"{"role":"replica","xlog":{"received_location":90,"replayed_location":80,"paused":false}}"#;
+        assert_eq!(
+            parse_wal(replica),
+            Wal {
+                current: None,
+                replayed: Some(80)
+            }
+        );
+        let stopped = br#"{"state":"stopped","role":"replica"}"#;
+        assert_eq!(parse_wal(stopped), Wal::default());
+        assert_eq!(parse_wal(br#"{"xlog":{"location":-1}}"#), Wal::default());
+        assert_eq!(parse_wal(b""), Wal::default());
     }
 }

@@ -44,12 +44,13 @@ mod tests {
         NodeState {
             name: name.into(),
             address: format!("127.0.0.1:{port}"),
-            api: format!("http://127.0.0.1:{}", port + 1000),
+            api: Some(format!("http://127.0.0.1:{}", port + 1000)),
             primary: Default::default(),
             replica: Default::default(),
             timeline: None,
             last_check: None,
             last_error: None,
+            lag_bytes: None,
             sessions: Default::default(),
         }
     }

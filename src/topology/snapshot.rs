@@ -15,11 +15,17 @@ pub struct NodeState {
     pub name: String,
     /// `host:port` of its PostgreSQL server.
     pub address: String,
-    pub api: String,
+    /// Its Patroni REST API URL, when configured.
+    pub api: Option<String>,
     pub primary: RoleHealth,
     pub replica: RoleHealth,
-    /// Timeline reported by Patroni's `/patroni`, when the node claims the primary role.
+    /// The timeline it reported when it last claimed the primary role (Patroni's
+    /// `/patroni`, or the SQL probe's WAL file name).
     pub timeline: Option<u64>,
+    /// How far its replay is behind the primary, in bytes, as of the last round;
+    /// `None` for the primary itself and whenever it could not be measured (no
+    /// single confirmed primary in that round, or no position reported).
+    pub lag_bytes: Option<u64>,
     #[serde(serialize_with = "serialize_time")]
     pub last_check: Option<SystemTime>,
     pub last_error: Option<String>,
@@ -166,21 +172,28 @@ pub(crate) fn serialize_time<S: serde::Serializer>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::topology::health::Check;
+    use crate::topology::health::{Check, Refusal};
 
     fn node(name: &str, primary: bool, replica: bool, timeline: Option<u64>) -> NodeState {
         let mut state = NodeState {
             name: name.into(),
             address: format!("{name}:5432"),
-            api: String::new(),
+            api: None,
             primary: RoleHealth::default(),
             replica: RoleHealth::default(),
             timeline,
+            lag_bytes: None,
             last_check: None,
             last_error: None,
             sessions: Default::default(),
         };
-        let check = |yes| if yes { Check::Yes } else { Check::No(503) };
+        let check = |yes| {
+            if yes {
+                Check::Yes
+            } else {
+                Check::No(Refusal::Http(503))
+            }
+        };
         state.primary.observe(&check(primary), 2, 3);
         state.replica.observe(&check(replica), 2, 3);
         state
