@@ -1,0 +1,129 @@
+//! The configuration reference stays true: every option the code accepts (found by
+//! serializing a config that sets everything) has a row in README.md's
+//! "Configuration reference" and appears in the annotated conf/switchyard.yaml,
+//! and every option the README documents exists in the code.
+
+use std::collections::BTreeSet;
+
+use serde_json::Value;
+use switchyard::config::Config;
+
+/// A config that sets every optional section, so serialization shows every key.
+const EVERYTHING: &str = r#"
+listeners:
+  - name: rw
+    listen: 127.0.0.1:5000
+    route: primary
+    fallback: none
+    pool: { mode: transaction, checkout_timeout: 5s, reset_query: "DISCARD ALL" }
+admin: { listen: 127.0.0.1:8080, reload_allowed_from: [10.0.0.0/8] }
+cluster:
+  discovery: sql
+  probe: { user: monitor, password: pw, database: postgres }
+  nodes:
+    - { name: a, host: 127.0.0.1, port: 5432, api: "http://127.0.0.1:8008" }
+  health: { interval: 1s, timeout: 1s, rise: 2, fall: 3 }
+  max_replica_lag: 16MB
+users:
+  - { name: app, password: pw, auth: md5 }
+client: { startup_timeout: 10s, max_message_size: 64MB }
+server: { connect_timeout: 5s, cancel_timeout: 3s }
+pool:
+  mode: session
+  size: 20
+  min_idle: 0
+  max_client_connections: 100
+  checkout_timeout: 30s
+  server_idle_timeout: 10m
+  server_lifetime: 1h
+  reset_query: DISCARD ALL
+  max_prepared_statements: 500
+failover: { hold_timeout: 30s }
+shutdown_timeout: 30s
+log: { format: json, level: info }
+"#;
+
+fn leaf_paths(value: &Value, prefix: &str, out: &mut BTreeSet<String>) {
+    match value {
+        Value::Object(map) => {
+            for (key, child) in map {
+                let path = if prefix.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{prefix}.{key}")
+                };
+                leaf_paths(child, &path, out);
+            }
+        }
+        Value::Array(items) if items.iter().any(Value::is_object) => {
+            for item in items {
+                leaf_paths(item, &format!("{prefix}[]"), out);
+            }
+        }
+        _ => {
+            out.insert(prefix.to_string());
+        }
+    }
+}
+
+fn options() -> BTreeSet<String> {
+    let config = Config::from_yaml_str(EVERYTHING).unwrap_or_else(|e| panic!("{e}"));
+    let value = serde_json::to_value(&config).expect("config serializes");
+    let mut paths = BTreeSet::new();
+    leaf_paths(&value, "", &mut paths);
+    paths
+}
+
+fn read(relative: &str) -> String {
+    let path = format!("{}/{relative}", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// The keys in the first column of the README's configuration table.
+fn readme_keys() -> BTreeSet<String> {
+    let readme = read("README.md");
+    let section = readme
+        .split("## Configuration reference")
+        .nth(1)
+        .expect("README has a Configuration reference section");
+    let section = section.split("\n## ").next().unwrap_or(section);
+    section
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `"))
+        .filter_map(|l| l.split('`').next())
+        .map(String::from)
+        .collect()
+}
+
+#[test]
+fn every_option_is_in_the_readme_and_every_documented_option_exists() {
+    let options = options();
+    assert!(options.len() > 40, "{options:?}");
+    let documented = readme_keys();
+    let undocumented: Vec<&String> = options.difference(&documented).collect();
+    assert!(
+        undocumented.is_empty(),
+        "options missing from README.md's Configuration reference: {undocumented:?}"
+    );
+    let unknown: Vec<&String> = documented.difference(&options).collect();
+    assert!(
+        unknown.is_empty(),
+        "README.md documents options the code does not have: {unknown:?}"
+    );
+}
+
+#[test]
+fn every_option_appears_in_the_annotated_example() {
+    let example = read("conf/switchyard.yaml");
+    let missing: Vec<String> = options()
+        .into_iter()
+        .filter(|path| {
+            let key = path.rsplit(['.', ']']).next().unwrap_or(path);
+            !example.contains(&format!("{key}:"))
+        })
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "options missing from conf/switchyard.yaml (set or commented out): {missing:?}"
+    );
+}
