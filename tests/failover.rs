@@ -126,3 +126,80 @@ async fn with_every_api_down_reads_continue_and_writes_are_refused_after_the_hol
         "writes are held, then refused"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn session_mode_sessions_on_a_demoted_primary_are_closed_and_reconnects_held() {
+    // The old primary keeps running (its sessions would otherwise end on their
+    // own): only the topology says it was demoted.
+    let cluster = blocking(|| PgCluster::start(1)).await;
+    let (primary, replica) = (cluster.port(0), cluster.port(1));
+    let roles = [FakeRole::Primary, FakeRole::Replica];
+    let (apis, nodes) = fake_apis(&[primary, replica], &roles).await;
+    let extra = "pool: { mode: session }\nfailover: { hold_timeout: 20s }\n";
+    let proxy = start_proxy(&config_yaml(&nodes, "primary", extra)).await;
+    let rw = proxy.listener_addr("rw").expect("rw");
+    let ro = proxy.listener_addr("ro").expect("ro");
+    // The FATAL arrives while the client is idle, so tokio-postgres reports it
+    // from the connection future: keep that result.
+    let (writer, connection) = tokio_postgres::connect(
+        &conn_str(rw, "app", "app_pw", "appdb"),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .expect("connect");
+    let connection_end = tokio::spawn(connection);
+    let reader = connect(ro, "app", "app_pw").await;
+    assert_eq!(server_port(&writer).await, primary);
+
+    // Unreachable is not demoted: the session stays.
+    apis[0].set_role(FakeRole::NotRunning);
+    eventually(Duration::from_secs(3), "no primary", || async {
+        admin_get(&proxy, "/health").await.0 == 503
+    })
+    .await;
+    writer
+        .batch_execute("SELECT 1")
+        .await
+        .expect("no evidence of demotion yet: the session stays");
+
+    // A reconnect now is held until a primary is confirmed.
+    let reconnect = tokio::spawn(async move {
+        let client = connect(rw, "app", "app_pw").await;
+        server_port(&client).await
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!reconnect.is_finished(), "held while there is no primary");
+
+    // Node2 is promoted and confirmed: node1's session-mode sessions are closed.
+    let cluster = blocking(move || {
+        cluster.promote(1);
+        cluster
+    })
+    .await;
+    apis[1].set_role(FakeRole::Primary);
+    apis[1].set_timeline(2);
+    let ended = tokio::time::timeout(Duration::from_secs(5), connection_end)
+        .await
+        .expect("the session on the demoted node is closed")
+        .expect("join");
+    let error = ended.expect_err("closed by the proxy");
+    let db = error
+        .as_db_error()
+        .unwrap_or_else(|| panic!("a FATAL ErrorResponse, not a bare drop: {error:?}"));
+    assert_eq!(db.code().code(), "57P01");
+    assert!(
+        db.message().contains("no longer the primary"),
+        "{}",
+        db.message()
+    );
+    let port = tokio::time::timeout(Duration::from_secs(10), reconnect)
+        .await
+        .expect("the held reconnect proceeds")
+        .expect("join");
+    assert_eq!(port, replica, "the reconnect reaches the new primary");
+    reader
+        .batch_execute("SELECT 1")
+        .await
+        .expect("read sessions are not touched");
+    drop(cluster);
+}

@@ -352,6 +352,13 @@ impl Session {
                 SqlState::AdminShutdown,
                 "terminating connection because Switchyard is shutting down",
             )),
+            RelayEnd::Demoted(node) => Some(ClientError::fatal(
+                SqlState::AdminShutdown,
+                format!(
+                    "terminating connection because node \"{node}\" is no longer the primary; \
+                     reconnect to reach the new one"
+                ),
+            )),
             _ => None,
         };
         if let Some(error) = to_client {
@@ -379,6 +386,9 @@ impl Session {
                 format!("client protocol violation: {e}")
             }
             SessionEnd::Relay(RelayEnd::Shutdown) => "proxy shutdown".into(),
+            SessionEnd::Relay(RelayEnd::Demoted(node)) => {
+                format!("node {node} was demoted (session-mode sessions on it are closed)")
+            }
         };
         tracing::info!(
             client = %self.peer,

@@ -35,6 +35,9 @@ pub enum RelayEnd {
     /// The client sent a message the proxy refuses (bad length, too large).
     ClientProtocol(FrameError),
     Shutdown,
+    /// Session mode on the write route: the session's node is confirmed demoted
+    /// (another node is the primary, or it reports itself a replica).
+    Demoted(String),
 }
 
 /// What the relay saw, for the session's log line and for deciding whether the

@@ -12,7 +12,9 @@ use tokio::net::TcpStream;
 use super::relay::{self, RelayEnd};
 use super::{Session, SessionEnd};
 use crate::cancel::Registration;
+use crate::config::Route;
 use crate::pool::PooledServer;
+use crate::topology::TopologyHandle;
 
 /// How long the reset query may take before the connection is closed instead.
 const RESET_TIMEOUT: Duration = Duration::from_secs(5);
@@ -32,6 +34,8 @@ pub(super) async fn run(
         },
     };
     registration.set_target(Some(server.cancel_target()));
+    let topology = std::sync::Arc::clone(&session.ctx.topology);
+    let node = server.node.clone();
     let end = {
         let (mut client_reader, mut client_writer) = socket.split();
         let (mut server_reader, mut server_writer) = server.stream.split();
@@ -41,14 +45,21 @@ pub(super) async fn run(
             draining: &session.ctx.draining,
             metrics: &session.listener.counters.metrics,
         };
-        relay::relay(
+        let relay = relay::relay(
             (&mut client_reader, &mut client_writer),
             (&mut server_reader, &mut server_writer),
             pending,
             &settings,
             &mut session.stats,
-        )
-        .await
+        );
+        if session.listener.config.route == Route::Primary {
+            tokio::select! {
+                end = relay => end,
+                node = demoted(&topology, &node) => RelayEnd::Demoted(node),
+            }
+        } else {
+            relay.await
+        }
     };
     registration.set_target(None);
     let client_left = matches!(end, RelayEnd::ClientTerminated | RelayEnd::ClientGone(None));
@@ -74,6 +85,29 @@ pub(super) async fn run(
     }
     session.finish(socket, &end).await;
     SessionEnd::Relay(end)
+}
+
+/// Resolves once `node` is confirmed demoted: another node is the confirmed
+/// primary, or the node is trusted as a replica. Like HAProxy's
+/// `on-marked-down shutdown-sessions`, but only on that evidence: a node that is
+/// merely unreachable, or a moment with no primary at all, does not end sessions.
+async fn demoted(topology: &TopologyHandle, node: &str) -> String {
+    let mut changes = topology.subscribe();
+    loop {
+        let snapshot = topology.load();
+        let state = snapshot.nodes.iter().find(|n| n.name == node);
+        let other_primary = snapshot
+            .primary_node()
+            .is_some_and(|i| snapshot.nodes[i].name != node);
+        let now_replica = state.is_some_and(|n| n.replica.up && !n.primary.up);
+        if other_primary || now_replica {
+            tracing::info!(node, "closing a session-mode session on a demoted primary");
+            return node.to_string();
+        }
+        if changes.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+    }
 }
 
 /// Reads and discards `outstanding` ReadyForQuery-terminated replies; returns the
