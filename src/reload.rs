@@ -215,9 +215,14 @@ impl Reloader {
 
     fn restart_monitor(&mut self, config: &Config) {
         self.monitor.cancel();
-        let fresh = monitor::initial_nodes(&config.cluster);
+        let fresh = if config.cluster.members_from_patroni() {
+            // Members come from /cluster; keep the known ones until it answers.
+            self.ctx.topology.load().nodes.clone()
+        } else {
+            monitor::initial_nodes(&config.cluster)
+        };
         let topology = &self.ctx.topology;
-        topology.publish(reconfigure::carry_over(
+        topology.replace(reconfigure::carry_over(
             &topology.load(),
             fresh,
             SystemTime::now(),
@@ -325,8 +330,16 @@ fn describe_changes(old: &Config, new: &Config) -> Vec<String> {
             old.pool.size, new.pool.size
         ));
     }
-    let node_names =
-        |c: &Config| -> Vec<String> { c.cluster.nodes.iter().map(|n| n.name.clone()).collect() };
+    let node_names = |c: &Config| -> Vec<String> {
+        c.cluster
+            .nodes
+            .iter()
+            .map(|n| match (&n.api, n.is_seed()) {
+                (Some(api), true) => api.clone(),
+                _ => n.name.clone(),
+            })
+            .collect()
+    };
     let (old_nodes, new_nodes) = (node_names(old), node_names(new));
     let added: Vec<&String> = new_nodes
         .iter()

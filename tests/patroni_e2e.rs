@@ -1,6 +1,8 @@
 //! End to end with real Patroni + etcd managing three PostgreSQL nodes on loopback:
 //! Switchyard learns roles from the real REST API, routes writes to the leader and
-//! reads to the replicas, and follows a `patronictl switchover`.
+//! reads to the replicas, and follows a `patronictl switchover`. A second proxy
+//! configured with only the three REST API URLs learns the members from Patroni's
+//! `/cluster` and follows the same switchover.
 
 mod common;
 mod support;
@@ -19,6 +21,29 @@ async fn follows_a_real_patroni_cluster_through_switchover() {
     let proxy = start_proxy(&config_yaml(&nodes, "primary", "")).await;
     let rw = proxy.listener_addr("rw").expect("rw");
     let ro = proxy.listener_addr("ro").expect("ro");
+    let seeds: String = nodes
+        .iter()
+        .map(|n| format!("    - {{ api: \"{}\" }}\n", n.api))
+        .collect();
+    let seeded = start_proxy(
+        &config_yaml(&[], "primary", "").replace("  nodes:\n", &format!("  nodes:\n{seeds}")),
+    )
+    .await;
+    let seeded_rw = seeded.listener_addr("rw").expect("rw");
+    let learned = eventually(
+        Duration::from_secs(10),
+        "members learned from /cluster",
+        || async {
+            let status: serde_json::Value =
+                serde_json::from_str(&admin_get(&seeded, "/status").await.1).unwrap_or_default();
+            status["nodes"].as_array().map_or(0, |n| n.len()) == 3
+                && status["primary"] == cluster.name(leader).as_str()
+        },
+    )
+    .await;
+    println!("members and primary learned from /cluster within {learned:?}");
+    let seeded_writer = connect(seeded_rw, "app", "app_pw").await;
+    assert_eq!(server_port(&seeded_writer).await, cluster.pg_port(leader));
 
     let writer = connect(rw, "app", "app_pw").await;
     assert_eq!(server_port(&writer).await, cluster.pg_port(leader));
@@ -80,6 +105,17 @@ async fn follows_a_real_patroni_cluster_through_switchover() {
         took,
         switch_started.elapsed()
     );
+    eventually(
+        Duration::from_secs(30),
+        "the /cluster-seeded proxy follows",
+        || async {
+            match try_connect(seeded_rw, "app", "app_pw").await {
+                Ok(client) => server_port(&client).await == cluster.pg_port(candidate),
+                Err(_) => false,
+            }
+        },
+    )
+    .await;
     let (status, body) = admin_get(&proxy, "/health").await;
     assert_eq!(status, 200);
     assert_eq!(

@@ -308,3 +308,80 @@ async fn lagging_replicas_leave_the_read_route_and_come_back() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn members_learned_from_patroni_cluster_follow_joins_and_survive_a_dead_seed() {
+    let cluster = blocking(PgCluster::shared).await;
+    let ports = [cluster.port(0), cluster.port(1), cluster.port(2)];
+    let roles = [FakeRole::Primary, FakeRole::Replica, FakeRole::Replica];
+    let (apis, _) = fake_apis(&ports, &roles).await;
+    let member = |i: usize, role: &str| {
+        serde_json::json!({
+            "name": format!("pg{}", i + 1), "role": role, "state": "running",
+            "host": "127.0.0.1", "port": ports[i], "api_url": format!("{}/patroni", apis[i].url()),
+        })
+    };
+    // Patroni 3 calls the leader "leader"; the list starts with two members.
+    let two = serde_json::json!([member(0, "leader"), member(1, "replica")]);
+    for api in &apis {
+        api.set_cluster_members(two.clone());
+    }
+    let seeds = format!(
+        "    - {{ api: \"{}\" }}\n    - {{ api: \"{}\" }}\n",
+        apis[0].url(),
+        apis[1].url()
+    );
+    let yaml = config_yaml(&[], "primary", "").replace("  nodes:\n", &format!("  nodes:\n{seeds}"));
+    let proxy = start_proxy(&yaml).await;
+    let rw = proxy.listener_addr("rw").expect("rw");
+    let ro = proxy.listener_addr("ro").expect("ro");
+    let writer = connect(rw, "app", "app_pw").await;
+    assert_eq!(server_port(&writer).await, ports[0]);
+    let first_reader = connect(ro, "app", "app_pw").await;
+    assert_eq!(server_port(&first_reader).await, ports[1]);
+
+    // A third member joins the Patroni cluster (Patroni 4 words for the leader).
+    let three = serde_json::json!([
+        member(0, "primary"),
+        member(1, "replica"),
+        member(2, "replica")
+    ]);
+    for api in &apis {
+        api.set_cluster_members(three.clone());
+    }
+    eventually(
+        Duration::from_secs(5),
+        "pg3 is in the read route",
+        || async {
+            let status: serde_json::Value =
+                serde_json::from_str(&admin_get(&proxy, "/status").await.1).unwrap_or_default();
+            status["nodes"].as_array().is_some_and(|nodes| {
+                nodes
+                    .iter()
+                    .any(|n| n["name"] == "pg3" && n["role"] == "replica")
+            })
+        },
+    )
+    .await;
+    // Least connections: with pg2 busy, the next reader goes to the newcomer.
+    let second_reader = connect(ro, "app", "app_pw").await;
+    assert_eq!(server_port(&second_reader).await, ports[2]);
+
+    // The first seed dies: membership comes from the second, routing carries on.
+    apis[0].set_role(FakeRole::Refuse);
+    apis[0].set_cluster_members(serde_json::json!([]));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let status: serde_json::Value =
+        serde_json::from_str(&admin_get(&proxy, "/status").await.1).expect("status");
+    let names: Vec<&str> = status["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .filter_map(|n| n["name"].as_str())
+        .collect();
+    assert_eq!(names, ["pg1", "pg2", "pg3"], "members kept: {status}");
+    drop(first_reader);
+    let reader = connect(ro, "app", "app_pw").await;
+    let port = server_port(&reader).await;
+    assert!(port == ports[1] || port == ports[2], "{port}");
+}

@@ -216,7 +216,10 @@ pub struct ClusterConfig {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeConfig {
+    /// Empty only for an API-only seed (members then come from Patroni's /cluster).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub name: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub host: String,
     #[serde(default = "default_pg_port")]
     pub port: u16,
@@ -232,11 +235,28 @@ pub struct NodeConfig {
 impl NodeConfig {
     /// `host:port` of the PostgreSQL server, as used to connect.
     pub fn pg_address(&self) -> String {
-        if self.host.contains(':') && !self.host.starts_with('[') {
-            format!("[{}]:{}", self.host, self.port)
-        } else {
-            format!("{}:{}", self.host, self.port)
-        }
+        host_port(&self.host, self.port)
+    }
+
+    /// Listed only by its Patroni API: a seed for membership discovery.
+    pub fn is_seed(&self) -> bool {
+        self.host.is_empty()
+    }
+}
+
+/// `host:port`, with IPv6 literals bracketed.
+pub fn host_port(host: &str, port: u16) -> String {
+    if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+impl ClusterConfig {
+    /// Nodes are learned from Patroni's `/cluster` (the config lists API seeds only).
+    pub fn members_from_patroni(&self) -> bool {
+        self.discovery == Discovery::Patroni && self.nodes.iter().all(NodeConfig::is_seed)
     }
 }
 

@@ -214,6 +214,10 @@ fn validate_cluster(config: &mut Config) -> Result<(), ConfigError> {
             "at least one node is needed",
         ));
     }
+    let seeds = cluster.nodes.iter().filter(|n| n.is_seed()).count();
+    if seeds > 0 {
+        return validate_seeds(cluster);
+    }
     let mut names = HashSet::new();
     for (i, node) in cluster.nodes.iter_mut().enumerate() {
         if node.name.trim().is_empty() || !names.insert(node.name.clone()) {
@@ -251,6 +255,10 @@ fn validate_cluster(config: &mut Config) -> Result<(), ConfigError> {
         };
     }
     validate_probe(cluster)?;
+    validate_health(cluster)
+}
+
+fn validate_health(cluster: &super::ClusterConfig) -> Result<(), ConfigError> {
     let health = &cluster.health;
     if health.interval.0.is_zero() || health.timeout.0.is_zero() {
         return Err(ConfigError::invalid(
@@ -265,6 +273,38 @@ fn validate_cluster(config: &mut Config) -> Result<(), ConfigError> {
         ));
     }
     Ok(())
+}
+
+/// Nodes listed by API only: members come from Patroni's `/cluster`, so every
+/// entry must be such a seed, and discovery must be Patroni.
+fn validate_seeds(cluster: &mut super::ClusterConfig) -> Result<(), ConfigError> {
+    if cluster.discovery != Discovery::Patroni {
+        return Err(ConfigError::invalid(
+            "cluster.nodes",
+            "nodes listed without host need cluster.discovery: patroni (members are read \
+             from Patroni's /cluster)",
+        ));
+    }
+    for (i, node) in cluster.nodes.iter_mut().enumerate() {
+        if !node.is_seed() || !node.name.is_empty() {
+            return Err(ConfigError::invalid(
+                format!("cluster.nodes[{i}]"),
+                "either list every node with name and host, or only Patroni API endpoints \
+                 ({ api: http://host:8008 }) to learn members from /cluster; not both",
+            ));
+        }
+        let url = node.api.as_deref().ok_or_else(|| {
+            ConfigError::invalid(
+                format!("cluster.nodes[{i}].api"),
+                "a node without host must have an api",
+            )
+        })?;
+        node.api_endpoint =
+            Some(ApiEndpoint::parse(url).map_err(|reason| {
+                ConfigError::invalid(format!("cluster.nodes[{i}].api"), reason)
+            })?);
+    }
+    validate_health(cluster)
 }
 
 fn validate_probe(cluster: &super::ClusterConfig) -> Result<(), ConfigError> {

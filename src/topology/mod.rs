@@ -5,6 +5,7 @@
 //! can wait for routing changes on a watch channel.
 
 pub mod health;
+pub mod members;
 pub mod monitor;
 pub mod patroni;
 pub mod probe;
@@ -40,7 +41,15 @@ impl TopologyHandle {
         self.current.load_full()
     }
 
+    /// Publishes the result of a health round.
     pub fn publish(&self, topology: Topology) {
+        self.replace(topology);
+        self.rounds.send_modify(|r| *r += 1);
+    }
+
+    /// Publishes a snapshot that is not a health round's (a new node list from a
+    /// reload or from membership), so it does not count as one.
+    pub fn replace(&self, topology: Topology) {
         let generation = topology.generation;
         self.current.store(Arc::new(topology));
         self.changes.send_if_modified(|g| {
@@ -48,7 +57,6 @@ impl TopologyHandle {
             *g = generation;
             changed
         });
-        self.rounds.send_modify(|r| *r += 1);
     }
 
     /// Resolves at each routing change.

@@ -18,9 +18,14 @@ use super::probe::{replica_lags, Probe};
 use super::snapshot::{resolve_primary, NodeState, PrimaryState, Topology};
 use super::sql_probe::SqlProber;
 use super::TopologyHandle;
+use super::{members, reconfigure};
 
-/// Initial node states (nothing known yet) for a cluster config.
+/// Initial node states (nothing known yet) for a cluster config. With API seeds
+/// only, there are none until `/cluster` names the members.
 pub fn initial_nodes(cluster: &ClusterConfig) -> Vec<NodeState> {
+    if cluster.members_from_patroni() {
+        return Vec::new();
+    }
     cluster
         .nodes
         .iter()
@@ -47,6 +52,20 @@ enum Prober {
 }
 
 impl Prober {
+    /// Patroni probes for the nodes of a learned member list.
+    fn for_nodes(nodes: &[NodeState]) -> Prober {
+        Prober::Patroni(
+            nodes
+                .iter()
+                .map(|n| {
+                    n.api
+                        .as_deref()
+                        .and_then(|url| ApiEndpoint::parse(url).ok())
+                })
+                .collect(),
+        )
+    }
+
     fn new(cluster: &ClusterConfig) -> Prober {
         match cluster.discovery {
             Discovery::Patroni => Prober::Patroni(
@@ -75,7 +94,13 @@ impl Prober {
 
 /// Probes all nodes until `shutdown`. The first round runs at once.
 pub async fn run(cluster: ClusterConfig, handle: Arc<TopologyHandle>, shutdown: CancellationToken) {
-    let mut prober = Prober::new(&cluster);
+    let mut membership = Membership::new(&cluster);
+    // With learned members, probes follow the published node list (which a reload
+    // carries over), not the seeds.
+    let mut prober = match membership {
+        Some(_) => Prober::for_nodes(&handle.load().nodes),
+        None => Prober::new(&cluster),
+    };
     let mut ticker = tokio::time::interval(cluster.health.interval.0);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let max_lag = cluster.max_replica_lag.0.map(|size| size.0);
@@ -85,14 +110,23 @@ pub async fn run(cluster: ClusterConfig, handle: Arc<TopologyHandle>, shutdown: 
             _ = ticker.tick() => {}
             _ = shutdown.cancelled() => return,
         }
+        if let Some(membership) = membership.as_mut() {
+            let updated = tokio::select! {
+                updated = membership.refresh(&handle, cluster.health.timeout.0) => updated,
+                _ = shutdown.cancelled() => return,
+            };
+            if updated {
+                prober = Prober::for_nodes(&handle.load().nodes);
+            }
+        }
         let (probes, took) = tokio::select! {
             round = prober.round(cluster.health.timeout.0, max_lag) => round,
             _ = shutdown.cancelled() => return,
         };
-        for ((node, probe), took) in cluster.nodes.iter().zip(&probes).zip(took) {
+        let previous = handle.load();
+        for ((node, probe), took) in previous.nodes.iter().zip(&probes).zip(took) {
             crate::metrics::record_health_check(&node.name, took, probe.error().is_some());
         }
-        let previous = handle.load();
         let now = SystemTime::now();
         let next = apply_round(&previous, &probes, &cluster.health, now);
         log_changes(&previous, &next, primary_lost_at);
@@ -112,6 +146,70 @@ pub async fn run(cluster: ClusterConfig, handle: Arc<TopologyHandle>, shutdown: 
             _ => {}
         }
         handle.publish(next);
+    }
+}
+
+/// Membership learned from Patroni's `/cluster` (API seeds configured).
+struct Membership {
+    seeds: Vec<ApiEndpoint>,
+    /// Which seed to ask first: the one that answered last time.
+    next_seed: usize,
+    failing: bool,
+}
+
+impl Membership {
+    fn new(cluster: &ClusterConfig) -> Option<Membership> {
+        cluster.members_from_patroni().then(|| Membership {
+            seeds: cluster
+                .nodes
+                .iter()
+                .filter_map(|n| n.api_endpoint.clone())
+                .collect(),
+            next_seed: 0,
+            failing: false,
+        })
+    }
+
+    /// Asks `/cluster` and, when the member list changed, publishes a topology with
+    /// the new node list (known nodes keep their state). Returns whether it changed.
+    /// When no seed answers, the last known members stay.
+    async fn refresh(&mut self, handle: &TopologyHandle, timeout: Duration) -> bool {
+        let members = match members::fetch(&self.seeds, self.next_seed, timeout).await {
+            Ok(members) => members,
+            Err(e) => {
+                if !self.failing {
+                    tracing::warn!(error = %e, "membership: keeping the last known members");
+                }
+                self.failing = true;
+                self.next_seed = (self.next_seed + 1) % self.seeds.len().max(1);
+                return false;
+            }
+        };
+        if self.failing {
+            tracing::info!("membership: /cluster answers again");
+            self.failing = false;
+        }
+        let fresh = members::nodes_from(&members);
+        let current = handle.load();
+        if members::same_nodes(&current.nodes, &fresh) {
+            return false;
+        }
+        let names =
+            |nodes: &[NodeState]| -> Vec<String> { nodes.iter().map(|n| n.name.clone()).collect() };
+        let (before, after) = (names(&current.nodes), names(&fresh));
+        let joined: Vec<&String> = after.iter().filter(|n| !before.contains(n)).collect();
+        let left: Vec<&String> = before.iter().filter(|n| !after.contains(n)).collect();
+        tracing::info!(
+            joined = ?joined,
+            left = ?left,
+            leader = members
+                .iter()
+                .find(|m| m.role == members::MemberRole::Leader)
+                .map_or("none", |m| m.name.as_str()),
+            "membership: members changed (from Patroni /cluster)"
+        );
+        handle.replace(reconfigure::carry_over(&current, fresh, SystemTime::now()));
+        true
     }
 }
 
