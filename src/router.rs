@@ -96,6 +96,7 @@ mod tests {
                     last_check: None,
                     last_error: None,
                     sessions: Default::default(),
+                    history: Default::default(),
                 };
                 let check = |yes| {
                     if yes {

@@ -138,6 +138,7 @@ pub fn nodes_from(members: &[Member]) -> Vec<NodeState> {
             last_check: None,
             last_error: None,
             sessions: Default::default(),
+            history: Default::default(),
         })
         .collect()
 }

@@ -15,7 +15,7 @@ use crate::config::{ApiEndpoint, ClusterConfig, Discovery, HealthConfig};
 use super::health::Check;
 use super::patroni;
 use super::probe::{replica_lags, Probe};
-use super::snapshot::{resolve_primary, NodeState, PrimaryState, Topology};
+use super::snapshot::{resolve_primary, NodeState, PrimaryState, RoleChange, Topology};
 use super::sql_probe::SqlProber;
 use super::TopologyHandle;
 use super::{members, reconfigure};
@@ -40,6 +40,7 @@ pub fn initial_nodes(cluster: &ClusterConfig) -> Vec<NodeState> {
             last_check: None,
             last_error: None,
             sessions: Default::default(),
+            history: Default::default(),
         })
         .collect()
 }
@@ -273,6 +274,7 @@ pub fn apply_round(
         });
     let lags = replica_lags(probes);
     for ((node, probe), lag) in nodes.iter_mut().zip(probes).zip(lags) {
+        let role_before = node.role();
         node.lag_bytes = lag;
         node.primary
             .observe(&probe.primary, health.rise, health.fall);
@@ -285,6 +287,14 @@ pub fn apply_round(
         }
         node.last_check = Some(now);
         node.last_error = probe.error();
+        if node.role() != role_before && node.last_check.is_some() {
+            node.history.record(RoleChange {
+                at: Some(now),
+                from: role_before,
+                to: node.role(),
+                reason: node.last_error.clone(),
+            });
+        }
     }
     let primary = resolve_primary(&nodes);
     let mut next = Topology {
@@ -398,6 +408,12 @@ health: { interval: 1s, timeout: 1s, rise: 2, fall: 3 }
         assert!(topology.generation > generation);
         topology = round(&topology, &flipped);
         assert_eq!(topology.primary, PrimaryState::Confirmed { node: 1 });
+        let a = &topology.nodes[0].history;
+        let changes: Vec<(&str, &str)> = a.iter().map(|c| (c.from, c.to)).collect();
+        assert_eq!(
+            changes,
+            [("unavailable", "primary"), ("primary", "replica")]
+        );
     }
 
     #[test]

@@ -52,6 +52,7 @@ mod tests {
             last_error: None,
             lag_bytes: None,
             sessions: Default::default(),
+            history: Default::default(),
         }
     }
 

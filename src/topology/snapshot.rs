@@ -33,6 +33,39 @@ pub struct NodeState {
     /// snapshot of the node, and carried over a reload while the node stays the same.
     #[serde(skip)]
     pub sessions: Arc<AtomicU32>,
+    /// Its most recent role changes, oldest first (for /status).
+    pub history: RoleHistory,
+}
+
+/// One change of a node's role as the proxy saw it.
+#[derive(Debug, Clone, Serialize)]
+pub struct RoleChange {
+    #[serde(serialize_with = "serialize_time")]
+    pub at: Option<SystemTime>,
+    pub from: &'static str,
+    pub to: &'static str,
+    /// What the last check said, when it failed or refused.
+    pub reason: Option<String>,
+}
+
+/// The last few role changes of a node; bounded so a flapping node cannot grow it.
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(transparent)]
+pub struct RoleHistory(std::collections::VecDeque<RoleChange>);
+
+impl RoleHistory {
+    const KEPT: usize = 10;
+
+    pub fn record(&mut self, change: RoleChange) {
+        if self.0.len() == Self::KEPT {
+            self.0.pop_front();
+        }
+        self.0.push_back(change);
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &RoleChange> {
+        self.0.iter()
+    }
 }
 
 impl NodeState {
@@ -186,6 +219,7 @@ mod tests {
             last_check: None,
             last_error: None,
             sessions: Default::default(),
+            history: Default::default(),
         };
         let check = |yes| {
             if yes {
