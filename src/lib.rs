@@ -1,5 +1,6 @@
-//! Switchyard: a PostgreSQL wire-protocol proxy that follows a Patroni cluster and
-//! splits writes (to the primary) from reads (across healthy replicas).
+//! Switchyard: a PostgreSQL wire-protocol proxy that follows a Patroni cluster (or
+//! asks the servers themselves) and splits writes (to the primary) from reads
+//! (across healthy replicas).
 //!
 //! # Layout
 //! The data path, in the order a client meets it:
@@ -14,14 +15,17 @@
 //!   message builders and SQLSTATEs. [`auth`]: SCRAM and MD5 primitives.
 //! - [`cancel`]: proxy-minted cancel keys mapped to the server in use.
 //!
-//! Beside the data path: [`topology`] (Patroni polling, rise/fall health, snapshots),
-//! [`admin`] (HTTP /health and /status), [`config`] (YAML schema and validation) and
-//! [`proxy`] (wiring it all together and shutting it down).
+//! Beside the data path: [`topology`] (Patroni or SQL probes, rise/fall health,
+//! snapshots), [`admin`] (HTTP /health and /status), [`config`] (YAML schema and
+//! validation) and [`proxy`] (wiring it all together and shutting it down). [`demo`]
+//! builds a throwaway PostgreSQL cluster with the proxy in front of it
+//! (`switchyard demo`).
 
 pub mod admin;
 pub mod auth;
 pub mod cancel;
 pub mod config;
+pub mod demo;
 pub mod http_client;
 pub mod listener;
 pub mod pool;
