@@ -1,5 +1,6 @@
-//! Switchyard: a PostgreSQL wire-protocol proxy that follows a Patroni cluster and
-//! splits writes (to the primary) from reads (across healthy replicas).
+//! Switchyard: a PostgreSQL wire-protocol proxy that follows a Patroni cluster (or
+//! asks the servers themselves) and splits writes (to the primary) from reads
+//! (across healthy replicas).
 //!
 //! # Layout
 //! The data path, in the order a client meets it:
@@ -19,11 +20,14 @@
 //! (Prometheus), [`config`] (YAML schema and validation), [`reload`] (applying a
 //! changed config to the running proxy) and [`proxy`] (wiring it all together and
 //! shutting it down, gracefully or at once).
+//! [`demo`] builds a throwaway PostgreSQL cluster with the proxy in front of it
+//! (`switchyard demo`).
 
 pub mod admin;
 pub mod auth;
 pub mod cancel;
 pub mod config;
+pub mod demo;
 pub mod http_client;
 pub mod listener;
 pub mod metrics;

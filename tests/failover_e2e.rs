@@ -38,7 +38,7 @@ async fn load_client(addr: std::net::SocketAddr, index: u64, stop: Arc<AtomicBoo
         n += 1;
         let id = (index as i64) * 10_000_000 + n;
         // Half the clients use the simple protocol, half a prepared statement.
-        let result = if index % 2 == 0 {
+        let result = if index.is_multiple_of(2) {
             client
                 .batch_execute(&format!("insert into failover_probe(id) values ({id})"))
                 .await

@@ -234,7 +234,13 @@ pub fn probe_from_error(error: &ServerError, user: &str) -> Probe {
             };
         }
     }
-    Probe::failed(format!("SQL probe as {user:?}: {error}"))
+    match error {
+        // Login problems are about the probe's own credentials: name the role.
+        ServerError::Rejected { .. } | ServerError::Auth(_) => {
+            Probe::failed(format!("SQL probe as {user:?}: {error}"))
+        }
+        _ => Probe::failed(format!("SQL probe: {error}")),
+    }
 }
 
 /// `cluster.max_replica_lag` for SQL discovery: a replica whose replay is further
