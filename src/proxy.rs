@@ -267,17 +267,16 @@ pub async fn start_with_source(
         );
     }
 
-    let mut sockets = Vec::new();
-    for listener_config in &config.listeners {
-        sockets.push((bind_listener(listener_config).await?, listener_config));
-    }
-    let admin_socket = TcpListener::bind(config.admin.listen)
-        .await
-        .map_err(|source| StartError::Bind {
-            name: "admin".into(),
-            address: config.admin.listen,
-            source,
-        })?;
+    let bound = bind_all(&config).await;
+    let (sockets, admin_socket) = match bound {
+        Ok(bound) => bound,
+        Err(e) => {
+            // The monitor and pool maintenance are already running: stop them.
+            shutdown.cancel();
+            tasks.close();
+            return Err(e);
+        }
+    };
     let admin_addr = admin_socket.local_addr().unwrap_or(config.admin.listen);
     tracing::info!(address = %admin_addr, "admin HTTP listening");
 
@@ -293,6 +292,24 @@ pub async fn start_with_source(
         admin_addr,
         tasks,
     })
+}
+
+type BoundSockets<'a> = (Vec<(TcpListener, &'a ListenerConfig)>, TcpListener);
+
+/// Binds every client listener and the admin listener.
+async fn bind_all(config: &Config) -> Result<BoundSockets<'_>, StartError> {
+    let mut sockets = Vec::new();
+    for listener_config in &config.listeners {
+        sockets.push((bind_listener(listener_config).await?, listener_config));
+    }
+    let admin_socket = TcpListener::bind(config.admin.listen)
+        .await
+        .map_err(|source| StartError::Bind {
+            name: "admin".into(),
+            address: config.admin.listen,
+            source,
+        })?;
+    Ok((sockets, admin_socket))
 }
 
 /// Spawns the accept loop of a bound listener; it stops on `stop` or when draining.
