@@ -74,7 +74,75 @@ async fn follows_a_real_patroni_cluster_through_switchover() {
         "reads stay off the primary while replicas are healthy"
     );
 
+    // Replay paused on one replica while the primary writes: it leaves the read
+    // route (its received WAL keeps up, so Patroni's own /replica?lag= alone would
+    // not notice) and comes back once replay resumes.
     let candidate = (leader + 1) % 3;
+    let paused = (leader + 2) % 3;
+    let lag_proxy = start_proxy(
+        &config_yaml(&nodes, "primary", "")
+            .replace("  health: {", "  max_replica_lag: 1MB\n  health: {"),
+    )
+    .await;
+    let role_of = |status: &serde_json::Value, name: &str| -> (String, u64) {
+        let node = status["nodes"]
+            .as_array()
+            .and_then(|n| n.iter().find(|n| n["name"] == name))
+            .cloned()
+            .unwrap_or_default();
+        (
+            node["role"].as_str().unwrap_or("").to_string(),
+            node["lag_bytes"].as_u64().unwrap_or(0),
+        )
+    };
+    let paused_name = cluster.name(paused);
+    eventually(
+        Duration::from_secs(10),
+        "both replicas serve reads",
+        || async {
+            let status: serde_json::Value =
+                serde_json::from_str(&admin_get(&lag_proxy, "/status").await.1).unwrap_or_default();
+            role_of(&status, &paused_name).0 == "replica"
+        },
+    )
+    .await;
+    let cluster = blocking(move || {
+        cluster.psql(paused, "SELECT pg_wal_replay_pause()");
+        cluster.psql(
+            leader,
+            "CREATE TABLE lag_fill AS SELECT g, repeat('x', 1000) AS filler \
+             FROM generate_series(1, 4000) g",
+        );
+        cluster
+    })
+    .await;
+    eventually(
+        Duration::from_secs(15),
+        "the paused replica leaves the read route",
+        || async {
+            let status: serde_json::Value =
+                serde_json::from_str(&admin_get(&lag_proxy, "/status").await.1).unwrap_or_default();
+            let (role, lag) = role_of(&status, &paused_name);
+            role != "replica" && lag > 1 << 20
+        },
+    )
+    .await;
+    let cluster = blocking(move || {
+        cluster.psql(paused, "SELECT pg_wal_replay_resume()");
+        cluster
+    })
+    .await;
+    eventually(
+        Duration::from_secs(15),
+        "it comes back once replay catches up",
+        || async {
+            let status: serde_json::Value =
+                serde_json::from_str(&admin_get(&lag_proxy, "/status").await.1).unwrap_or_default();
+            role_of(&status, &paused_name).0 == "replica"
+        },
+    )
+    .await;
+
     let switch_started = Instant::now();
     let cluster = blocking(move || {
         cluster.switchover(candidate);

@@ -14,7 +14,7 @@ use crate::config::{ApiEndpoint, ClusterConfig, Discovery, HealthConfig};
 
 use super::health::Check;
 use super::patroni;
-use super::probe::{replica_lags, Probe};
+use super::probe::{refuse_lagging, replica_lags, Probe};
 use super::snapshot::{resolve_primary, NodeState, PrimaryState, RoleChange, Topology};
 use super::sql_probe::SqlProber;
 use super::TopologyHandle;
@@ -87,7 +87,13 @@ impl Prober {
         max_lag: Option<u64>,
     ) -> (Vec<Probe>, Vec<Duration>) {
         match self {
-            Prober::Patroni(endpoints) => probe_patroni(endpoints, timeout, max_lag).await,
+            Prober::Patroni(endpoints) => {
+                let (mut probes, took) = probe_patroni(endpoints, timeout, max_lag).await;
+                if let Some(max) = max_lag {
+                    refuse_lagging(&mut probes, max);
+                }
+                (probes, took)
+            }
             Prober::Sql(prober) => prober.round(timeout, max_lag).await,
         }
     }

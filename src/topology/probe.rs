@@ -89,6 +89,25 @@ pub fn replica_lags(probes: &[Probe]) -> Vec<Option<u64>> {
         .collect()
 }
 
+/// `cluster.max_replica_lag`, measured by the proxy: a replica whose replay is
+/// further behind this round's primary than `max_bytes` is refused the replica role.
+/// Patroni's own `/replica?lag=` compares the leader's position in the DCS with
+/// what the replica received, so a replica whose replay is paused or slow passes it;
+/// this check catches that too (both apply with Patroni discovery).
+pub fn refuse_lagging(probes: &mut [Probe], max_bytes: u64) {
+    let lags = replica_lags(probes);
+    for (probe, lag) in probes.iter_mut().zip(lags) {
+        if let Some(lag_bytes) = lag.filter(|&lag| lag > max_bytes) {
+            if probe.replica == Check::Yes {
+                probe.replica = Check::No(Refusal::Lagging {
+                    lag_bytes,
+                    max_bytes,
+                });
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -16,7 +16,7 @@ use crate::config::ClusterConfig;
 use crate::server::{self, LoginRequest, Row, ServerConnection, ServerError};
 
 use super::health::{Check, Refusal};
-use super::probe::{parse_lsn, replica_lags, Probe, Wal};
+use super::probe::{parse_lsn, refuse_lagging, Probe, Wal};
 
 /// `r` is evaluated once (a volatile function keeps the subquery from being
 /// inlined), so a promotion during the query cannot mix the two branches, and
@@ -240,23 +240,6 @@ pub fn probe_from_error(error: &ServerError, user: &str) -> Probe {
             Probe::failed(format!("SQL probe as {user:?}: {error}"))
         }
         _ => Probe::failed(format!("SQL probe: {error}")),
-    }
-}
-
-/// `cluster.max_replica_lag` for SQL discovery: a replica whose replay is further
-/// behind this round's primary than `max_bytes` is refused the replica role (Patroni
-/// discovery asks Patroni's `/replica?lag=` instead).
-pub fn refuse_lagging(probes: &mut [Probe], max_bytes: u64) {
-    let lags = replica_lags(probes);
-    for (probe, lag) in probes.iter_mut().zip(lags) {
-        if let Some(lag_bytes) = lag.filter(|&lag| lag > max_bytes) {
-            if probe.replica == Check::Yes {
-                probe.replica = Check::No(Refusal::Lagging {
-                    lag_bytes,
-                    max_bytes,
-                });
-            }
-        }
     }
 }
 
