@@ -99,15 +99,16 @@ async fn sleeping_query(
 }
 
 async fn cancel_via(token: &CancelToken, instance: SocketAddr) {
-    let stream = TcpStream::connect(instance)
+    let stream = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(instance))
         .await
+        .expect("connected in time")
         .expect("connect for cancel");
     tokio::time::timeout(
         Duration::from_secs(10),
         token.cancel_query_raw(stream, NoTls),
     )
     .await
-    .expect("cancel request answered in time")
+    .expect("cancel request sent in time")
     .expect("cancel sent");
 }
 
