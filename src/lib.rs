@@ -13,7 +13,8 @@
 //! - [`server`]: opening and logging in to a PostgreSQL node.
 //! - [`protocol`]: framing (never decoding what is only forwarded), startup packets,
 //!   message builders and SQLSTATEs. [`auth`]: SCRAM and MD5 primitives.
-//! - [`cancel`]: proxy-minted cancel keys mapped to the server in use.
+//! - [`cancel`]: proxy-minted cancel keys mapped to the server in use, or to the
+//!   peer instance (the other half of a Keepalived pair) that minted them.
 //!
 //! Beside the data path: [`topology`] (Patroni polling, rise/fall health, snapshots),
 //! [`admin`] (HTTP /health, /status, /metrics, POST /reload), [`metrics`]

@@ -365,6 +365,13 @@ fn describe_changes(old: &Config, new: &Config) -> Vec<String> {
         let names: Vec<String> = new.listeners.iter().map(|l| l.name.clone()).collect();
         changes.push(format!("listeners now: {}", names.join(", ")));
     }
+    if old.peer_id != new.peer_id || old.peers != new.peers {
+        changes.push(format!(
+            "peering now: peer_id {}, {} peer(s)",
+            new.peer_id,
+            new.peers.len()
+        ));
+    }
     for (section, a, b) in [
         (
             "client",

@@ -41,6 +41,9 @@ pool:
 failover: { hold_timeout: 30s }
 shutdown_timeout: 30s
 log: { format: json, level: info }
+peer_id: 1
+peers:
+  - { id: 2, address: "10.0.0.12:5000" }
 "#;
 
 fn leaf_paths(value: &Value, prefix: &str, out: &mut BTreeSet<String>) {

@@ -3,6 +3,7 @@
 //! proxy reads configuration from anywhere else.
 
 mod cidr;
+mod peers;
 mod units;
 mod validate;
 
@@ -13,6 +14,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use cidr::Cidr;
+pub use peers::PeerConfig;
 pub use units::{ByteSize, HumanDuration, MaxLag};
 pub use validate::ApiEndpoint;
 
@@ -60,6 +62,13 @@ pub struct Config {
     pub shutdown_timeout: HumanDuration,
     #[serde(default)]
     pub log: LogConfig,
+    /// This instance's id among its peers, carried in every cancel key it mints;
+    /// 0 (the default) means no peering.
+    #[serde(default)]
+    pub peer_id: u32,
+    /// The other instances: cancel requests for keys they minted are passed on.
+    #[serde(default)]
+    pub peers: Vec<PeerConfig>,
 }
 
 fn default_shutdown_timeout() -> HumanDuration {

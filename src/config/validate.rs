@@ -53,7 +53,7 @@ impl ApiEndpoint {
     }
 }
 
-fn split_host_port(authority: &str) -> Option<(String, u16)> {
+pub(super) fn split_host_port(authority: &str) -> Option<(String, u16)> {
     let (host, port) = if let Some(rest) = authority.strip_prefix('[') {
         let end = rest.find(']')?;
         let port = rest[end + 1..].strip_prefix(':')?;
@@ -116,6 +116,7 @@ pub(super) fn validate(config: &mut Config) -> Result<(), ConfigError> {
     validate_cluster(config)?;
     validate_users(config)?;
     validate_pool(config)?;
+    super::peers::validate_peers(config)?;
     if config.client.max_message_size.0 < 1024 {
         return Err(ConfigError::invalid(
             "client.max_message_size",

@@ -23,7 +23,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tracing::Instrument;
 
-use crate::cancel;
+use crate::cancel::{self, CancelRoute, KeyPid};
 use crate::config::{Config, PoolMode, SessionPooling};
 use crate::protocol::{messages, ClientError, SqlState};
 use crate::proxy::{ListenerState, ProxyContext};
@@ -105,7 +105,11 @@ async fn open(
 ) -> Result<Option<(SessionParams, BytesMut)>, HandshakeFailure> {
     let startup = match handshake::read_opening(socket).await? {
         Opening::Cancel { pid, secret } => {
-            forward_cancel(ctx, pid, &secret).await;
+            let from = socket
+                .peer_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_default();
+            forward_cancel(ctx, pid, &secret, &from).await;
             return Ok(None);
         }
         Opening::Startup(startup) => startup,
@@ -122,18 +126,47 @@ async fn open(
     Ok(Some((params, out)))
 }
 
-async fn forward_cancel(ctx: &ProxyContext, pid: i32, secret: &[u8]) {
-    match ctx.cancels.lookup(pid, secret) {
-        Some(target) => {
-            let timeout = ctx.config().server.cancel_timeout.0;
+/// Sends a CancelRequest where it belongs: the server one of our clients uses, or
+/// the peer instance that minted the key (see `cancel` for the key layout).
+/// Logs one line either way.
+async fn forward_cancel(ctx: &ProxyContext, pid: i32, secret: &[u8], from: &str) {
+    let config = ctx.config();
+    let peering = cancel::Peering {
+        own_id: config.peer_id,
+        peers: &config.peers,
+    };
+    let timeout = config.server.cancel_timeout.0;
+    match ctx.cancels.route(pid, secret, &peering) {
+        CancelRoute::Local(target) => match cancel::send_cancel(&target, timeout).await {
+            Ok(()) => tracing::info!(%from, server = %target.address, "cancel request forwarded"),
+            Err(e) => tracing::warn!(
+                %from,
+                server = %target.address,
+                error = %e,
+                "cannot forward cancel request"
+            ),
+        },
+        CancelRoute::Peer(target) => {
+            let peer = KeyPid::decode(pid).peer;
             match cancel::send_cancel(&target, timeout).await {
-                Ok(()) => tracing::info!(server = %target.address, "cancel request forwarded"),
-                Err(e) => {
-                    tracing::warn!(server = %target.address, error = %e, "cannot forward cancel request")
-                }
+                Ok(()) => tracing::info!(
+                    %from,
+                    peer,
+                    address = %target.address,
+                    "cancel request passed to peer"
+                ),
+                Err(e) => tracing::warn!(
+                    %from,
+                    peer,
+                    address = %target.address,
+                    error = %e,
+                    "cannot pass cancel request to peer"
+                ),
             }
         }
-        None => tracing::info!(pid, "cancel request for an unknown or idle session ignored"),
+        CancelRoute::Ignore(reason) => {
+            tracing::info!(%from, pid, "cancel request ignored: {reason}")
+        }
     }
 }
 
@@ -254,7 +287,7 @@ impl Session {
                 }
             },
         };
-        let registration = self.ctx.cancels.register();
+        let registration = self.ctx.cancels.register(self.config.peer_id);
         messages::backend_key_data(&mut out, registration.pid, registration.secret);
         messages::ready_for_query_idle(&mut out);
         if let Err(e) = socket.write_all(&out).await {

@@ -425,6 +425,24 @@ impl PgCluster {
         *node.stopped.lock().unwrap_or_else(|e| e.into_inner()) = false;
     }
 
+    /// Make node `i` listen on `address` too (besides 127.0.0.1) and accept
+    /// SCRAM logins from `cidr`, then restart it: for clients in network
+    /// namespaces, which cannot reach this namespace's loopback. `address` must
+    /// already be configured on an interface.
+    pub fn listen_also(&self, i: usize, address: &str, cidr: &str) {
+        let node = &self.nodes[i];
+        // A later line wins in postgresql.conf, so appending overrides the harness's.
+        append(
+            &node.data_dir.join("postgresql.conf"),
+            &format!("\nlisten_addresses = '127.0.0.1,{address}'\n"),
+        );
+        append(
+            &node.data_dir.join("pg_hba.conf"),
+            &format!("host    all          all          {cidr}  scram-sha-256\n"),
+        );
+        self.restart(i);
+    }
+
     /// Wait until node 0's pg_stat_replication shows every replica that was
     /// not stopped via [`PgCluster::stop`] / [`PgCluster::kill_hard`] as
     /// `streaming` (matched by application_name = node name).
