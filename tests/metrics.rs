@@ -284,6 +284,7 @@ async fn metrics_describe_a_real_workload() {
         "switchyard_failover_duration_seconds",
         "switchyard_config_reloads_total",
         "switchyard_replica_lag_bytes",
+        "switchyard_cancel_requests_total",
     ];
     for name in &documented {
         assert!(

@@ -136,38 +136,52 @@ async fn forward_cancel(ctx: &ProxyContext, pid: i32, secret: &[u8], from: &str)
         peers: &config.peers,
     };
     let timeout = config.server.cancel_timeout.0;
-    match ctx.cancels.route(pid, secret, &peering) {
+    let outcome = match ctx.cancels.route(pid, secret, &peering) {
         CancelRoute::Local(target) => match cancel::send_cancel(&target, timeout).await {
-            Ok(()) => tracing::info!(%from, server = %target.address, "cancel request forwarded"),
-            Err(e) => tracing::warn!(
-                %from,
-                server = %target.address,
-                error = %e,
-                "cannot forward cancel request"
-            ),
+            Ok(()) => {
+                tracing::info!(%from, server = %target.address, "cancel request forwarded");
+                "forwarded"
+            }
+            Err(e) => {
+                tracing::warn!(
+                    %from,
+                    server = %target.address,
+                    error = %e,
+                    "cannot forward cancel request"
+                );
+                "failed"
+            }
         },
         CancelRoute::Peer(target) => {
             let peer = KeyPid::decode(pid).peer;
             match cancel::send_cancel(&target, timeout).await {
-                Ok(()) => tracing::info!(
-                    %from,
-                    peer,
-                    address = %target.address,
-                    "cancel request passed to peer"
-                ),
-                Err(e) => tracing::warn!(
-                    %from,
-                    peer,
-                    address = %target.address,
-                    error = %e,
-                    "cannot pass cancel request to peer"
-                ),
+                Ok(()) => {
+                    tracing::info!(
+                        %from,
+                        peer,
+                        address = %target.address,
+                        "cancel request passed to peer"
+                    );
+                    "peer"
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        %from,
+                        peer,
+                        address = %target.address,
+                        error = %e,
+                        "cannot pass cancel request to peer"
+                    );
+                    "failed"
+                }
             }
         }
         CancelRoute::Ignore(reason) => {
-            tracing::info!(%from, pid, "cancel request ignored: {reason}")
+            tracing::info!(%from, pid, "cancel request ignored: {reason}");
+            "ignored"
         }
-    }
+    };
+    metrics::counter!("switchyard_cancel_requests_total", "outcome" => outcome).increment(1);
 }
 
 async fn refuse(socket: &mut TcpStream, error: &ClientError) {
