@@ -450,24 +450,42 @@ enum Verdict {
 }
 
 /// Judges a server's first bytes in an attach: an ErrorResponse saying the server
-/// is shutting down (57P01) or not accepting connections (57P03) before anything
-/// else means the request was never executed. (57P02, crash shutdown, can follow a
-/// commit that reached the WAL, so it is not in this list.)
+/// is shutting down (57P01) or not accepting connections (57P03), with nothing
+/// before it but replies that prove no statement finished (ParseComplete,
+/// BindComplete, ParameterDescription, RowDescription, NoData), means the request
+/// was never executed: a fast shutdown interrupts a prepared INSERT between its
+/// BindComplete and its CommandComplete. (57P02, crash shutdown, can follow a
+/// commit that reached the WAL, so it is not in this list; and once a
+/// CommandComplete or a row has been seen, the request did run.)
 fn going_away(buffer: &[u8]) -> Verdict {
-    if buffer.first() != Some(&b'E') {
-        return Verdict::Answer;
-    }
-    match complete_message_len(buffer, 1 << 20) {
-        Ok(Some(len)) => {
-            let fields = crate::protocol::backend::parse_error_fields(&buffer[5..len]);
-            if matches!(fields.code.as_str(), "57P01" | "57P03") {
+    let mut at = 0;
+    loop {
+        let Some(&tag) = buffer.get(at) else {
+            // Only harmless replies so far: wait for what follows them.
+            return if at == 0 {
+                Verdict::Answer
+            } else {
+                Verdict::NeedMore
+            };
+        };
+        if !matches!(tag, b'1' | b'2' | b't' | b'T' | b'n' | b'E') {
+            return Verdict::Answer;
+        }
+        let len = match complete_message_len(&buffer[at..], 1 << 20) {
+            Ok(Some(len)) => len,
+            Ok(None) => return Verdict::NeedMore,
+            Err(_) => return Verdict::Answer,
+        };
+        if tag == b'E' {
+            let body = &buffer[at + 5..at + len];
+            let fields = crate::protocol::backend::parse_error_fields(body);
+            return if matches!(fields.code.as_str(), "57P01" | "57P03") {
                 Verdict::GoingAway
             } else {
                 Verdict::Answer
-            }
+            };
         }
-        Ok(None) => Verdict::NeedMore,
-        Err(_) => Verdict::Answer,
+        at += len;
     }
 }
 
@@ -553,7 +571,28 @@ mod tests {
         let ordinary = message(b'E', b"SERROR\0C23505\0\0");
         assert!(matches!(going_away(&ordinary), Verdict::Answer));
         let rows = message(b'T', b"\0\0");
-        assert!(matches!(going_away(&rows), Verdict::Answer));
+        assert!(matches!(going_away(&rows), Verdict::NeedMore));
+        let done = [rows.clone(), message(b'C', b"SELECT 1\0")].concat();
+        assert!(matches!(going_away(&done), Verdict::Answer));
+    }
+
+    #[test]
+    fn a_shutdown_right_after_bind_complete_still_means_never_ran() {
+        let bound = [message(b'1', b""), message(b'2', b"")].concat();
+        let shutdown = message(b'E', b"SFATAL\0C57P01\0Mterminating connection\0\0");
+        let interrupted = [bound.clone(), shutdown.clone()].concat();
+        assert!(matches!(going_away(&interrupted), Verdict::GoingAway));
+        assert!(matches!(going_away(&bound), Verdict::NeedMore));
+        // Once the statement completed, it may have committed: never resent.
+        let completed = [
+            bound.clone(),
+            message(b'C', b"INSERT 0 1\0"),
+            shutdown.clone(),
+        ]
+        .concat();
+        assert!(matches!(going_away(&completed), Verdict::Answer));
+        let streamed = [bound, message(b'D', b"\0\0"), shutdown].concat();
+        assert!(matches!(going_away(&streamed), Verdict::Answer));
     }
 
     #[test]
