@@ -19,6 +19,7 @@
 #   DURATION [40]  seconds of load per run    SWITCH_AT [5]  seconds before the switchover
 #   TARGETS [switchyard,haproxy,pgbouncer]   (pgbouncer = PgBouncer in front of HAProxy)
 #   RETRY_DELAY_MS [100]  a client's pause after a failed INSERT or connection attempt
+#   HAPROXY_INTER [1s]  HAProxy's check interval (the guides' `inter 1s`), e.g. 500ms
 #   RESULTS [benches/results/failover.md]
 #   KEEP_LOGS [0]  1 = keep the work dir (every target's config and log) in /tmp
 set -euo pipefail
@@ -31,7 +32,7 @@ die() { log "ERROR: $*"; exit 1; }
 
 export ROUNDS=${ROUNDS:-3} CLIENTS=${CLIENTS:-20} DURATION=${DURATION:-40} SWITCH_AT=${SWITCH_AT:-5}
 export TARGETS=${TARGETS:-switchyard,haproxy,pgbouncer}
-export RETRY_DELAY_MS=${RETRY_DELAY_MS:-100} KEEP_LOGS=${KEEP_LOGS:-0}
+export RETRY_DELAY_MS=${RETRY_DELAY_MS:-100} KEEP_LOGS=${KEEP_LOGS:-0} HAPROXY_INTER=${HAPROXY_INTER:-1s}
 export RESULTS=${RESULTS:-$BENCH_DIR/results/failover.md}
 
 IFS=, read -r -a TARGET_LIST <<<"$TARGETS"

@@ -102,7 +102,8 @@ async fn killed_primary_under_write_load_loses_no_acknowledged_write() {
         .collect();
     println!(
         "kill -9 of {} (sync standby {}): {} promoted, /primary 200 after {:?}; first write \
-         through rw {:?} after that; {} writes acknowledged, {} failed, longest write pause {:?}",
+         through rw {:?} after that; {} writes acknowledged, {} failed {:?}, longest write \
+         pause {:?}",
         cluster.name(leader),
         cluster.name(sync),
         cluster.name(promoted),
@@ -110,6 +111,7 @@ async fn killed_primary_under_write_load_loses_no_acknowledged_write() {
         resume,
         acknowledged.len(),
         errors.len(),
+        report.failure_kinds(false),
         longest_pause
     );
     // The target is under a second (two 500 ms checks); the bound is loose

@@ -41,6 +41,8 @@ pub struct Settings {
     pub retry_delay: Duration,
     /// `RESULTS` [benches/results/failover.md].
     pub results: PathBuf,
+    /// `HAPROXY_INTER` [1s]: HAProxy's check interval (`default-server inter`).
+    pub haproxy_inter: String,
     /// `KEEP_LOGS` [0]: 1 keeps the work directory with every target's log.
     pub keep_logs: bool,
 }
@@ -76,6 +78,10 @@ impl Settings {
                 .unwrap_or_else(|| {
                     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/results/failover.md")
                 }),
+            haproxy_inter: std::env::var("HAPROXY_INTER")
+                .ok()
+                .filter(|v| !v.trim().is_empty())
+                .unwrap_or_else(|| "1s".to_string()),
             keep_logs: env_num("KEEP_LOGS", 0) == 1,
         };
         assert!(
@@ -162,7 +168,14 @@ impl Bench<'_> {
             self.cluster.name(leader),
             self.cluster.name(candidate)
         );
-        let running = match targets::start(target, self.cluster, &self.dir, run, self.rt) {
+        let running = match targets::start(
+            target,
+            self.cluster,
+            &self.dir,
+            run,
+            &self.settings.haproxy_inter,
+            self.rt,
+        ) {
             Ok(running) => running,
             Err(e) => {
                 eprintln!("[bench] run {run}: {} did not start: {e}", target.label());

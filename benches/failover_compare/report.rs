@@ -299,9 +299,17 @@ pub fn render(settings: &Settings, rows: &[Row], configs: &BTreeMap<String, Stri
         "## Configurations\n\n\
          Switchyard: its release binary, transaction pooling, pool of {POOL_SIZE} per node, \
          health checks `{SWITCHYARD_HEALTH}`. HAProxy: the `listen` block of the Patroni \
-         guides for the primary. PgBouncer: defaults (`server_login_retry` 15 s among \
+         guides for the primary{}. PgBouncer: defaults (`server_login_retry` 15 s among \
          them) except transaction pooling, a pool of {POOL_SIZE}, and HAProxy as its only \
-         server. As written for the first run of each:\n\n"
+         server. As written for the first run of each:\n\n",
+        if settings.haproxy_inter == "1s" {
+            String::new()
+        } else {
+            format!(
+                " (but checking every {} where the guides say `inter 1s`)",
+                settings.haproxy_inter
+            )
+        }
     );
     for (name, text) in configs {
         let _ = write!(out, "`{name}`:\n\n```\n{}\n```\n\n", text.trim_end());

@@ -77,20 +77,21 @@ pub fn start(
     cluster: &PatroniCluster,
     dir: &Path,
     run: usize,
+    haproxy_inter: &str,
     rt: &tokio::runtime::Runtime,
 ) -> Result<Running, String> {
     let leader = cluster.leader().ok_or("no Patroni leader")?;
     let running = match target {
         Target::Switchyard => start_switchyard(cluster, dir, run)?,
         Target::Haproxy => {
-            let haproxy = start_haproxy(cluster, dir, run)?;
+            let haproxy = start_haproxy(cluster, dir, run, haproxy_inter)?;
             rt.block_on(wait_routes_to_leader(haproxy.port, cluster.pg_port(leader)))?;
             haproxy
         }
         Target::Pgbouncer => {
             // PgBouncer keeps its server connections: it must not open any while
             // HAProxy still considers the replicas up (they start as up).
-            let mut haproxy = start_haproxy(cluster, dir, run)?;
+            let mut haproxy = start_haproxy(cluster, dir, run, haproxy_inter)?;
             rt.block_on(wait_routes_to_leader(haproxy.port, cluster.pg_port(leader)))?;
             let mut pgbouncer = start_pgbouncer(haproxy.port, dir, run)?;
             pgbouncer.procs.append(&mut haproxy.procs);
@@ -136,15 +137,15 @@ fn switchyard_yaml(nodes: &[(String, u16, u16)], port: u16, admin: u16) -> Strin
 }
 
 /// HAProxy as the Patroni documentation and most guides set it up for the
-/// primary, with the check interval the guides use for fast failover (1 s).
-fn haproxy_cfg(nodes: &[(String, u16, u16)], port: u16) -> String {
+/// primary; `inter` is the check interval (the guides' `1s` unless overridden).
+fn haproxy_cfg(nodes: &[(String, u16, u16)], port: u16, inter: &str) -> String {
     let mut cfg = format!(
         "global\n    maxconn 100\n\n\
          defaults\n    mode tcp\n    retries 2\n    timeout client 30m\n    timeout connect 4s\n\
          \x20   timeout server 30m\n    timeout check 5s\n\n\
          listen primary\n    bind 127.0.0.1:{port}\n    option httpchk OPTIONS /primary\n\
          \x20   http-check expect status 200\n\
-         \x20   default-server inter 1s fall 3 rise 2 on-marked-down shutdown-sessions\n"
+         \x20   default-server inter {inter} fall 3 rise 2 on-marked-down shutdown-sessions\n"
     );
     for (name, pg, api) in nodes {
         let _ = writeln!(
@@ -197,10 +198,15 @@ fn start_switchyard(cluster: &PatroniCluster, dir: &Path, run: usize) -> Result<
     })
 }
 
-fn start_haproxy(cluster: &PatroniCluster, dir: &Path, run: usize) -> Result<Running, String> {
+fn start_haproxy(
+    cluster: &PatroniCluster,
+    dir: &Path,
+    run: usize,
+    inter: &str,
+) -> Result<Running, String> {
     let port = proc::free_port();
     let config = dir.join(format!("haproxy-{run}.cfg"));
-    let text = haproxy_cfg(&nodes(cluster), port);
+    let text = haproxy_cfg(&nodes(cluster), port, inter);
     write(&config, &text)?;
     let check = Command::new("haproxy")
         .args(["-c", "-q", "-f"])
