@@ -8,62 +8,13 @@
 mod common;
 mod support;
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::patroni::PatroniCluster;
+use common::write_load::{count_present, LoadSpec, Protocol, WriteLoad};
 use support::*;
 
-const CLIENTS: u64 = 20;
-
-/// What one load client saw.
-#[derive(Default)]
-struct ClientLog {
-    acknowledged: Vec<i64>,
-    errors: Vec<String>,
-    longest_pause: Duration,
-}
-
-async fn load_client(addr: std::net::SocketAddr, index: u64, stop: Arc<AtomicBool>) -> ClientLog {
-    let mut log = ClientLog::default();
-    let client = connect(addr, "app", "app_pw").await;
-    let statement = client
-        .prepare("insert into failover_probe(id) values ($1)")
-        .await
-        .expect("prepare insert");
-    let mut last_ack = Instant::now();
-    let mut n = 0i64;
-    while !stop.load(Ordering::Relaxed) {
-        n += 1;
-        let id = (index as i64) * 10_000_000 + n;
-        // Half the clients use the simple protocol, half a prepared statement.
-        let result = if index.is_multiple_of(2) {
-            client
-                .batch_execute(&format!("insert into failover_probe(id) values ({id})"))
-                .await
-        } else {
-            client.execute(&statement, &[&id]).await.map(|_| ())
-        };
-        match result {
-            Ok(()) => {
-                log.longest_pause = log.longest_pause.max(last_ack.elapsed());
-                last_ack = Instant::now();
-                log.acknowledged.push(id);
-            }
-            Err(e) => {
-                log.errors.push(match e.as_db_error() {
-                    Some(db) => format!("{} {}: {}", db.severity(), db.code().code(), db.message()),
-                    None => e.to_string(),
-                });
-                if e.is_closed() {
-                    break;
-                }
-            }
-        }
-    }
-    log
-}
+const CLIENTS: usize = 20;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn switchover_under_write_load_fails_no_transaction() {
@@ -79,10 +30,17 @@ async fn switchover_under_write_load_fails_no_transaction() {
         .await
         .expect("create table");
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let clients: Vec<_> = (0..CLIENTS)
-        .map(|i| tokio::spawn(load_client(rw, i, Arc::clone(&stop))))
-        .collect();
+    // Half the clients use the simple protocol, half a prepared statement; a
+    // client stops at the first connection it loses.
+    let load = WriteLoad::start(LoadSpec {
+        conn_str: conn_str(rw, "app", "app_pw", "appdb"),
+        table: "failover_probe".to_string(),
+        clients: CLIENTS,
+        protocols: vec![Protocol::Simple, Protocol::Prepared],
+        reconnect: None,
+        id_base: 0,
+        op_timeout: Duration::from_secs(60),
+    });
     tokio::time::sleep(Duration::from_secs(3)).await;
 
     let candidate = (leader + 1) % 3;
@@ -103,17 +61,10 @@ async fn switchover_under_write_load_fails_no_transaction() {
     )
     .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    stop.store(true, Ordering::Relaxed);
-
-    let mut acknowledged = Vec::new();
-    let mut errors = Vec::new();
-    let mut longest_pause = Duration::ZERO;
-    for client in clients {
-        let log = client.await.expect("load client");
-        acknowledged.extend(log.acknowledged);
-        errors.extend(log.errors);
-        longest_pause = longest_pause.max(log.longest_pause);
-    }
+    let report = load.stop().await;
+    let acknowledged = report.acknowledged();
+    let (longest_pause, _) = report.longest_pause();
+    let errors: Vec<String> = report.failures().map(|f| f.message.clone()).collect();
     println!(
         "switchover under load: {} writes acknowledged, {} failed, longest write pause {:?}",
         acknowledged.len(),
@@ -122,17 +73,15 @@ async fn switchover_under_write_load_fails_no_transaction() {
     );
     // Usually zero. What may fail is only a transaction in flight on the old
     // primary as it shut down, with the server's own 57P01 or the proxy's 08006,
-    // which ends that client's connection (then "connection closed"): at most one
-    // such failure per client. Anything else (a write reaching a standby, 25006)
-    // is a routing bug.
-    let in_flight = |e: &String| e.contains("57P01") || e.contains("08006");
-    let unexpected: Vec<&String> = errors
-        .iter()
-        .filter(|e| !in_flight(e) && e.as_str() != "connection closed")
-        .collect();
-    assert!(unexpected.is_empty(), "failed transactions: {errors:?}");
+    // which ends that client's connection: at most one such failure per client.
+    // Anything else (a write reaching a standby, 25006) is a routing bug.
+    let in_flight = |kind: &str| matches!(kind, "57P01" | "08006" | "closed");
     assert!(
-        errors.iter().filter(|e| in_flight(e)).count() <= CLIENTS as usize,
+        report.failures().all(|f| in_flight(&f.kind)),
+        "failed transactions: {errors:?}"
+    );
+    assert!(
+        report.clients.iter().all(|c| c.failures.len() <= 1),
         "at most one in-flight failure per client: {errors:?}"
     );
     assert!(
@@ -145,18 +94,7 @@ async fn switchover_under_write_load_fails_no_transaction() {
         "host=127.0.0.1 port={} user=app password=app_pw dbname=appdb",
         cluster.pg_port(candidate)
     );
-    let (client, connection) = tokio_postgres::connect(&direct, tokio_postgres::NoTls)
-        .await
-        .expect("direct connection to the new leader");
-    tokio::spawn(connection);
-    let present: i64 = client
-        .query_one(
-            "select count(*) from failover_probe where id = any($1)",
-            &[&acknowledged],
-        )
-        .await
-        .expect("count")
-        .get(0);
+    let present = count_present(&direct, "failover_probe", &acknowledged).await;
     assert_eq!(
         present as usize,
         acknowledged.len(),

@@ -409,6 +409,64 @@ impl PatroniCluster {
         }
     }
 
+    /// `patronictl edit-config --set key=value ... --force`: changes the dynamic
+    /// configuration in the DCS, which every member applies within a loop_wait.
+    pub fn edit_config(&self, settings: &[&str]) {
+        let mut cmd = Command::new("patronictl");
+        cmd.arg("-c").arg(&self.nodes[0].config).arg("edit-config");
+        for s in settings {
+            cmd.args(["--set", s]);
+        }
+        let out = cmd
+            .args(["--force", "--quiet"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("run patronictl");
+        if !out.status.success() {
+            panic!(
+                "patronictl edit-config {settings:?} failed ({}):\n{}{}{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr),
+                self.log_tails()
+            );
+        }
+    }
+
+    /// With `synchronous_mode` on: waits until `/cluster` names a `sync_standby`
+    /// and the leader's pg_stat_replication shows it as `sync`; returns its index.
+    pub fn wait_sync_standby(&self, timeout: Duration) -> usize {
+        proc::wait_for(
+            "a synchronous standby",
+            timeout,
+            || {
+                let members = self.members();
+                let leader = members
+                    .iter()
+                    .find(|m| m["role"] == "leader")
+                    .and_then(|m| m["name"].as_str())
+                    .and_then(|n| self.index_of(n))?;
+                let sync = members
+                    .iter()
+                    .find(|m| m["role"] == "sync_standby")
+                    .and_then(|m| m["name"].as_str())
+                    .and_then(|n| self.index_of(n))?;
+                let out = try_psql(
+                    self.pg_port(leader),
+                    SUPERUSER,
+                    SUPERUSER_PASSWORD,
+                    "postgres",
+                    &["SELECT application_name FROM pg_stat_replication WHERE sync_state = 'sync'"],
+                )
+                .ok()?;
+                out.lines()
+                    .any(|l| l.trim() == self.nodes[sync].name)
+                    .then_some(sync)
+            },
+            || format!("\n/cluster: {:?}{}", self.cluster_json(), self.log_tails()),
+        )
+    }
+
     /// `psql -XAtqc sql` as superuser against node `i`.
     pub fn psql(&self, i: usize, sql: &str) -> String {
         try_psql(

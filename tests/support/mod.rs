@@ -28,11 +28,24 @@ users:
   - { name: app_trust, password: trust_pw }
 "#;
 
+/// Health checks of [`config_yaml`]: fast, so tests do not wait for roles.
+pub const FAST_HEALTH: &str = "{ interval: 100ms, timeout: 500ms, rise: 2, fall: 3 }";
+
 /// YAML for a proxy with listeners `rw` (primary) and `ro` (replica, fallback as
 /// given) on port 0, admin on port 0, health every 100 ms.
 pub fn config_yaml(nodes: &[NodeSpec], ro_fallback: &str, extra: &str) -> String {
+    config_yaml_with_health(nodes, ro_fallback, FAST_HEALTH, extra)
+}
+
+/// [`config_yaml`] with `cluster.health` as given (a YAML flow mapping).
+pub fn config_yaml_with_health(
+    nodes: &[NodeSpec],
+    ro_fallback: &str,
+    health: &str,
+    extra: &str,
+) -> String {
     let mut yaml = format!(
-        "listeners:\n  - {{ name: rw, listen: \"127.0.0.1:0\", route: primary }}\n  - {{ name: ro, listen: \"127.0.0.1:0\", route: replica, fallback: {ro_fallback} }}\nadmin:\n  listen: \"127.0.0.1:0\"\ncluster:\n  health: {{ interval: 100ms, timeout: 500ms, rise: 2, fall: 3 }}\n  nodes:\n"
+        "listeners:\n  - {{ name: rw, listen: \"127.0.0.1:0\", route: primary }}\n  - {{ name: ro, listen: \"127.0.0.1:0\", route: replica, fallback: {ro_fallback} }}\nadmin:\n  listen: \"127.0.0.1:0\"\ncluster:\n  health: {health}\n  nodes:\n"
     );
     for node in nodes {
         yaml.push_str(&format!(
