@@ -189,14 +189,21 @@ impl ServerPool {
     }
 
     /// A logged-in, idle server connection, waiting at most `timeout` for a slot.
+    /// `waiting` counts the caller (its listener's waiting clients) while it waits.
     pub async fn checkout(
         self: &Arc<Self>,
         timeout: Duration,
+        waiting: &AtomicUsize,
     ) -> Result<PooledServer, CheckoutError> {
         let permit = match Arc::clone(&self.slots).try_acquire_owned() {
             Ok(permit) => permit,
             // Only a client that has to wait pays for a timer.
-            Err(_) => self.wait_for_slot(timeout).await?,
+            Err(_) => {
+                waiting.fetch_add(1, Ordering::Relaxed);
+                let permit = self.wait_for_slot(timeout).await;
+                waiting.fetch_sub(1, Ordering::Relaxed);
+                permit?
+            }
         };
         if let Some((connection, epoch)) = self.take_idle() {
             return Ok(self.guard(connection, epoch, permit));

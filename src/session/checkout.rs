@@ -12,7 +12,7 @@ use super::{Refusal, Session};
 use crate::config::Route;
 use crate::pool::{CheckoutError, PoolKey, PooledServer};
 use crate::protocol::{messages, ClientError, SqlState};
-use crate::proxy::{ListenerCounters, ProxyContext};
+use crate::proxy::ProxyContext;
 use crate::router;
 use crate::topology::Topology;
 
@@ -68,44 +68,22 @@ fn checkout_refusal(pool: &crate::pool::ServerPool, e: CheckoutError) -> Refusal
     }
 }
 
-/// Counts a client in one of its listener's states (active, waiting) while alive.
-pub(super) struct ListenerGauge {
-    counters: Arc<ListenerCounters>,
-    gauge: fn(&ListenerCounters) -> &AtomicUsize,
-}
-
-impl ListenerGauge {
-    fn enter(
-        counters: &Arc<ListenerCounters>,
-        gauge: fn(&ListenerCounters) -> &AtomicUsize,
-    ) -> ListenerGauge {
-        gauge(counters).fetch_add(1, Ordering::Relaxed);
-        ListenerGauge {
-            counters: Arc::clone(counters),
-            gauge,
-        }
-    }
-}
-
-impl Drop for ListenerGauge {
-    fn drop(&mut self) {
-        (self.gauge)(&self.counters).fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// Counts a client waiting for a primary, for /status, while alive.
-struct HeldClient<'a>(&'a ProxyContext);
+/// Counts a client waiting for a primary (in /status, and as waiting on its
+/// listener) while alive.
+struct HeldClient<'a>(&'a ProxyContext, &'a AtomicUsize);
 
 impl<'a> HeldClient<'a> {
-    fn enter(ctx: &'a ProxyContext) -> HeldClient<'a> {
+    fn enter(ctx: &'a ProxyContext, listener_waiting: &'a AtomicUsize) -> HeldClient<'a> {
         ctx.held_clients.fetch_add(1, Ordering::Relaxed);
-        HeldClient(ctx)
+        listener_waiting.fetch_add(1, Ordering::Relaxed);
+        HeldClient(ctx, listener_waiting)
     }
 }
 
 impl Drop for HeldClient<'_> {
     fn drop(&mut self) {
         self.0.held_clients.fetch_sub(1, Ordering::Relaxed);
+        self.1.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -154,7 +132,7 @@ impl Session {
                 held_since = Some(tokio::time::Instant::now());
                 tracing::info!(client = %self.peer, user = %self.params.user, "no primary: holding the client for up to {hold:?}");
             }
-            let _held = HeldClient::enter(&self.ctx);
+            let _held = HeldClient::enter(&self.ctx, &self.listener.counters.waiting);
             tokio::select! {
                 changed = tokio::time::timeout_at(deadline, changes.changed()) => {
                     if matches!(changed, Ok(Err(_))) {
@@ -193,24 +171,28 @@ impl Session {
     /// A server connection for the next piece of work, parameters synced, with the
     /// wait counted for /status and metrics and the client marked active.
     pub(super) async fn checkout(&mut self) -> Result<PooledServer, Refusal> {
-        let counters = Arc::clone(&self.listener.counters);
+        // The listener's shared counters are touched only when the state changes or
+        // a client actually waits: the common checkout costs no shared writes here.
         let started = std::time::Instant::now();
-        let waiting = ListenerGauge::enter(&counters, |c| &c.waiting);
         let result = self.find_server().await;
-        drop(waiting);
+        let counters = &self.listener.counters;
         counters
             .metrics
             .checkout_wait
             .record(started.elapsed().as_secs_f64());
-        if result.is_ok() && self.active.is_none() {
-            self.active = Some(ListenerGauge::enter(&counters, |c| &c.active));
+        if result.is_ok() && !self.active {
+            counters.active.fetch_add(1, Ordering::Relaxed);
+            self.active = true;
         }
         result
     }
 
     /// The client holds no server now (transaction mode, between transactions).
     pub(super) fn mark_idle(&mut self) {
-        self.active = None;
+        if self.active {
+            self.listener.counters.active.fetch_sub(1, Ordering::Relaxed);
+            self.active = false;
+        }
     }
 
     /// During a failover a primary that refuses connections (shutting down, gone)
@@ -235,7 +217,8 @@ impl Session {
         &mut self,
         pool: &Arc<crate::pool::ServerPool>,
     ) -> Result<PooledServer, CheckoutFailure> {
-        let mut server = match pool.checkout(self.pooling.checkout_timeout).await {
+        let waiting = &self.listener.counters.waiting;
+        let mut server = match pool.checkout(self.pooling.checkout_timeout, waiting).await {
             Ok(server) => server,
             Err(e) => {
                 let transient = match &e {

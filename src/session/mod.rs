@@ -220,8 +220,14 @@ pub(crate) struct Session {
     reported_from: Option<(i32, u64)>,
     statements: ClientStatements,
     transactions: u64,
-    /// Counts the client as active on its listener while it holds a server.
-    active: Option<checkout::ListenerGauge>,
+    /// Counted as active on its listener (holding a server); see `mark_idle`.
+    active: bool,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.mark_idle();
+    }
 }
 
 /// How a session ended, for its log line.
@@ -256,7 +262,7 @@ impl Session {
             reported_from: None,
             statements: ClientStatements::default(),
             transactions: 0,
-            active: None,
+            active: false,
         }
     }
 
