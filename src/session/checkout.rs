@@ -190,7 +190,10 @@ impl Session {
     /// The client holds no server now (transaction mode, between transactions).
     pub(super) fn mark_idle(&mut self) {
         if self.active {
-            self.listener.counters.active.fetch_sub(1, Ordering::Relaxed);
+            self.listener
+                .counters
+                .active
+                .fetch_sub(1, Ordering::Relaxed);
             self.active = false;
         }
     }
