@@ -85,19 +85,8 @@ mod tests {
             .iter()
             .enumerate()
             .map(|(i, &(p, r))| {
-                let mut node = NodeState {
-                    name: format!("n{i}"),
-                    address: String::new(),
-                    api: None,
-                    primary: Default::default(),
-                    replica: Default::default(),
-                    timeline: Some(1),
-                    lag_bytes: None,
-                    last_check: None,
-                    last_error: None,
-                    sessions: Default::default(),
-                    history: Default::default(),
-                };
+                let mut node = NodeState::unknown(format!("n{i}"), String::new(), None);
+                node.timeline = Some(1);
                 let check = |yes| {
                     if yes {
                         Check::Yes

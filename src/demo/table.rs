@@ -119,19 +119,9 @@ mod tests {
     use crate::topology::NodeState;
 
     fn node(name: &str, port: u16, primary: bool, replica: bool, lag: Option<u64>) -> NodeState {
-        let mut state = NodeState {
-            name: name.into(),
-            address: format!("127.0.0.1:{port}"),
-            api: None,
-            primary: Default::default(),
-            replica: Default::default(),
-            timeline: Some(1),
-            lag_bytes: lag,
-            last_check: None,
-            last_error: None,
-            sessions: Default::default(),
-            history: Default::default(),
-        };
+        let mut state = NodeState::unknown(name.into(), format!("127.0.0.1:{port}"), None);
+        state.timeline = Some(1);
+        state.lag_bytes = lag;
         let check = |yes| {
             if yes {
                 Check::Yes

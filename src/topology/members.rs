@@ -127,18 +127,9 @@ pub async fn fetch(
 pub fn nodes_from(members: &[Member]) -> Vec<NodeState> {
     members
         .iter()
-        .map(|m| NodeState {
-            name: m.name.clone(),
-            address: crate::config::host_port(&m.host, m.port),
-            api: m.api.clone(),
-            primary: Default::default(),
-            replica: Default::default(),
-            timeline: None,
-            lag_bytes: None,
-            last_check: None,
-            last_error: None,
-            sessions: Default::default(),
-            history: Default::default(),
+        .map(|m| {
+            let address = crate::config::host_port(&m.host, m.port);
+            NodeState::unknown(m.name.clone(), address, m.api.clone())
         })
         .collect()
 }

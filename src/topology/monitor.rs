@@ -29,19 +29,7 @@ pub fn initial_nodes(cluster: &ClusterConfig) -> Vec<NodeState> {
     cluster
         .nodes
         .iter()
-        .map(|n| NodeState {
-            name: n.name.clone(),
-            address: n.pg_address(),
-            api: n.api.clone(),
-            primary: Default::default(),
-            replica: Default::default(),
-            timeline: None,
-            lag_bytes: None,
-            last_check: None,
-            last_error: None,
-            sessions: Default::default(),
-            history: Default::default(),
-        })
+        .map(|n| NodeState::unknown(n.name.clone(), n.pg_address(), n.api.clone()))
         .collect()
 }
 

@@ -41,19 +41,11 @@ mod tests {
     use crate::topology::health::Check;
 
     fn node(name: &str, port: u16) -> NodeState {
-        NodeState {
-            name: name.into(),
-            address: format!("127.0.0.1:{port}"),
-            api: Some(format!("http://127.0.0.1:{}", port + 1000)),
-            primary: Default::default(),
-            replica: Default::default(),
-            timeline: None,
-            last_check: None,
-            last_error: None,
-            lag_bytes: None,
-            sessions: Default::default(),
-            history: Default::default(),
-        }
+        NodeState::unknown(
+            name.into(),
+            format!("127.0.0.1:{port}"),
+            Some(format!("http://127.0.0.1:{}", port + 1000)),
+        )
     }
 
     #[test]

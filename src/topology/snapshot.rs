@@ -69,6 +69,23 @@ impl RoleHistory {
 }
 
 impl NodeState {
+    /// A node nothing is known about yet: no role, no checks, no sessions.
+    pub fn unknown(name: String, address: String, api: Option<String>) -> NodeState {
+        NodeState {
+            name,
+            address,
+            api,
+            primary: RoleHealth::default(),
+            replica: RoleHealth::default(),
+            timeline: None,
+            lag_bytes: None,
+            last_check: None,
+            last_error: None,
+            sessions: Arc::default(),
+            history: RoleHistory::default(),
+        }
+    }
+
     pub fn role(&self) -> &'static str {
         if self.primary.up {
             "primary"
@@ -208,19 +225,8 @@ mod tests {
     use crate::topology::health::{Check, Refusal};
 
     fn node(name: &str, primary: bool, replica: bool, timeline: Option<u64>) -> NodeState {
-        let mut state = NodeState {
-            name: name.into(),
-            address: format!("{name}:5432"),
-            api: None,
-            primary: RoleHealth::default(),
-            replica: RoleHealth::default(),
-            timeline,
-            lag_bytes: None,
-            last_check: None,
-            last_error: None,
-            sessions: Default::default(),
-            history: Default::default(),
-        };
+        let mut state = NodeState::unknown(name.into(), format!("{name}:5432"), None);
+        state.timeline = timeline;
         let check = |yes| {
             if yes {
                 Check::Yes
