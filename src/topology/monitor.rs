@@ -374,19 +374,22 @@ health: { interval: 1s, timeout: 1s, rise: 2, fall: 3 }
         }
     }
 
+    /// One round's answers of a healthy cluster: a primary (timeline 1), b replica.
+    fn a_primary_b_replica() -> [Probe; 2] {
+        [
+            probe(Check::Yes, Check::No(Refusal::Http(503)), Some(1)),
+            probe(Check::No(Refusal::Http(503)), Check::Yes, None),
+        ]
+    }
+
     #[test]
     fn failover_moves_the_primary_after_rise_rounds() {
         let config = cluster();
         let now = SystemTime::now();
-        let mut topology = Topology::unknown(initial_nodes(&config));
         let round = |t: &Topology, probes: &[Probe]| apply_round(t, probes, &config.health, now);
-
-        topology = round(
-            &topology,
-            &[
-                probe(Check::Yes, Check::No(Refusal::Http(503)), Some(1)),
-                probe(Check::No(Refusal::Http(503)), Check::Yes, None),
-            ],
+        let mut topology = round(
+            &Topology::unknown(initial_nodes(&config)),
+            &a_primary_b_replica(),
         );
         assert_eq!(topology.primary, PrimaryState::Confirmed { node: 0 });
         assert_eq!(topology.replicas().collect::<Vec<_>>(), vec![1]);
@@ -419,14 +422,10 @@ health: { interval: 1s, timeout: 1s, rise: 2, fall: 3 }
     fn with_every_api_down_reads_keep_their_replicas_and_writes_lose_the_primary() {
         let config = cluster();
         let now = SystemTime::now();
-        let mut topology = Topology::unknown(initial_nodes(&config));
         let round = |t: &Topology, probes: &[Probe]| apply_round(t, probes, &config.health, now);
-        topology = round(
-            &topology,
-            &[
-                probe(Check::Yes, Check::No(Refusal::Http(503)), Some(1)),
-                probe(Check::No(Refusal::Http(503)), Check::Yes, None),
-            ],
+        let mut topology = round(
+            &Topology::unknown(initial_nodes(&config)),
+            &a_primary_b_replica(),
         );
         let down = || {
             probe(
@@ -476,14 +475,10 @@ health: { interval: 1s, timeout: 1s, rise: 2, fall: 3 }
     fn a_dead_old_primary_loses_to_the_higher_timeline() {
         let config = cluster();
         let now = SystemTime::now();
-        let mut topology = Topology::unknown(initial_nodes(&config));
         let round = |t: &Topology, probes: &[Probe]| apply_round(t, probes, &config.health, now);
-        topology = round(
-            &topology,
-            &[
-                probe(Check::Yes, Check::No(Refusal::Http(503)), Some(1)),
-                probe(Check::No(Refusal::Http(503)), Check::Yes, None),
-            ],
+        let mut topology = round(
+            &Topology::unknown(initial_nodes(&config)),
+            &a_primary_b_replica(),
         );
         let dead = || Check::Failed("connection refused".into());
         let promoted = [
