@@ -11,7 +11,7 @@ mod support;
 use std::time::Duration;
 
 use common::patroni::PatroniCluster;
-use common::write_load::{count_present, LoadSpec, Protocol, WriteLoad};
+use common::write_load::{LoadSpec, Protocol, WriteLoad};
 use support::*;
 
 const CLIENTS: usize = 20;
@@ -90,19 +90,13 @@ async fn switchover_under_write_load_fails_no_transaction() {
         acknowledged.len()
     );
 
-    let direct = format!(
-        "host=127.0.0.1 port={} user=app password=app_pw dbname=appdb",
-        cluster.pg_port(candidate)
-    );
-    let present = count_present(&direct, "failover_probe", &acknowledged).await;
-    assert_eq!(
-        present as usize,
-        acknowledged.len(),
-        "every acknowledged write is on the new primary"
-    );
-    let (status, body) = admin_get(&proxy, "/health").await;
-    assert_eq!(
-        (status, body.trim().to_string()),
-        (200, format!("OK: primary {}", cluster.name(candidate)))
-    );
+    assert_failover_landed(
+        &proxy,
+        &cluster,
+        candidate,
+        "failover_probe",
+        &acknowledged,
+        "every acknowledged write is on the new primary",
+    )
+    .await;
 }

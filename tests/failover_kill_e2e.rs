@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use common::patroni::PatroniCluster;
 use common::proc;
-use common::write_load::{count_present, LoadSpec, Protocol, WriteLoad};
+use common::write_load::{LoadSpec, Protocol, WriteLoad};
 use support::*;
 
 const CLIENTS: usize = 20;
@@ -140,19 +140,13 @@ async fn killed_primary_under_write_load_loses_no_acknowledged_write() {
         acknowledged.len()
     );
 
-    let direct = format!(
-        "host=127.0.0.1 port={} user=app password=app_pw dbname=appdb",
-        cluster.pg_port(promoted)
-    );
-    let present = count_present(&direct, "kill_probe", &acknowledged).await;
-    assert_eq!(
-        present as usize,
-        acknowledged.len(),
-        "every acknowledged write is on the new primary (synchronous replication)"
-    );
-    let (status, body) = admin_get(&proxy, "/health").await;
-    assert_eq!(
-        (status, body.trim().to_string()),
-        (200, format!("OK: primary {}", cluster.name(promoted)))
-    );
+    assert_failover_landed(
+        &proxy,
+        &cluster,
+        promoted,
+        "kill_probe",
+        &acknowledged,
+        "every acknowledged write is on the new primary (synchronous replication)",
+    )
+    .await;
 }

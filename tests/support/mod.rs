@@ -221,3 +221,26 @@ pub fn patroni_nodes(cluster: &crate::common::patroni::PatroniCluster) -> Vec<No
         })
         .collect()
 }
+
+/// After a failover under load: every acknowledged id is in `table` on the new
+/// primary (`node` of the Patroni cluster), and the proxy reports it as primary.
+pub async fn assert_failover_landed(
+    proxy: &RunningProxy,
+    cluster: &crate::common::patroni::PatroniCluster,
+    node: usize,
+    table: &str,
+    acknowledged: &[i64],
+    what: &str,
+) {
+    let direct = format!(
+        "host=127.0.0.1 port={} user=app password=app_pw dbname=appdb",
+        cluster.pg_port(node)
+    );
+    let present = crate::common::write_load::count_present(&direct, table, acknowledged).await;
+    assert_eq!(present as usize, acknowledged.len(), "{what}");
+    let (status, body) = admin_get(proxy, "/health").await;
+    assert_eq!(
+        (status, body.trim().to_string()),
+        (200, format!("OK: primary {}", cluster.name(node)))
+    );
+}
