@@ -17,6 +17,15 @@ use crate::session::params::ParamSet;
 use crate::session::prepared::ServerStatements;
 
 pub use login::{connect, LoginRequest};
+
+/// Digest of a ParameterStatus list. The hasher's keys are random per process,
+/// so values a client can influence (application_name, SET) cannot be chosen to
+/// collide.
+fn params_digest(params: &[(String, String)]) -> u64 {
+    use std::hash::BuildHasher;
+    static KEYS: std::sync::OnceLock<std::hash::RandomState> = std::sync::OnceLock::new();
+    KEYS.get_or_init(std::hash::RandomState::new).hash_one(params)
+}
 pub use query::Row;
 
 /// A logged-in server connection, idle (ReadyForQuery seen).
@@ -26,8 +35,13 @@ pub struct ServerConnection {
     pub address: String,
     /// ParameterStatus values as the server last reported them, in order.
     pub params: Vec<(String, String)>,
-    /// Bumped whenever `params` changes, so sessions can skip comparing them.
-    pub params_version: u64,
+    /// A digest of `params`, kept current by [`note_parameter`](Self::note_parameter):
+    /// servers reporting the same values share it, so a session moving between them
+    /// skips comparing the lists value by value.
+    pub params_digest: u64,
+    /// ParameterStatus `in_hot_standby` is `on` (PostgreSQL 14 and later; older
+    /// servers do not say, and count as not).
+    standby: bool,
     pub backend_pid: i32,
     pub backend_secret: i32,
     /// Where a cancel for a query on this connection goes (built once at login).
@@ -49,15 +63,16 @@ impl ServerConnection {
             Some(slot) => slot.1 = value,
             None => self.params.push((name, value)),
         }
-        self.params_version += 1;
+        self.params_digest = params_digest(&self.params);
+        self.standby = self
+            .params
+            .iter()
+            .any(|(name, value)| name == "in_hot_standby" && value == "on");
     }
 
-    /// The server says it is a hot standby (ParameterStatus `in_hot_standby`,
-    /// PostgreSQL 14 and later; older servers do not say, and count as not).
+    /// The server says it is a hot standby.
     pub fn is_standby(&self) -> bool {
-        self.params
-            .iter()
-            .any(|(name, value)| name == "in_hot_standby" && value == "on")
+        self.standby
     }
 
     /// True when the idle socket shows no sign of trouble: no EOF and no unexpected

@@ -340,11 +340,10 @@ impl Session {
 
     /// ParameterStatus messages for values on `server` the client has not been told.
     pub(super) fn parameter_updates(&mut self, server: &PooledServer, out: &mut BytesMut) {
-        let seen = (server.backend_pid, server.params_version);
-        if self.reported_from == Some(seen) {
+        if self.reported_from == Some(server.params_digest) {
             return;
         }
-        self.reported_from = Some(seen);
+        self.reported_from = Some(server.params_digest);
         for (name, value) in &server.params {
             match self.reported.iter_mut().find(|(n, _)| n == name) {
                 Some((_, known)) if known == value => {}

@@ -21,6 +21,7 @@ use std::time::Instant;
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tracing::Instrument;
 
 use crate::cancel::{self, CancelRoute, KeyPid};
@@ -216,12 +217,34 @@ pub(crate) struct Session {
     desired: ParamSet,
     /// ParameterStatus values the client has been told.
     reported: Vec<(String, String)>,
-    /// The server (backend pid, params version) `reported` was last checked against.
-    reported_from: Option<(i32, u64)>,
+    /// The params digest of the server `reported` was last checked against.
+    reported_from: Option<u64>,
     statements: ClientStatements,
     transactions: u64,
     /// Counted as active on its listener (holding a server); see `mark_idle`.
     active: bool,
+    signals: StopSignals,
+}
+
+/// The proxy's drain and shutdown signals, made once per session. Each is a child
+/// of the proxy's token, so checking or waiting on it locks only this session's own
+/// node, never one that every session shares; and the wait futures are kept, not
+/// remade for every transaction.
+struct StopSignals {
+    draining_token: CancellationToken,
+    draining: std::pin::Pin<Box<WaitForCancellationFutureOwned>>,
+    shutdown: std::pin::Pin<Box<WaitForCancellationFutureOwned>>,
+}
+
+impl StopSignals {
+    fn new(ctx: &ProxyContext) -> StopSignals {
+        let draining_token = ctx.draining.child_token();
+        StopSignals {
+            draining: Box::pin(draining_token.clone().cancelled_owned()),
+            draining_token,
+            shutdown: Box::pin(ctx.shutdown.child_token().cancelled_owned()),
+        }
+    }
 }
 
 impl Drop for Session {
@@ -245,6 +268,7 @@ impl Session {
     ) -> Session {
         let startup = ParamSet::from_startup(&params.passthrough);
         let config = ctx.config();
+        let signals = StopSignals::new(&ctx);
         Session {
             pooling: config.pooling_for(&listener.config),
             config,
@@ -263,6 +287,7 @@ impl Session {
             statements: ClientStatements::default(),
             transactions: 0,
             active: false,
+            signals,
         }
     }
 
@@ -350,7 +375,7 @@ impl Session {
     /// Terminate. Reading waits for readability first so an idle client holds no buffer.
     /// A draining proxy ends the session here, at a transaction boundary.
     async fn wait_for_request(
-        &self,
+        &mut self,
         socket: &mut TcpStream,
         inbox: &mut BytesMut,
     ) -> Result<bool, RelayEnd> {
@@ -360,27 +385,40 @@ impl Session {
                 Ok(Some(_)) if inbox.first() == Some(&b'X') => return Ok(false),
                 // Between transactions is where a draining proxy lets clients go:
                 // nothing of this request has reached a server.
-                Ok(Some(_)) if self.ctx.draining.is_cancelled() => return Err(RelayEnd::Shutdown),
+                Ok(Some(_)) if self.signals.draining_token.is_cancelled() => {
+                    return Err(RelayEnd::Shutdown)
+                }
                 Ok(Some(_)) => return Ok(true),
                 Ok(None) => {}
                 Err(e) => return Err(RelayEnd::ClientProtocol(e)),
             }
             tokio::select! {
+                biased;
                 ready = socket.readable() => {
                     if let Err(e) = ready {
                         return Err(RelayEnd::ClientGone(Some(e)));
                     }
                 }
-                _ = self.ctx.draining.cancelled() => return Err(RelayEnd::Shutdown),
+                _ = self.signals.draining.as_mut() => return Err(RelayEnd::Shutdown),
             }
             if inbox.capacity() - inbox.len() < 1024 {
                 inbox.reserve(16 * 1024);
             }
-            match socket.try_read_buf(inbox) {
-                Ok(0) => return Err(RelayEnd::ClientGone(None)),
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(RelayEnd::ClientGone(Some(e))),
+            // Read through poll_read rather than try_read: a short read tells tokio
+            // the socket is drained, which spares the relay a read that would only
+            // say EAGAIN (one syscall per transaction).
+            let read = std::future::poll_fn(|cx| {
+                std::task::Poll::Ready(tokio_util::io::poll_read_buf(
+                    std::pin::Pin::new(&mut *socket),
+                    cx,
+                    inbox,
+                ))
+            })
+            .await;
+            match read {
+                std::task::Poll::Ready(Ok(0)) => return Err(RelayEnd::ClientGone(None)),
+                std::task::Poll::Ready(Ok(_)) | std::task::Poll::Pending => {}
+                std::task::Poll::Ready(Err(e)) => return Err(RelayEnd::ClientGone(Some(e))),
             }
         }
     }

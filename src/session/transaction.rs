@@ -331,13 +331,19 @@ async fn attach(
     let downstream = async {
         let mut scanner = FrameScanner::new(u32::MAX as usize, ledger::capture_tags);
         buffer.clear();
+        // One waiter for the whole attach, renewed only after it fires: a fresh one
+        // per read would register and unregister with the Notify every time.
+        let mut woken = std::pin::pin!(wake.notified());
         loop {
             if buffer.capacity() < READ_SIZE {
                 buffer.reserve(READ_SIZE);
             }
             let read = tokio::select! {
                 read = server_reader.read_buf(buffer) => Some(read),
-                _ = wake.notified() => None,
+                _ = woken.as_mut() => {
+                    woken.set(wake.notified());
+                    None
+                }
             };
             let idle = {
                 let mut guard = lock(&shared);
@@ -412,7 +418,7 @@ async fn attach(
             Ok(()) => Detach::Released,
             Err(detach) => detach,
         },
-        _ = session.ctx.shutdown.cancelled() => Detach::End(RelayEnd::Shutdown),
+        _ = session.signals.shutdown.as_mut() => Detach::End(RelayEnd::Shutdown),
     };
     let _ = shared.into_inner();
     session.stats.client_bytes += received;
