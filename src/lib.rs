@@ -39,5 +39,6 @@ pub mod reload;
 pub mod router;
 pub mod server;
 pub mod session;
+pub mod stop_signal;
 pub mod topology;
 pub mod users;

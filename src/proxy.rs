@@ -20,6 +20,7 @@ use crate::config::{Config, ListenerConfig};
 use crate::metrics::ListenerMetrics;
 use crate::pool::{self, PoolSet, PoolSettings};
 use crate::reload::{self, ReloadOutcome, ReloadStatus, Reloader};
+use crate::stop_signal::StopSignal;
 use crate::topology::{monitor, Topology, TopologyHandle};
 use crate::users::UserDb;
 use crate::{admin, listener, metrics};
@@ -47,6 +48,9 @@ pub struct ProxyContext {
     pub draining: CancellationToken,
     /// Hard stop: every task ends now.
     pub shutdown: CancellationToken,
+    /// `draining` and `shutdown` as sessions wait on them (see [`StopSignal`]).
+    pub session_draining: Arc<StopSignal>,
+    pub session_shutdown: Arc<StopSignal>,
     reload_requests: mpsc::Sender<oneshot::Sender<ReloadOutcome>>,
 }
 
@@ -228,6 +232,7 @@ pub async fn start_with_source(
     let config = Arc::new(config);
     let topology = TopologyHandle::new(Topology::unknown(monitor::initial_nodes(&config.cluster)));
     let shutdown = CancellationToken::new();
+    let draining = shutdown.child_token();
     let tasks = TaskTracker::new();
     let (reload_requests, reload_inbox) = mpsc::channel(4);
     let context = Arc::new(ProxyContext {
@@ -240,7 +245,9 @@ pub async fn start_with_source(
         held_clients: AtomicUsize::new(0),
         listeners: ArcSwap::from_pointee(Vec::new()),
         reload_status: ReloadStatus::default(),
-        draining: shutdown.child_token(),
+        session_draining: StopSignal::following(&draining),
+        session_shutdown: StopSignal::following(&shutdown),
+        draining,
         shutdown: shutdown.clone(),
         reload_requests,
         config: ArcSwap::new(Arc::clone(&config)),

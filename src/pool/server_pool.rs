@@ -200,7 +200,9 @@ impl ServerPool {
             // Only a client that has to wait pays for a timer.
             Err(_) => {
                 waiting.fetch_add(1, Ordering::Relaxed);
-                let permit = self.wait_for_slot(timeout).await;
+                // Boxed, like `connect` below: the uncontended checkout, made once
+                // per transaction, stays a small future.
+                let permit = Box::pin(self.wait_for_slot(timeout)).await;
                 waiting.fetch_sub(1, Ordering::Relaxed);
                 permit?
             }
@@ -209,7 +211,7 @@ impl ServerPool {
             return Ok(self.guard(connection, epoch, permit));
         }
         let epoch = self.epoch.load(Ordering::Relaxed);
-        let connection = self.connect().await?;
+        let connection = Box::pin(self.connect()).await?;
         Ok(self.guard(connection, epoch, permit))
     }
 

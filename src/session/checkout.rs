@@ -133,18 +133,30 @@ impl Session {
                 tracing::info!(client = %self.peer, user = %self.params.user, "no primary: holding the client for up to {hold:?}");
             }
             let _held = HeldClient::enter(&self.ctx, &self.listener.counters.waiting);
-            tokio::select! {
-                changed = tokio::time::timeout_at(deadline, changes.changed()) => {
-                    if matches!(changed, Ok(Err(_))) {
-                        // The topology publisher is gone: the proxy is shutting down.
-                        return Err(Refusal::from(error.to_client_error(&self.listener.config.name)));
+            // Boxed: holding is rare, and its timer would otherwise make every
+            // checkout's future (built once per transaction) larger.
+            let waited = Box::pin(async {
+                tokio::select! {
+                    changed = tokio::time::timeout_at(deadline, changes.changed()) => {
+                        // Err: the topology publisher is gone, the proxy is shutting down.
+                        if matches!(changed, Ok(Err(_))) { Err(false) } else { Ok(()) }
                     }
+                    _ = self.ctx.shutdown.cancelled() => Err(true),
                 }
-                _ = self.ctx.shutdown.cancelled() => {
+            })
+            .await;
+            match waited {
+                Ok(()) => {}
+                Err(false) => {
+                    return Err(Refusal::from(
+                        error.to_client_error(&self.listener.config.name),
+                    ))
+                }
+                Err(true) => {
                     return Err(Refusal::from(ClientError::fatal(
                         SqlState::AdminShutdown,
                         "terminating connection because Switchyard is shutting down",
-                    )));
+                    )))
                 }
             }
         }
@@ -209,7 +221,7 @@ impl Session {
                     tracing::info!(client = %self.peer, node = %pool.key.node, "node refuses connections; holding the client");
                     let mut changes = self.ctx.topology.subscribe();
                     let pause = tokio::time::Instant::now() + std::time::Duration::from_millis(250);
-                    let _ = tokio::time::timeout_at(pause.min(deadline), changes.changed()).await;
+                    let _ = Box::pin(tokio::time::timeout_at(pause.min(deadline), changes.changed())).await;
                 }
                 result => return result.map_err(|failure| failure.refusal),
             }
@@ -323,7 +335,9 @@ impl Session {
             return Ok(());
         };
         let timeout = self.config.server.connect_timeout.0;
-        match server.run_internal_query(&sql, timeout).await {
+        // Boxed: most checkouts need no sync, and this keeps them from carrying
+        // the query's future.
+        match Box::pin(server.run_internal_query(&sql, timeout)).await {
             Ok(()) => {
                 server.applied = self.desired.clone();
                 Ok(())

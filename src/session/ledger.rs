@@ -182,6 +182,11 @@ impl Ledger {
         self.copy_in = true;
     }
 
+    /// The server must be reset before another client may use it.
+    pub fn needs_reset(&self) -> bool {
+        self.untracked_settings || self.statements_reset
+    }
+
     /// Nothing owed, no transaction, no half-sent batch: the server can be released.
     pub fn is_idle(&self) -> bool {
         self.queue.is_empty() && self.status == b'I' && !self.batch_open

@@ -21,13 +21,13 @@ use std::time::Instant;
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tracing::Instrument;
 
 use crate::cancel::{self, CancelRoute, KeyPid};
 use crate::config::{Config, PoolMode, SessionPooling};
 use crate::protocol::{messages, ClientError, SqlState};
 use crate::proxy::{ListenerState, ProxyContext};
+use crate::stop_signal::StopWaiter;
 
 use handshake::{HandshakeFailure, Opening, SessionParams};
 use params::ParamSet;
@@ -226,23 +226,18 @@ pub(crate) struct Session {
     signals: StopSignals,
 }
 
-/// The proxy's drain and shutdown signals, made once per session. Each is a child
-/// of the proxy's token, so checking or waiting on it locks only this session's own
-/// node, never one that every session shares; and the wait futures are kept, not
-/// remade for every transaction.
+/// The proxy's drain and shutdown signals, subscribed once per session: a session
+/// waits on them between and during every transaction.
 struct StopSignals {
-    draining_token: CancellationToken,
-    draining: std::pin::Pin<Box<WaitForCancellationFutureOwned>>,
-    shutdown: std::pin::Pin<Box<WaitForCancellationFutureOwned>>,
+    draining: StopWaiter,
+    shutdown: StopWaiter,
 }
 
 impl StopSignals {
     fn new(ctx: &ProxyContext) -> StopSignals {
-        let draining_token = ctx.draining.child_token();
         StopSignals {
-            draining: Box::pin(draining_token.clone().cancelled_owned()),
-            draining_token,
-            shutdown: Box::pin(ctx.shutdown.child_token().cancelled_owned()),
+            draining: ctx.session_draining.subscribe(),
+            shutdown: ctx.session_shutdown.subscribe(),
         }
     }
 }
@@ -385,7 +380,7 @@ impl Session {
                 Ok(Some(_)) if inbox.first() == Some(&b'X') => return Ok(false),
                 // Between transactions is where a draining proxy lets clients go:
                 // nothing of this request has reached a server.
-                Ok(Some(_)) if self.signals.draining_token.is_cancelled() => {
+                Ok(Some(_)) if self.signals.draining.is_fired() => {
                     return Err(RelayEnd::Shutdown)
                 }
                 Ok(Some(_)) => return Ok(true),
@@ -399,7 +394,7 @@ impl Session {
                         return Err(RelayEnd::ClientGone(Some(e)));
                     }
                 }
-                _ = self.signals.draining.as_mut() => return Err(RelayEnd::Shutdown),
+                _ = self.signals.draining.fired() => return Err(RelayEnd::Shutdown),
             }
             if inbox.capacity() - inbox.len() < 1024 {
                 inbox.reserve(16 * 1024);

@@ -68,6 +68,11 @@ impl ParamSet {
 
     /// SQL that changes a server with `current` into one with `self`, or None.
     pub fn sync_sql(&self, current: &ParamSet) -> Option<String> {
+        // The usual case, once per transaction: the server was last synced to an
+        // identical set, built in the same order.
+        if self.entries == current.entries {
+            return None;
+        }
         let mut statements = Vec::new();
         for (name, value) in &self.entries {
             if current.get(name) != Some(value) {

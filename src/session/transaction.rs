@@ -112,8 +112,10 @@ pub(super) async fn run(
                 retries = 0;
                 if ledger.unsolicited {
                     drop(server);
+                } else if ledger.needs_reset() {
+                    reset_and_release(server, ledger).await;
                 } else {
-                    release(server, ledger).await;
+                    server.release();
                 }
                 continue;
             }
@@ -138,7 +140,7 @@ pub(super) async fn run(
         if ledger.is_idle()
             && matches!(end, RelayEnd::ClientTerminated | RelayEnd::ClientGone(None))
         {
-            release(server, ledger).await;
+            reset_and_release(server, ledger).await;
         } else {
             drop(server);
         }
@@ -149,7 +151,7 @@ pub(super) async fn run(
 
 /// Returns a server to the pool; one whose settings were changed in ways the proxy
 /// does not track is reset first so they cannot leak to the next client.
-async fn release(mut server: PooledServer, ledger: &Ledger) {
+async fn reset_and_release(mut server: PooledServer, ledger: &Ledger) {
     if ledger.statements_reset {
         if let Err(e) = server
             .run_internal_query("DEALLOCATE ALL", std::time::Duration::from_secs(5))
@@ -418,7 +420,7 @@ async fn attach(
             Ok(()) => Detach::Released,
             Err(detach) => detach,
         },
-        _ = session.signals.shutdown.as_mut() => Detach::End(RelayEnd::Shutdown),
+        _ = session.signals.shutdown.fired() => Detach::End(RelayEnd::Shutdown),
     };
     let _ = shared.into_inner();
     session.stats.client_bytes += received;
