@@ -394,7 +394,7 @@ target_port() {
 
 # ---------------------------------------------------------------- pgbench runs
 RAW=$TMP/results.tsv
-printf 'round\tworkload\ttarget\ttps\tfailed\trc\tpeak_server_conns\tnote\n' >"$RAW"
+printf 'round\tworkload\ttarget\ttps\tfailed\trc\tpeak_server_conns\tnote\tproxy_cpu_us\n' >"$RAW"
 
 workload_args() {
     case $1 in
@@ -405,13 +405,21 @@ workload_args() {
     esac
 }
 
+# cpu_ticks PID: user + system CPU of a process so far, in clock ticks.
+cpu_ticks() {
+    [[ -n $1 && -r /proc/$1/stat ]] || { echo ""; return 0; }
+    # Fields after the parenthesised command name; utime and stime are fields 14, 15.
+    sed -E 's/^.*\) //' "/proc/$1/stat" | awk '{print $12 + $13}'
+}
+CLK_TCK=$(getconf CLK_TCK)
+
 # run_pgbench ROUND WORKLOAD TARGET SECONDS [record=1]
 run_pgbench() {
     local round=$1 workload=$2 target=$3 secs=$4 record=${5:-1}
-    local port out args rc peak b tps failed note
+    local port out args rc peak b tps failed note cpu_before cpu_after processed cpu_us=""
     port=$(target_port "$target")
     if [[ $target == pgbouncer && $workload == prepared && $PGB_PREPARED != 1 ]]; then
-        ((record)) && printf '%s\t%s\t%s\t\t\t\t\t%s\n' "$round" "$workload" "$target" "n/a: PgBouncer $PGB_VERSION < 1.21 has no prepared statements in transaction mode" >>"$RAW"
+        ((record)) && printf '%s\t%s\t%s\t\t\t\t\t%s\t\n' "$round" "$workload" "$target" "n/a: PgBouncer $PGB_VERSION < 1.21 has no prepared statements in transaction mode" >>"$RAW"
         return 0
     fi
     out=$TMP/runs/r$round-$workload-$target.log
@@ -419,6 +427,7 @@ run_pgbench() {
     # shellcheck disable=SC2086
     # 500 SCRAM logins take seconds of the -T window; pgbench reports tps without them.
     [[ $workload == c500 ]] && secs=$((secs + C500_EXTRA))
+    [[ $target == direct ]] || cpu_before=$(cpu_ticks "$(target_pid "$target")")
     "$PGBENCH" -n $args -T "$secs" "host=127.0.0.1 port=$port user=bench dbname=bench" >"$out" 2>&1 &
     RUN_PID=$!
     peak=0
@@ -430,6 +439,14 @@ run_pgbench() {
     rc=0
     wait "$RUN_PID" || rc=$?
     RUN_PID=""
+    # The proxy's own CPU per transaction: steadier than TPS on a shared machine.
+    if [[ $target != direct ]]; then
+        cpu_after=$(cpu_ticks "$(target_pid "$target")")
+        processed=$(sed -nE 's/^number of transactions actually processed: ([0-9]+).*/\1/p' "$out" | head -1)
+        if [[ -n $cpu_before && -n $cpu_after && ${processed:-0} -gt 0 ]]; then
+            cpu_us=$(awk -v t=$((cpu_after - cpu_before)) -v n="$processed" -v hz="$CLK_TCK" 'BEGIN { printf "%.1f", t * 1e6 / hz / n }')
+        fi
+    fi
     ((record)) || { ((rc == 0)) || log "warm-up $workload/$target: pgbench exit $rc: $(grep -m1 -iE 'error|fatal|abort' "$out" || true)"; return 0; }
     tps=$(sed -nE 's/^tps = ([0-9.]+) \((without initial connection time|including reconnection times)\).*/\1/p' "$out" | head -1)
     failed=$(sed -nE 's/^number of failed transactions: ([0-9]+).*/\1/p' "$out" | head -1)
@@ -440,8 +457,8 @@ run_pgbench() {
         log "  !! $workload/$target round $round: exit $rc, failed ${failed:-?}: ${note:-see $out}"
         mkdir -p "$ERR_DIR" && cp "$out" "$ERR_DIR/r$round-$workload-$target.log"
     fi
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$workload" "$target" "$tps" "${failed:-}" "$rc" "$peak" "$note" >>"$RAW"
-    log "  $workload/$target round $round: tps ${tps:-none}, failed ${failed:-?}, exit $rc, peak server connections $peak"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$workload" "$target" "$tps" "${failed:-}" "$rc" "$peak" "$note" "$cpu_us" >>"$RAW"
+    log "  $workload/$target round $round: tps ${tps:-none}, failed ${failed:-?}, exit $rc, peak server connections $peak${cpu_us:+, proxy CPU ${cpu_us} us/transaction}"
 }
 
 mkdir -p "$(dirname "$RESULTS")"

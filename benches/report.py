@@ -114,6 +114,26 @@ def main():
         out.append("| " + " | ".join(cells) + " |")
     out.append("")
 
+    cpu_rows = []
+    proxies = [t for t in targets if t != "direct"]
+    for w in workloads:
+        cells = []
+        for t in proxies:
+            values = [num(r.get("proxy_cpu_us", "")) for r in runs.get((w, t), [])]
+            values = [v for v in values if v is not None]
+            cells.append("%.1f" % statistics.median(values) if values else "-")
+        if any(c != "-" for c in cells):
+            cpu_rows.append("| " + " | ".join([WORKLOADS[w][0]] + cells) + " |")
+    if cpu_rows:
+        out.append("The proxy's own CPU time (user + system) per transaction, in microseconds, "
+                   "median over the rounds (lower is better; steadier than TPS when pgbench, "
+                   "PostgreSQL and the proxy share the cores):")
+        out.append("")
+        out.append("| workload | " + " | ".join(TARGETS[t] for t in proxies) + " |")
+        out.append("|---|" + "---:|" * len(proxies))
+        out.extend(cpu_rows)
+        out.append("")
+
     if backends:
         out.append("Peak connections to PostgreSQL opened by each target during the runs "
                    "(pgbench's own for direct; sampled every second with `ss`):")
