@@ -24,7 +24,8 @@ pub use login::{connect, LoginRequest};
 fn params_digest(params: &[(String, String)]) -> u64 {
     use std::hash::BuildHasher;
     static KEYS: std::sync::OnceLock<std::hash::RandomState> = std::sync::OnceLock::new();
-    KEYS.get_or_init(std::hash::RandomState::new).hash_one(params)
+    KEYS.get_or_init(std::hash::RandomState::new)
+        .hash_one(params)
 }
 pub use query::Row;
 

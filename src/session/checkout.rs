@@ -221,7 +221,11 @@ impl Session {
                     tracing::info!(client = %self.peer, node = %pool.key.node, "node refuses connections; holding the client");
                     let mut changes = self.ctx.topology.subscribe();
                     let pause = tokio::time::Instant::now() + std::time::Duration::from_millis(250);
-                    let _ = Box::pin(tokio::time::timeout_at(pause.min(deadline), changes.changed())).await;
+                    let _ = Box::pin(tokio::time::timeout_at(
+                        pause.min(deadline),
+                        changes.changed(),
+                    ))
+                    .await;
                 }
                 result => return result.map_err(|failure| failure.refusal),
             }

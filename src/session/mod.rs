@@ -380,9 +380,7 @@ impl Session {
                 Ok(Some(_)) if inbox.first() == Some(&b'X') => return Ok(false),
                 // Between transactions is where a draining proxy lets clients go:
                 // nothing of this request has reached a server.
-                Ok(Some(_)) if self.signals.draining.is_fired() => {
-                    return Err(RelayEnd::Shutdown)
-                }
+                Ok(Some(_)) if self.signals.draining.is_fired() => return Err(RelayEnd::Shutdown),
                 Ok(Some(_)) => return Ok(true),
                 Ok(None) => {}
                 Err(e) => return Err(RelayEnd::ClientProtocol(e)),
