@@ -17,6 +17,7 @@ use crate::session::params::ParamSet;
 use crate::session::prepared::ServerStatements;
 
 pub use login::{connect, LoginRequest};
+pub use query::Row;
 
 /// Digest of a ParameterStatus list. The hasher's keys are random per process,
 /// so values a client can influence (application_name, SET) cannot be chosen to
@@ -27,7 +28,6 @@ fn params_digest(params: &[(String, String)]) -> u64 {
     KEYS.get_or_init(std::hash::RandomState::new)
         .hash_one(params)
 }
-pub use query::Row;
 
 /// A logged-in server connection, idle (ReadyForQuery seen).
 pub struct ServerConnection {
