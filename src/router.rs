@@ -77,7 +77,7 @@ fn least_loaded(candidates: &[usize], sessions: &[u32], rotation: usize) -> Opti
 mod tests {
     use super::*;
     use crate::topology::health::{Check, Refusal};
-    use crate::topology::snapshot::{resolve_primary, NodeState};
+    use crate::topology::snapshot::NodeState;
 
     /// Builds a topology from (primary, replica) flags per node.
     fn topology(roles: &[(bool, bool)]) -> Topology {
@@ -99,13 +99,7 @@ mod tests {
                 node
             })
             .collect();
-        let primary = resolve_primary(&nodes);
-        Topology {
-            generation: 1,
-            nodes,
-            primary,
-            changed_at: None,
-        }
+        Topology::resolved(nodes)
     }
 
     /// (name, route, fallback, topology, sessions per node, rotation, expected node)

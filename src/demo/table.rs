@@ -115,7 +115,6 @@ fn clip(text: &str, max: usize) -> String {
 mod tests {
     use super::*;
     use crate::topology::health::{Check, Refusal};
-    use crate::topology::snapshot::resolve_primary;
     use crate::topology::NodeState;
 
     fn node(name: &str, port: u16, primary: bool, replica: bool, lag: Option<u64>) -> NodeState {
@@ -134,16 +133,6 @@ mod tests {
         state
     }
 
-    fn topology(nodes: Vec<NodeState>) -> Topology {
-        let primary = resolve_primary(&nodes);
-        Topology {
-            generation: 1,
-            nodes,
-            primary,
-            changed_at: None,
-        }
-    }
-
     fn listeners() -> Vec<ListenerView> {
         let view = |name: &str, port: u16, route| ListenerView {
             name: name.into(),
@@ -159,7 +148,7 @@ mod tests {
 
     #[test]
     fn the_table_shows_roles_lag_sessions_and_routes() {
-        let healthy = topology(vec![
+        let healthy = Topology::resolved(vec![
             node("node1", 41001, true, false, None),
             node("node2", 41002, false, true, Some(0)),
             node("node3", 41003, false, true, Some(3 << 20)),
@@ -189,7 +178,7 @@ mod tests {
 
     #[test]
     fn routes_say_when_nobody_takes_them() {
-        let no_replicas = topology(vec![
+        let no_replicas = Topology::resolved(vec![
             node("node1", 1, true, false, None),
             node("node2", 2, false, false, None),
         ]);
@@ -197,7 +186,7 @@ mod tests {
             routes_line(&no_replicas, &listeners()),
             "rw -> node1 | ro -> node1 (no healthy replica; fallback to the primary)"
         );
-        let no_primary = topology(vec![node("node2", 2, false, true, None)]);
+        let no_primary = Topology::resolved(vec![node("node2", 2, false, true, None)]);
         let line = routes_line(&no_primary, &listeners());
         assert!(line.starts_with("rw -> nobody, writes wait ("), "{line}");
         assert!(line.ends_with("ro -> node2"), "{line}");

@@ -135,6 +135,17 @@ impl Topology {
         }
     }
 
+    /// A topology whose primary is resolved from `nodes` as the monitor would.
+    #[cfg(test)]
+    pub(crate) fn resolved(nodes: Vec<NodeState>) -> Topology {
+        Topology {
+            generation: 1,
+            primary: resolve_primary(&nodes),
+            nodes,
+            changed_at: None,
+        }
+    }
+
     pub fn primary_node(&self) -> Option<usize> {
         match self.primary {
             PrimaryState::Confirmed { node } => Some(node),

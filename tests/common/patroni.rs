@@ -296,9 +296,14 @@ impl PatroniCluster {
 
     /// Index of the current leader according to `/cluster`.
     pub fn leader(&self) -> Option<usize> {
-        self.members()
+        self.member_with_role(&self.members(), "leader")
+    }
+
+    /// Index of the first of `members` (from `/cluster`) with `role`.
+    fn member_with_role(&self, members: &[Value], role: &str) -> Option<usize> {
+        members
             .iter()
-            .find(|m| m["role"] == "leader")
+            .find(|m| m["role"] == role)
             .and_then(|m| m["name"].as_str())
             .and_then(|n| self.index_of(n))
     }
@@ -350,11 +355,7 @@ impl PatroniCluster {
             timeout,
             || {
                 let members = self.members();
-                let leader = members
-                    .iter()
-                    .find(|m| m["role"] == "leader")
-                    .and_then(|m| m["name"].as_str())
-                    .and_then(|n| self.index_of(n))?;
+                let leader = self.member_with_role(&members, "leader")?;
                 for &r in replicas {
                     let m = members.iter().find(|m| m["name"] == self.nodes[r].name)?;
                     let running = m["role"] == "replica"
@@ -441,16 +442,8 @@ impl PatroniCluster {
             timeout,
             || {
                 let members = self.members();
-                let leader = members
-                    .iter()
-                    .find(|m| m["role"] == "leader")
-                    .and_then(|m| m["name"].as_str())
-                    .and_then(|n| self.index_of(n))?;
-                let sync = members
-                    .iter()
-                    .find(|m| m["role"] == "sync_standby")
-                    .and_then(|m| m["name"].as_str())
-                    .and_then(|n| self.index_of(n))?;
+                let leader = self.member_with_role(&members, "leader")?;
+                let sync = self.member_with_role(&members, "sync_standby")?;
                 let out = try_psql(
                     self.pg_port(leader),
                     SUPERUSER,
