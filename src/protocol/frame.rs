@@ -65,6 +65,15 @@ impl FrameScanner {
         }
     }
 
+    /// Forgets any partial message, keeping the capture buffer's allocation: a
+    /// scanner reused for a new stream (the next server of a pooled session).
+    pub fn reset(&mut self) {
+        self.header_len = 0;
+        self.remaining = 0;
+        self.capturing = false;
+        self.captured.clear();
+    }
+
     /// True when the bytes fed so far end exactly at a message boundary.
     pub fn at_boundary(&self) -> bool {
         self.header_len == 0 && self.remaining == 0

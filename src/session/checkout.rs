@@ -188,10 +188,7 @@ impl Session {
         let started = std::time::Instant::now();
         let result = self.find_server().await;
         let counters = &self.listener.counters;
-        counters
-            .metrics
-            .checkout_wait
-            .record(started.elapsed().as_secs_f64());
+        counters.metrics.record_checkout_wait(started.elapsed());
         if result.is_ok() && !self.active {
             counters.active.fetch_add(1, Ordering::Relaxed);
             self.active = true;

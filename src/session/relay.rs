@@ -7,7 +7,7 @@
 //! transaction has finished).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -106,13 +106,13 @@ impl Progress {
     }
 
     /// A ReadyForQuery arrived. Returns the transaction's duration when it ended one.
-    fn answered(&self, status: u8) -> Option<f64> {
+    fn answered(&self, status: u8) -> Option<Duration> {
         self.ready.fetch_add(1, Ordering::Relaxed);
         if status != b'I' || self.idle.swap(true, Ordering::Relaxed) {
             return None;
         }
         let started = self.busy_since_micros.load(Ordering::Relaxed);
-        Some(self.micros().saturating_sub(started) as f64 / 1e6)
+        Some(Duration::from_micros(self.micros().saturating_sub(started)))
     }
 
     /// Nothing is owed and no transaction is open.
@@ -260,7 +260,7 @@ where
             progress.sent(watch.requests);
         }
         if watch.queries > 0 {
-            settings.metrics.queries.increment(watch.queries);
+            settings.metrics.add_queries(watch.queries);
         }
         let terminate_at = watch.terminate_at;
         let upto = terminate_at.unwrap_or(buffer.len());
@@ -268,7 +268,7 @@ where
             return server_gone(Some(e), false);
         }
         counters.bytes += upto as u64;
-        settings.metrics.received_bytes.increment(upto as u64);
+        settings.metrics.add_received_bytes(upto as u64);
         if terminate_at.is_some() {
             counters.at_boundary = true;
             return RelayEnd::ClientTerminated;
@@ -308,8 +308,7 @@ where
                     let status = frame.body.first().copied().unwrap_or(b'I');
                     counters.status = status;
                     if let Some(took) = progress.answered(status) {
-                        metrics.transactions.increment(1);
-                        metrics.transaction_duration.record(took);
+                        metrics.record_transaction(took);
                     }
                 }
                 b'E' => {
@@ -327,7 +326,7 @@ where
             return RelayEnd::ClientGone(Some(e));
         }
         counters.bytes += buffer.len() as u64;
-        metrics.sent_bytes.increment(buffer.len() as u64);
+        metrics.add_sent_bytes(buffer.len() as u64);
         buffer.clear();
         if settings.draining.is_cancelled() && progress.settled() && scanner.at_boundary() {
             return RelayEnd::Shutdown;

@@ -42,7 +42,6 @@ enum Detach {
 
 /// Buffers a session reuses from one transaction to the next, so relaying a
 /// transaction allocates nothing once they have grown to fit.
-#[derive(Default)]
 struct Buffers {
     /// Translated client messages on their way to the server.
     upstream: BytesMut,
@@ -55,6 +54,23 @@ struct Buffers {
     /// Client messages sent to the server in this attach, kept until the client
     /// has been sent anything (after that a retry could duplicate what it saw).
     replay: BytesMut,
+    /// Server message boundaries; its capture buffer (ReadyForQuery, ParameterStatus
+    /// bodies) is reused too.
+    scanner: FrameScanner,
+}
+
+impl Default for Buffers {
+    fn default() -> Buffers {
+        Buffers {
+            upstream: BytesMut::new(),
+            downstream: BytesMut::new(),
+            segments: Vec::new(),
+            events: Vec::new(),
+            ledger: Ledger::default(),
+            replay: BytesMut::new(),
+            scanner: FrameScanner::new(u32::MAX as usize, ledger::capture_tags),
+        }
+    }
 }
 
 /// Retries of one transaction on new servers before the client is told.
@@ -105,10 +121,7 @@ pub(super) async fn run(
             Detach::Released => {
                 session.transactions += 1;
                 let metrics = &session.listener.counters.metrics;
-                metrics.transactions.increment(1);
-                metrics
-                    .transaction_duration
-                    .record(attached_at.elapsed().as_secs_f64());
+                metrics.record_transaction(attached_at.elapsed());
                 retries = 0;
                 if ledger.unsolicited {
                     drop(server);
@@ -266,9 +279,11 @@ async fn attach(
         events,
         ledger,
         replay,
+        scanner,
     } = buffers;
     ledger.reset();
     replay.clear();
+    scanner.reset();
     let shared = Mutex::new(Shared {
         ledger,
         replayable: true,
@@ -331,7 +346,6 @@ async fn attach(
         }
     };
     let downstream = async {
-        let mut scanner = FrameScanner::new(u32::MAX as usize, ledger::capture_tags);
         buffer.clear();
         // One waiter for the whole attach, renewed only after it fires: a fresh one
         // per read would register and unregister with the Notify every time.
@@ -340,7 +354,9 @@ async fn attach(
             if buffer.capacity() < READ_SIZE {
                 buffer.reserve(READ_SIZE);
             }
+            // Biased: a fixed order needs no random number per poll.
             let read = tokio::select! {
+                biased;
                 read = server_reader.read_buf(buffer) => Some(read),
                 _ = woken.as_mut() => {
                     woken.set(wake.notified());
@@ -385,7 +401,7 @@ async fn attach(
                             Verdict::Answer => {
                                 let processed = state.ledger.process(
                                     buffer,
-                                    &mut scanner,
+                                    scanner,
                                     state.server,
                                     segments,
                                     events,
@@ -415,6 +431,7 @@ async fn attach(
         }
     };
     let detach = tokio::select! {
+        biased;
         end = upstream => Detach::End(end),
         result = downstream => match result {
             Ok(()) => Detach::Released,
@@ -426,9 +443,9 @@ async fn attach(
     session.stats.client_bytes += received;
     session.stats.server_bytes += sent;
     let metrics = &session.listener.counters.metrics;
-    metrics.received_bytes.increment(received);
-    metrics.sent_bytes.increment(sent);
-    metrics.queries.increment(queries);
+    metrics.add_received_bytes(received);
+    metrics.add_sent_bytes(sent);
+    metrics.add_queries(queries);
     apply_events(session, connection, &pool, events.drain(..));
     detach
 }

@@ -1,14 +1,18 @@
-//! Prometheus metrics (the `metrics` crate with its Prometheus exporter), served by
-//! the admin listener at `GET /metrics`. Counters and histograms on the data path
-//! are handles created once per listener, so relaying pays an atomic add, never a
-//! registry lookup. Gauges (connections, pools, topology) are read from the live
-//! state at scrape time instead of being maintained on every change.
+//! Prometheus metrics, served by the admin listener at `GET /metrics`. Rare events
+//! (errors, health checks, failovers, reloads, cancels) go through the `metrics`
+//! crate and its Prometheus exporter. The per-transaction figures live in
+//! [`data_path`]'s per-thread shards, summed at scrape time. Gauges (connections,
+//! pools, topology) are read from the live state at scrape time instead of being
+//! maintained on every change.
+
+mod data_path;
+
+pub use data_path::ListenerMetrics;
 
 use std::sync::atomic::Ordering;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use metrics::{Counter, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use metrics_util::MetricKindMask;
 
@@ -67,43 +71,6 @@ pub async fn upkeep(shutdown: tokio_util::sync::CancellationToken) {
     }
 }
 
-/// Data-path figures of one listener.
-pub struct ListenerMetrics {
-    listener: String,
-    pub transactions: Counter,
-    pub queries: Counter,
-    /// Bytes read from clients.
-    pub received_bytes: Counter,
-    /// Bytes written to clients.
-    pub sent_bytes: Counter,
-    pub checkout_wait: Histogram,
-    pub transaction_duration: Histogram,
-}
-
-impl ListenerMetrics {
-    pub fn new(listener: &str) -> ListenerMetrics {
-        let label = || ("listener", listener.to_string());
-        ListenerMetrics {
-            listener: listener.to_string(),
-            transactions: metrics::counter!("switchyard_transactions_total", &[label()]),
-            queries: metrics::counter!("switchyard_queries_total", &[label()]),
-            received_bytes: metrics::counter!("switchyard_client_received_bytes_total", &[label()]),
-            sent_bytes: metrics::counter!("switchyard_client_sent_bytes_total", &[label()]),
-            checkout_wait: metrics::histogram!("switchyard_checkout_wait_seconds", &[label()]),
-            transaction_duration: metrics::histogram!(
-                "switchyard_transaction_duration_seconds",
-                &[label()]
-            ),
-        }
-    }
-}
-
-impl ListenerMetrics {
-    pub fn listener(&self) -> &str {
-        &self.listener
-    }
-}
-
 /// Counts an ErrorResponse sent to a client (from a server or from the proxy) by
 /// its SQLSTATE class. Errors are rare, so the lookup by labels is fine here.
 pub fn record_error(listener: &str, sqlstate: &str) {
@@ -136,7 +103,10 @@ pub fn record_health_check(node: &str, took: Duration, failed: bool) {
 pub fn render(ctx: &ProxyContext) -> Option<String> {
     let handle = HANDLE.get()?.as_ref()?;
     set_gauges(ctx);
-    Some(handle.render())
+    let mut text = handle.render();
+    let listeners = ctx.listeners.load();
+    data_path::render(listeners.iter().map(|l| &l.counters.metrics), &mut text);
+    Some(text)
 }
 
 fn gauge(name: &'static str, labels: &[(&'static str, String)], value: f64) {
