@@ -8,14 +8,16 @@
 # One PostgreSQL 15 server (SCRAM auth) is created in a temp dir and every target
 # sits in front of it: "direct" (pgbench -> PostgreSQL), "switchyard" (release build
 # of this crate, fake Patroni API), "pgbouncer" (transaction pooling) and "haproxy"
-# (plain TCP proxy, no pooling). The same pgbench workloads run against each target,
+# (plain TCP proxy, no pooling); optionally "tokio-relay" (benches/tokio_relay: a bare
+# copy loop on tokio's multi-threaded runtime, one server connection per client: the
+# CPU floor of any tokio-based proxy). The same pgbench workloads run against each target,
 # the target order rotating from round to round; the median TPS per workload and
 # target and its ratio to "direct" are printed as a Markdown table and written to
 # benches/results/latest.md (QUICK runs: benches/results/quick.md).
 #
 # Environment (defaults in brackets):
 #   ROUNDS [3]  DURATION [10] seconds per pgbench run  WARMUP [2] seconds per target
-#   TARGETS [direct,switchyard,pgbouncer,haproxy]
+#   TARGETS [direct,switchyard,pgbouncer,haproxy]  (also: tokio-relay)
 #   WORKLOADS [select,prepared,c500,connect]
 #   IDLE_CLIENTS [5000]  idle connections for the memory test (0 = skip it)
 #   C500_EXTRA [15] seconds added to -T of the 500-client runs: pgbench's -T clock
@@ -68,7 +70,7 @@ die() { log "ERROR: $*"; exit 1; }
 IFS=, read -r -a TARGET_LIST <<<"$TARGETS"
 IFS=, read -r -a WORKLOAD_LIST <<<"$WORKLOADS"
 for t in "${TARGET_LIST[@]}"; do
-    case $t in direct|switchyard|pgbouncer|haproxy) ;; *) die "unknown target '$t' in TARGETS" ;; esac
+    case $t in direct|switchyard|pgbouncer|haproxy|tokio-relay) ;; *) die "unknown target '$t' in TARGETS" ;; esac
 done
 for w in "${WORKLOAD_LIST[@]}"; do
     case $w in select|prepared|c500|connect) ;; *) die "unknown workload '$w' in WORKLOADS" ;; esac
@@ -100,7 +102,7 @@ fi
 # ---------------------------------------------------------------- state and cleanup
 TMP=""
 PG_DATA="" PG_SOCK=""
-PATRONI_PID="" SY_PID="" PGB_PID="" HAP_PID="" RUN_PID="" IDLE_PID=""
+PATRONI_PID="" SY_PID="" PGB_PID="" HAP_PID="" TR_PID="" RUN_PID="" IDLE_PID=""
 
 # alive PID: the process exists and is not a zombie (PID 1 in containers may not reap
 # the orphaned postmaster at once).
@@ -148,6 +150,7 @@ cleanup() {
     stop_pid "$SY_PID" 15
     stop_pid "$PGB_PID" 10
     stop_pid "$HAP_PID" 10
+    stop_pid "$TR_PID" 5
     stop_pid "$PATRONI_PID" 5
     stop_postgres
     if [[ -n $TMP && -d $TMP ]]; then
@@ -179,11 +182,16 @@ EOF
 }
 
 # ---------------------------------------------------------------- build
+TR_BIN=$REPO/target/release/examples/tokio_relay
 if [[ $SKIP_BUILD != 1 ]]; then
     log "building switchyard (cargo build --release)"
     (cd "$REPO" && cargo build --release) >&2 || die "cargo build --release failed"
+    if has_target tokio-relay; then
+        (cd "$REPO" && cargo build --release --example tokio_relay) >&2 || die "cannot build benches/tokio_relay"
+    fi
 fi
 [[ -x $SY_BIN ]] || die "no binary at $SY_BIN"
+if has_target tokio-relay; then [[ -x $TR_BIN ]] || die "no binary at $TR_BIN"; fi
 
 TMP=$(mktemp -d /tmp/switchyard-bench.XXXXXX)
 chmod 755 "$TMP"
@@ -191,7 +199,7 @@ mkdir -p "$TMP/logs" "$TMP/runs" "$TMP/pg" "$TMP/pgbouncer"
 chown "$PG_OWNER" "$TMP/pg" "$TMP/pgbouncer"
 log "work dir $TMP (fd limit $FD_LIMIT)"
 
-read -r PG_PORT API_PORT SY_PORT SY_ADMIN PGB_PORT HAP_PORT <<<"$(free_ports 6)"
+read -r PG_PORT API_PORT SY_PORT SY_ADMIN PGB_PORT HAP_PORT TR_PORT <<<"$(free_ports 7)"
 
 export PGPASSWORD=bench_pw
 unset PGSERVICE PGSERVICEFILE PGOPTIONS PGSSLMODE PGHOST PGHOSTADDR PGPORT PGUSER PGDATABASE PGPASSFILE || true
@@ -385,11 +393,19 @@ EOF
     wait_sql "$HAP_PORT" haproxy "$HAP_PID" || { tail -20 "$TMP/logs/haproxy.log" >&2; die "cannot log in through haproxy"; }
 fi
 
+# ---------------------------------------------------------------- tokio relay
+if has_target tokio-relay; then
+    log "tokio-relay on 127.0.0.1:$TR_PORT (bare tokio copy loop, no pooling)"
+    "$TR_BIN" "127.0.0.1:$TR_PORT" "127.0.0.1:$PG_PORT" >>"$TMP/logs/tokio-relay.log" 2>&1 &
+    TR_PID=$!
+    wait_sql "$TR_PORT" tokio-relay "$TR_PID" || { tail -20 "$TMP/logs/tokio-relay.log" >&2; die "cannot log in through tokio-relay"; }
+fi
+
 target_pid() {  # the process whose connections to PostgreSQL are counted
-    case $1 in direct) echo "$RUN_PID" ;; switchyard) echo "$SY_PID" ;; pgbouncer) echo "$PGB_PID" ;; haproxy) echo "$HAP_PID" ;; esac
+    case $1 in direct) echo "$RUN_PID" ;; switchyard) echo "$SY_PID" ;; pgbouncer) echo "$PGB_PID" ;; haproxy) echo "$HAP_PID" ;; tokio-relay) echo "$TR_PID" ;; esac
 }
 target_port() {
-    case $1 in direct) echo "$PG_PORT" ;; switchyard) echo "$SY_PORT" ;; pgbouncer) echo "$PGB_PORT" ;; haproxy) echo "$HAP_PORT" ;; esac
+    case $1 in direct) echo "$PG_PORT" ;; switchyard) echo "$SY_PORT" ;; pgbouncer) echo "$PGB_PORT" ;; haproxy) echo "$HAP_PORT" ;; tokio-relay) echo "$TR_PORT" ;; esac
 }
 
 # ---------------------------------------------------------------- pgbench runs

@@ -17,7 +17,8 @@ WORKLOADS = {
     "c500": ("500 clients", "-S -c 500 -j 2"),
     "connect": ("connect per transaction", "-S -C -c 8 -j 2"),
 }
-TARGETS = {"direct": "direct", "switchyard": "switchyard", "pgbouncer": "pgbouncer", "haproxy": "haproxy"}
+TARGETS = {"direct": "direct", "switchyard": "switchyard", "pgbouncer": "pgbouncer", "haproxy": "haproxy",
+           "tokio-relay": "tokio-relay (floor)"}
 
 
 def read_tsv(path):

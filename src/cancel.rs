@@ -24,6 +24,7 @@
 //!   checked in constant time by the owner, so passing a key on reveals nothing.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -101,7 +102,26 @@ pub struct CancelTarget {
 }
 
 /// The server a client uses now; shared by the registry and the client's session.
-type TargetSlot = Arc<Mutex<Option<Arc<CancelTarget>>>>;
+///
+/// Transaction mode points it at a server and back at none twice per transaction,
+/// so that is two relaxed stores of the backend key. The address is written only
+/// when the client moves to a server at another address. A cancel racing with a
+/// move may pair a key with the other server's address; PostgreSQL ignores a key it
+/// did not issue, so the worst case is the cancel a race allows anyway.
+#[derive(Default)]
+struct SlotState {
+    /// The server backend's key, pid in the high half and secret in the low; 0 when
+    /// the client uses no server (PostgreSQL's pids are positive).
+    backend_key: AtomicU64,
+    /// `host:port` of the server the key was last set from.
+    address: Mutex<String>,
+}
+
+type TargetSlot = Arc<SlotState>;
+
+fn pack_key(pid: i32, secret: i32) -> u64 {
+    (u64::from(pid as u32) << 32) | u64::from(secret as u32)
+}
 
 struct Entry {
     secret: i32,
@@ -162,11 +182,19 @@ impl CancelRegistry {
         let entries = self.entries();
         let entry = entries.get(&pid)?;
         let matches: bool = entry.secret.to_be_bytes().ct_eq(secret).into();
-        if matches {
-            lock_slot(&entry.target).clone()
-        } else {
-            None
+        if !matches {
+            return None;
         }
+        let key = entry.target.backend_key.load(Ordering::Acquire);
+        if key == 0 {
+            return None;
+        }
+        let address = lock_address(&entry.target).clone();
+        Some(Arc::new(CancelTarget {
+            address,
+            pid: (key >> 32) as u32 as i32,
+            secret: key as u32 as i32,
+        }))
     }
 
     /// Decides what a CancelRequest calls for: our own key, a key to pass on to
@@ -208,14 +236,26 @@ impl CancelRegistry {
 
 impl Registration {
     /// Points this client's key at the server it now uses (None: no server).
-    pub fn set_target(&self, target: Option<Arc<CancelTarget>>) {
-        *lock_slot(&self.target) = target;
+    pub fn set_target(&self, target: Option<&CancelTarget>) {
+        let Some(target) = target else {
+            self.target.backend_key.store(0, Ordering::Release);
+            return;
+        };
+        {
+            let mut address = lock_address(&self.target);
+            if *address != target.address {
+                address.clone_from(&target.address);
+            }
+        }
+        self.target
+            .backend_key
+            .store(pack_key(target.pid, target.secret), Ordering::Release);
     }
 }
 
-fn lock_slot(slot: &TargetSlot) -> MutexGuard<'_, Option<Arc<CancelTarget>>> {
+fn lock_address(slot: &SlotState) -> MutexGuard<'_, String> {
     // Only ever holds an assignment or a clone: consistent even if poisoned.
-    slot.lock().unwrap_or_else(|p| p.into_inner())
+    slot.address.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Drop for Registration {
@@ -260,7 +300,7 @@ mod tests {
             pid: 99,
             secret: 7,
         };
-        registration.set_target(Some(Arc::new(target.clone())));
+        registration.set_target(Some(&target));
         assert_eq!(
             registry.lookup(registration.pid, &secret).as_deref(),
             Some(&target)
@@ -313,6 +353,36 @@ mod tests {
     }
 
     #[test]
+    fn the_target_follows_the_client_from_server_to_server() {
+        let registry = Arc::new(CancelRegistry::default());
+        let registration = registry.register(0);
+        let secret = registration.secret.to_be_bytes();
+        let first = CancelTarget {
+            address: "10.0.0.1:5432".into(),
+            pid: i32::MAX,
+            secret: i32::MIN,
+        };
+        let second = CancelTarget {
+            address: "10.0.0.2:5432".into(),
+            pid: 1,
+            secret: -1,
+        };
+        for target in [&first, &second, &first] {
+            registration.set_target(Some(target));
+            assert_eq!(
+                registry.lookup(registration.pid, &secret).as_deref(),
+                Some(target)
+            );
+            registration.set_target(None);
+            assert_eq!(
+                registry.lookup(registration.pid, &secret),
+                None,
+                "between servers"
+            );
+        }
+    }
+
+    #[test]
     fn cancels_go_to_our_server_or_to_the_peer_that_minted_the_key() {
         let registry = Arc::new(CancelRegistry::default());
         let peers = peers();
@@ -326,7 +396,7 @@ mod tests {
             pid: 4242,
             secret: 9,
         });
-        ours.set_target(Some(Arc::clone(&target)));
+        ours.set_target(Some(&target));
         let secret = ours.secret.to_be_bytes();
         let local = CancelRoute::Local(Arc::clone(&target));
         assert_eq!(registry.route(ours.pid, &secret, &peering), local);

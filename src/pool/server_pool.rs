@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
 
 use std::collections::HashMap;
 
@@ -47,12 +47,17 @@ pub struct ServerPool {
     password: Secret,
     /// Swapped by a reload; see [`ServerPool::reconfigure`] for the size.
     settings: ArcSwap<PoolSettings>,
-    slots: Arc<Semaphore>,
+    /// One permit per connection the pool may have in use. A checkout takes one
+    /// and forgets it, and the checked-out connection adds it back: no reference
+    /// count on a shared `Arc` per transaction, as an owned permit would need.
+    slots: Semaphore,
     /// Permits to retire as they come back, after a reload shrank the pool while
     /// they were in use.
     excess_permits: AtomicUsize,
     resize: Mutex<()>,
-    idle: Mutex<Vec<(ServerConnection, u64)>>,
+    /// Boxed, here and in [`PooledServer`]: a connection changes hands at every
+    /// checkout and release, and moving a box is moving a pointer.
+    idle: Mutex<Vec<(Box<ServerConnection>, u64)>>,
     /// Connections open now (idle and in use).
     open: AtomicUsize,
     /// Clients waiting in checkout now.
@@ -93,7 +98,7 @@ impl ServerPool {
             key,
             address,
             password,
-            slots: Arc::new(Semaphore::new(settings.size)),
+            slots: Semaphore::new(settings.size),
             settings: ArcSwap::from_pointee(settings),
             excess_permits: AtomicUsize::new(0),
             resize: Mutex::new(()),
@@ -131,7 +136,7 @@ impl ServerPool {
             .clone()
     }
 
-    fn idle(&self) -> MutexGuard<'_, Vec<(ServerConnection, u64)>> {
+    fn idle(&self) -> MutexGuard<'_, Vec<(Box<ServerConnection>, u64)>> {
         // Each critical section is a push, pop or retain: a panic cannot leave the
         // list half-changed, so a poisoned lock is still consistent.
         self.idle.lock().unwrap_or_else(|p| p.into_inner())
@@ -178,10 +183,11 @@ impl ServerPool {
     }
 
     /// Gives a slot back, or retires it when the pool was shrunk while it was busy.
-    fn return_permit(&self, permit: OwnedSemaphorePermit) {
+    fn return_slot(&self) {
         if self.excess_permits.load(Ordering::Relaxed) > 0 && self.retire_pending(1) == 1 {
-            permit.forget();
+            return;
         }
+        self.slots.add_permits(1);
     }
 
     pub fn size(&self) -> usize {
@@ -189,42 +195,49 @@ impl ServerPool {
     }
 
     /// A logged-in, idle server connection, waiting at most `timeout` for a slot.
-    /// `waiting` counts the caller (its listener's waiting clients) while it waits.
+    /// `waiting` counts the caller (its listener's waiting clients) while it waits;
+    /// `now` is the caller's clock reading, for the staleness checks.
     pub async fn checkout(
         self: &Arc<Self>,
         timeout: Duration,
         waiting: &AtomicUsize,
+        mut now: Instant,
     ) -> Result<PooledServer, CheckoutError> {
-        let permit = match Arc::clone(&self.slots).try_acquire_owned() {
-            Ok(permit) => permit,
+        match self.slots.try_acquire() {
+            Ok(permit) => permit.forget(),
             // Only a client that has to wait pays for a timer.
             Err(_) => {
                 waiting.fetch_add(1, Ordering::Relaxed);
                 // Boxed, like `connect` below: the uncontended checkout, made once
                 // per transaction, stays a small future.
-                let permit = Box::pin(self.wait_for_slot(timeout)).await;
+                let slot = Box::pin(self.wait_for_slot(timeout)).await;
                 waiting.fetch_sub(1, Ordering::Relaxed);
-                permit?
+                slot?;
+                now = Instant::now();
             }
-        };
-        if let Some((connection, epoch)) = self.take_idle() {
-            return Ok(self.guard(connection, epoch, permit));
+        }
+        if let Some((connection, epoch)) = self.take_idle(now) {
+            return Ok(self.guard(connection, epoch));
         }
         let epoch = self.epoch.load(Ordering::Relaxed);
+        // The slot is ours from here: give it back if the login fails or the
+        // client leaves while it runs.
+        let slot = SlotGuard(self);
         let connection = Box::pin(self.connect()).await?;
-        Ok(self.guard(connection, epoch, permit))
+        std::mem::forget(slot);
+        Ok(self.guard(connection, epoch))
     }
 
-    async fn wait_for_slot(
-        &self,
-        timeout: Duration,
-    ) -> Result<OwnedSemaphorePermit, CheckoutError> {
+    async fn wait_for_slot(&self, timeout: Duration) -> Result<(), CheckoutError> {
         let started = Instant::now();
         self.waiting.fetch_add(1, Ordering::Relaxed);
-        let acquired = tokio::time::timeout(timeout, Arc::clone(&self.slots).acquire_owned()).await;
+        let acquired = tokio::time::timeout(timeout, self.slots.acquire()).await;
         self.waiting.fetch_sub(1, Ordering::Relaxed);
         match acquired {
-            Ok(Ok(permit)) => Ok(permit),
+            Ok(Ok(permit)) => {
+                permit.forget();
+                Ok(())
+            }
             // The semaphore is never closed; treat it like a timeout all the same.
             Ok(Err(_)) | Err(_) => Err(CheckoutError::Timeout {
                 node: self.key.node.clone(),
@@ -234,22 +247,17 @@ impl ServerPool {
         }
     }
 
-    fn guard(
-        self: &Arc<Self>,
-        connection: ServerConnection,
-        epoch: u64,
-        permit: OwnedSemaphorePermit,
-    ) -> PooledServer {
+    fn guard(self: &Arc<Self>, connection: Box<ServerConnection>, epoch: u64) -> PooledServer {
         PooledServer {
             connection: Some(connection),
             pool: Arc::clone(self),
             epoch,
-            permit: Some(permit),
+            holds_slot: true,
         }
     }
 
     /// Pops a reusable idle connection, closing stale or broken ones on the way.
-    fn take_idle(&self) -> Option<(ServerConnection, u64)> {
+    fn take_idle(&self, now: Instant) -> Option<(Box<ServerConnection>, u64)> {
         let current = self.epoch.load(Ordering::Relaxed);
         loop {
             let (connection, epoch) = self.idle().pop()?;
@@ -257,17 +265,14 @@ impl ServerPool {
             // connection idle for milliseconds may already hold the server's FATAL,
             // and once a request is written after it, a TCP reset can discard that
             // evidence and leave an ambiguous broken connection instead.
-            if epoch == current
-                && self.is_fresh(&connection, Instant::now())
-                && connection.looks_healthy()
-            {
+            if epoch == current && self.is_fresh(&connection, now) && connection.looks_healthy() {
                 return Some((connection, epoch));
             }
             self.close(connection);
         }
     }
 
-    async fn connect(&self) -> Result<ServerConnection, ServerError> {
+    async fn connect(&self) -> Result<Box<ServerConnection>, ServerError> {
         let login = LoginRequest {
             user: &self.key.user,
             password: self.password.expose(),
@@ -287,7 +292,7 @@ impl ServerPool {
             .unwrap_or_else(|p| p.into_inner())
             .get_or_insert_with(|| connection.params.clone());
         tracing::debug!(node = %self.key.node, database = %self.key.database, user = %self.key.user, "server connection opened");
-        Ok(connection)
+        Ok(Box::new(connection))
     }
 
     fn is_fresh(&self, connection: &ServerConnection, now: Instant) -> bool {
@@ -296,8 +301,7 @@ impl ServerPool {
             && now.duration_since(connection.idle_since) < settings.idle_timeout
     }
 
-    fn give_back(&self, mut connection: ServerConnection, epoch: u64) {
-        let now = Instant::now();
+    fn give_back(&self, mut connection: Box<ServerConnection>, epoch: u64, now: Instant) {
         if epoch != self.epoch.load(Ordering::Relaxed)
             || now.duration_since(connection.created_at) >= self.settings.load().lifetime
         {
@@ -307,7 +311,7 @@ impl ServerPool {
         self.idle().push((connection, epoch));
     }
 
-    fn close(&self, connection: ServerConnection) {
+    fn close(&self, connection: Box<ServerConnection>) {
         connection.say_goodbye();
         self.open.fetch_sub(1, Ordering::Relaxed);
         drop(connection);
@@ -318,7 +322,7 @@ impl ServerPool {
     pub fn prune(&self) -> usize {
         let now = Instant::now();
         let size = self.size();
-        let stale: Vec<ServerConnection> = {
+        let stale: Vec<Box<ServerConnection>> = {
             let mut idle = self.idle();
             let (mut keep, mut stale): (Vec<_>, Vec<_>) =
                 idle.drain(..).partition(|(c, _)| self.is_fresh(c, now));
@@ -336,19 +340,19 @@ impl ServerPool {
     /// Opens connections until `min_idle` are idle, without making clients wait.
     pub async fn top_up(&self) {
         while self.idle().len() < self.settings.load().min_idle {
-            let Ok(permit) = Arc::clone(&self.slots).try_acquire_owned() else {
+            let Ok(permit) = self.slots.try_acquire() else {
                 return;
             };
             let epoch = self.epoch.load(Ordering::Relaxed);
             match self.connect().await {
-                Ok(connection) => self.give_back(connection, epoch),
+                Ok(connection) => self.give_back(connection, epoch, Instant::now()),
                 Err(e) => {
                     tracing::warn!(node = %self.key.node, error = %e, "cannot open a server connection for min_idle");
-                    self.return_permit(permit);
+                    drop(permit);
                     return;
                 }
             }
-            self.return_permit(permit);
+            drop(permit);
         }
     }
 
@@ -380,27 +384,51 @@ impl ServerPool {
 /// A checked-out server connection. Dropping it closes the connection; only
 /// [`release`](PooledServer::release) returns it to the pool.
 pub struct PooledServer {
-    connection: Option<ServerConnection>,
+    connection: Option<Box<ServerConnection>>,
     pool: Arc<ServerPool>,
     epoch: u64,
-    // Given back after `connection` is in the idle list, so a waiter woken by the
-    // permit finds it there.
-    permit: Option<OwnedSemaphorePermit>,
+    /// Holds one of the pool's slots until released or dropped. Given back after
+    /// `connection` is in the idle list, so a waiter woken by the slot finds it there.
+    holds_slot: bool,
 }
 
 impl PooledServer {
     /// Returns a clean, idle connection to the pool.
-    pub fn release(mut self) {
+    pub fn release(self) {
+        self.release_at(Instant::now());
+    }
+
+    /// [`release`](Self::release) with the caller's clock reading.
+    pub fn release_at(mut self, now: Instant) {
         if let Some(connection) = self.connection.take() {
-            self.pool.give_back(connection, self.epoch);
+            self.pool.give_back(connection, self.epoch, now);
         }
-        if let Some(permit) = self.permit.take() {
-            self.pool.return_permit(permit);
+        if std::mem::take(&mut self.holds_slot) {
+            self.pool.return_slot();
         }
     }
 
     pub fn pool(&self) -> &Arc<ServerPool> {
         &self.pool
+    }
+
+    /// The pool and the connection together, for code that needs both at once.
+    pub fn parts_mut(&mut self) -> (&ServerPool, &mut ServerConnection) {
+        let connection = self
+            .connection
+            .as_mut()
+            .unwrap_or_else(|| unreachable!("connection taken before drop"));
+        (&self.pool, connection)
+    }
+}
+
+/// A slot taken for a connection still being opened: given back if the opening
+/// fails or is abandoned.
+struct SlotGuard<'a>(&'a ServerPool);
+
+impl Drop for SlotGuard<'_> {
+    fn drop(&mut self) {
+        self.0.return_slot();
     }
 }
 
@@ -428,8 +456,8 @@ impl Drop for PooledServer {
             tracing::debug!(node = %self.pool.key.node, "server connection discarded");
             self.pool.close(connection);
         }
-        if let Some(permit) = self.permit.take() {
-            self.pool.return_permit(permit);
+        if std::mem::take(&mut self.holds_slot) {
+            self.pool.return_slot();
         }
     }
 }

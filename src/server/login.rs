@@ -192,11 +192,11 @@ async fn collect_until_ready(connection: &mut ServerConnection) -> Result<(), Se
                 let (pid, secret) = backend::parse_backend_key_data(&body).map_err(malformed)?;
                 connection.backend_pid = pid;
                 connection.backend_secret = secret;
-                connection.cancel = std::sync::Arc::new(crate::cancel::CancelTarget {
+                connection.cancel = crate::cancel::CancelTarget {
                     address: connection.address.clone(),
                     pid,
                     secret,
-                });
+                };
             }
             b'Z' => return Ok(()),
             // NoticeResponse and NegotiateProtocolVersion need no action.

@@ -46,7 +46,7 @@ pub struct ServerConnection {
     pub backend_pid: i32,
     pub backend_secret: i32,
     /// Where a cancel for a query on this connection goes (built once at login).
-    pub cancel: std::sync::Arc<CancelTarget>,
+    pub cancel: CancelTarget,
     pub created_at: Instant,
     /// When it last went back to a pool.
     pub idle_since: Instant,
@@ -91,8 +91,8 @@ impl ServerConnection {
             .try_write(&crate::protocol::messages::terminate());
     }
 
-    pub fn cancel_target(&self) -> std::sync::Arc<CancelTarget> {
-        std::sync::Arc::clone(&self.cancel)
+    pub fn cancel_target(&self) -> &CancelTarget {
+        &self.cancel
     }
 }
 

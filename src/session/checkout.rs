@@ -175,9 +175,9 @@ impl Session {
         }
     }
 
-    /// The end of the hold for a client that starts waiting now.
-    pub(super) fn hold_deadline(&self) -> tokio::time::Instant {
-        tokio::time::Instant::now() + self.config.failover.hold_timeout.0
+    /// The end of the hold for a client that starts waiting at `now`.
+    pub(super) fn hold_deadline(&self, now: std::time::Instant) -> tokio::time::Instant {
+        tokio::time::Instant::from_std(now) + self.config.failover.hold_timeout.0
     }
 
     /// A server connection for the next piece of work, parameters synced, with the
@@ -185,10 +185,16 @@ impl Session {
     pub(super) async fn checkout(&mut self) -> Result<PooledServer, Refusal> {
         // The listener's shared counters are touched only when the state changes or
         // a client actually waits: the common checkout costs no shared writes here.
+        // One clock read at each end serves the hold deadline, the pool's staleness
+        // checks, the wait metric and the transaction's start.
         let started = std::time::Instant::now();
-        let result = self.find_server().await;
+        let result = self.find_server(started).await;
+        let finished = std::time::Instant::now();
+        self.checked_out_at = finished;
         let counters = &self.listener.counters;
-        counters.metrics.record_checkout_wait(started.elapsed());
+        counters
+            .metrics
+            .record_checkout_wait(finished.saturating_duration_since(started));
         if result.is_ok() && !self.active {
             counters.active.fetch_add(1, Ordering::Relaxed);
             self.active = true;
@@ -209,11 +215,12 @@ impl Session {
 
     /// During a failover a primary that refuses connections (shutting down, gone)
     /// is waited out like a missing one, within the hold.
-    async fn find_server(&mut self) -> Result<PooledServer, Refusal> {
-        let deadline = self.hold_deadline();
+    async fn find_server(&mut self, started: std::time::Instant) -> Result<PooledServer, Refusal> {
+        let deadline = self.hold_deadline(started);
+        let mut now = started;
         loop {
             let pool = self.current_pool(deadline).await?;
-            match self.checkout_from(&pool).await {
+            match self.checkout_from(&pool, now).await {
                 Err(failure) if failure.transient && tokio::time::Instant::now() < deadline => {
                     tracing::info!(client = %self.peer, node = %pool.key.node, "node refuses connections; holding the client");
                     let mut changes = self.ctx.topology.subscribe();
@@ -223,6 +230,7 @@ impl Session {
                         changes.changed(),
                     ))
                     .await;
+                    now = std::time::Instant::now();
                 }
                 result => return result.map_err(|failure| failure.refusal),
             }
@@ -232,9 +240,13 @@ impl Session {
     async fn checkout_from(
         &mut self,
         pool: &Arc<crate::pool::ServerPool>,
+        now: std::time::Instant,
     ) -> Result<PooledServer, CheckoutFailure> {
         let waiting = &self.listener.counters.waiting;
-        let mut server = match pool.checkout(self.pooling.checkout_timeout, waiting).await {
+        let mut server = match pool
+            .checkout(self.pooling.checkout_timeout, waiting, now)
+            .await
+        {
             Ok(server) => server,
             Err(e) => {
                 let transient = match &e {

@@ -223,6 +223,8 @@ pub(crate) struct Session {
     transactions: u64,
     /// Counted as active on its listener (holding a server); see `mark_idle`.
     active: bool,
+    /// When the last checkout returned: the start of the work it was for.
+    checked_out_at: Instant,
     signals: StopSignals,
 }
 
@@ -282,6 +284,7 @@ impl Session {
             statements: ClientStatements::default(),
             transactions: 0,
             active: false,
+            checked_out_at: Instant::now(),
             signals,
         }
     }
@@ -300,7 +303,7 @@ impl Session {
             refuse(socket, &error).await;
             return SessionEnd::Refused(error);
         }
-        let deadline = self.hold_deadline();
+        let deadline = self.hold_deadline(Instant::now());
         let pool = match Box::pin(self.current_pool(deadline)).await {
             Ok(pool) => pool,
             Err(refusal) => {

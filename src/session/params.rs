@@ -4,8 +4,11 @@
 //! transaction (re-applied as the SQL it wrote). Pure: builds the SQL that brings a
 //! server in line with a client, and recognises SET statements in query text.
 
+use std::hash::{BuildHasher, RandomState};
+use std::sync::OnceLock;
+
 /// How a parameter's value was given, which decides how it is re-applied.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum ParamValue {
     /// A raw value string, as in a startup packet: `set_config(name, value, false)`.
     Raw(String),
@@ -17,6 +20,18 @@ pub enum ParamValue {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ParamSet {
     entries: Vec<(String, ParamValue)>,
+    /// A keyed 128-bit digest of `entries` (0 when empty), renewed by every change.
+    /// Each checkout compares the client's set with the one its server last had:
+    /// comparing the strings themselves reads several heap lines that another
+    /// core wrote last. The keys are random per process, so a collision cannot be
+    /// arranged, and at 2^-128 it cannot be met by chance.
+    digest: u128,
+}
+
+/// Two independently keyed hashers, chosen once per process.
+fn digest_keys() -> &'static (RandomState, RandomState) {
+    static KEYS: OnceLock<(RandomState, RandomState)> = OnceLock::new();
+    KEYS.get_or_init(|| (RandomState::new(), RandomState::new()))
 }
 
 impl ParamSet {
@@ -36,10 +51,23 @@ impl ParamSet {
             Some(slot) => slot.1 = value,
             None => self.entries.push((name.to_string(), value)),
         }
+        self.rehash();
     }
 
     pub fn remove(&mut self, name: &str) {
         self.entries.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
+        self.rehash();
+    }
+
+    fn rehash(&mut self) {
+        if self.entries.is_empty() {
+            self.digest = 0;
+            return;
+        }
+        let (low, high) = digest_keys();
+        let low = u128::from(low.hash_one(&self.entries));
+        let high = u128::from(high.hash_one(&self.entries));
+        self.digest = (high << 64) | low;
     }
 
     pub fn is_empty(&self) -> bool {
@@ -70,7 +98,7 @@ impl ParamSet {
     pub fn sync_sql(&self, current: &ParamSet) -> Option<String> {
         // The usual case, once per transaction: the server was last synced to an
         // identical set, built in the same order.
-        if self.entries == current.entries {
+        if self.digest == current.digest {
             return None;
         }
         let mut statements = Vec::new();
@@ -322,6 +350,35 @@ mod tests {
         );
         assert_eq!(wanted.sync_sql(&wanted), None);
         assert_eq!(quote_literal("a\\b"), "E'a\\\\b'");
+    }
+
+    #[test]
+    fn sync_sql_follows_every_change_to_either_set() {
+        let mut client = ParamSet::default();
+        client.set("search_path", ParamValue::Sql("a".into()));
+        client.set("timezone", ParamValue::Raw("UTC".into()));
+        let mut server = client.clone();
+        assert_eq!(client.sync_sql(&server), None);
+        client.set("search_path", ParamValue::Sql("b".into()));
+        assert_eq!(
+            client.sync_sql(&server).as_deref(),
+            Some("SET search_path TO b")
+        );
+        client.set("search_path", ParamValue::Sql("a".into()));
+        assert_eq!(client.sync_sql(&server), None, "changed back");
+        server.remove("timezone");
+        assert_eq!(
+            client.sync_sql(&server).as_deref(),
+            Some("SELECT pg_catalog.set_config('timezone', 'UTC', false)")
+        );
+        // The same parameters set in another order need nothing either.
+        let mut reordered = ParamSet::default();
+        reordered.set("timezone", ParamValue::Raw("UTC".into()));
+        reordered.set("search_path", ParamValue::Sql("a".into()));
+        assert_eq!(client.sync_sql(&reordered), None);
+        client.remove("timezone");
+        client.remove("search_path");
+        assert_eq!(client.sync_sql(&ParamSet::default()), None);
     }
 
     #[test]

@@ -112,7 +112,7 @@ pub(super) async fn run(
             return SessionEnd::Relay(RelayEnd::ClientGone(None));
         }
         registration.set_target(Some(server.cancel_target()));
-        let attached_at = std::time::Instant::now();
+        let attached_at = session.checked_out_at;
         let detach = attach(session, socket, &mut server, &mut inbox, &mut buffers).await;
         registration.set_target(None);
         session.mark_idle();
@@ -121,14 +121,15 @@ pub(super) async fn run(
             Detach::Released => {
                 session.transactions += 1;
                 let metrics = &session.listener.counters.metrics;
-                metrics.record_transaction(attached_at.elapsed());
+                let done = std::time::Instant::now();
+                metrics.record_transaction(done.saturating_duration_since(attached_at));
                 retries = 0;
                 if ledger.unsolicited {
                     drop(server);
                 } else if ledger.needs_reset() {
                     reset_and_release(server, ledger).await;
                 } else {
-                    server.release();
+                    server.release_at(done);
                 }
                 continue;
             }
@@ -194,6 +195,11 @@ async fn reset_and_release(mut server: PooledServer, ledger: &Ledger) {
 /// clients that prepare synchronously while others hold every server (pgbench
 /// `-M prepared` with fewer servers than clients) from waiting on each other.
 fn answer_without_server(session: &mut Session, inbox: &mut BytesMut) -> Option<BytesMut> {
+    // Most requests (a Query, a Bind) cannot be: spare them the pool's shared
+    // reference count.
+    if !matches!(inbox.first(), Some(b'P' | b'C' | b'S')) {
+        return None;
+    }
     let pool = Arc::clone(&session.binding.as_ref()?.pool);
     let max_message = session.config.client.max_message_size.0 as usize;
     let mut end = 0;
@@ -270,8 +276,7 @@ async fn attach(
 ) -> Detach {
     let max_message = session.config.client.max_message_size.0 as usize;
     let max_prepared = session.config.pool.max_prepared_statements as usize;
-    let pool = Arc::clone(server.pool());
-    let connection = &mut **server;
+    let (pool, connection) = server.parts_mut();
     let Buffers {
         upstream: out,
         downstream: buffer,
@@ -446,7 +451,7 @@ async fn attach(
     metrics.add_received_bytes(received);
     metrics.add_sent_bytes(sent);
     metrics.add_queries(queries);
-    apply_events(session, connection, &pool, events.drain(..));
+    apply_events(session, connection, pool, events.drain(..));
     detach
 }
 

@@ -299,19 +299,21 @@ fn contains_word_all(query: &[u8]) -> bool {
         .any(|word| word.eq_ignore_ascii_case(b"all"))
 }
 
-/// Cheap pre-check before looking for SET/RESET/DISCARD in a query.
+/// Cheap pre-check before looking for SET/RESET/DISCARD in a query: it runs on
+/// every simple query, so it looks at a fixed-size copy of the first word only.
 fn starts_like_setting(query: &[u8]) -> bool {
     let start = query
         .iter()
         .position(|b| !b.is_ascii_whitespace())
         .unwrap_or(query.len());
-    let rest = &query[start..];
-    [&b"set "[..], b"set\t", b"reset ", b"discard "]
-        .iter()
-        .any(|prefix| {
-            rest.get(..prefix.len())
-                .is_some_and(|head| head.eq_ignore_ascii_case(prefix))
-        })
+    let mut head = [0u8; 8];
+    for (slot, b) in head.iter_mut().zip(&query[start..]) {
+        *slot = b.to_ascii_lowercase();
+    }
+    head.starts_with(b"set ")
+        || head.starts_with(b"set\t")
+        || head.starts_with(b"reset ")
+        || head.starts_with(b"discard ")
 }
 
 #[cfg(test)]
@@ -531,5 +533,9 @@ mod tests {
         assert!(starts_like_setting(b"reset all\0"));
         assert!(!starts_like_setting(b"select 1\0"));
         assert!(!starts_like_setting(b"settings\0"));
+        assert!(starts_like_setting(b"\n\tDISCARD ALL\0"));
+        assert!(starts_like_setting(b"Set\tTimeZone = 'UTC'\0"));
+        assert!(!starts_like_setting(b"discarded\0"));
+        assert!(!starts_like_setting(b""));
     }
 }
