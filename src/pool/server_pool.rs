@@ -343,16 +343,17 @@ impl ServerPool {
             let Ok(permit) = self.slots.try_acquire() else {
                 return;
             };
+            permit.forget();
+            // Given back (or retired, after a shrink) however this round ends.
+            let _slot = SlotGuard(self);
             let epoch = self.epoch.load(Ordering::Relaxed);
             match self.connect().await {
                 Ok(connection) => self.give_back(connection, epoch, Instant::now()),
                 Err(e) => {
                     tracing::warn!(node = %self.key.node, error = %e, "cannot open a server connection for min_idle");
-                    drop(permit);
                     return;
                 }
             }
-            drop(permit);
         }
     }
 
