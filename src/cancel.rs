@@ -85,7 +85,7 @@ pub struct Peering<'a> {
 #[derive(Debug, PartialEq, Eq)]
 pub enum CancelRoute {
     /// One of our clients: cancel on the server it uses now.
-    Local(Arc<CancelTarget>),
+    Local(CancelTarget),
     /// Minted by a configured peer: send it this request (relayed bit set).
     Peer(CancelTarget),
     /// Nothing to cancel; why.
@@ -178,7 +178,7 @@ impl CancelRegistry {
     }
 
     /// The target for a cancel key, if the key is known and the secret matches.
-    pub fn lookup(&self, pid: i32, secret: &[u8]) -> Option<Arc<CancelTarget>> {
+    pub fn lookup(&self, pid: i32, secret: &[u8]) -> Option<CancelTarget> {
         let entries = self.entries();
         let entry = entries.get(&pid)?;
         let matches: bool = entry.secret.to_be_bytes().ct_eq(secret).into();
@@ -190,11 +190,11 @@ impl CancelRegistry {
             return None;
         }
         let address = lock_address(&entry.target).clone();
-        Some(Arc::new(CancelTarget {
+        Some(CancelTarget {
             address,
             pid: (key >> 32) as u32 as i32,
             secret: key as u32 as i32,
-        }))
+        })
     }
 
     /// Decides what a CancelRequest calls for: our own key, a key to pass on to
@@ -302,7 +302,7 @@ mod tests {
         };
         registration.set_target(Some(&target));
         assert_eq!(
-            registry.lookup(registration.pid, &secret).as_deref(),
+            registry.lookup(registration.pid, &secret).as_ref(),
             Some(&target)
         );
         let wrong = (registration.secret ^ 1).to_be_bytes();
@@ -370,7 +370,7 @@ mod tests {
         for target in [&first, &second, &first] {
             registration.set_target(Some(target));
             assert_eq!(
-                registry.lookup(registration.pid, &secret).as_deref(),
+                registry.lookup(registration.pid, &secret).as_ref(),
                 Some(target)
             );
             registration.set_target(None);
@@ -391,14 +391,14 @@ mod tests {
             peers: &peers,
         };
         let ours = registry.register(1);
-        let target = Arc::new(CancelTarget {
+        let target = CancelTarget {
             address: "127.0.0.1:5432".into(),
             pid: 4242,
             secret: 9,
-        });
+        };
         ours.set_target(Some(&target));
         let secret = ours.secret.to_be_bytes();
-        let local = CancelRoute::Local(Arc::clone(&target));
+        let local = CancelRoute::Local(target.clone());
         assert_eq!(registry.route(ours.pid, &secret, &peering), local);
         // A peer passing our key back to us (relayed bit set) reaches the same server.
         let relayed = KeyPid::decode(ours.pid).relayed_wire();

@@ -30,6 +30,7 @@ pub mod cancel;
 pub mod config;
 pub mod demo;
 pub mod http_client;
+pub mod keyed_digest;
 pub mod listener;
 pub mod metrics;
 pub mod pool;

@@ -94,10 +94,6 @@ impl ListenerMetrics {
         &self.shards[shard_index() % self.shards.len()]
     }
 
-    pub fn add_transactions(&self, n: u64) {
-        self.shard().transactions.fetch_add(n, Ordering::Relaxed);
-    }
-
     pub fn add_queries(&self, n: u64) {
         self.shard().queries.fetch_add(n, Ordering::Relaxed);
     }

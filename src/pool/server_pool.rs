@@ -252,7 +252,6 @@ impl ServerPool {
             connection: Some(connection),
             pool: Arc::clone(self),
             epoch,
-            holds_slot: true,
         }
     }
 
@@ -383,14 +382,14 @@ impl ServerPool {
 }
 
 /// A checked-out server connection. Dropping it closes the connection; only
-/// [`release`](PooledServer::release) returns it to the pool.
+/// [`release`](PooledServer::release) returns it to the pool. It holds one of the
+/// pool's slots for as long as it lives: the drop gives the slot back, after a
+/// release has put the connection in the idle list, so a waiter woken by the slot
+/// finds it there.
 pub struct PooledServer {
     connection: Option<Box<ServerConnection>>,
     pool: Arc<ServerPool>,
     epoch: u64,
-    /// Holds one of the pool's slots until released or dropped. Given back after
-    /// `connection` is in the idle list, so a waiter woken by the slot finds it there.
-    holds_slot: bool,
 }
 
 impl PooledServer {
@@ -403,9 +402,6 @@ impl PooledServer {
     pub fn release_at(mut self, now: Instant) {
         if let Some(connection) = self.connection.take() {
             self.pool.give_back(connection, self.epoch, now);
-        }
-        if std::mem::take(&mut self.holds_slot) {
-            self.pool.return_slot();
         }
     }
 
@@ -457,8 +453,6 @@ impl Drop for PooledServer {
             tracing::debug!(node = %self.pool.key.node, "server connection discarded");
             self.pool.close(connection);
         }
-        if std::mem::take(&mut self.holds_slot) {
-            self.pool.return_slot();
-        }
+        self.pool.return_slot();
     }
 }

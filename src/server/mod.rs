@@ -19,14 +19,8 @@ use crate::session::prepared::ServerStatements;
 pub use login::{connect, LoginRequest};
 pub use query::Row;
 
-/// Digest of a ParameterStatus list. The hasher's keys are random per process,
-/// so values a client can influence (application_name, SET) cannot be chosen to
-/// collide.
-fn params_digest(params: &[(String, String)]) -> u64 {
-    use std::hash::BuildHasher;
-    static KEYS: std::sync::OnceLock<std::hash::RandomState> = std::sync::OnceLock::new();
-    KEYS.get_or_init(std::hash::RandomState::new)
-        .hash_one(params)
+fn params_digest(params: &[(String, String)]) -> u128 {
+    crate::keyed_digest::keyed_digest(params)
 }
 
 /// A logged-in server connection, idle (ReadyForQuery seen).
@@ -39,7 +33,7 @@ pub struct ServerConnection {
     /// A digest of `params`, kept current by [`note_parameter`](Self::note_parameter):
     /// servers reporting the same values share it, so a session moving between them
     /// skips comparing the lists value by value.
-    pub params_digest: u64,
+    pub params_digest: u128,
     /// ParameterStatus `in_hot_standby` is `on` (PostgreSQL 14 and later; older
     /// servers do not say, and count as not).
     standby: bool,

@@ -218,7 +218,7 @@ pub(crate) struct Session {
     /// ParameterStatus values the client has been told.
     reported: Vec<(String, String)>,
     /// The params digest of the server `reported` was last checked against.
-    reported_from: Option<u64>,
+    reported_from: Option<u128>,
     statements: ClientStatements,
     transactions: u64,
     /// Counted as active on its listener (holding a server); see `mark_idle`.

@@ -4,9 +4,6 @@
 //! transaction (re-applied as the SQL it wrote). Pure: builds the SQL that brings a
 //! server in line with a client, and recognises SET statements in query text.
 
-use std::hash::{BuildHasher, RandomState};
-use std::sync::OnceLock;
-
 /// How a parameter's value was given, which decides how it is re-applied.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum ParamValue {
@@ -20,18 +17,11 @@ pub enum ParamValue {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ParamSet {
     entries: Vec<(String, ParamValue)>,
-    /// A keyed 128-bit digest of `entries` (0 when empty), renewed by every change.
-    /// Each checkout compares the client's set with the one its server last had:
-    /// comparing the strings themselves reads several heap lines that another
-    /// core wrote last. The keys are random per process, so a collision cannot be
-    /// arranged, and at 2^-128 it cannot be met by chance.
+    /// [`keyed_digest`](crate::keyed_digest) of `entries` (0 when empty), renewed
+    /// by every change. Each checkout compares the client's set with the one its
+    /// server last had: comparing the strings themselves reads several heap lines
+    /// that another core wrote last.
     digest: u128,
-}
-
-/// Two independently keyed hashers, chosen once per process.
-fn digest_keys() -> &'static (RandomState, RandomState) {
-    static KEYS: OnceLock<(RandomState, RandomState)> = OnceLock::new();
-    KEYS.get_or_init(|| (RandomState::new(), RandomState::new()))
 }
 
 impl ParamSet {
@@ -64,10 +54,7 @@ impl ParamSet {
             self.digest = 0;
             return;
         }
-        let (low, high) = digest_keys();
-        let low = u128::from(low.hash_one(&self.entries));
-        let high = u128::from(high.hash_one(&self.entries));
-        self.digest = (high << 64) | low;
+        self.digest = crate::keyed_digest::keyed_digest(&self.entries);
     }
 
     pub fn is_empty(&self) -> bool {
