@@ -102,7 +102,8 @@ fi
 # ---------------------------------------------------------------- state and cleanup
 TMP=""
 PG_DATA="" PG_SOCK=""
-PATRONI_PID="" SY_PID="" PGB_PID="" HAP_PID="" TR_PID="" RUN_PID="" IDLE_PID=""
+PATRONI_PID="" SY_PID="" PGB_PID="" HAP_PID="" TR_PID="" IDLE_PID=""
+RUN_PIDS=()  # the pgbench processes of the run in progress
 
 # alive PID: the process exists and is not a zombie (PID 1 in containers may not reap
 # the orphaned postmaster at once).
@@ -110,6 +111,12 @@ alive() {
     local state
     state=$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null) || return 1
     [[ -n $state && $state != Z && $state != X ]]
+}
+
+any_alive() {  # any_alive PID...: at least one of them is alive
+    local pid
+    for pid in "$@"; do alive "$pid" && return 0; done
+    return 1
 }
 
 stop_pid() {  # stop_pid PID [seconds]: SIGTERM, wait, then SIGKILL
@@ -145,7 +152,7 @@ cleanup() {
     local rc=$?
     trap - EXIT INT TERM
     set +e
-    [[ -n $RUN_PID ]] && stop_pid "$RUN_PID" 5
+    for pid in "${RUN_PIDS[@]}"; do stop_pid "$pid" 5; done
     [[ -n $IDLE_PID ]] && stop_pid "$IDLE_PID" 5
     stop_pid "$SY_PID" 15
     stop_pid "$PGB_PID" 10
@@ -243,9 +250,12 @@ SCRAM_VERIFIER=$(pg_admin -At -c "SELECT rolpassword FROM pg_authid WHERE rolnam
 
 # server_conns PID: established TCP connections from process PID to PostgreSQL
 # (pgbench itself for "direct", else the proxy's server connections).
+# Several PIDs (the pgbench processes of one direct run) are summed.
 server_conns() {
     [[ -n $1 ]] || { echo "?"; return 0; }
-    ss -Htnp state established "( dport = :$PG_PORT )" 2>/dev/null | grep -c "pid=$1," || true
+    local pattern
+    pattern=$(printf 'pid=%s,|' $1)
+    ss -Htnp state established "( dport = :$PG_PORT )" 2>/dev/null | grep -cE "${pattern%|}" || true
 }
 
 # wait_sql PORT NAME [PID]: waits until `select 1` works as bench through
@@ -402,7 +412,7 @@ if has_target tokio-relay; then
 fi
 
 target_pid() {  # the process whose connections to PostgreSQL are counted
-    case $1 in direct) echo "$RUN_PID" ;; switchyard) echo "$SY_PID" ;; pgbouncer) echo "$PGB_PID" ;; haproxy) echo "$HAP_PID" ;; tokio-relay) echo "$TR_PID" ;; esac
+    case $1 in direct) echo "${RUN_PIDS[*]}" ;; switchyard) echo "$SY_PID" ;; pgbouncer) echo "$PGB_PID" ;; haproxy) echo "$HAP_PID" ;; tokio-relay) echo "$TR_PID" ;; esac
 }
 target_port() {
     case $1 in direct) echo "$PG_PORT" ;; switchyard) echo "$SY_PORT" ;; pgbouncer) echo "$PGB_PORT" ;; haproxy) echo "$HAP_PORT" ;; tokio-relay) echo "$TR_PORT" ;; esac
@@ -417,7 +427,21 @@ workload_args() {
         select) echo "-S -c 32 -j 2 -M simple" ;;
         prepared) echo "-S -c 32 -j 2 -M prepared" ;;
         c500) echo "-S -c 500 -j 2 -M simple" ;;
-        connect) echo "-S -C -c 8 -j 2 -M simple" ;;
+        connect) echo "-S -C -c 4 -j 1 -M simple" ;;
+    esac
+}
+
+# pgbench processes per run, each with workload_args; their tps are summed. The
+# connect workload uses two single-threaded processes rather than one with -j 2:
+# libpq's SCRAM client proof (4,096 HMAC rounds, each setting up an OpenSSL context)
+# slows down when two threads of one process run it at once, and pgbench itself
+# became the limit (one process, -c 8 -j 2: ~125 logins/s through any proxy; the
+# same 8 clients in two processes: ~200). Concurrency is unchanged: 8 clients, at
+# most 2 logins in flight, as pgbench connects synchronously per thread.
+workload_procs() {
+    case $1 in
+        connect) echo 2 ;;
+        *) echo 1 ;;
     esac
 }
 
@@ -432,7 +456,7 @@ CLK_TCK=$(getconf CLK_TCK)
 # run_pgbench ROUND WORKLOAD TARGET SECONDS [record=1]
 run_pgbench() {
     local round=$1 workload=$2 target=$3 secs=$4 record=${5:-1}
-    local port out args rc peak b tps failed note cpu_before cpu_after processed cpu_us=""
+    local port out args rc peak b tps failed note cpu_before cpu_after processed cpu_us="" procs p pid
     port=$(target_port "$target")
     if [[ $target == pgbouncer && $workload == prepared && $PGB_PREPARED != 1 ]]; then
         ((record)) && printf '%s\t%s\t%s\t\t\t\t\t%s\t\n' "$round" "$workload" "$target" "n/a: PgBouncer $PGB_VERSION < 1.21 has no prepared statements in transaction mode" >>"$RAW"
@@ -444,28 +468,42 @@ run_pgbench() {
     # 500 SCRAM logins take seconds of the -T window; pgbench reports tps without them.
     [[ $workload == c500 ]] && secs=$((secs + C500_EXTRA))
     [[ $target == direct ]] || cpu_before=$(cpu_ticks "$(target_pid "$target")")
-    "$PGBENCH" -n $args -T "$secs" "host=127.0.0.1 port=$port user=bench dbname=bench" >"$out" 2>&1 &
-    RUN_PID=$!
+    procs=$(workload_procs "$workload")
+    RUN_PIDS=()
+    for ((p = 1; p <= procs; p++)); do
+        "$PGBENCH" -n $args -T "$secs" "host=127.0.0.1 port=$port user=bench dbname=bench" >"$out.$p" 2>&1 &
+        RUN_PIDS+=($!)
+    done
     peak=0
-    while alive "$RUN_PID"; do
+    while any_alive "${RUN_PIDS[@]}"; do
         sleep 1
         b=$(server_conns "$(target_pid "$target")")
         [[ $b =~ ^[0-9]+$ ]] && ((b > peak)) && peak=$b
     done
     rc=0
-    wait "$RUN_PID" || rc=$?
-    RUN_PID=""
+    for pid in "${RUN_PIDS[@]}"; do
+        wait "$pid" || rc=$?
+    done
+    RUN_PIDS=()
+    # One log per run: the processes' outputs one after the other.
+    for ((p = 1; p <= procs; p++)); do
+        ((procs == 1)) || echo "--- pgbench process $p of $procs"
+        cat "$out.$p"
+        rm -f "$out.$p"
+    done >"$out"
     # The proxy's own CPU per transaction: steadier than TPS on a shared machine.
     if [[ $target != direct ]]; then
         cpu_after=$(cpu_ticks "$(target_pid "$target")")
-        processed=$(sed -nE 's/^number of transactions actually processed: ([0-9]+).*/\1/p' "$out" | head -1)
+        processed=$(sed -nE 's/^number of transactions actually processed: ([0-9]+).*/\1/p' "$out" | awk '{ n += $1 } END { print n + 0 }')
         if [[ -n $cpu_before && -n $cpu_after && ${processed:-0} -gt 0 ]]; then
             cpu_us=$(awk -v t=$((cpu_after - cpu_before)) -v n="$processed" -v hz="$CLK_TCK" 'BEGIN { printf "%.1f", t * 1e6 / hz / n }')
         fi
     fi
     ((record)) || { ((rc == 0)) || log "warm-up $workload/$target: pgbench exit $rc: $(grep -m1 -iE 'error|fatal|abort' "$out" || true)"; return 0; }
-    tps=$(sed -nE 's/^tps = ([0-9.]+) \((without initial connection time|including reconnection times)\).*/\1/p' "$out" | head -1)
-    failed=$(sed -nE 's/^number of failed transactions: ([0-9]+).*/\1/p' "$out" | head -1)
+    # Summed over the processes; empty unless every process reported one.
+    tps=$(sed -nE 's/^tps = ([0-9.]+) \((without initial connection time|including reconnection times)\).*/\1/p' "$out" \
+        | awk -v want="$procs" '{ s += $1; n++ } END { if (n == want) printf "%.2f", s }')
+    failed=$(sed -nE 's/^number of failed transactions: ([0-9]+).*/\1/p' "$out" | awk '{ s += $1; n++ } END { if (n) print s }')
     note=""
     if ((rc != 0)) || [[ -z $tps ]] || [[ ${failed:-0} != 0 ]]; then
         note=$({ grep -iE 'error|fatal|abort|could not|failed|0 transactions' "$out" || true; } | { grep -v '^number of failed' || true; } | head -1 | tr '\t' ' ' | cut -c1-200)

@@ -15,7 +15,7 @@ WORKLOADS = {
     "select": ("select-only", "-S -c 32 -j 2 -M simple"),
     "prepared": ("select-only prepared", "-S -c 32 -j 2 -M prepared"),
     "c500": ("500 clients", "-S -c 500 -j 2"),
-    "connect": ("connect per transaction", "-S -C -c 8 -j 2"),
+    "connect": ("connect per transaction", "-S -C -c 4 -j 1, 2 processes"),
 }
 TARGETS = {"direct": "direct", "switchyard": "switchyard", "pgbouncer": "pgbouncer", "haproxy": "haproxy",
            "tokio-relay": "tokio-relay (floor)"}

@@ -395,3 +395,68 @@ async fn unreachable_server_and_missing_database_are_reported() {
     };
     assert_eq!(error.as_db_error().map(|e| e.code().code()), Some("3D000"));
 }
+
+/// A client may send its first query in the same packet as its password, without
+/// waiting for AuthenticationOk: the proxy reads the startup phase in whole flights,
+/// and what follows the password is the session's first input, in both pool modes.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_query_sent_with_the_password_is_answered() {
+    for mode in ["transaction", "session"] {
+        let (proxy, _api) = proxy_on_primary(&format!("pool: {{ mode: {mode} }}\n")).await;
+        let rw = proxy.listener_addr("rw").expect("rw");
+        // Twice: the first login fills the pool's greeting cache, the second uses it.
+        for attempt in 0..2 {
+            let mut stream = raw_connect(rw).await;
+            stream
+                .write_all(&startup_packet(
+                    196608,
+                    &[("user", "app_md5"), ("database", "appdb")],
+                ))
+                .await
+                .expect("startup");
+            let (tag, body) = read_message(&mut stream).await;
+            assert_eq!(
+                (tag, &body[..4]),
+                (b'R', &5u32.to_be_bytes()[..]),
+                "MD5 request"
+            );
+            let salt: [u8; 4] = body[4..8].try_into().expect("salt");
+            let response = switchyard::auth::md5::md5_response("app_md5", "app_md5_pw", salt);
+            let mut flight = vec![b'p'];
+            flight.extend_from_slice(&(4 + response.len() as u32 + 1).to_be_bytes());
+            flight.extend_from_slice(response.as_bytes());
+            flight.push(0);
+            let query = b"select 40 + 2\0";
+            flight.push(b'Q');
+            flight.extend_from_slice(&(4 + query.len() as u32).to_be_bytes());
+            flight.extend_from_slice(query);
+            stream.write_all(&flight).await.expect("password and query");
+
+            let mut seen = Vec::new();
+            let mut row = None;
+            let mut ready = 0;
+            while ready < 2 {
+                let (tag, body) = read_message(&mut stream).await;
+                assert_ne!(
+                    tag,
+                    b'E',
+                    "{mode} #{attempt}: {}",
+                    String::from_utf8_lossy(&body)
+                );
+                match tag {
+                    b'Z' => ready += 1,
+                    b'D' => row = Some(body[6..].to_vec()),
+                    _ => {}
+                }
+                seen.push(tag as char);
+            }
+            assert_eq!(
+                row.as_deref(),
+                Some(&b"42"[..]),
+                "{mode} #{attempt}: {seen:?}"
+            );
+            assert_eq!(seen.first(), Some(&'R'), "AuthenticationOk first: {seen:?}");
+            assert_eq!(&seen[seen.len() - 4..], &['T', 'D', 'C', 'Z']);
+        }
+    }
+}

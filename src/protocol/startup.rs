@@ -1,9 +1,9 @@
 //! The pre-session packets a client may open with (SSLRequest, GSSENCRequest,
-//! CancelRequest, StartupMessage), the messages read whole during authentication,
-//! and safe parsers for the client's password/SASL messages. Reads here never
-//! buffer past the current packet, so a TLS upgrade can follow an SSLRequest safely.
+//! CancelRequest, StartupMessage), the messages read whole during authentication
+//! (a client's through `StartupReader`, a server's through `read_message`), and safe
+//! parsers for the client's password/SASL messages.
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 /// Startup-phase packets are small; PostgreSQL caps them at 10000 bytes.
@@ -54,19 +54,102 @@ impl StartupParams {
     }
 }
 
-/// Reads one untyped packet (length-prefixed) and classifies it.
-pub async fn read_first_packet<R: AsyncRead + Unpin>(
-    reader: &mut R,
-) -> Result<FirstPacket, StartupError> {
-    let mut len_bytes = [0u8; 4];
-    read_exact_or_closed(reader, &mut len_bytes).await?;
-    let len = u32::from_be_bytes(len_bytes);
-    if !(8..=MAX_STARTUP_PACKET as u32).contains(&len) {
-        return Err(StartupError::BadLength(len));
+/// First read of a client connection: more than a typical StartupMessage or SASL
+/// message, so each of the client's flights arrives in one short read.
+const STARTUP_READ: usize = 1024;
+
+/// Reads a client's packets until its session starts. Each read takes whatever the
+/// socket holds, so a flight of the client (SSLRequest, StartupMessage, each SASL
+/// message) costs one recv instead of two exact reads plus a third that only learns
+/// the socket is empty. Bytes past the current packet stay for the next call, and
+/// `into_unread` hands the rest to the session as its first input.
+///
+/// With TLS refused ('N'), bytes a client sent after its SSLRequest are simply its
+/// next packet. A TLS upgrade would have to refuse the client when `buffered()` is
+/// not zero at that point: those bytes were sent in the clear before the handshake.
+#[derive(Debug, Default)]
+pub struct StartupReader {
+    buffer: BytesMut,
+}
+
+impl StartupReader {
+    /// Reads one untyped packet (length-prefixed) and classifies it.
+    pub async fn first_packet<R: AsyncRead + Unpin>(
+        &mut self,
+        reader: &mut R,
+    ) -> Result<FirstPacket, StartupError> {
+        self.fill(reader, 4).await?;
+        let len = u32::from_be_bytes([
+            self.buffer[0],
+            self.buffer[1],
+            self.buffer[2],
+            self.buffer[3],
+        ]);
+        if !(8..=MAX_STARTUP_PACKET as u32).contains(&len) {
+            return Err(StartupError::BadLength(len));
+        }
+        self.fill(reader, len as usize).await?;
+        let packet = self.buffer.split_to(len as usize);
+        parse_first_packet(&packet[4..])
     }
-    let mut body = vec![0u8; len as usize - 4];
-    read_exact_or_closed(reader, &mut body).await?;
-    parse_first_packet(&body)
+
+    /// Reads the client's next 'p' message (password, SASL initial or SASL
+    /// response) and returns its body.
+    pub async fn password_message<R: AsyncRead + Unpin>(
+        &mut self,
+        reader: &mut R,
+    ) -> Result<BytesMut, StartupError> {
+        self.fill(reader, 5).await?;
+        let tag = self.buffer[0];
+        let len = u32::from_be_bytes([
+            self.buffer[1],
+            self.buffer[2],
+            self.buffer[3],
+            self.buffer[4],
+        ]);
+        if tag != b'p' {
+            return Err(StartupError::UnexpectedMessage(tag as char));
+        }
+        if !(4..=MAX_STARTUP_PACKET as u32).contains(&len) {
+            return Err(StartupError::BadLength(len));
+        }
+        self.fill(reader, 1 + len as usize).await?;
+        let mut body = self.buffer.split_to(1 + len as usize);
+        body.advance(5);
+        Ok(body)
+    }
+
+    /// Bytes read but not yet returned as a packet.
+    pub fn buffered(&self) -> usize {
+        self.buffer.len()
+    }
+
+    /// What the client sent after its last packet; an empty buffer holds no
+    /// allocation, so an idle session keeps nothing of the startup reads.
+    pub fn into_unread(self) -> BytesMut {
+        if self.buffer.is_empty() {
+            BytesMut::new()
+        } else {
+            self.buffer
+        }
+    }
+
+    /// Reads until `need` bytes are buffered. `need` is at most one packet, which
+    /// the callers cap at MAX_STARTUP_PACKET (plus its 5-byte header).
+    async fn fill<R: AsyncRead + Unpin>(
+        &mut self,
+        reader: &mut R,
+        need: usize,
+    ) -> Result<(), StartupError> {
+        while self.buffer.len() < need {
+            self.buffer
+                .reserve(STARTUP_READ.max(need - self.buffer.len()));
+            if reader.read_buf(&mut self.buffer).await? == 0 {
+                return Err(StartupError::Closed);
+            }
+        }
+        Ok(())
+    }
 }
 
 async fn read_exact_or_closed<R: AsyncRead + Unpin>(
@@ -137,8 +220,9 @@ pub fn split_cstr(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
     Some((&bytes[..nul], &bytes[nul + 1..]))
 }
 
-/// Reads one typed message whole (type byte, length, body) during startup, with a
-/// size cap. Returns the type and the body.
+/// Reads one typed message whole (type byte, length, body) from a server during its
+/// login or a query the proxy runs itself, with a size cap. Returns the type and the
+/// body. Exact reads: the bytes after it stay in the socket for the relay.
 pub async fn read_message<R: AsyncRead + Unpin>(
     reader: &mut R,
     max_len: usize,
@@ -152,17 +236,6 @@ pub async fn read_message<R: AsyncRead + Unpin>(
     let mut body = BytesMut::zeroed(len as usize - 4);
     read_exact_or_closed(reader, &mut body).await?;
     Ok((header[0], body))
-}
-
-/// Reads the client's next 'p' message (password, SASL initial or SASL response).
-pub async fn read_password_message<R: AsyncRead + Unpin>(
-    reader: &mut R,
-) -> Result<BytesMut, StartupError> {
-    let (tag, body) = read_message(reader, MAX_STARTUP_PACKET).await?;
-    if tag != b'p' {
-        return Err(StartupError::UnexpectedMessage(tag as char));
-    }
-    Ok(body)
 }
 
 /// A PasswordMessage body: the password (or MD5 response) without its NUL.
@@ -254,16 +327,97 @@ mod tests {
         assert!(parse_sasl_initial(&negative).is_err());
     }
 
+    fn startup_packet(params: &[u8]) -> Vec<u8> {
+        let mut bytes = ((8 + params.len()) as u32).to_be_bytes().to_vec();
+        bytes.extend_from_slice(&196608u32.to_be_bytes());
+        bytes.extend_from_slice(params);
+        bytes
+    }
+
+    fn password(body: &[u8]) -> Vec<u8> {
+        let mut bytes = vec![b'p'];
+        bytes.extend_from_slice(&((4 + body.len()) as u32).to_be_bytes());
+        bytes.extend_from_slice(body);
+        bytes
+    }
+
     #[tokio::test]
-    async fn reads_a_packet_without_reading_past_it() {
-        let mut bytes = 8u32.to_be_bytes().to_vec();
-        bytes.extend_from_slice(&SSL_REQUEST.to_be_bytes());
-        bytes.extend_from_slice(b"\x16\x03\x01");
-        let mut reader = &bytes[..];
+    async fn splits_a_flight_into_packets_and_keeps_the_rest() {
+        let mut flight = 8u32.to_be_bytes().to_vec();
+        flight.extend_from_slice(&SSL_REQUEST.to_be_bytes());
+        flight.extend_from_slice(&startup_packet(b"user\0app\0\0"));
+        flight.extend_from_slice(&password(b"secret\0"));
+        flight.extend_from_slice(b"Q\0\0\0\x0dselect 1\0");
+        let mut client = &flight[..];
+        let mut reader = StartupReader::default();
         assert_eq!(
-            read_first_packet(&mut reader).await.ok(),
+            reader.first_packet(&mut client).await.ok(),
             Some(FirstPacket::SslRequest)
         );
-        assert_eq!(reader, b"\x16\x03\x01");
+        assert!(matches!(
+            reader.first_packet(&mut client).await,
+            Ok(FirstPacket::Startup(p)) if p.get("user") == Some("app")
+        ));
+        let body = reader
+            .password_message(&mut client)
+            .await
+            .expect("password");
+        assert_eq!(&body[..], b"secret\0");
+        assert_eq!(reader.buffered(), 14);
+        assert_eq!(&reader.into_unread()[..], b"Q\0\0\0\x0dselect 1\0");
+    }
+
+    #[tokio::test]
+    async fn reads_packets_that_arrive_in_pieces() {
+        let flight = [startup_packet(b"user\0app\0\0"), password(b"pw\0")].concat();
+        let (mut client, mut server) = tokio::io::duplex(64);
+        let writer = tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            for byte in flight {
+                server.write_all(&[byte]).await.expect("write");
+                server.flush().await.expect("flush");
+                tokio::task::yield_now().await;
+            }
+            server
+        });
+        let mut reader = StartupReader::default();
+        assert!(matches!(
+            reader.first_packet(&mut client).await,
+            Ok(FirstPacket::Startup(_))
+        ));
+        let body = reader
+            .password_message(&mut client)
+            .await
+            .expect("password");
+        assert_eq!(&body[..], b"pw\0");
+        drop(writer.await.expect("writer"));
+        let unread = reader.into_unread();
+        assert!(unread.is_empty());
+        assert_eq!(unread.capacity(), 0, "an empty rest holds no allocation");
+    }
+
+    #[tokio::test]
+    async fn refuses_bad_lengths_and_other_messages_before_reading_them() {
+        let mut reader = StartupReader::default();
+        let huge = (MAX_STARTUP_PACKET as u32 + 1).to_be_bytes();
+        assert!(matches!(
+            reader.first_packet(&mut &huge[..]).await,
+            Err(StartupError::BadLength(_))
+        ));
+        let mut reader = StartupReader::default();
+        assert!(matches!(
+            reader.password_message(&mut &b"Q\0\0\0\x05x"[..]).await,
+            Err(StartupError::UnexpectedMessage('Q'))
+        ));
+        let mut reader = StartupReader::default();
+        assert!(matches!(
+            reader.password_message(&mut &b"p\0\0\0\x02"[..]).await,
+            Err(StartupError::BadLength(2))
+        ));
+        let mut reader = StartupReader::default();
+        assert!(matches!(
+            reader.password_message(&mut &b"p\0\0\0\x09ab"[..]).await,
+            Err(StartupError::Closed)
+        ));
     }
 }

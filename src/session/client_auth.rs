@@ -9,7 +9,7 @@ use tokio::net::TcpStream;
 use crate::auth::{md5, scram};
 use crate::config::ClientAuthMethod;
 use crate::protocol::messages;
-use crate::protocol::startup::{parse_password, parse_sasl_initial, read_password_message};
+use crate::protocol::startup::{parse_password, parse_sasl_initial, StartupReader};
 use crate::protocol::{ClientError, SqlState};
 use crate::users::{UserDb, UserEntry};
 
@@ -37,6 +37,7 @@ async fn send(socket: &mut TcpStream, bytes: &[u8]) -> Result<(), HandshakeFailu
 /// sent, so it goes out together with the session's first messages).
 pub async fn authenticate<'u>(
     socket: &mut TcpStream,
+    reader: &mut StartupReader,
     users: &'u UserDb,
     user: &str,
     out: &mut BytesMut,
@@ -46,9 +47,9 @@ pub async fn authenticate<'u>(
     let accepted = match method {
         ClientAuthMethod::ScramSha256 => {
             let verifier = entry.map_or_else(|| users.mock_verifier(), |e| &e.verifier);
-            scram_exchange(socket, verifier.clone(), out).await?
+            scram_exchange(socket, reader, verifier.clone(), out).await?
         }
-        ClientAuthMethod::Md5 => md5_exchange(socket, user, entry).await?,
+        ClientAuthMethod::Md5 => md5_exchange(socket, reader, user, entry).await?,
     };
     match entry {
         Some(entry) if accepted => {
@@ -62,6 +63,7 @@ pub async fn authenticate<'u>(
 /// Returns whether the client proved the password.
 async fn scram_exchange(
     socket: &mut TcpStream,
+    reader: &mut StartupReader,
     verifier: scram::ScramVerifier,
     out: &mut BytesMut,
 ) -> Result<bool, HandshakeFailure> {
@@ -70,7 +72,7 @@ async fn scram_exchange(
         &messages::authentication_sasl(&[scram::SCRAM_SHA_256]),
     )
     .await?;
-    let initial = read_password_message(socket).await?;
+    let initial = reader.password_message(socket).await?;
     let (mechanism, data) = parse_sasl_initial(&initial)?;
     if mechanism != scram::SCRAM_SHA_256.as_bytes() {
         return Err(protocol_violation(
@@ -86,7 +88,7 @@ async fn scram_exchange(
         &messages::authentication_sasl_continue(server_first),
     )
     .await?;
-    let response = read_password_message(socket).await?;
+    let response = reader.password_message(socket).await?;
     match server.handle_client_final(&response) {
         Ok(server_final) => {
             messages::authentication_sasl_final(out, server_final);
@@ -99,12 +101,13 @@ async fn scram_exchange(
 
 async fn md5_exchange(
     socket: &mut TcpStream,
+    reader: &mut StartupReader,
     user: &str,
     entry: Option<&UserEntry>,
 ) -> Result<bool, HandshakeFailure> {
     let salt: [u8; 4] = rand::random();
     send(socket, &messages::authentication_md5(salt)).await?;
-    let body = read_password_message(socket).await?;
+    let body = reader.password_message(socket).await?;
     let response = parse_password(&body)?;
     Ok(entry.is_some_and(|e| md5::verify_md5_response(user, e.password.expose(), salt, response)))
 }

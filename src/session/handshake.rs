@@ -6,7 +6,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::protocol::messages;
-use crate::protocol::startup::{read_first_packet, FirstPacket, StartupError, StartupParams};
+use crate::protocol::startup::{FirstPacket, StartupError, StartupParams, StartupReader};
 use crate::protocol::{ClientError, SqlState};
 
 /// What a client connection turned out to be.
@@ -42,10 +42,13 @@ impl From<StartupError> for HandshakeFailure {
 
 /// Reads packets until a StartupMessage or CancelRequest. Each of SSLRequest and
 /// GSSENCRequest is answered 'N' at most once, as PostgreSQL does.
-pub async fn read_opening(socket: &mut TcpStream) -> Result<Opening, HandshakeFailure> {
+pub async fn read_opening(
+    socket: &mut TcpStream,
+    reader: &mut StartupReader,
+) -> Result<Opening, HandshakeFailure> {
     let (mut ssl_answered, mut gss_answered) = (false, false);
     loop {
-        match read_first_packet(socket).await? {
+        match reader.first_packet(socket).await? {
             FirstPacket::SslRequest if !ssl_answered => {
                 ssl_answered = true;
                 write_refusal(socket).await?;

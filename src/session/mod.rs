@@ -25,6 +25,7 @@ use tracing::Instrument;
 
 use crate::cancel::{self, CancelRoute, KeyPid};
 use crate::config::{Config, PoolMode, SessionPooling};
+use crate::protocol::startup::StartupReader;
 use crate::protocol::{messages, ClientError, SqlState};
 use crate::proxy::{ListenerState, ProxyContext};
 use crate::stop_signal::StopWaiter;
@@ -68,7 +69,11 @@ async fn run_in_span(
     // Startup and checkout futures are boxed so that their state (SCRAM, login,
     // hold) is only allocated while they run: an idle client's task stays small.
     let opened = tokio::time::timeout(startup_timeout, Box::pin(open(&mut socket, &ctx))).await;
-    let (params, out) = match opened {
+    let Opened {
+        params,
+        greeting,
+        unread,
+    } = match opened {
         Ok(Ok(Some(opened))) => opened,
         Ok(Ok(None)) => return, // a cancel request, already handled
         Ok(Err(HandshakeFailure::Gone(reason))) => {
@@ -93,18 +98,28 @@ async fn run_in_span(
     span.record("database", params.database.as_str());
     let mut session = Session::new(ctx, listener, params, peer);
     session.started = started;
-    let end = session.serve(&mut socket, out).await;
+    let end = session.serve(&mut socket, greeting, unread).await;
     session.log_end(&end);
 }
 
-/// Handshake and client authentication. Returns the session parameters and the
-/// messages to send once a server is ready (AuthenticationOk and friends), or None
-/// when the connection was a cancel request.
+/// A client that logged in.
+struct Opened {
+    params: SessionParams,
+    /// What to send once a server is ready (AuthenticationOk and friends).
+    greeting: BytesMut,
+    /// What the client sent after its last authentication message, without waiting
+    /// for the answer: the session's first input.
+    unread: BytesMut,
+}
+
+/// Handshake and client authentication; None when the connection was a cancel
+/// request.
 async fn open(
     socket: &mut TcpStream,
     ctx: &ProxyContext,
-) -> Result<Option<(SessionParams, BytesMut)>, HandshakeFailure> {
-    let startup = match handshake::read_opening(socket).await? {
+) -> Result<Option<Opened>, HandshakeFailure> {
+    let mut reader = StartupReader::default();
+    let startup = match handshake::read_opening(socket, &mut reader).await? {
         Opening::Cancel { pid, secret } => {
             let from = socket
                 .peer_addr()
@@ -122,9 +137,20 @@ async fn open(
             .await
             .map_err(|e| HandshakeFailure::Gone(e.to_string()))?;
     }
-    let mut out = BytesMut::with_capacity(512);
-    client_auth::authenticate(socket, &ctx.users(), &params.user, &mut out).await?;
-    Ok(Some((params, out)))
+    let mut greeting = BytesMut::with_capacity(512);
+    client_auth::authenticate(
+        socket,
+        &mut reader,
+        &ctx.users(),
+        &params.user,
+        &mut greeting,
+    )
+    .await?;
+    Ok(Some(Opened {
+        params,
+        greeting,
+        unread: reader.into_unread(),
+    }))
 }
 
 /// Sends a CancelRequest where it belongs: the server one of our clients uses, or
@@ -289,7 +315,13 @@ impl Session {
         }
     }
 
-    async fn serve(&mut self, socket: &mut TcpStream, mut out: BytesMut) -> SessionEnd {
+    /// `unread`: client bytes read during authentication, the first input.
+    async fn serve(
+        &mut self,
+        socket: &mut TcpStream,
+        mut out: BytesMut,
+        unread: BytesMut,
+    ) -> SessionEnd {
         let over_limit = self.ctx.clients.load(Ordering::Relaxed)
             > self.config.pool.max_client_connections as usize;
         if over_limit {
@@ -342,14 +374,21 @@ impl Session {
         drop(out);
         match self.pooling.mode {
             PoolMode::Session => {
-                Box::pin(session_mode::run(self, socket, first_server, &registration)).await
+                Box::pin(session_mode::run(
+                    self,
+                    socket,
+                    first_server,
+                    unread,
+                    &registration,
+                ))
+                .await
             }
             PoolMode::Transaction => {
                 if let Some(server) = first_server {
                     server.release();
                 }
                 self.mark_idle();
-                transaction::run(self, socket, &registration).await
+                transaction::run(self, socket, unread, &registration).await
             }
         }
     }

@@ -23,9 +23,9 @@ pub(super) async fn run(
     session: &mut Session,
     socket: &mut TcpStream,
     server: Option<PooledServer>,
+    mut pending: BytesMut,
     registration: &Registration,
 ) -> SessionEnd {
-    let mut pending = BytesMut::new();
     let mut server = match server {
         Some(server) => server,
         None => match first_server(session, socket, &mut pending).await {

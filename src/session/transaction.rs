@@ -76,12 +76,13 @@ impl Default for Buffers {
 /// Retries of one transaction on new servers before the client is told.
 const MAX_RETRIES: u32 = 5;
 
+/// `inbox`: what the client already sent (read during authentication).
 pub(super) async fn run(
     session: &mut Session,
     socket: &mut TcpStream,
+    mut inbox: BytesMut,
     registration: &Registration,
 ) -> SessionEnd {
-    let mut inbox = BytesMut::new();
     let mut buffers = Buffers::default();
     let mut retries = 0;
     loop {
