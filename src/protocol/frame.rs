@@ -106,6 +106,36 @@ impl FrameScanner {
     ) -> Result<(), FrameError> {
         let mut pos = 0;
         while pos < chunk.len() {
+            if self.at_boundary() && chunk.len() - pos >= 5 {
+                // The common case: a whole header in this chunk, read in place.
+                let tag = chunk[pos];
+                visitor.start(tag, pos);
+                let len = u32::from_be_bytes([
+                    chunk[pos + 1],
+                    chunk[pos + 2],
+                    chunk[pos + 3],
+                    chunk[pos + 4],
+                ]);
+                self.begin(tag, len)?;
+                pos += 5;
+                let body_end = pos + self.remaining;
+                if body_end <= chunk.len() {
+                    // ... and its whole body: no copy even for a captured one.
+                    self.remaining = 0;
+                    let body = if self.capturing {
+                        &chunk[pos..body_end]
+                    } else {
+                        &[]
+                    };
+                    visitor.end(Frame {
+                        tag,
+                        body,
+                        end: body_end,
+                    });
+                    pos = body_end;
+                }
+                continue;
+            }
             if self.remaining == 0 && self.header_len < 5 {
                 if self.header_len == 0 {
                     visitor.start(chunk[pos], pos);
@@ -151,13 +181,20 @@ impl FrameScanner {
         if self.header_len < 5 {
             return Ok(pos);
         }
-        let tag = self.header[0];
-        let len = u32::from_be_bytes([
-            self.header[1],
-            self.header[2],
-            self.header[3],
-            self.header[4],
-        ]);
+        self.begin(
+            self.header[0],
+            u32::from_be_bytes([
+                self.header[1],
+                self.header[2],
+                self.header[3],
+                self.header[4],
+            ]),
+        )?;
+        Ok(pos)
+    }
+
+    /// Checks a message's length field and starts on its body.
+    fn begin(&mut self, tag: u8, len: u32) -> Result<(), FrameError> {
         if len < 4 {
             return Err(FrameError::BadLength {
                 tag: tag as char,
@@ -175,7 +212,7 @@ impl FrameScanner {
         self.tag = tag;
         self.remaining = len - 4;
         self.capturing = (self.capture)(tag) && self.remaining <= MAX_CAPTURE;
-        Ok(pos)
+        Ok(())
     }
 }
 
