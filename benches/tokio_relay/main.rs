@@ -6,6 +6,9 @@
 //! pays in runtime and syscalls before doing any work of its own.
 //!
 //! Usage: tokio_relay LISTEN_ADDR UPSTREAM_ADDR
+//!
+//! `TOKIO_RELAY_FLAVOR=current_thread` runs it on a single-threaded runtime instead,
+//! to measure what the multi-threaded scheduler itself costs.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -26,10 +29,15 @@ fn main() {
     else {
         usage()
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = match std::env::var("TOKIO_RELAY_FLAVOR").as_deref() {
+        Ok("current_thread") => tokio::runtime::Builder::new_current_thread(),
+        Ok("multi_thread") | Err(_) => tokio::runtime::Builder::new_multi_thread(),
+        Ok(other) => {
+            eprintln!("tokio_relay: TOKIO_RELAY_FLAVOR must be multi_thread or current_thread, not {other:?}");
+            std::process::exit(2)
+        }
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("tokio_relay: cannot start the runtime: {e}");
