@@ -65,8 +65,8 @@ const STARTUP_READ: usize = 1024;
 /// `into_unread` hands the rest to the session as its first input.
 ///
 /// With TLS refused ('N'), bytes a client sent after its SSLRequest are simply its
-/// next packet. A TLS upgrade would have to refuse the client when `buffered()` is
-/// not zero at that point: those bytes were sent in the clear before the handshake.
+/// next packet. (A TLS upgrade would have to refuse a client with bytes buffered at
+/// that point: they were sent in the clear before the handshake.)
 #[derive(Debug, Default)]
 pub struct StartupReader {
     buffer: BytesMut,
@@ -117,11 +117,6 @@ impl StartupReader {
         let mut body = self.buffer.split_to(1 + len as usize);
         body.advance(5);
         Ok(body)
-    }
-
-    /// Bytes read but not yet returned as a packet.
-    pub fn buffered(&self) -> usize {
-        self.buffer.len()
     }
 
     /// What the client sent after its last packet; an empty buffer holds no
@@ -363,7 +358,6 @@ mod tests {
             .await
             .expect("password");
         assert_eq!(&body[..], b"secret\0");
-        assert_eq!(reader.buffered(), 14);
         assert_eq!(&reader.into_unread()[..], b"Q\0\0\0\x0dselect 1\0");
     }
 
