@@ -480,26 +480,8 @@ struct RawClient {
 impl RawClient {
     /// Logs in as app_md5 (MD5 client auth) to appdb; returns after ReadyForQuery.
     async fn login(addr: SocketAddr, name: &'static str) -> RawClient {
-        let mut stream = raw_connect(addr).await;
-        stream
-            .write_all(&startup_packet(
-                196608,
-                &[("user", "app_md5"), ("database", "appdb")],
-            ))
-            .await
-            .expect("startup");
-        let (tag, body) = read_message(&mut stream).await;
-        assert_eq!(tag, b'R', "{name}: expected an authentication request");
-        let code = u32::from_be_bytes([body[0], body[1], body[2], body[3]]);
-        assert_eq!(code, 5, "{name}: app_md5 must be asked for an MD5 password");
-        let salt = [body[4], body[5], body[6], body[7]];
-        let response = switchyard::auth::md5::md5_response("app_md5", "app_md5_pw", salt);
-        let mut password = Vec::new();
-        cstr(&mut password, &response);
-        stream
-            .write_all(&message(b'p', &password))
-            .await
-            .expect("password message");
+        let (mut stream, password) = md5_login_started(addr).await;
+        stream.write_all(&password).await.expect("password message");
         let mut client = RawClient { stream, name };
         let messages = client.until_ready().await;
         assert!(

@@ -406,26 +406,7 @@ async fn a_query_sent_with_the_password_is_answered() {
         let rw = proxy.listener_addr("rw").expect("rw");
         // Twice: the first login fills the pool's greeting cache, the second uses it.
         for attempt in 0..2 {
-            let mut stream = raw_connect(rw).await;
-            stream
-                .write_all(&startup_packet(
-                    196608,
-                    &[("user", "app_md5"), ("database", "appdb")],
-                ))
-                .await
-                .expect("startup");
-            let (tag, body) = read_message(&mut stream).await;
-            assert_eq!(
-                (tag, &body[..4]),
-                (b'R', &5u32.to_be_bytes()[..]),
-                "MD5 request"
-            );
-            let salt: [u8; 4] = body[4..8].try_into().expect("salt");
-            let response = switchyard::auth::md5::md5_response("app_md5", "app_md5_pw", salt);
-            let mut flight = vec![b'p'];
-            flight.extend_from_slice(&(4 + response.len() as u32 + 1).to_be_bytes());
-            flight.extend_from_slice(response.as_bytes());
-            flight.push(0);
+            let (mut stream, mut flight) = md5_login_started(rw).await;
             let query = b"select 40 + 2\0";
             flight.push(b'Q');
             flight.extend_from_slice(&(4 + query.len() as u32).to_be_bytes());

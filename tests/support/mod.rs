@@ -167,6 +167,31 @@ pub fn startup_packet(version: u32, params: &[(&str, &str)]) -> Vec<u8> {
     packet
 }
 
+/// Opens a raw connection as `app_md5` (MD5 client auth) to `appdb` and reads the
+/// MD5 password request. Returns the stream and the PasswordMessage that answers it,
+/// not yet sent.
+pub async fn md5_login_started(addr: SocketAddr) -> (TcpStream, Vec<u8>) {
+    let mut stream = raw_connect(addr).await;
+    stream
+        .write_all(&startup_packet(
+            196608,
+            &[("user", "app_md5"), ("database", "appdb")],
+        ))
+        .await
+        .expect("startup");
+    let (tag, body) = read_message(&mut stream).await;
+    assert_eq!(tag, b'R', "expected an authentication request");
+    let code = u32::from_be_bytes([body[0], body[1], body[2], body[3]]);
+    assert_eq!(code, 5, "app_md5 must be asked for an MD5 password");
+    let salt = [body[4], body[5], body[6], body[7]];
+    let response = switchyard::auth::md5::md5_response("app_md5", "app_md5_pw", salt);
+    let mut password = vec![b'p'];
+    password.extend_from_slice(&(4 + response.len() as u32 + 1).to_be_bytes());
+    password.extend_from_slice(response.as_bytes());
+    password.push(0);
+    (stream, password)
+}
+
 pub async fn raw_connect(addr: SocketAddr) -> TcpStream {
     let mut stream = TcpStream::connect(addr).await.expect("raw connect");
     stream.set_nodelay(true).expect("nodelay");
