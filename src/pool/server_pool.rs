@@ -16,8 +16,8 @@ use std::collections::HashMap;
 
 use super::PoolKey;
 use crate::config::Secret;
+use crate::server::statements::StatementDef;
 use crate::server::{self, LoginRequest, ServerConnection, ServerError};
-use crate::session::prepared::StatementDef;
 
 /// Settings shared by every pool.
 #[derive(Debug, Clone)]

@@ -3,7 +3,7 @@
 //! ErrorResponse fields) and, off the hot path, the DataRows of its own queries. Server bytes are parsed defensively: a malformed message is
 //! an error, never a panic.
 
-use super::startup::split_cstr;
+use super::split_cstr;
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 #[error("malformed {0} from server")]

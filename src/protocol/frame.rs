@@ -20,6 +20,94 @@ pub enum FrameError {
     TooLarge { tag: char, len: usize, limit: usize },
 }
 
+/// The length field of a message header (type byte, then the big-endian u32 length
+/// that counts itself and the body but not the type byte). The one place a length
+/// is decoded.
+pub fn length_field(header: &[u8; 5]) -> u32 {
+    u32::from_be_bytes([header[1], header[2], header[3], header[4]])
+}
+
+/// Total size (type byte included) of the message at the front of `buf` when it is
+/// complete, None when more bytes are needed, an error for a length below 4 or over
+/// `max_len`.
+pub fn complete_message_len(buf: &[u8], max_len: usize) -> Result<Option<usize>, FrameError> {
+    let Some(header) = buf.first_chunk::<5>() else {
+        return Ok(None);
+    };
+    let len = length_field(header);
+    if len < 4 {
+        return Err(FrameError::BadLength {
+            tag: header[0] as char,
+            len,
+        });
+    }
+    if len as usize > max_len {
+        return Err(FrameError::TooLarge {
+            tag: header[0] as char,
+            len: len as usize,
+            limit: max_len,
+        });
+    }
+    let total = 1 + len as usize;
+    Ok((buf.len() >= total).then_some(total))
+}
+
+/// Length of the complete messages at the front of `buf` (0 when the first is partial
+/// or invalid).
+pub fn complete_prefix(buf: &[u8], max_len: usize) -> usize {
+    let mut end = 0;
+    while let Ok(Some(len)) = complete_message_len(&buf[end..], max_len) {
+        end += len;
+    }
+    end
+}
+
+/// One complete message in a buffer: its type, its body and its whole bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Message<'a> {
+    pub tag: u8,
+    pub body: &'a [u8],
+    pub bytes: &'a [u8],
+}
+
+/// The complete messages at the front of a buffer, in order; stops at the first
+/// partial or invalid one. [`Messages::consumed`] says how far it got.
+pub struct Messages<'a> {
+    buf: &'a [u8],
+    at: usize,
+    max_len: usize,
+}
+
+impl<'a> Messages<'a> {
+    pub fn new(buf: &'a [u8], max_len: usize) -> Messages<'a> {
+        Messages {
+            buf,
+            at: 0,
+            max_len,
+        }
+    }
+
+    /// Bytes of the messages returned so far.
+    pub fn consumed(&self) -> usize {
+        self.at
+    }
+}
+
+impl<'a> Iterator for Messages<'a> {
+    type Item = Message<'a>;
+
+    fn next(&mut self) -> Option<Message<'a>> {
+        let rest = &self.buf[self.at..];
+        let len = complete_message_len(rest, self.max_len).ok()??;
+        self.at += len;
+        Some(Message {
+            tag: rest[0],
+            body: &rest[5..len],
+            bytes: &rest[..len],
+        })
+    }
+}
+
 /// A complete message seen by the scanner.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Frame<'a> {
@@ -110,12 +198,7 @@ impl FrameScanner {
                 // The common case: a whole header in this chunk, read in place.
                 let tag = chunk[pos];
                 visitor.start(tag, pos);
-                let len = u32::from_be_bytes([
-                    chunk[pos + 1],
-                    chunk[pos + 2],
-                    chunk[pos + 3],
-                    chunk[pos + 4],
-                ]);
+                let len = chunk[pos..].first_chunk::<5>().map_or(0, length_field);
                 self.begin(tag, len)?;
                 pos += 5;
                 let body_end = pos + self.remaining;
@@ -181,15 +264,7 @@ impl FrameScanner {
         if self.header_len < 5 {
             return Ok(pos);
         }
-        self.begin(
-            self.header[0],
-            u32::from_be_bytes([
-                self.header[1],
-                self.header[2],
-                self.header[3],
-                self.header[4],
-            ]),
-        )?;
+        self.begin(self.header[0], length_field(&self.header))?;
         Ok(pos)
     }
 
@@ -221,6 +296,35 @@ mod tests {
     use super::*;
 
     use crate::protocol::test_message as message;
+
+    #[test]
+    fn incomplete_and_oversized_messages() {
+        assert_eq!(complete_message_len(b"Q\0\0", 100), Ok(None));
+        assert_eq!(
+            complete_message_len(&message(b'Q', b"x\0"), 100),
+            Ok(Some(7))
+        );
+        assert!(complete_message_len(&message(b'Q', &[b'x'; 200]), 100).is_err());
+        assert!(complete_message_len(&[b'Q', 0, 0, 0, 1], 100).is_err());
+    }
+
+    #[test]
+    fn messages_iterates_complete_messages_and_stops_at_a_partial_one() {
+        let query = message(b'Q', b"select 1\0");
+        let sync = message(b'S', b"");
+        let buf = [query.clone(), sync.clone(), query[..4].to_vec()].concat();
+        let mut messages = Messages::new(&buf, 1 << 20);
+        let first = messages.next().expect("query");
+        assert_eq!(
+            (first.tag, first.body, first.bytes),
+            (b'Q', &b"select 1\0"[..], &query[..])
+        );
+        assert_eq!(messages.next().map(|m| m.tag), Some(b'S'));
+        assert_eq!(messages.next(), None);
+        assert_eq!(messages.consumed(), query.len() + sync.len());
+        assert_eq!(complete_prefix(&buf, 1 << 20), query.len() + sync.len());
+        assert_eq!(complete_prefix(&[], 1 << 20), 0);
+    }
 
     fn stream() -> Vec<u8> {
         let mut bytes = Vec::new();

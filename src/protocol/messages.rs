@@ -12,6 +12,7 @@ use pgwire::messages::startup::{
 use pgwire::messages::Message;
 
 use super::sqlstate::SqlState;
+use super::tag;
 
 /// Encodes a pgwire message. Encoding only fails for messages over pgwire's size
 /// limits, which nothing built here can reach; such a message is dropped and logged
@@ -165,7 +166,7 @@ pub fn negotiate_protocol_version(unsupported_options: &[String]) -> Bytes {
             .map(|o| o.len() + 1)
             .sum::<usize>();
     let mut buf = BytesMut::with_capacity(1 + body_len);
-    buf.put_u8(b'v');
+    buf.put_u8(tag::NEGOTIATE_PROTOCOL_VERSION);
     buf.put_u32(body_len as u32);
     buf.put_u32(0);
     buf.put_u32(unsupported_options.len() as u32);
@@ -206,9 +207,69 @@ pub fn cancel_request(pid: i32, secret: i32) -> Bytes {
     encoded(&CancelRequest::new(pid, SecretKey::I32(secret)))
 }
 
+/// Parse of `statement` (named, NUL-free) with `rest`: the Parse body after the
+/// name (query, NUL, parameter types), as a client sent it.
+pub fn parse(out: &mut BytesMut, statement: &[u8], rest: &[u8]) {
+    put_header(out, tag::PARSE, statement.len() + 1 + rest.len());
+    out.put_slice(statement);
+    out.put_u8(0);
+    out.put_slice(rest);
+}
+
+/// Bind of `portal` to `statement`; `rest` is the Bind body after the two names
+/// (parameter formats and values, result formats), as the client sent it.
+pub fn bind(out: &mut BytesMut, portal: &[u8], statement: &[u8], rest: &[u8]) {
+    put_header(
+        out,
+        tag::BIND,
+        portal.len() + 1 + statement.len() + 1 + rest.len(),
+    );
+    out.put_slice(portal);
+    out.put_u8(0);
+    out.put_slice(statement);
+    out.put_u8(0);
+    out.put_slice(rest);
+}
+
+/// Close of a prepared statement.
+pub fn close_statement(out: &mut BytesMut, statement: &[u8]) {
+    put_target(out, tag::CLOSE, tag::TARGET_STATEMENT, statement);
+}
+
+/// Describe of a prepared statement.
+pub fn describe_statement(out: &mut BytesMut, statement: &[u8]) {
+    put_target(out, tag::DESCRIBE, tag::TARGET_STATEMENT, statement);
+}
+
+fn put_target(out: &mut BytesMut, message: u8, kind: u8, name: &[u8]) {
+    put_header(out, message, 1 + name.len() + 1);
+    out.put_u8(kind);
+    out.put_slice(name);
+    out.put_u8(0);
+}
+
+/// A message's type byte and length field for a body of `body_len` bytes.
+fn put_header(out: &mut BytesMut, message: u8, body_len: usize) {
+    out.put_u8(message);
+    out.put_u32((4 + body_len) as u32);
+}
+
+/// A message with an empty body, as static bytes.
+const fn empty(message: u8) -> [u8; 5] {
+    [message, 0, 0, 0, 4]
+}
+
+pub const PARSE_COMPLETE: &[u8] = &empty(tag::PARSE_COMPLETE);
+pub const BIND_COMPLETE: &[u8] = &empty(tag::BIND_COMPLETE);
+pub const CLOSE_COMPLETE: &[u8] = &empty(tag::CLOSE_COMPLETE);
+pub const NO_DATA: &[u8] = &empty(tag::NO_DATA);
+pub const SYNC: &[u8] = &empty(tag::SYNC);
+pub const FLUSH: &[u8] = &empty(tag::FLUSH);
+pub const TERMINATE: &[u8] = &empty(tag::TERMINATE);
+
 /// Terminate ('X').
 pub fn terminate() -> Bytes {
-    Bytes::from_static(&[b'X', 0, 0, 0, 4])
+    Bytes::from_static(TERMINATE)
 }
 
 #[cfg(test)]

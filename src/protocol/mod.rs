@@ -5,12 +5,20 @@
 
 pub mod backend;
 pub mod frame;
+pub mod frontend;
 pub mod messages;
 pub mod sqlstate;
 pub mod startup;
+pub mod tag;
 
 pub use messages::{ClientError, Severity};
 pub use sqlstate::SqlState;
+
+/// Splits a NUL-terminated string off the front of `bytes`.
+pub fn split_cstr(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
+    let nul = bytes.iter().position(|&b| b == 0)?;
+    Some((&bytes[..nul], &bytes[nul + 1..]))
+}
 
 /// A complete protocol message (type, length, body), for tests.
 #[cfg(test)]

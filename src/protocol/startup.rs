@@ -3,6 +3,7 @@
 //! (a client's through `StartupReader`, a server's through `read_message`), and safe
 //! parsers for the client's password/SASL messages.
 
+use super::split_cstr;
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
@@ -209,12 +210,6 @@ fn parse_params(mut rest: &[u8]) -> Result<Vec<(String, String)>, StartupError> 
     }
 }
 
-/// Splits a NUL-terminated string off the front of `bytes`.
-pub fn split_cstr(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
-    let nul = bytes.iter().position(|&b| b == 0)?;
-    Some((&bytes[..nul], &bytes[nul + 1..]))
-}
-
 /// Reads one typed message whole (type byte, length, body) from a server during its
 /// login or a query the proxy runs itself, with a size cap. Returns the type and the
 /// body. Exact reads: the bytes after it stay in the socket for the relay.
@@ -224,7 +219,7 @@ pub async fn read_message<R: AsyncRead + Unpin>(
 ) -> Result<(u8, BytesMut), StartupError> {
     let mut header = [0u8; 5];
     read_exact_or_closed(reader, &mut header).await?;
-    let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]);
+    let len = super::frame::length_field(&header);
     if len < 4 || len as usize > max_len {
         return Err(StartupError::BadLength(len));
     }

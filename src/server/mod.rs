@@ -3,7 +3,9 @@
 //! the seam a pool takes over (check out a logged-in connection, give it back).
 
 mod login;
+pub mod params;
 mod query;
+pub mod statements;
 
 use std::time::{Duration, Instant};
 
@@ -13,8 +15,8 @@ use tokio::net::TcpStream;
 use crate::cancel::CancelTarget;
 use crate::protocol::backend::ErrorFields;
 use crate::protocol::{ClientError, SqlState};
-use crate::session::params::ParamSet;
-use crate::session::prepared::ServerStatements;
+use params::ParamSet;
+use statements::ServerStatements;
 
 pub use login::{connect, LoginRequest};
 pub use query::Row;

@@ -10,12 +10,9 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use super::params::ParamChange;
-use super::prepared::{ServerStatements, StatementDef};
+use super::settings::ParamChange;
 use crate::protocol::frame::{Frame, FrameError, FrameScanner, FrameVisitor};
-
-pub const PARSE_COMPLETE: &[u8] = &[b'1', 0, 0, 0, 4];
-pub const CLOSE_COMPLETE: &[u8] = &[b'3', 0, 0, 0, 4];
+use crate::server::statements::{ServerStatements, StatementDef};
 
 /// What a server-side statement change does if its message fails or is skipped.
 #[derive(Debug)]
@@ -389,6 +386,7 @@ pub fn capture_tags(tag: u8) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::messages::{CLOSE_COMPLETE, PARSE_COMPLETE};
 
     use crate::protocol::test_message as message;
 

@@ -6,10 +6,10 @@ mod checkout;
 pub mod client_auth;
 pub mod handshake;
 pub mod ledger;
-pub mod params;
-pub mod prepared;
 pub mod relay;
 mod session_mode;
+pub mod settings;
+pub mod statements;
 mod transaction;
 pub mod translate;
 
@@ -30,10 +30,10 @@ use crate::protocol::{messages, ClientError, SqlState};
 use crate::proxy::{ListenerState, ProxyContext};
 use crate::stop_signal::StopWaiter;
 
+use crate::server::params::{ParamSet, ParamValue};
 use handshake::{HandshakeFailure, Opening, SessionParams};
-use params::ParamSet;
-use prepared::ClientStatements;
 use relay::{RelayEnd, RelayStats};
+use statements::ClientStatements;
 
 /// Runs a client connection to completion. Never panics on client input; every
 /// failure ends in an ErrorResponse to the client or a log line.
@@ -396,7 +396,7 @@ impl Session {
     /// ParameterStatus from the pool's cached login, with the client's own
     /// application_name (the value PostgreSQL would report for it).
     fn greet_from_cache(&mut self, mut params: Vec<(String, String)>, out: &mut BytesMut) {
-        if let Some(params::ParamValue::Raw(name)) = self.startup.get("application_name") {
+        if let Some(ParamValue::Raw(name)) = self.startup.get("application_name") {
             if let Some(slot) = params.iter_mut().find(|(n, _)| n == "application_name") {
                 slot.1 = name.clone();
             }
@@ -418,7 +418,7 @@ impl Session {
     ) -> Result<bool, RelayEnd> {
         let max_message = self.config.client.max_message_size.0 as usize;
         loop {
-            match translate::complete_message_len(inbox, max_message) {
+            match crate::protocol::frame::complete_message_len(inbox, max_message) {
                 Ok(Some(_)) if inbox.first() == Some(&b'X') => return Ok(false),
                 // Between transactions is where a draining proxy lets clients go:
                 // nothing of this request has reached a server.

@@ -13,16 +13,18 @@ use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
 use super::ledger::{self, Event, Ledger, Segment};
-use super::prepared::{self, StatementDef};
-use super::prepared::{ClientStatements, ServerStatements};
 use super::relay::RelayEnd;
-use super::translate::{complete_message_len, Translator};
+use super::statements::ClientStatements;
+use super::translate::Translator;
 use super::{Session, SessionEnd};
 use crate::cancel::Registration;
 use crate::pool::PooledServer;
+use crate::protocol::frame::{complete_message_len, complete_prefix};
 use crate::protocol::frame::{FrameError, FrameScanner};
+use crate::protocol::frontend;
 use crate::protocol::messages;
-use crate::protocol::startup::split_cstr;
+use crate::protocol::split_cstr;
+use crate::server::statements::{ServerStatements, StatementDef};
 
 const READ_SIZE: usize = 16 * 1024;
 
@@ -215,7 +217,7 @@ fn answer_without_server(session: &mut Session, inbox: &mut BytesMut) -> Option<
                 }
                 _ => false,
             },
-            b'C' => matches!(prepared::split_target(body), Some((b'S', name)) if !name.is_empty()),
+            b'C' => matches!(frontend::split_target(body), Some((b'S', name)) if !name.is_empty()),
             b'S' => true,
             _ => false,
         };
@@ -244,13 +246,13 @@ fn answer_without_server(session: &mut Session, inbox: &mut BytesMut) -> Option<
                     let def = Arc::new(StatementDef::from_parse_body(body, name.len()));
                     session.statements.insert(name, def);
                 }
-                replies.extend_from_slice(ledger::PARSE_COMPLETE);
+                replies.extend_from_slice(messages::PARSE_COMPLETE);
             }
             b'C' => {
-                if let Some((_, name)) = prepared::split_target(body) {
+                if let Some((_, name)) = frontend::split_target(body) {
                     session.statements.remove(name);
                 }
-                replies.extend_from_slice(ledger::CLOSE_COMPLETE);
+                replies.extend_from_slice(messages::CLOSE_COMPLETE);
             }
             _ => messages::ready_for_query_idle(&mut replies),
         }
@@ -462,15 +464,6 @@ fn lock<'m, 'a>(shared: &'m Mutex<Shared<'a>>) -> std::sync::MutexGuard<'m, Shar
     shared.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Length of the complete messages at the front of `inbox`.
-fn complete_prefix(inbox: &[u8], max_message: usize) -> usize {
-    let mut end = 0;
-    while let Ok(Some(len)) = complete_message_len(&inbox[end..], max_message) {
-        end += len;
-    }
-    end
-}
-
 enum Verdict {
     /// The server is shutting down or cannot serve: nothing ran.
     GoingAway,
@@ -624,13 +617,5 @@ mod tests {
         assert!(matches!(going_away(&completed), Verdict::Answer));
         let streamed = [bound, message(b'D', b"\0\0"), shutdown].concat();
         assert!(matches!(going_away(&streamed), Verdict::Answer));
-    }
-
-    #[test]
-    fn complete_prefix_stops_at_a_partial_message() {
-        let query = message(b'Q', b"select 1\0");
-        let inbox = [query.clone(), query[..4].to_vec()].concat();
-        assert_eq!(complete_prefix(&inbox, 1 << 20), query.len());
-        assert_eq!(complete_prefix(&[], 1 << 20), 0);
     }
 }

@@ -8,11 +8,16 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 
-use super::ledger::{Effect, Expect, Ledger, CLOSE_COMPLETE, PARSE_COMPLETE};
-use super::params::parse_param_change;
-use super::prepared::{self, ClientStatements, ServerStatements, StatementDef};
+use super::ledger::{Effect, Expect, Ledger};
+use super::settings::parse_param_change;
+use super::statements::ClientStatements;
+use crate::protocol::frame::complete_message_len;
 use crate::protocol::frame::FrameError;
-use crate::protocol::startup::split_cstr;
+use crate::protocol::frontend;
+use crate::protocol::messages;
+use crate::protocol::messages::{CLOSE_COMPLETE, PARSE_COMPLETE};
+use crate::protocol::split_cstr;
+use crate::server::statements::{ServerStatements, StatementDef};
 
 /// What one pass over the inbox found.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -31,29 +36,6 @@ pub struct Translator<'a> {
     pub server: &'a mut ServerStatements,
     pub max_prepared: usize,
     pub max_message: usize,
-}
-
-/// Length of the first complete message in `inbox`, None if incomplete.
-pub fn complete_message_len(inbox: &[u8], max_message: usize) -> Result<Option<usize>, FrameError> {
-    let Some(header) = inbox.first_chunk::<5>() else {
-        return Ok(None);
-    };
-    let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]);
-    if len < 4 {
-        return Err(FrameError::BadLength {
-            tag: header[0] as char,
-            len,
-        });
-    }
-    if len as usize > max_message {
-        return Err(FrameError::TooLarge {
-            tag: header[0] as char,
-            len: len as usize,
-            limit: max_message,
-        });
-    }
-    let total = 1 + len as usize;
-    Ok((inbox.len() >= total).then_some(total))
 }
 
 impl Translator<'_> {
@@ -179,7 +161,7 @@ impl Translator<'_> {
             .server
             .evict_over(self.max_prepared.saturating_sub(1), batch_start)
         {
-            prepared::put_close_statement(out, &evicted.server_name);
+            messages::close_statement(out, evicted.server_name.as_bytes());
             self.ledger.push(Expect::Complete {
                 suppress: true,
                 effect: Effect::Closed(evicted),
@@ -214,12 +196,14 @@ impl Translator<'_> {
 
     fn bind(&mut self, body: &[u8], message: &[u8], out: &mut BytesMut, batch_start: u64) {
         self.ledger.set_batch_open(true);
-        let mapped = prepared::split_bind(body).and_then(|(portal, statement, rest)| {
+        let mapped = frontend::split_bind(body).and_then(|(portal, statement, rest)| {
             let def = self.server_statement(statement, out, batch_start)?;
             Some((portal, def, rest))
         });
         match mapped {
-            Some((portal, def, rest)) => prepared::put_bind(out, portal, &def.server_name, rest),
+            Some((portal, def, rest)) => {
+                messages::bind(out, portal, def.server_name.as_bytes(), rest)
+            }
             None => out.extend_from_slice(message),
         }
         self.ledger.push(Expect::Complete {
@@ -230,10 +214,10 @@ impl Translator<'_> {
 
     fn describe(&mut self, body: &[u8], message: &[u8], out: &mut BytesMut, batch_start: u64) {
         self.ledger.set_batch_open(true);
-        match prepared::split_target(body) {
+        match frontend::split_target(body) {
             Some((b'S', name)) => {
                 match self.server_statement(name, out, batch_start) {
-                    Some(def) => prepared::put_describe_statement(out, &def.server_name),
+                    Some(def) => messages::describe_statement(out, def.server_name.as_bytes()),
                     None => out.extend_from_slice(message),
                 }
                 self.ledger.push(Expect::DescribeStatement);
@@ -247,7 +231,7 @@ impl Translator<'_> {
 
     fn close(&mut self, body: &[u8], message: &[u8], out: &mut BytesMut) {
         self.ledger.set_batch_open(true);
-        match prepared::split_target(body) {
+        match frontend::split_target(body) {
             // Server statements are shared and cached: closing the client's name only
             // forgets the mapping, and the proxy answers CloseComplete itself.
             Some((b'S', name)) if !name.is_empty() => {
@@ -476,17 +460,6 @@ mod tests {
             }
         }
         assert_eq!(server.len(), 2);
-    }
-
-    #[test]
-    fn incomplete_and_oversized_messages() {
-        assert_eq!(complete_message_len(b"Q\0\0", 100), Ok(None));
-        assert_eq!(
-            complete_message_len(&message(b'Q', b"x\0"), 100),
-            Ok(Some(7))
-        );
-        assert!(complete_message_len(&message(b'Q', &[b'x'; 200]), 100).is_err());
-        assert!(complete_message_len(&[b'Q', 0, 0, 0, 1], 100).is_err());
     }
 
     #[test]

@@ -1,16 +1,17 @@
-//! Protocol-level prepared statements in transaction mode. A client's named
-//! statements are remembered per client and prepared on whichever server it gets,
-//! under a name derived from the statement's text and parameter types (`sy_<hash>`),
-//! so clients that prepare the same statement share it on a server. Each server
-//! connection keeps an LRU set of what it has prepared.
+//! Protocol-level prepared statements on one server connection. A statement a
+//! client defined with Parse is prepared on whichever server it gets, under a name
+//! derived from the statement's text and parameter types (`sy_<hash>`), so clients
+//! that prepare the same statement share it on a server. Each server connection
+//! keeps an LRU set of what it has prepared. Which names a client uses for them is
+//! the session's business (`session::statements`).
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 
-use crate::protocol::startup::split_cstr;
+use crate::protocol::messages;
 
 /// One statement as a client defined it with Parse.
 #[derive(Debug, PartialEq, Eq)]
@@ -35,78 +36,7 @@ impl StatementDef {
 
     /// A Parse message preparing this statement under its server name.
     pub fn put_parse(&self, out: &mut BytesMut) {
-        out.put_u8(b'P');
-        out.put_u32((4 + self.server_name.len() + 1 + self.body.len()) as u32);
-        out.put_slice(self.server_name.as_bytes());
-        out.put_u8(0);
-        out.put_slice(&self.body);
-    }
-}
-
-/// A Close of a server-side statement.
-pub fn put_close_statement(out: &mut BytesMut, server_name: &str) {
-    out.put_u8(b'C');
-    out.put_u32((4 + 1 + server_name.len() + 1) as u32);
-    out.put_u8(b'S');
-    out.put_slice(server_name.as_bytes());
-    out.put_u8(0);
-}
-
-/// Rewrites a Bind body to use `server_name` for the statement.
-pub fn put_bind(out: &mut BytesMut, portal: &[u8], server_name: &str, rest: &[u8]) {
-    out.put_u8(b'B');
-    out.put_u32((4 + portal.len() + 1 + server_name.len() + 1 + rest.len()) as u32);
-    out.put_slice(portal);
-    out.put_u8(0);
-    out.put_slice(server_name.as_bytes());
-    out.put_u8(0);
-    out.put_slice(rest);
-}
-
-/// A Describe of a server-side statement.
-pub fn put_describe_statement(out: &mut BytesMut, server_name: &str) {
-    out.put_u8(b'D');
-    out.put_u32((4 + 1 + server_name.len() + 1) as u32);
-    out.put_u8(b'S');
-    out.put_slice(server_name.as_bytes());
-    out.put_u8(0);
-}
-
-/// Bind body split into (portal, statement, rest), or None when malformed.
-pub fn split_bind(body: &[u8]) -> Option<(&[u8], &[u8], &[u8])> {
-    let (portal, rest) = split_cstr(body)?;
-    let (statement, rest) = split_cstr(rest)?;
-    Some((portal, statement, rest))
-}
-
-/// Describe/Close body split into (kind, name), or None when malformed.
-pub fn split_target(body: &[u8]) -> Option<(u8, &[u8])> {
-    let (&kind, rest) = body.split_first()?;
-    let (name, _) = split_cstr(rest)?;
-    Some((kind, name))
-}
-
-/// The statements one client has prepared, by the client's names.
-#[derive(Default)]
-pub struct ClientStatements {
-    by_name: HashMap<Box<[u8]>, Arc<StatementDef>>,
-}
-
-impl ClientStatements {
-    pub fn insert(&mut self, name: &[u8], def: Arc<StatementDef>) {
-        self.by_name.insert(name.into(), def);
-    }
-    pub fn get(&self, name: &[u8]) -> Option<&Arc<StatementDef>> {
-        self.by_name.get(name)
-    }
-    pub fn remove(&mut self, name: &[u8]) -> Option<Arc<StatementDef>> {
-        self.by_name.remove(name)
-    }
-    pub fn len(&self) -> usize {
-        self.by_name.len()
-    }
-    pub fn is_empty(&self) -> bool {
-        self.by_name.is_empty()
+        messages::parse(out, self.server_name.as_bytes(), &self.body);
     }
 }
 
@@ -197,7 +127,7 @@ mod tests {
         assert_ne!(a.server_name, c.server_name);
         let mut out = BytesMut::new();
         a.put_parse(&mut out);
-        assert_eq!(out[0], b'P');
+        assert_eq!(out[0], crate::protocol::tag::PARSE);
         assert_eq!(
             u32::from_be_bytes([out[1], out[2], out[3], out[4]]) as usize,
             out.len() - 1
@@ -230,17 +160,5 @@ mod tests {
         assert_eq!(server.evict_over(3, protect), None);
         assert!(!server.touch(&defs[1]));
         assert!(server.touch(&defs[3]));
-    }
-
-    #[test]
-    fn malformed_bodies_are_rejected() {
-        assert_eq!(
-            split_bind(b"portal\0stmt\0rest"),
-            Some((&b"portal"[..], &b"stmt"[..], &b"rest"[..]))
-        );
-        assert_eq!(split_bind(b"portal"), None);
-        assert_eq!(split_target(b"Sname\0"), Some((b'S', &b"name"[..])));
-        assert_eq!(split_target(b""), None);
-        assert_eq!(split_target(b"Sname"), None);
     }
 }
