@@ -28,6 +28,7 @@ pub mod admin;
 pub mod auth;
 pub mod cancel;
 pub mod config;
+pub mod context;
 pub mod demo;
 pub mod http_client;
 pub mod keyed_digest;

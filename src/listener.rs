@@ -4,7 +4,6 @@
 //! a reload removes its listener or the proxy starts draining; sessions it started
 //! carry on.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +12,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::proxy::{ListenerState, ProxyContext};
+use crate::config::ListenerConfig;
+use crate::context::{ListenerState, ProxyContext};
 use crate::session;
 
 pub async fn accept_loop(
@@ -28,7 +28,7 @@ pub async fn accept_loop(
         let accepted = tokio::select! {
             accepted = socket.accept() => accepted,
             _ = stop.cancelled() => break,
-            _ = ctx.draining.cancelled() => break,
+            _ = ctx.draining().cancelled() => break,
         };
         let state = current.load_full();
         let (stream, peer) = match accepted {
@@ -45,7 +45,7 @@ pub async fn accept_loop(
         };
         let _ = stream.set_nodelay(true);
         set_keepalive(&stream);
-        let guard = ClientCount::enter(&state, &ctx);
+        let guard = ctx.count_client(&state);
         let ctx = Arc::clone(&ctx);
         let state = Arc::clone(&state);
         tasks.spawn(async move {
@@ -67,20 +67,27 @@ fn set_keepalive(stream: &tokio::net::TcpStream) {
     }
 }
 
-/// Counts a client against its listener and the proxy while the guard lives.
-struct ClientCount(Arc<ListenerState>, Arc<ProxyContext>);
-
-impl ClientCount {
-    fn enter(state: &Arc<ListenerState>, ctx: &Arc<ProxyContext>) -> ClientCount {
-        state.counters.clients.fetch_add(1, Ordering::Relaxed);
-        ctx.clients.fetch_add(1, Ordering::Relaxed);
-        ClientCount(Arc::clone(state), Arc::clone(ctx))
-    }
+/// A listener's socket could not be bound.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {address} for listener {name:?}: {source}")]
+pub struct BindError {
+    pub name: String,
+    pub address: std::net::SocketAddr,
+    pub source: std::io::Error,
 }
 
-impl Drop for ClientCount {
-    fn drop(&mut self) {
-        self.0.counters.clients.fetch_sub(1, Ordering::Relaxed);
-        self.1.clients.fetch_sub(1, Ordering::Relaxed);
-    }
+/// Binds a listener's socket.
+pub async fn bind(name: &str, address: std::net::SocketAddr) -> Result<TcpListener, BindError> {
+    TcpListener::bind(address)
+        .await
+        .map_err(|source| BindError {
+            name: name.to_string(),
+            address,
+            source,
+        })
+}
+
+/// Binds a client listener's socket.
+pub async fn bind_listener(config: &ListenerConfig) -> Result<TcpListener, BindError> {
+    bind(&config.name, config.listen).await
 }

@@ -7,67 +7,20 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, ListenerConfig};
-use crate::proxy::{self, ListenerCounters, ListenerState, ProxyContext};
+use crate::context::{ListenerCounters, ListenerState, ProxyContext, ReloadOutcome, ReloadRequest};
+use crate::listener;
+use crate::pool::PoolSettings;
 use crate::topology::{monitor, reconfigure};
-
-/// What a reload did (a summary line) or why it did nothing.
-pub type ReloadOutcome = Result<String, String>;
-
-/// Reload history, for /status and metrics.
-pub struct ReloadStatus {
-    pub successes: AtomicU64,
-    pub failures: AtomicU64,
-    pub last_succeeded: AtomicBool,
-    pub last_error: Mutex<Option<String>>,
-}
-
-impl Default for ReloadStatus {
-    fn default() -> Self {
-        ReloadStatus {
-            successes: AtomicU64::new(0),
-            failures: AtomicU64::new(0),
-            last_succeeded: AtomicBool::new(true),
-            last_error: Mutex::new(None),
-        }
-    }
-}
-
-impl ReloadStatus {
-    fn record(&self, outcome: &ReloadOutcome) {
-        let result = match outcome {
-            Ok(_) => {
-                self.successes.fetch_add(1, Ordering::Relaxed);
-                self.last_succeeded.store(true, Ordering::Relaxed);
-                "success"
-            }
-            Err(e) => {
-                self.failures.fetch_add(1, Ordering::Relaxed);
-                self.last_succeeded.store(false, Ordering::Relaxed);
-                *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.clone());
-                "failure"
-            }
-        };
-        metrics::counter!("switchyard_config_reloads_total", "result" => result).increment(1);
-    }
-
-    pub fn last_error(&self) -> Option<String> {
-        self.last_error
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-}
 
 /// One open listener: the socket lives in its accept loop task.
 struct ListenerSlot {
@@ -87,17 +40,14 @@ pub struct Reloader {
 }
 
 /// Serves reload requests until the proxy stops.
-pub async fn serve(
-    mut reloader: Reloader,
-    mut requests: mpsc::Receiver<oneshot::Sender<ReloadOutcome>>,
-) {
+pub async fn serve(mut reloader: Reloader, mut requests: mpsc::Receiver<ReloadRequest>) {
     loop {
         let reply = tokio::select! {
             request = requests.recv() => match request {
                 Some(reply) => reply,
                 None => return,
             },
-            _ = reloader.ctx.shutdown.cancelled() => return,
+            _ = reloader.ctx.shutdown().cancelled() => return,
         };
         let outcome = reloader.reload().await;
         match &outcome {
@@ -106,7 +56,7 @@ pub async fn serve(
                 tracing::error!("configuration NOT reloaded, the running one stays: {reason}")
             }
         }
-        reloader.ctx.reload_status.record(&outcome);
+        reloader.ctx.reload_status().record(&outcome);
         let _ = reply.send(outcome);
     }
 }
@@ -142,8 +92,8 @@ impl Reloader {
             local_addr,
         }));
         tracing::info!(listener = %config.name, address = %local_addr, route = ?config.route, "listening");
-        let stop = self.ctx.shutdown.child_token();
-        proxy::spawn_accept_loop(
+        let stop = self.ctx.shutdown().child_token();
+        spawn_accept_loop(
             socket,
             Arc::clone(&state),
             stop.clone(),
@@ -160,7 +110,7 @@ impl Reloader {
 
     fn publish_listeners(&self) {
         let states = self.slots.iter().map(|s| s.state.load_full()).collect();
-        self.ctx.listeners.store(Arc::new(states));
+        self.ctx.set_listeners(states);
     }
 
     async fn reload(&mut self) -> ReloadOutcome {
@@ -168,7 +118,7 @@ impl Reloader {
             return Err("this instance was started without a config file".into());
         };
         let config = Config::load(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        if self.ctx.draining.is_cancelled() {
+        if self.ctx.draining().is_cancelled() {
             return Err("the proxy is shutting down".into());
         }
         // Every new socket first: a listener that cannot be bound fails the whole
@@ -180,7 +130,7 @@ impl Reloader {
                 .iter()
                 .any(|s| s.config.name == listener.name && s.config.listen == listener.listen);
             if !kept {
-                let socket = proxy::bind_listener(listener)
+                let socket = listener::bind_listener(listener)
                     .await
                     .map_err(|e| e.to_string())?;
                 bound.insert(listener.name.clone(), socket);
@@ -191,8 +141,8 @@ impl Reloader {
         let config = Arc::new(config);
         self.ctx.set_config(Arc::clone(&config));
         self.ctx
-            .pools
-            .reconfigure(proxy::pool_settings(&config), &self.ctx.users());
+            .pools()
+            .reconfigure(PoolSettings::from_config(&config), &self.ctx.users());
         if cluster_changed(&old, &config) {
             self.restart_monitor(&config);
         }
@@ -217,17 +167,17 @@ impl Reloader {
         self.monitor.cancel();
         let fresh = if config.cluster.members_from_patroni() {
             // Members come from /cluster; keep the known ones until it answers.
-            self.ctx.topology.load().nodes.clone()
+            self.ctx.topology().load().nodes.clone()
         } else {
             monitor::initial_nodes(&config.cluster)
         };
-        let topology = &self.ctx.topology;
+        let topology = self.ctx.topology();
         topology.replace(reconfigure::carry_over(
             &topology.load(),
             fresh,
             SystemTime::now(),
         ));
-        self.monitor = self.ctx.shutdown.child_token();
+        self.monitor = self.ctx.shutdown().child_token();
         self.tasks.spawn(monitor::run(
             config.cluster.clone(),
             Arc::clone(topology),
@@ -402,4 +352,21 @@ fn join(names: &[&String]) -> String {
         .map(|s| s.as_str())
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// Spawns the accept loop of a bound listener; it stops on `stop` or when draining.
+fn spawn_accept_loop(
+    socket: TcpListener,
+    state: Arc<ArcSwap<ListenerState>>,
+    stop: CancellationToken,
+    ctx: Arc<ProxyContext>,
+    tasks: &TaskTracker,
+) {
+    tasks.spawn(listener::accept_loop(
+        socket,
+        state,
+        stop,
+        ctx,
+        tasks.clone(),
+    ));
 }

@@ -66,7 +66,7 @@ pub async fn run(
             ),
         )
         .await?;
-    let topology = proxy.context.topology.load();
+    let topology = proxy.context.topology().load();
     let replicas_before: Vec<String> = topology
         .replicas()
         .map(|i| topology.nodes[i].name.clone())
@@ -92,7 +92,7 @@ pub async fn run(
     }
     let watching = CancellationToken::new();
     let watcher = tokio::spawn(watch_routes(
-        Arc::clone(&proxy.context.topology),
+        Arc::clone(proxy.context.topology()),
         listeners.to_vec(),
         start,
         watching.clone(),

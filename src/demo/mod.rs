@@ -237,8 +237,7 @@ pub fn proxy_yaml(nodes: &[Node], rw: SocketAddr, ro: SocketAddr, probe_password
 fn listener_views(running: &RunningProxy) -> Vec<ListenerView> {
     running
         .context
-        .listeners
-        .load()
+        .listeners()
         .iter()
         .map(|l| ListenerView {
             name: l.config.name.clone(),
@@ -315,7 +314,7 @@ async fn live(
             _ = stop.cancelled() => return Ok(true),
             _ = running.stopped() => return Ok(true),
         }
-        let topology = running.context.topology.load();
+        let topology = running.context.topology().load();
         let sessions: Vec<u32> = topology
             .nodes
             .iter()

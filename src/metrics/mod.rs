@@ -1,23 +1,18 @@
-//! Prometheus metrics, served by the admin listener at `GET /metrics`. Rare events
-//! (errors, health checks, failovers, reloads, cancels) go through the `metrics`
-//! crate and its Prometheus exporter. The per-transaction figures live in
-//! [`data_path`]'s per-thread shards, summed at scrape time. Gauges (connections,
-//! pools, topology) are read from the live state at scrape time instead of being
-//! maintained on every change.
+//! Recording Prometheus metrics. Rare events (errors, health checks, failovers,
+//! reloads, cancels) go through the `metrics` crate and its Prometheus exporter. The
+//! per-transaction figures live in [`data_path`]'s per-thread shards, summed at
+//! scrape time. Reading the live state into gauges at scrape time, and serving
+//! `GET /metrics`, is the admin server's (`admin::gauges`).
 
 mod data_path;
 
 pub use data_path::ListenerMetrics;
 
-use std::sync::atomic::Ordering;
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use metrics_util::MetricKindMask;
-
-use crate::proxy::ProxyContext;
-use crate::topology::PrimaryState;
 
 /// Bucket bounds for every `_seconds` histogram: sub-millisecond relays up to
 /// failovers lasting tens of seconds.
@@ -99,120 +94,12 @@ pub fn record_health_check(node: &str, took: Duration, failed: bool) {
     failures.increment(u64::from(failed));
 }
 
-/// The Prometheus text exposition, or None when metrics are disabled.
-pub fn render(ctx: &ProxyContext) -> Option<String> {
+/// The Prometheus text exposition, or None when metrics are disabled: what the
+/// recorder holds (set scrape-time gauges first) and the data-path shards of
+/// `listeners`.
+pub fn render<'a>(listeners: impl Iterator<Item = &'a ListenerMetrics> + Clone) -> Option<String> {
     let handle = HANDLE.get()?.as_ref()?;
-    set_gauges(ctx);
     let mut text = handle.render();
-    let listeners = ctx.listeners.load();
-    data_path::render(listeners.iter().map(|l| &l.counters.metrics), &mut text);
+    data_path::render(listeners, &mut text);
     Some(text)
-}
-
-fn gauge(name: &'static str, labels: &[(&'static str, String)], value: f64) {
-    metrics::gauge!(name, labels).set(value);
-}
-
-fn set_gauges(ctx: &ProxyContext) {
-    for listener in ctx.listeners.load().iter() {
-        let counters = &listener.counters;
-        let clients = counters.clients.load(Ordering::Relaxed);
-        let active = counters.active.load(Ordering::Relaxed);
-        let waiting = counters.waiting.load(Ordering::Relaxed);
-        let idle = clients.saturating_sub(active + waiting);
-        for (state, value) in [("idle", idle), ("active", active), ("waiting", waiting)] {
-            gauge(
-                "switchyard_client_connections",
-                &[
-                    ("listener", listener.config.name.clone()),
-                    ("state", state.to_string()),
-                ],
-                value as f64,
-            );
-        }
-    }
-    gauge(
-        "switchyard_held_clients",
-        &[],
-        ctx.held_clients.load(Ordering::Relaxed) as f64,
-    );
-    for pool in ctx.pools.stats() {
-        let labels = |extra: Option<&str>| {
-            let mut labels = vec![
-                ("node", pool.node.clone()),
-                ("database", pool.database.clone()),
-                ("user", pool.user.clone()),
-            ];
-            if let Some(state) = extra {
-                labels.push(("state", state.to_string()));
-            }
-            labels
-        };
-        gauge(
-            "switchyard_server_connections",
-            &labels(Some("idle")),
-            pool.idle as f64,
-        );
-        gauge(
-            "switchyard_server_connections",
-            &labels(Some("active")),
-            pool.in_use as f64,
-        );
-        gauge("switchyard_pool_size", &labels(None), pool.size as f64);
-        gauge(
-            "switchyard_pool_waiting_clients",
-            &labels(None),
-            pool.waiting as f64,
-        );
-    }
-    let topology = ctx.topology.load();
-    for node in &topology.nodes {
-        let role = node.role();
-        for candidate in ["primary", "replica", "unavailable"] {
-            gauge(
-                "switchyard_node_role",
-                &[("node", node.name.clone()), ("role", candidate.to_string())],
-                f64::from(u8::from(role == candidate)),
-            );
-        }
-    }
-    for node in &topology.nodes {
-        if let Some(lag) = node.lag_bytes {
-            gauge(
-                "switchyard_replica_lag_bytes",
-                &[("node", node.name.clone())],
-                lag as f64,
-            );
-        }
-    }
-    gauge(
-        "switchyard_primary_available",
-        &[],
-        f64::from(u8::from(topology.primary_node().is_some())),
-    );
-    gauge(
-        "switchyard_split_brain",
-        &[],
-        f64::from(u8::from(matches!(
-            topology.primary,
-            PrimaryState::SplitBrain { .. }
-        ))),
-    );
-    gauge(
-        "switchyard_config_last_reload_successful",
-        &[],
-        f64::from(u8::from(
-            ctx.reload_status.last_succeeded.load(Ordering::Relaxed),
-        )),
-    );
-    gauge(
-        "switchyard_shutting_down",
-        &[],
-        f64::from(u8::from(ctx.draining.is_cancelled())),
-    );
-    gauge(
-        "switchyard_build_info",
-        &[("version", env!("CARGO_PKG_VERSION").to_string())],
-        1.0,
-    );
 }

@@ -29,6 +29,18 @@ pub struct PoolSettings {
     pub lifetime: Duration,
 }
 
+impl PoolSettings {
+    pub fn from_config(config: &crate::config::Config) -> PoolSettings {
+        PoolSettings {
+            size: config.pool.size as usize,
+            min_idle: config.pool.min_idle as usize,
+            connect_timeout: config.server.connect_timeout.0,
+            idle_timeout: config.pool.server_idle_timeout.0,
+            lifetime: config.pool.server_lifetime.0,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum CheckoutError {
     #[error("timed out after {waited:?} waiting for a server connection to node \"{node}\" (pool of {size}, all in use)")]

@@ -10,9 +10,9 @@ use bytes::BytesMut;
 
 use super::{Refusal, Session};
 use crate::config::Route;
+use crate::context::ProxyContext;
 use crate::pool::{CheckoutError, PoolKey, PooledServer};
 use crate::protocol::{messages, ClientError, SqlState};
-use crate::proxy::ProxyContext;
 use crate::router;
 use crate::topology::Topology;
 
@@ -70,19 +70,20 @@ fn checkout_refusal(pool: &crate::pool::ServerPool, e: CheckoutError) -> Refusal
 
 /// Counts a client waiting for a primary (in /status, and as waiting on its
 /// listener) while alive.
-struct HeldClient<'a>(&'a ProxyContext, &'a AtomicUsize);
+struct HeldClient<'a>(
+    #[allow(dead_code)] crate::context::HeldGuard<'a>,
+    &'a AtomicUsize,
+);
 
 impl<'a> HeldClient<'a> {
     fn enter(ctx: &'a ProxyContext, listener_waiting: &'a AtomicUsize) -> HeldClient<'a> {
-        ctx.held_clients.fetch_add(1, Ordering::Relaxed);
         listener_waiting.fetch_add(1, Ordering::Relaxed);
-        HeldClient(ctx, listener_waiting)
+        HeldClient(ctx.hold_client(), listener_waiting)
     }
 }
 
 impl Drop for HeldClient<'_> {
     fn drop(&mut self) {
-        self.0.held_clients.fetch_sub(1, Ordering::Relaxed);
         self.1.fetch_sub(1, Ordering::Relaxed);
     }
 }
@@ -101,7 +102,7 @@ impl Session {
         let mut changes: Option<tokio::sync::watch::Receiver<u64>> = None;
         let mut held_since = None;
         loop {
-            let topology = self.ctx.topology.load();
+            let topology = self.ctx.topology().load();
             let error = match self.route(&topology) {
                 Ok(node) => {
                     if let Some(since) = held_since {
@@ -125,7 +126,7 @@ impl Session {
                 ));
             }
             let Some(changes) = changes.as_mut() else {
-                changes = Some(self.ctx.topology.subscribe());
+                changes = Some(self.ctx.topology().subscribe());
                 continue;
             };
             if held_since.is_none() {
@@ -141,7 +142,7 @@ impl Session {
                         // Err: the topology publisher is gone, the proxy is shutting down.
                         if matches!(changed, Ok(Err(_))) { Err(false) } else { Ok(()) }
                     }
-                    _ = self.ctx.shutdown.cancelled() => Err(true),
+                    _ = self.ctx.shutdown().cancelled() => Err(true),
                 }
             })
             .await;
@@ -223,7 +224,7 @@ impl Session {
             match self.checkout_from(&pool, now).await {
                 Err(failure) if failure.transient && tokio::time::Instant::now() < deadline => {
                     tracing::info!(client = %self.peer, node = %pool.key.node, "node refuses connections; holding the client");
-                    let mut changes = self.ctx.topology.subscribe();
+                    let mut changes = self.ctx.topology().subscribe();
                     let pause = tokio::time::Instant::now() + std::time::Duration::from_millis(250);
                     let _ = Box::pin(tokio::time::timeout_at(
                         pause.min(deadline),
@@ -310,7 +311,7 @@ impl Session {
             .iter()
             .map(|n| n.sessions.load(Ordering::Relaxed))
             .collect();
-        let rotation = self.ctx.rotation.fetch_add(1, Ordering::Relaxed);
+        let rotation = self.ctx.next_rotation();
         router::choose_node(config.route, config.fallback, topology, &sessions, rotation)
     }
 
@@ -332,7 +333,7 @@ impl Session {
             database: self.params.database.clone(),
             user: user.name.clone(),
         };
-        let pool = self.ctx.pools.get(key, &state.address, &user.password);
+        let pool = self.ctx.pools().get(key, &state.address, &user.password);
         state.sessions.fetch_add(1, Ordering::Relaxed);
         self.binding = Some(Binding {
             sessions: Arc::clone(&state.sessions),

@@ -14,7 +14,6 @@ mod transaction;
 pub mod translate;
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -25,9 +24,9 @@ use tracing::Instrument;
 
 use crate::cancel::{self, CancelRoute, KeyPid};
 use crate::config::{Config, PoolMode, SessionPooling};
+use crate::context::{ListenerState, ProxyContext};
 use crate::protocol::startup::StartupReader;
 use crate::protocol::{messages, ClientError, SqlState};
-use crate::proxy::{ListenerState, ProxyContext};
 use crate::stop_signal::StopWaiter;
 
 use crate::server::params::{ParamSet, ParamValue};
@@ -163,7 +162,7 @@ async fn forward_cancel(ctx: &ProxyContext, pid: i32, secret: &[u8], from: &str)
         peers: &config.peers,
     };
     let timeout = config.server.cancel_timeout.0;
-    let outcome = match ctx.cancels.route(pid, secret, &peering) {
+    let outcome = match ctx.cancels().route(pid, secret, &peering) {
         CancelRoute::Local(target) => match cancel::send_cancel(&target, timeout).await {
             Ok(()) => {
                 tracing::info!(%from, server = %target.address, "cancel request forwarded");
@@ -263,10 +262,8 @@ struct StopSignals {
 
 impl StopSignals {
     fn new(ctx: &ProxyContext) -> StopSignals {
-        StopSignals {
-            draining: ctx.session_draining.subscribe(),
-            shutdown: ctx.session_shutdown.subscribe(),
-        }
+        let (draining, shutdown) = ctx.session_stop_waiters();
+        StopSignals { draining, shutdown }
     }
 }
 
@@ -322,8 +319,7 @@ impl Session {
         mut out: BytesMut,
         unread: BytesMut,
     ) -> SessionEnd {
-        let over_limit = self.ctx.clients.load(Ordering::Relaxed)
-            > self.config.pool.max_client_connections as usize;
+        let over_limit = self.ctx.open_clients() > self.config.pool.max_client_connections as usize;
         if over_limit {
             let error = ClientError::fatal(
                 SqlState::TooManyConnections,
@@ -362,7 +358,7 @@ impl Session {
                 }
             },
         };
-        let registration = self.ctx.cancels.register(self.config.peer_id);
+        let registration = self.ctx.cancels().register(self.config.peer_id);
         messages::backend_key_data(&mut out, registration.pid, registration.secret);
         messages::ready_for_query_idle(&mut out);
         if let Err(e) = socket.write_all(&out).await {

@@ -34,15 +34,15 @@ pub(super) async fn run(
         },
     };
     registration.set_target(Some(server.cancel_target()));
-    let topology = std::sync::Arc::clone(&session.ctx.topology);
+    let topology = std::sync::Arc::clone(session.ctx.topology());
     let node = server.node.clone();
     let end = {
         let (mut client_reader, mut client_writer) = socket.split();
         let (mut server_reader, mut server_writer) = server.stream.split();
         let settings = relay::RelaySettings {
             max_message_size: session.config.client.max_message_size.0 as usize,
-            shutdown: &session.ctx.shutdown,
-            draining: &session.ctx.draining,
+            shutdown: session.ctx.shutdown(),
+            draining: session.ctx.draining(),
             metrics: &session.listener.counters.metrics,
         };
         let relay = relay::relay(

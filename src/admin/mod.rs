@@ -6,7 +6,6 @@
 
 use std::convert::Infallible;
 use std::net::IpAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,18 +16,19 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use serde::Serialize;
 use tokio::net::TcpListener;
 
+mod gauges;
+mod status;
+
 use crate::config::Cidr;
-use crate::proxy::ProxyContext;
-use crate::topology::{NodeState, Topology};
+use crate::context::ProxyContext;
 
 pub async fn serve(socket: TcpListener, ctx: Arc<ProxyContext>) {
     loop {
         let accepted = tokio::select! {
             accepted = socket.accept() => accepted,
-            _ = ctx.shutdown.cancelled() => return,
+            _ = ctx.shutdown().cancelled() => return,
         };
         let (stream, peer) = match accepted {
             Ok(pair) => pair,
@@ -65,7 +65,7 @@ async fn handle(
     );
     match (readable, request.uri().path()) {
         (true, "/health") => health(ctx),
-        (true, "/status") => status(ctx),
+        (true, "/status") => status::status(ctx),
         (true, "/metrics") => metrics(ctx),
         (false, "/reload") if request.method() == Method::POST => reload(ctx, peer).await,
         (true, "/reload") | (false, "/health" | "/status" | "/metrics" | "/reload") => text(
@@ -80,7 +80,7 @@ async fn handle(
 }
 
 fn metrics(ctx: &ProxyContext) -> Response<Full<Bytes>> {
-    match crate::metrics::render(ctx) {
+    match gauges::render(ctx) {
         Some(body) => {
             let mut response = text(StatusCode::OK, body);
             response.headers_mut().insert(
@@ -132,10 +132,10 @@ fn peer_is_mapped_loopback(peer: IpAddr) -> bool {
 
 /// The health verdict: Ok(summary) when this instance can route writes.
 pub fn health_verdict(ctx: &ProxyContext) -> Result<String, String> {
-    if ctx.draining.is_cancelled() {
+    if ctx.draining().is_cancelled() {
         return Err("shutting down (draining clients)".into());
     }
-    let topology = ctx.topology.load();
+    let topology = ctx.topology().load();
     match topology.primary_node() {
         Some(node) => Ok(format!("OK: primary {}", topology.nodes[node].name)),
         None => Err(format!(
@@ -152,116 +152,7 @@ fn health(ctx: &ProxyContext) -> Response<Full<Bytes>> {
     }
 }
 
-#[derive(Serialize)]
-struct Status<'a> {
-    primary: Option<&'a str>,
-    primary_state: &'a crate::topology::PrimaryState,
-    write_blocker: Option<String>,
-    topology_generation: u64,
-    #[serde(serialize_with = "crate::topology::snapshot::serialize_time")]
-    topology_changed_at: Option<std::time::SystemTime>,
-    nodes: Vec<NodeStatus<'a>>,
-    listeners: Vec<ListenerStatus<'a>>,
-    clients: usize,
-    /// Clients waiting for a primary (failover hold).
-    held_clients: usize,
-    pools: Vec<crate::pool::PoolStats>,
-    draining: bool,
-    reloads: ReloadInfo,
-}
-
-#[derive(Serialize)]
-struct ReloadInfo {
-    succeeded: u64,
-    failed: u64,
-    last_succeeded: bool,
-    last_error: Option<String>,
-}
-
-#[derive(Serialize)]
-struct NodeStatus<'a> {
-    role: &'static str,
-    sessions: u32,
-    #[serde(flatten)]
-    state: &'a NodeState,
-}
-
-#[derive(Serialize)]
-struct ListenerStatus<'a> {
-    name: &'a str,
-    listen: String,
-    route: crate::config::Route,
-    fallback: crate::config::Fallback,
-    pool_mode: crate::config::PoolMode,
-    clients: usize,
-    active: usize,
-    waiting: usize,
-}
-
-fn status(ctx: &ProxyContext) -> Response<Full<Bytes>> {
-    let topology: Arc<Topology> = ctx.topology.load();
-    let listeners = ctx.listeners.load();
-    let config = ctx.config();
-    let status = Status {
-        primary: topology
-            .primary_node()
-            .map(|i| topology.nodes[i].name.as_str()),
-        primary_state: &topology.primary,
-        write_blocker: topology.write_blocker(),
-        topology_generation: topology.generation,
-        topology_changed_at: topology.changed_at,
-        nodes: topology
-            .nodes
-            .iter()
-            .map(|node| NodeStatus {
-                role: node.role(),
-                sessions: node.sessions.load(Ordering::Relaxed),
-                state: node,
-            })
-            .collect(),
-        listeners: listeners
-            .iter()
-            .map(|l| ListenerStatus {
-                name: &l.config.name,
-                listen: l.local_addr.to_string(),
-                route: l.config.route,
-                fallback: l.config.fallback,
-                pool_mode: config.pooling_for(&l.config).mode,
-                clients: l.clients(),
-                active: l.counters.active.load(Ordering::Relaxed),
-                waiting: l.counters.waiting.load(Ordering::Relaxed),
-            })
-            .collect(),
-        clients: ctx.clients.load(Ordering::Relaxed),
-        held_clients: ctx.held_clients.load(Ordering::Relaxed),
-        pools: ctx.pools.stats(),
-        draining: ctx.draining.is_cancelled(),
-        reloads: ReloadInfo {
-            succeeded: ctx.reload_status.successes.load(Ordering::Relaxed),
-            failed: ctx.reload_status.failures.load(Ordering::Relaxed),
-            last_succeeded: ctx.reload_status.last_succeeded.load(Ordering::Relaxed),
-            last_error: ctx.reload_status.last_error(),
-        },
-    };
-    match serde_json::to_vec_pretty(&status) {
-        Ok(body) => Response::builder()
-            .status(StatusCode::OK)
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(body)))
-            .unwrap_or_else(|_| {
-                text(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "cannot build response\n".into(),
-                )
-            }),
-        Err(e) => text(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("cannot render status: {e}\n"),
-        ),
-    }
-}
-
-fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+pub(super) fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
     response.headers_mut().insert(

@@ -1,0 +1,123 @@
+//! `GET /status`: the topology, listeners, pools and reload history as JSON.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Response, StatusCode};
+
+use serde::Serialize;
+
+use super::text;
+use crate::context::ProxyContext;
+use crate::topology::{NodeState, Topology};
+
+#[derive(Serialize)]
+struct Status<'a> {
+    primary: Option<&'a str>,
+    primary_state: &'a crate::topology::PrimaryState,
+    write_blocker: Option<String>,
+    topology_generation: u64,
+    #[serde(serialize_with = "crate::topology::snapshot::serialize_time")]
+    topology_changed_at: Option<std::time::SystemTime>,
+    nodes: Vec<NodeStatus<'a>>,
+    listeners: Vec<ListenerStatus<'a>>,
+    clients: usize,
+    /// Clients waiting for a primary (failover hold).
+    held_clients: usize,
+    pools: Vec<crate::pool::PoolStats>,
+    draining: bool,
+    reloads: ReloadInfo,
+}
+
+#[derive(Serialize)]
+struct ReloadInfo {
+    succeeded: u64,
+    failed: u64,
+    last_succeeded: bool,
+    last_error: Option<String>,
+}
+
+#[derive(Serialize)]
+struct NodeStatus<'a> {
+    role: &'static str,
+    sessions: u32,
+    #[serde(flatten)]
+    state: &'a NodeState,
+}
+
+#[derive(Serialize)]
+struct ListenerStatus<'a> {
+    name: &'a str,
+    listen: String,
+    route: crate::config::Route,
+    fallback: crate::config::Fallback,
+    pool_mode: crate::config::PoolMode,
+    clients: usize,
+    active: usize,
+    waiting: usize,
+}
+
+pub(super) fn status(ctx: &ProxyContext) -> Response<Full<Bytes>> {
+    let topology: Arc<Topology> = ctx.topology().load();
+    let listeners = ctx.listeners();
+    let config = ctx.config();
+    let status = Status {
+        primary: topology
+            .primary_node()
+            .map(|i| topology.nodes[i].name.as_str()),
+        primary_state: &topology.primary,
+        write_blocker: topology.write_blocker(),
+        topology_generation: topology.generation,
+        topology_changed_at: topology.changed_at,
+        nodes: topology
+            .nodes
+            .iter()
+            .map(|node| NodeStatus {
+                role: node.role(),
+                sessions: node.sessions.load(Ordering::Relaxed),
+                state: node,
+            })
+            .collect(),
+        listeners: listeners
+            .iter()
+            .map(|l| ListenerStatus {
+                name: &l.config.name,
+                listen: l.local_addr.to_string(),
+                route: l.config.route,
+                fallback: l.config.fallback,
+                pool_mode: config.pooling_for(&l.config).mode,
+                clients: l.clients(),
+                active: l.counters.active.load(Ordering::Relaxed),
+                waiting: l.counters.waiting.load(Ordering::Relaxed),
+            })
+            .collect(),
+        clients: ctx.open_clients(),
+        held_clients: ctx.held_clients(),
+        pools: ctx.pools().stats(),
+        draining: ctx.draining().is_cancelled(),
+        reloads: ReloadInfo {
+            succeeded: ctx.reload_status().successes(),
+            failed: ctx.reload_status().failures(),
+            last_succeeded: ctx.reload_status().last_succeeded(),
+            last_error: ctx.reload_status().last_error(),
+        },
+    };
+    match serde_json::to_vec_pretty(&status) {
+        Ok(body) => Response::builder()
+            .status(StatusCode::OK)
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .unwrap_or_else(|_| {
+                text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "cannot build response\n".into(),
+                )
+            }),
+        Err(e) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot render status: {e}\n"),
+        ),
+    }
+}
