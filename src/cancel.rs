@@ -36,8 +36,7 @@ use tokio::net::TcpStream;
 use crate::config::PeerConfig;
 use crate::protocol::messages;
 
-/// Largest `peer_id` the key encoding can carry (7 bits).
-pub const MAX_PEER_ID: u32 = 127;
+use crate::config::MAX_PEER_ID;
 
 const RELAYED_BIT: u32 = 1 << 31;
 const PEER_SHIFT: u32 = 24;

@@ -2,6 +2,7 @@
 //! in secrets) and validation. A `Config` is an immutable snapshot; nothing in the
 //! proxy reads configuration from anywhere else.
 
+mod api;
 mod cidr;
 mod peers;
 mod units;
@@ -13,10 +14,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use api::{host_port, ApiEndpoint};
 pub use cidr::Cidr;
-pub use peers::PeerConfig;
+pub use peers::{PeerConfig, MAX_PEER_ID};
 pub use units::{ByteSize, HumanDuration, MaxLag};
-pub use validate::ApiEndpoint;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -250,15 +251,6 @@ impl NodeConfig {
     /// Listed only by its Patroni API: a seed for membership discovery.
     pub fn is_seed(&self) -> bool {
         self.host.is_empty()
-    }
-}
-
-/// `host:port`, with IPv6 literals bracketed.
-pub fn host_port(host: &str, port: u16) -> String {
-    if host.contains(':') && !host.starts_with('[') {
-        format!("[{host}]:{port}")
-    } else {
-        format!("{host}:{port}")
     }
 }
 

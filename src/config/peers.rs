@@ -1,14 +1,16 @@
 //! The `peer_id` / `peers:` part of the config: the other Switchyard instances
 //! (typically the other half of a Keepalived pair) that cancel requests are passed
 //! to when a client's CancelRequest reaches the instance that does not own the
-//! session. The key encoding that makes this possible lives in `crate::cancel`.
+//! session. The key encoding that makes this possible lives in the `cancel` module.
 
 use std::collections::HashSet;
 
 use serde::{Deserialize, Serialize};
 
 use super::{Config, ConfigError};
-use crate::cancel::MAX_PEER_ID;
+
+/// Largest `peer_id`: cancel keys carry it in 7 bits (see the `cancel` module).
+pub const MAX_PEER_ID: u32 = 127;
 
 /// Another Switchyard instance that accepts cancel requests.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
@@ -56,7 +58,7 @@ pub(super) fn validate_peers(config: &Config) -> Result<(), ConfigError> {
                 format!("duplicate peer id {}", peer.id),
             ));
         }
-        if super::validate::split_host_port(&peer.address).is_none() {
+        if super::api::split_host_port(&peer.address).is_none() {
             return Err(ConfigError::invalid(
                 key("address"),
                 format!(

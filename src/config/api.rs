@@ -1,0 +1,88 @@
+//! Addresses in the config: a Patroni REST API endpoint (`api:` URLs) and
+//! `host:port` strings, IPv6 literals bracketed.
+
+/// A Patroni REST API endpoint parsed from a node's `api` URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiEndpoint {
+    pub host: String,
+    pub port: u16,
+    /// Path prefix without a trailing slash ("" for the root).
+    pub base_path: String,
+}
+
+impl ApiEndpoint {
+    pub fn parse(url: &str) -> Result<ApiEndpoint, String> {
+        let rest = url.strip_prefix("http://").ok_or_else(|| {
+            if url.starts_with("https://") {
+                "https API endpoints are not supported; expose Patroni's REST API over http \
+                 on a trusted network"
+                    .to_string()
+            } else {
+                format!("{url:?} is not an http:// URL")
+            }
+        })?;
+        let (authority, path) = match rest.find('/') {
+            Some(i) => rest.split_at(i),
+            None => (rest, ""),
+        };
+        let (host, port) = split_host_port(authority)
+            .ok_or_else(|| format!("{url:?} needs a host and port, like http://10.0.0.3:8008"))?;
+        Ok(ApiEndpoint {
+            host,
+            port,
+            base_path: path.trim_end_matches('/').to_string(),
+        })
+    }
+
+    /// `host:port` for connecting and for the Host header.
+    pub fn authority(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+
+    pub fn path(&self, path: &str) -> String {
+        format!("{}{}", self.base_path, path)
+    }
+}
+
+pub(crate) fn split_host_port(authority: &str) -> Option<(String, u16)> {
+    let (host, port) = if let Some(rest) = authority.strip_prefix('[') {
+        let end = rest.find(']')?;
+        let port = rest[end + 1..].strip_prefix(':')?;
+        (&rest[..end], port)
+    } else {
+        authority.rsplit_once(':')?
+    };
+    if host.is_empty() {
+        return None;
+    }
+    let port: u16 = port.parse().ok()?;
+    (port != 0).then(|| (host.to_string(), port))
+}
+
+/// `host:port`, with IPv6 literals bracketed.
+pub fn host_port(host: &str, port: u16) -> String {
+    if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_urls_parse() {
+        let e = ApiEndpoint::parse("http://[::1]:8008/patroni/").expect("ipv6");
+        assert_eq!((e.host.as_str(), e.port), ("::1", 8008));
+        assert_eq!(e.path("/primary"), "/patroni/primary");
+        assert_eq!(e.authority(), "[::1]:8008");
+        assert!(ApiEndpoint::parse("http://:8008").is_err());
+        assert!(ApiEndpoint::parse("ftp://x:1").is_err());
+    }
+}
