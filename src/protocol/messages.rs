@@ -207,6 +207,13 @@ pub fn cancel_request(pid: i32, secret: i32) -> Bytes {
     encoded(&CancelRequest::new(pid, SecretKey::I32(secret)))
 }
 
+/// Query (simple protocol) of `sql`, which must not contain a NUL.
+pub fn query(out: &mut BytesMut, sql: &str) {
+    put_header(out, tag::QUERY, sql.len() + 1);
+    out.put_slice(sql.as_bytes());
+    out.put_u8(0);
+}
+
 /// Parse of `statement` (named, NUL-free) with `rest`: the Parse body after the
 /// name (query, NUL, parameter types), as a client sent it.
 pub fn parse(out: &mut BytesMut, statement: &[u8], rest: &[u8]) {
@@ -288,6 +295,16 @@ mod tests {
         assert!(body.windows(6).any(|w| w == b"C28P01"));
         assert!(body.windows(6).any(|w| w == b"SFATAL"));
         assert_eq!(body.last(), Some(&0));
+    }
+
+    #[test]
+    fn query_is_nul_terminated_with_its_length() {
+        let mut out = BytesMut::new();
+        query(&mut out, "select 1");
+        assert_eq!(
+            &out[..],
+            crate::protocol::test_message(tag::QUERY, b"select 1\0")
+        );
     }
 
     #[test]

@@ -13,6 +13,7 @@ use crate::auth::{md5, scram};
 use crate::protocol::backend::{self, AuthRequest};
 use crate::protocol::messages;
 use crate::protocol::startup::{read_message, StartupError};
+use crate::protocol::tag;
 
 use super::{ServerConnection, ServerError};
 
@@ -103,7 +104,7 @@ pub(super) async fn read(
             },
             other => ServerError::Protocol(other.to_string()),
         })?;
-    if tag == b'E' {
+    if tag == tag::ERROR_RESPONSE {
         return Err(ServerError::rejected(&body));
     }
     Ok((tag, body))
@@ -117,7 +118,7 @@ async fn authenticate(
     let mut scram: Option<scram::ScramClient> = None;
     loop {
         let (tag, body) = read(stream, address).await?;
-        if tag != b'R' {
+        if tag != tag::AUTHENTICATION {
             return Err(ServerError::Protocol(format!(
                 "expected an authentication request, got message type {:?}",
                 tag as char
@@ -184,11 +185,11 @@ async fn collect_until_ready(connection: &mut ServerConnection) -> Result<(), Se
         let (tag, body) = read(&mut connection.stream, &connection.address).await?;
         let malformed = |e: backend::MalformedServerMessage| ServerError::Protocol(e.to_string());
         match tag {
-            b'S' => {
+            tag::PARAMETER_STATUS => {
                 let (name, value) = backend::parse_parameter_status(&body).map_err(malformed)?;
                 connection.note_parameter(name, value);
             }
-            b'K' => {
+            tag::BACKEND_KEY_DATA => {
                 let (pid, secret) = backend::parse_backend_key_data(&body).map_err(malformed)?;
                 connection.backend_pid = pid;
                 connection.backend_secret = secret;
@@ -198,9 +199,9 @@ async fn collect_until_ready(connection: &mut ServerConnection) -> Result<(), Se
                     secret,
                 };
             }
-            b'Z' => return Ok(()),
+            tag::READY_FOR_QUERY => return Ok(()),
             // NoticeResponse and NegotiateProtocolVersion need no action.
-            b'N' | b'v' => {}
+            tag::NOTICE_RESPONSE | tag::NEGOTIATE_PROTOCOL_VERSION => {}
             other => {
                 return Err(ServerError::Protocol(format!(
                     "unexpected message type {:?} during login",

@@ -5,10 +5,11 @@
 
 use std::time::Duration;
 
+use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 
-use crate::protocol::backend;
 use crate::protocol::startup::read_message;
+use crate::protocol::{backend, messages, tag};
 
 use super::{ServerConnection, ServerError};
 
@@ -47,11 +48,8 @@ impl ServerConnection {
         want_row: bool,
     ) -> Result<Option<Row>, ServerError> {
         let exchange = async {
-            let mut message = Vec::with_capacity(sql.len() + 6);
-            message.push(b'Q');
-            message.extend_from_slice(&(sql.len() as u32 + 5).to_be_bytes());
-            message.extend_from_slice(sql.as_bytes());
-            message.push(0);
+            let mut message = BytesMut::with_capacity(sql.len() + 6);
+            messages::query(&mut message, sql);
             self.stream
                 .write_all(&message)
                 .await
@@ -69,21 +67,23 @@ impl ServerConnection {
                     Err(e) => return Err(failure.unwrap_or(ServerError::Protocol(e.to_string()))),
                 };
                 match tag {
-                    b'E' if failure.is_none() => failure = Some(ServerError::rejected(&body)),
-                    b'S' => {
+                    tag::ERROR_RESPONSE if failure.is_none() => {
+                        failure = Some(ServerError::rejected(&body))
+                    }
+                    tag::PARAMETER_STATUS => {
                         if let Ok((name, value)) = backend::parse_parameter_status(&body) {
                             self.note_parameter(name, value);
                         }
                     }
-                    b'D' if want_row && row.is_none() => {
+                    tag::DATA_ROW if want_row && row.is_none() => {
                         let columns = backend::parse_data_row(&body)
                             .map_err(|e| ServerError::Protocol(e.to_string()))?;
                         row = Some(columns);
                     }
-                    b'Z' => {
+                    tag::READY_FOR_QUERY => {
                         return match (failure, body.first()) {
                             (Some(error), _) => Err(error),
-                            (None, Some(b'I')) => Ok(row),
+                            (None, Some(&tag::STATUS_IDLE)) => Ok(row),
                             (None, _) => Err(ServerError::Protocol(
                                 "internal query left a transaction open".into(),
                             )),

@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use super::settings::ParamChange;
 use crate::protocol::frame::{Frame, FrameError, FrameScanner, FrameVisitor};
+use crate::protocol::tag;
 use crate::server::statements::{ServerStatements, StatementDef};
 
 /// What a server-side statement change does if its message fails or is skipped.
@@ -99,7 +100,7 @@ impl Default for Ledger {
     fn default() -> Self {
         Ledger {
             queue: VecDeque::new(),
-            status: b'I',
+            status: tag::STATUS_IDLE,
             batch_open: false,
             error_in_ready: false,
             forwarding: true,
@@ -186,7 +187,7 @@ impl Ledger {
 
     /// Nothing owed, no transaction, no half-sent batch: the server can be released.
     pub fn is_idle(&self) -> bool {
-        self.queue.is_empty() && self.status == b'I' && !self.batch_open
+        self.queue.is_empty() && self.status == tag::STATUS_IDLE && !self.batch_open
     }
 
     pub fn owes_nothing(&self) -> bool {
@@ -237,9 +238,9 @@ impl Ledger {
         while matches!(self.queue.front(), Some(Expect::CopyEnd)) {
             self.queue.pop_front();
         }
-        if tag == b'G' {
+        if tag == tag::COPY_IN_RESPONSE {
             self.server_copy_in();
-        } else if tag == b'E' {
+        } else if tag == tag::ERROR_RESPONSE {
             // An error ends copy-in mode on the server side.
             self.copy_in = false;
         }
@@ -247,26 +248,32 @@ impl Ledger {
             return true;
         };
         match (head, tag) {
-            (Expect::Complete { .. }, b'1' | b'2' | b'3') => match self.queue.pop_front() {
+            (
+                Expect::Complete { .. },
+                tag::PARSE_COMPLETE | tag::BIND_COMPLETE | tag::CLOSE_COMPLETE,
+            ) => match self.queue.pop_front() {
                 Some(Expect::Complete { suppress, effect }) => {
-                    if let (b'1', Effect::Prepared(def)) = (tag, effect) {
+                    if let (tag::PARSE_COMPLETE, Effect::Prepared(def)) = (tag, effect) {
                         events.push(Event::Prepared(def));
                     }
                     !suppress
                 }
                 _ => true,
             },
-            (Expect::DescribeStatement, b'T' | b'n')
-            | (Expect::DescribePortal, b'T' | b'n')
-            | (Expect::Execute, b'C' | b'I' | b's') => {
+            (Expect::DescribeStatement, tag::ROW_DESCRIPTION | tag::NO_DATA)
+            | (Expect::DescribePortal, tag::ROW_DESCRIPTION | tag::NO_DATA)
+            | (
+                Expect::Execute,
+                tag::COMMAND_COMPLETE | tag::EMPTY_QUERY_RESPONSE | tag::PORTAL_SUSPENDED,
+            ) => {
                 self.queue.pop_front();
                 true
             }
-            (Expect::Ready { .. }, b'E') => {
+            (Expect::Ready { .. }, tag::ERROR_RESPONSE) => {
                 self.error_in_ready = true;
                 true
             }
-            (_, b'E') => {
+            (_, tag::ERROR_RESPONSE) => {
                 self.fail_batch(statements);
                 true
             }
@@ -297,9 +304,9 @@ impl Ledger {
         while let Some(expect) = self.queue.pop_front() {
             if let Expect::Ready { change } = expect {
                 if let Some(change) = change {
-                    if !self.error_in_ready && status == b'I' {
+                    if !self.error_in_ready && status == tag::STATUS_IDLE {
                         events.push(Event::ParamCommitted(change));
-                    } else if status != b'I' {
+                    } else if status != tag::STATUS_IDLE {
                         self.untracked_settings = true;
                     }
                 }
@@ -331,7 +338,10 @@ impl Walker<'_> {
 
 impl FrameVisitor for Walker<'_> {
     fn start(&mut self, tag: u8, at: usize) {
-        let asynchronous = matches!(tag, b'N' | b'A' | b'S');
+        let asynchronous = matches!(
+            tag,
+            tag::NOTICE_RESPONSE | tag::NOTIFICATION_RESPONSE | tag::PARAMETER_STATUS
+        );
         let forward = if self.ledger.is_idle() {
             // Nothing is owed and no transaction is open: this belongs to the
             // server connection, not to the client.
@@ -356,14 +366,14 @@ impl FrameVisitor for Walker<'_> {
 
     fn end(&mut self, frame: Frame<'_>) {
         match frame.tag {
-            b'S' => self
+            tag::PARAMETER_STATUS => self
                 .events
                 .push(Event::ParameterStatus(frame.body.to_vec())),
-            b'E' => self.events.push(Event::Error(
+            tag::ERROR_RESPONSE => self.events.push(Event::Error(
                 crate::protocol::backend::parse_error_fields(frame.body).code,
             )),
-            b'Z' => {
-                let status = frame.body.first().copied().unwrap_or(b'I');
+            tag::READY_FOR_QUERY => {
+                let status = frame.body.first().copied().unwrap_or(tag::STATUS_IDLE);
                 self.ledger.on_ready(status, self.events);
             }
             _ => {}
@@ -380,7 +390,10 @@ impl FrameVisitor for Walker<'_> {
 /// Message types whose bodies the ledger reads: ReadyForQuery, ParameterStatus and
 /// ErrorResponse (for its SQLSTATE).
 pub fn capture_tags(tag: u8) -> bool {
-    matches!(tag, b'Z' | b'S' | b'E')
+    matches!(
+        tag,
+        tag::READY_FOR_QUERY | tag::PARAMETER_STATUS | tag::ERROR_RESPONSE
+    )
 }
 
 #[cfg(test)]
@@ -427,19 +440,19 @@ mod tests {
         // Client: Parse(a, already prepared) Bind Execute Sync; the proxy also injected
         // a Parse for a statement the Bind needs.
         let server = [
-            message(b'1', b""), // reply to the injected Parse
-            message(b'2', b""), // BindComplete
-            message(b'D', b"row"),
-            message(b'C', b"SELECT 1\0"),
-            message(b'Z', b"I"),
+            message(tag::PARSE_COMPLETE, b""), // reply to the injected Parse
+            message(tag::BIND_COMPLETE, b""),
+            message(tag::DATA_ROW, b"row"),
+            message(tag::COMMAND_COMPLETE, b"SELECT 1\0"),
+            message(tag::READY_FOR_QUERY, b"I"),
         ]
         .concat();
         let expected = [
             PARSE_COMPLETE.to_vec(),
-            message(b'2', b""),
-            message(b'D', b"row"),
-            message(b'C', b"SELECT 1\0"),
-            message(b'Z', b"I"),
+            message(tag::BIND_COMPLETE, b""),
+            message(tag::DATA_ROW, b"row"),
+            message(tag::COMMAND_COMPLETE, b"SELECT 1\0"),
+            message(tag::READY_FOR_QUERY, b"I"),
         ]
         .concat();
         for size in 1..=server.len() {
@@ -479,7 +492,11 @@ mod tests {
         ledger.push(Expect::Synthetic(CLOSE_COMPLETE)); // skipped by the server, so not sent
         ledger.push(Expect::Execute);
         ledger.push(Expect::Ready { change: None });
-        let server = [message(b'E', b"SERROR\0\0"), message(b'Z', b"I")].concat();
+        let server = [
+            message(tag::ERROR_RESPONSE, b"SERROR\0\0"),
+            message(tag::READY_FOR_QUERY, b"I"),
+        ]
+        .concat();
         let (out, _) = client_sees(&mut ledger, &mut statements, &server, 3);
         assert_eq!(out, server);
         assert!(!statements.touch(&statement), "the skipped Parse never ran");
@@ -491,8 +508,16 @@ mod tests {
         let mut ledger = Ledger::default();
         let mut statements = ServerStatements::default();
         ledger.push(Expect::Ready { change: None });
-        let answer = [message(b'C', b"INSERT 0 1\0"), message(b'Z', b"I")].concat();
-        let server = [answer.clone(), message(b'E', b"SFATAL\0C57P01\0\0")].concat();
+        let answer = [
+            message(tag::COMMAND_COMPLETE, b"INSERT 0 1\0"),
+            message(tag::READY_FOR_QUERY, b"I"),
+        ]
+        .concat();
+        let server = [
+            answer.clone(),
+            message(tag::ERROR_RESPONSE, b"SFATAL\0C57P01\0\0"),
+        ]
+        .concat();
         let (out, _) = client_sees(&mut ledger, &mut statements, &server, 64);
         assert_eq!(out, answer, "the shutdown notice is not the client's");
         assert!(ledger.unsolicited);
@@ -513,7 +538,13 @@ mod tests {
     fn tracked_set_commits_only_outside_a_transaction_and_without_error() {
         let change = ParamChange::Set("search_path".into(), "x".into());
         let mut statements = ServerStatements::default();
-        let reply = |status: &[u8]| [message(b'C', b"SET\0"), message(b'Z', status)].concat();
+        let reply = |status: &[u8]| {
+            [
+                message(tag::COMMAND_COMPLETE, b"SET\0"),
+                message(tag::READY_FOR_QUERY, status),
+            ]
+            .concat()
+        };
 
         let mut ledger = Ledger::default();
         ledger.push(Expect::Ready {
@@ -537,7 +568,11 @@ mod tests {
         ledger.push(Expect::Ready {
             change: Some(change),
         });
-        let failed = [message(b'E', b"SERROR\0\0"), message(b'Z', b"I")].concat();
+        let failed = [
+            message(tag::ERROR_RESPONSE, b"SERROR\0\0"),
+            message(tag::READY_FOR_QUERY, b"I"),
+        ]
+        .concat();
         let (_, events) = client_sees(&mut ledger, &mut statements, &failed, 64);
         assert_eq!(
             events,
@@ -549,10 +584,10 @@ mod tests {
     #[test]
     fn syncs_sent_during_copy_in_get_no_reply() {
         let reply = [
-            message(b'2', b""),
-            message(b'G', b"\0\0\0"),
-            message(b'C', b"COPY 3\0"),
-            message(b'Z', b"I"),
+            message(tag::BIND_COMPLETE, b""),
+            message(tag::COPY_IN_RESPONSE, b"\0\0\0"),
+            message(tag::COMMAND_COMPLETE, b"COPY 3\0"),
+            message(tag::READY_FOR_QUERY, b"I"),
         ]
         .concat();
         // tokio-postgres: Bind Execute Sync, data, CopyDone Sync - all before the
@@ -593,17 +628,17 @@ mod tests {
         });
         ledger.push(Expect::Ready { change: None });
         let server = [
-            message(b'N', b"SNOTICE\0\0"),
-            message(b'S', b"TimeZone\0UTC\0"),
-            message(b'1', b""),
-            message(b'Z', b"T"),
+            message(tag::NOTICE_RESPONSE, b"SNOTICE\0\0"),
+            message(tag::PARAMETER_STATUS, b"TimeZone\0UTC\0"),
+            message(tag::PARSE_COMPLETE, b""),
+            message(tag::READY_FOR_QUERY, b"T"),
         ]
         .concat();
         let (out, events) = client_sees(&mut ledger, &mut statements, &server, 7);
         let expected = [
-            message(b'N', b"SNOTICE\0\0"),
-            message(b'S', b"TimeZone\0UTC\0"),
-            message(b'Z', b"T"),
+            message(tag::NOTICE_RESPONSE, b"SNOTICE\0\0"),
+            message(tag::PARAMETER_STATUS, b"TimeZone\0UTC\0"),
+            message(tag::READY_FOR_QUERY, b"T"),
         ]
         .concat();
         assert_eq!(out, expected);

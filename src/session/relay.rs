@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::metrics::ListenerMetrics;
 use crate::protocol::frame::{FrameError, FrameScanner};
+use crate::protocol::tag;
 
 /// Read buffer per direction; reads larger than this just take another round.
 const BUFFER_SIZE: usize = 16 * 1024;
@@ -59,7 +60,9 @@ pub struct RelayStats {
 impl RelayStats {
     /// The server owes nothing and is outside any transaction.
     pub fn server_idle(&self) -> bool {
-        self.requests == self.ready && self.transaction_status == b'I' && self.client_at_boundary
+        self.requests == self.ready
+            && self.transaction_status == tag::STATUS_IDLE
+            && self.client_at_boundary
     }
 }
 
@@ -108,7 +111,7 @@ impl Progress {
     /// A ReadyForQuery arrived. Returns the transaction's duration when it ended one.
     fn answered(&self, status: u8) -> Option<Duration> {
         self.ready.fetch_add(1, Ordering::Relaxed);
-        if status != b'I' || self.idle.swap(true, Ordering::Relaxed) {
+        if status != tag::STATUS_IDLE || self.idle.swap(true, Ordering::Relaxed) {
             return None;
         }
         let started = self.busy_since_micros.load(Ordering::Relaxed);
@@ -141,7 +144,7 @@ where
     let (server_reader, server_writer) = server;
     let mut upstream = Direction::default();
     let mut downstream = Direction {
-        status: b'I',
+        status: tag::STATUS_IDLE,
         ..Direction::default()
     };
     let progress = Progress::new();
@@ -196,7 +199,7 @@ struct ClientWatch {
 
 impl crate::protocol::frame::FrameVisitor for ClientWatch {
     fn start(&mut self, tag: u8, at: usize) {
-        if tag == b'X' && self.terminate_at.is_none() {
+        if tag == tag::TERMINATE && self.terminate_at.is_none() {
             self.terminate_at = Some(at);
         }
     }
@@ -206,12 +209,12 @@ impl crate::protocol::frame::FrameVisitor for ClientWatch {
             return;
         }
         match frame.tag {
-            b'Q' => {
+            tag::QUERY => {
                 self.requests += 1;
                 self.queries += 1;
             }
-            b'S' | b'F' => self.requests += 1,
-            b'E' => self.queries += 1,
+            tag::SYNC | tag::FUNCTION_CALL => self.requests += 1,
+            tag::EXECUTE => self.queries += 1,
             _ => {}
         }
     }
@@ -224,7 +227,7 @@ fn never_capture(_: u8) -> bool {
 /// ReadyForQuery for the transaction status; ErrorResponse for its SQLSTATE class
 /// (metrics). Both are small; everything else streams through uncaptured.
 fn capture_ready_and_errors(tag: u8) -> bool {
-    tag == b'Z' || tag == b'E'
+    tag == tag::READY_FOR_QUERY || tag == tag::ERROR_RESPONSE
 }
 
 async fn client_to_server<R, W>(
@@ -301,17 +304,17 @@ where
             Err(e) => return server_gone(Some(e), last_was_error),
         }
         let scanned = scanner.scan(&buffer, |frame| {
-            last_was_error = frame.tag == b'E';
+            last_was_error = frame.tag == tag::ERROR_RESPONSE;
             match frame.tag {
-                b'Z' => {
+                tag::READY_FOR_QUERY => {
                     counters.messages += 1;
-                    let status = frame.body.first().copied().unwrap_or(b'I');
+                    let status = frame.body.first().copied().unwrap_or(tag::STATUS_IDLE);
                     counters.status = status;
                     if let Some(took) = progress.answered(status) {
                         metrics.record_transaction(took);
                     }
                 }
-                b'E' => {
+                tag::ERROR_RESPONSE => {
                     let code = crate::protocol::backend::parse_error_fields(frame.body).code;
                     crate::metrics::record_error(metrics.listener(), &code);
                 }
@@ -383,25 +386,29 @@ mod tests {
     #[tokio::test]
     async fn forwards_both_ways_and_stops_at_terminate() {
         let (mut client_app, mut server_app, relay_task) = spawn_relay();
-        let query = message(b'Q', b"select 1\0");
+        let query = message(tag::QUERY, b"select 1\0");
         client_app.write_all(&query).await.expect("write");
         let mut got = vec![0u8; query.len()];
         server_app.read_exact(&mut got).await.expect("read");
         assert_eq!(got, query);
 
-        let reply = [message(b'D', &[1u8; 5000]), message(b'Z', b"T")].concat();
+        let reply = [
+            message(tag::DATA_ROW, &[1u8; 5000]),
+            message(tag::READY_FOR_QUERY, b"T"),
+        ]
+        .concat();
         server_app.write_all(&reply).await.expect("write");
         let mut got = vec![0u8; reply.len()];
         client_app.read_exact(&mut got).await.expect("read");
         assert_eq!(got, reply);
 
         client_app
-            .write_all(&message(b'X', b""))
+            .write_all(&message(tag::TERMINATE, b""))
             .await
             .expect("write");
         let (end, stats) = relay_task.await.expect("join");
         assert!(matches!(end, RelayEnd::ClientTerminated), "{end:?}");
-        assert_eq!(stats.transaction_status, b'T');
+        assert_eq!(stats.transaction_status, tag::STATUS_IN_TRANSACTION);
         assert_eq!(stats.server_bytes, reply.len() as u64);
     }
 
@@ -409,7 +416,7 @@ mod tests {
     async fn oversized_client_message_is_refused_before_forwarding() {
         let (mut client_app, _server_app, relay_task) = spawn_relay();
         client_app
-            .write_all(&message(b'Q', &[b'x'; 2000]))
+            .write_all(&message(tag::QUERY, &[b'x'; 2000]))
             .await
             .expect("write");
         let (end, stats) = relay_task.await.expect("join");
@@ -423,8 +430,8 @@ mod tests {
     #[tokio::test]
     async fn terminate_is_kept_back_even_when_split_across_reads() {
         let (mut client_app, mut server_app, relay_task) = spawn_relay();
-        let query = message(b'Q', b"select 1\0");
-        let terminate = message(b'X', b"");
+        let query = message(tag::QUERY, b"select 1\0");
+        let terminate = message(tag::TERMINATE, b"");
         client_app
             .write_all(&[&query[..], &terminate[..2]].concat())
             .await

@@ -14,6 +14,7 @@ use super::{Session, SessionEnd};
 use crate::cancel::Registration;
 use crate::config::Route;
 use crate::pool::PooledServer;
+use crate::protocol::tag;
 use crate::topology::TopologyHandle;
 
 /// How long the reset query may take before the connection is closed instead.
@@ -68,7 +69,8 @@ pub(super) async fn run(
     if client_left && !clean && stats.client_at_boundary && stats.requests > stats.ready {
         // Drivers often send a last Close+Sync right before Terminate: let the
         // server finish answering, then judge.
-        clean = drain_replies(&mut server, stats.requests - stats.ready).await == Some(b'I');
+        clean = drain_replies(&mut server, stats.requests - stats.ready).await
+            == Some(tag::STATUS_IDLE);
     }
     tracing::debug!(
         clean,
@@ -116,9 +118,9 @@ async fn drain_replies(server: &mut PooledServer, outstanding: u64) -> Option<u8
     use crate::protocol::frame::FrameScanner;
     use tokio::io::AsyncReadExt;
     let drain = async {
-        let mut scanner = FrameScanner::new(u32::MAX as usize, |tag| tag == b'Z');
+        let mut scanner = FrameScanner::new(u32::MAX as usize, |t| t == tag::READY_FOR_QUERY);
         let mut buffer = BytesMut::with_capacity(8192);
-        let (mut seen, mut status) = (0u64, b'I');
+        let (mut seen, mut status) = (0u64, tag::STATUS_IDLE);
         while seen < outstanding {
             buffer.clear();
             if server.stream.read_buf(&mut buffer).await.ok()? == 0 {
@@ -126,9 +128,9 @@ async fn drain_replies(server: &mut PooledServer, outstanding: u64) -> Option<u8
             }
             scanner
                 .scan(&buffer, |frame| {
-                    if frame.tag == b'Z' {
+                    if frame.tag == tag::READY_FOR_QUERY {
                         seen += 1;
-                        status = frame.body.first().copied().unwrap_or(b'I');
+                        status = frame.body.first().copied().unwrap_or(tag::STATUS_IDLE);
                     }
                 })
                 .ok()?;

@@ -17,6 +17,7 @@ use crate::protocol::frontend;
 use crate::protocol::messages;
 use crate::protocol::messages::{CLOSE_COMPLETE, PARSE_COMPLETE};
 use crate::protocol::split_cstr;
+use crate::protocol::tag;
 use crate::server::statements::{ServerStatements, StatementDef};
 
 /// What one pass over the inbox found.
@@ -50,12 +51,12 @@ impl Translator<'_> {
         while let Some(len) = complete_message_len(inbox, self.max_message)? {
             let message = inbox.split_to(len);
             let tag = message[0];
-            if tag == b'X' {
+            if tag == tag::TERMINATE {
                 result.terminate = true;
                 break;
             }
             result.bytes += len as u64;
-            result.queries += u64::from(matches!(tag, b'Q' | b'E'));
+            result.queries += u64::from(matches!(tag, tag::QUERY | tag::EXECUTE));
             self.translate(tag, &message, out, batch_start);
         }
         if inbox.is_empty() && inbox.capacity() > 64 * 1024 {
@@ -68,13 +69,13 @@ impl Translator<'_> {
     fn translate(&mut self, tag: u8, message: &[u8], out: &mut BytesMut, batch_start: u64) {
         let body = &message[5..];
         match tag {
-            b'Q' => {
+            tag::QUERY => {
                 let change = if starts_like_setting(body) {
                     parse_param_change(body)
                 } else {
                     None
                 };
-                if change.is_some() && self.ledger.status() != b'I' {
+                if change.is_some() && self.ledger.status() != tag::STATUS_IDLE {
                     self.ledger.untracked_settings = true;
                 }
                 self.ledger.push(Expect::Ready { change });
@@ -90,30 +91,30 @@ impl Translator<'_> {
                     // Notifications go to whichever server the listener happened to be
                     // on, so they would be lost. The server raises the error, which
                     // keeps transaction semantics exactly as for any failed statement.
-                    put_query(out, REFUSE_LISTEN);
+                    messages::query(out, REFUSE_LISTEN);
                 } else {
                     out.extend_from_slice(message);
                 }
             }
-            b'P' => self.parse(body, message, out, batch_start),
-            b'B' => self.bind(body, message, out, batch_start),
-            b'D' => self.describe(body, message, out, batch_start),
-            b'C' => self.close(body, message, out),
-            b'E' => {
+            tag::PARSE => self.parse(body, message, out, batch_start),
+            tag::BIND => self.bind(body, message, out, batch_start),
+            tag::DESCRIBE => self.describe(body, message, out, batch_start),
+            tag::CLOSE => self.close(body, message, out),
+            tag::EXECUTE => {
                 self.ledger.set_batch_open(true);
                 self.ledger.push(Expect::Execute);
                 out.extend_from_slice(message);
             }
-            b'S' => {
+            tag::SYNC => {
                 self.ledger.set_batch_open(false);
                 self.ledger.client_sync();
                 out.extend_from_slice(message);
             }
-            b'c' | b'f' => {
+            tag::COPY_DONE | tag::COPY_FAIL => {
                 self.ledger.client_copy_end();
                 out.extend_from_slice(message);
             }
-            b'F' => {
+            tag::FUNCTION_CALL => {
                 self.ledger.push(Expect::Ready { change: None });
                 out.extend_from_slice(message);
             }
@@ -215,7 +216,7 @@ impl Translator<'_> {
     fn describe(&mut self, body: &[u8], message: &[u8], out: &mut BytesMut, batch_start: u64) {
         self.ledger.set_batch_open(true);
         match frontend::split_target(body) {
-            Some((b'S', name)) => {
+            Some((tag::TARGET_STATEMENT, name)) => {
                 match self.server_statement(name, out, batch_start) {
                     Some(def) => messages::describe_statement(out, def.server_name.as_bytes()),
                     None => out.extend_from_slice(message),
@@ -234,7 +235,7 @@ impl Translator<'_> {
         match frontend::split_target(body) {
             // Server statements are shared and cached: closing the client's name only
             // forgets the mapping, and the proxy answers CloseComplete itself.
-            Some((b'S', name)) if !name.is_empty() => {
+            Some((tag::TARGET_STATEMENT, name)) if !name.is_empty() => {
                 self.client.remove(name);
                 self.ledger.push(Expect::Synthetic(CLOSE_COMPLETE));
             }
@@ -253,14 +254,6 @@ const REFUSE_LISTEN: &str = "DO $switchyard$BEGIN RAISE EXCEPTION USING \
     ERRCODE = 'feature_not_supported', \
     MESSAGE = 'LISTEN is not supported in transaction pooling mode', \
     HINT = 'Connect through a listener with pool mode session to use LISTEN.'; END$switchyard$";
-
-fn put_query(out: &mut BytesMut, sql: &str) {
-    use bytes::BufMut;
-    out.put_u8(b'Q');
-    out.put_u32((4 + sql.len() + 1) as u32);
-    out.put_slice(sql.as_bytes());
-    out.put_u8(0);
-}
 
 /// Whether `query` starts (after whitespace) with `word` as a whole keyword.
 fn starts_with_word(query: &[u8], word: &[u8]) -> bool {
@@ -305,6 +298,7 @@ mod tests {
     use super::*;
     use bytes::BufMut;
 
+    use crate::protocol::frame::Messages;
     use crate::protocol::test_message as message;
 
     fn parse(name: &str, query: &str) -> Vec<u8> {
@@ -314,14 +308,14 @@ mod tests {
         body.put_slice(query.as_bytes());
         body.put_u8(0);
         body.put_u16(0);
-        message(b'P', &body)
+        message(tag::PARSE, &body)
     }
 
     fn bind(statement: &str) -> Vec<u8> {
         let mut body = vec![0u8];
         body.put_slice(statement.as_bytes());
         body.put_slice(&[0, 0, 0, 0, 0, 0, 0]);
-        message(b'B', &body)
+        message(tag::BIND, &body)
     }
 
     fn run(
@@ -344,13 +338,12 @@ mod tests {
     }
 
     fn tags(bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
-        let mut result = Vec::new();
-        let mut rest = bytes;
-        while rest.len() >= 5 {
-            let len = u32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]) as usize;
-            result.push((rest[0], rest[5..1 + len].to_vec()));
-            rest = &rest[1 + len..];
-        }
+        let mut messages = Messages::new(bytes, u32::MAX as usize);
+        let result = messages
+            .by_ref()
+            .map(|m| (m.tag, m.body.to_vec()))
+            .collect();
+        assert_eq!(messages.consumed(), bytes.len(), "whole messages only");
         result
     }
 
@@ -362,15 +355,15 @@ mod tests {
         let batch = [
             parse("s1", "select $1"),
             bind("s1"),
-            message(b'E', b"\0\0\0\0\0"),
-            message(b'S', b""),
+            message(tag::EXECUTE, b"\0\0\0\0\0"),
+            message(tag::SYNC, b""),
         ]
         .concat();
         let out = tags(&run(&batch, &mut client, &mut first, &mut ledger));
         let server_name = client.get(b"s1").expect("remembered").server_name.clone();
-        assert_eq!(out[0].0, b'P');
+        assert_eq!(out[0].0, tag::PARSE);
         assert!(out[0].1.starts_with(server_name.as_bytes()));
-        assert_eq!(out[1].0, b'B');
+        assert_eq!(out[1].0, tag::BIND);
         assert!(
             out[1].1[1..].starts_with(server_name.as_bytes()),
             "Bind names the server statement"
@@ -379,11 +372,16 @@ mod tests {
         // Next transaction on another server: Bind alone makes the proxy prepare first.
         let mut second = ServerStatements::default();
         let mut ledger = Ledger::default();
-        let batch = [bind("s1"), message(b'E', b"\0\0\0\0\0"), message(b'S', b"")].concat();
+        let batch = [
+            bind("s1"),
+            message(tag::EXECUTE, b"\0\0\0\0\0"),
+            message(tag::SYNC, b""),
+        ]
+        .concat();
         let out = tags(&run(&batch, &mut client, &mut second, &mut ledger));
         assert_eq!(
             out.iter().map(|(t, _)| *t).collect::<Vec<_>>(),
-            b"PBES".to_vec()
+            vec![tag::PARSE, tag::BIND, tag::EXECUTE, tag::SYNC]
         );
         assert!(matches!(ledger_front(&ledger), Some("suppressed complete")));
 
@@ -392,7 +390,7 @@ mod tests {
         let out = tags(&run(&batch, &mut client, &mut second, &mut ledger));
         assert_eq!(
             out.iter().map(|(t, _)| *t).collect::<Vec<_>>(),
-            b"BES".to_vec()
+            vec![tag::BIND, tag::EXECUTE, tag::SYNC]
         );
     }
 
@@ -414,16 +412,16 @@ mod tests {
             &mut ledger,
         );
         let mut ledger = Ledger::default();
-        let close = message(b'C', b"Sa\0");
+        let close = message(tag::CLOSE, b"Sa\0");
         let out = run(
-            &[parse("b", "select 1"), close, message(b'S', b"")].concat(),
+            &[parse("b", "select 1"), close, message(tag::SYNC, b"")].concat(),
             &mut client,
             &mut server,
             &mut ledger,
         );
         assert_eq!(
             tags(&out).iter().map(|(t, _)| *t).collect::<Vec<_>>(),
-            b"S".to_vec()
+            vec![tag::SYNC]
         );
         assert!(client.get(b"a").is_none());
         assert!(client.get(b"b").is_some());
@@ -443,18 +441,18 @@ mod tests {
         for (i, name) in ["a", "b", "c"].iter().enumerate() {
             let mut ledger = Ledger::default();
             let out = run(
-                &[parse(name, &format!("select {i}")), message(b'S', b"")].concat(),
+                &[parse(name, &format!("select {i}")), message(tag::SYNC, b"")].concat(),
                 &mut client,
                 &mut server,
                 &mut ledger,
             );
             let sent: Vec<u8> = tags(&out).iter().map(|(t, _)| *t).collect();
             if i < 2 {
-                assert_eq!(sent, b"PS".to_vec());
+                assert_eq!(sent, vec![tag::PARSE, tag::SYNC]);
             } else {
                 assert_eq!(
                     sent,
-                    b"CPS".to_vec(),
+                    vec![tag::CLOSE, tag::PARSE, tag::SYNC],
                     "the oldest is closed to stay at max_prepared"
                 );
             }
@@ -474,8 +472,13 @@ mod tests {
             max_prepared: 10,
             max_message: 1 << 20,
         };
-        let mut inbox =
-            BytesMut::from(&[message(b'X', b""), message(b'Q', b"select 1\0")].concat()[..]);
+        let mut inbox = BytesMut::from(
+            &[
+                message(tag::TERMINATE, b""),
+                message(tag::QUERY, b"select 1\0"),
+            ]
+            .concat()[..],
+        );
         let mut out = BytesMut::new();
         let result = translator.run(&mut inbox, &mut out).expect("valid");
         assert!(result.terminate);
@@ -488,7 +491,7 @@ mod tests {
         let mut server = ServerStatements::default();
         let mut ledger = Ledger::default();
         let out = run(
-            &message(b'Q', b"  LISTEN events\0"),
+            &message(tag::QUERY, b"  LISTEN events\0"),
             &mut client,
             &mut server,
             &mut ledger,

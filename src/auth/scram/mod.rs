@@ -44,6 +44,28 @@ const VERIFIER_PREFIX: &str = "SCRAM-SHA-256$";
 
 type Key = [u8; 32];
 
+// Attribute names (RFC 5802 section 5.1): each attribute is `<letter>=<value>`.
+/// `a=`: authorization identity (GS2 header).
+const ATTR_AUTHZID: char = 'a';
+/// `n=`: user name.
+const ATTR_USERNAME: char = 'n';
+/// `m=`: reserved for mandatory extensions.
+const ATTR_MANDATORY_EXTENSION: char = 'm';
+/// `r=`: nonce.
+const ATTR_NONCE: char = 'r';
+/// `c=`: channel binding data.
+const ATTR_CHANNEL_BINDING: char = 'c';
+/// `s=`: salt.
+const ATTR_SALT: char = 's';
+/// `i=`: iteration count.
+const ATTR_ITERATIONS: char = 'i';
+/// `p=`: client proof.
+const ATTR_PROOF: char = 'p';
+/// `v=`: server signature (verifier).
+const ATTR_VERIFIER: char = 'v';
+/// `e=`: server error.
+const ATTR_ERROR: char = 'e';
+
 // ---------------------------------------------------------------------------
 // Primitives
 // ---------------------------------------------------------------------------
@@ -136,17 +158,21 @@ fn validate_nonce(nonce: &str) -> Result<(), AuthError> {
 /// not repeat a core attribute; their content is ignored.
 fn validate_extensions<'a>(fields: impl Iterator<Item = &'a str>) -> Result<(), AuthError> {
     for field in fields {
-        let mut bytes = field.bytes();
-        let name = bytes.next();
-        let eq = bytes.next();
+        let mut chars = field.chars();
+        let name = chars.next();
+        let eq = chars.next();
         match (name, eq) {
-            (Some(b'm'), _) => {
+            (Some(ATTR_MANDATORY_EXTENSION), _) => {
                 return Err(AuthError::Malformed("unsupported mandatory extension (m=)"))
             }
-            (Some(b'c' | b'r' | b'p' | b's' | b'i' | b'v' | b'e' | b'n' | b'a'), Some(b'=')) => {
-                return Err(AuthError::Malformed("duplicate or misplaced attribute"))
-            }
-            (Some(n), Some(b'=')) if n.is_ascii_alphabetic() => {}
+            (
+                Some(
+                    ATTR_CHANNEL_BINDING | ATTR_NONCE | ATTR_PROOF | ATTR_SALT | ATTR_ITERATIONS
+                    | ATTR_VERIFIER | ATTR_ERROR | ATTR_USERNAME | ATTR_AUTHZID,
+                ),
+                Some('='),
+            ) => return Err(AuthError::Malformed("duplicate or misplaced attribute")),
+            (Some(n), Some('=')) if n.is_ascii_alphabetic() => {}
             _ => return Err(AuthError::Malformed("invalid attribute")),
         }
     }
@@ -392,8 +418,8 @@ impl ScramServer {
             return Err(AuthError::Malformed("unsupported mandatory extension (m=)"));
         }
         // PostgreSQL uses the startup packet's user; libpq sends "n=".
-        attr(first, 'n', "expected username attribute (n=)")?;
-        let client_nonce = attr(fields.next(), 'r', "expected nonce attribute (r=)")?;
+        attr(first, ATTR_USERNAME, "expected username attribute (n=)")?;
+        let client_nonce = attr(fields.next(), ATTR_NONCE, "expected nonce attribute (r=)")?;
         validate_nonce(client_nonce)?;
         validate_extensions(fields)?;
 
@@ -475,7 +501,7 @@ impl ScramServer {
         let mut fields = without_proof.split(',');
         let binding = attr(
             fields.next(),
-            'c',
+            ATTR_CHANNEL_BINDING,
             "expected channel binding attribute (c=)",
         )?;
         let binding = BASE64
@@ -484,7 +510,7 @@ impl ScramServer {
         if binding != gs2_header.as_bytes() {
             return Err(AuthError::ChannelBindingMismatch);
         }
-        let final_nonce = attr(fields.next(), 'r', "expected nonce attribute (r=)")?;
+        let final_nonce = attr(fields.next(), ATTR_NONCE, "expected nonce attribute (r=)")?;
         if final_nonce != nonce {
             return Err(AuthError::NonceMismatch);
         }
@@ -671,9 +697,13 @@ impl ScramClient {
         if first.is_some_and(|f| f.starts_with("m=")) {
             return Err(AuthError::Malformed("unsupported mandatory extension (m=)"));
         }
-        let nonce = attr(first, 'r', "expected nonce attribute (r=)")?;
-        let salt = attr(fields.next(), 's', "expected salt attribute (s=)")?;
-        let iterations = attr(fields.next(), 'i', "expected iteration attribute (i=)")?;
+        let nonce = attr(first, ATTR_NONCE, "expected nonce attribute (r=)")?;
+        let salt = attr(fields.next(), ATTR_SALT, "expected salt attribute (s=)")?;
+        let iterations = attr(
+            fields.next(),
+            ATTR_ITERATIONS,
+            "expected iteration attribute (i=)",
+        )?;
         validate_extensions(fields)?;
 
         // The server must extend our nonce with its own part.
@@ -743,7 +773,11 @@ impl ScramClient {
             return Err(AuthError::ServerError(sanitize_server_error(err)));
         }
         let mut fields = text.split(',');
-        let signature = attr(fields.next(), 'v', "expected verifier attribute (v=)")?;
+        let signature = attr(
+            fields.next(),
+            ATTR_VERIFIER,
+            "expected verifier attribute (v=)",
+        )?;
         validate_extensions(fields)?;
         let signature = decode_key(signature).ok_or(AuthError::Malformed(
             "server signature is not 32 bytes of base64",
