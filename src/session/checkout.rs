@@ -1,26 +1,27 @@
-//! Getting a server for a session: route to a node (the primary for write routes;
-//! for read routes, stay on the current replica while it is healthy), check a
-//! connection out of that node's pool, and bring its session parameters in line
-//! with the client's.
+//! Where a session's servers come from: route to a node (the primary for write
+//! routes; for read routes, stay on the current replica while it is healthy), check
+//! a connection out of that node's pool, and bring its session parameters in line
+//! with the client's. While there is no usable primary the client is held (see
+//! [`hold`](super::hold)).
 
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
-use bytes::BytesMut;
-
-use super::{Refusal, Session};
+use super::hold::{self, Hold, Wait};
+use super::{Refusal, SessionEnv};
 use crate::config::Route;
-use crate::context::ProxyContext;
-use crate::pool::{CheckoutError, PoolKey, PooledServer};
-use crate::protocol::{messages, ClientError, SqlState};
+use crate::pool::{CheckoutError, PoolKey, PooledServer, ServerPool};
+use crate::protocol::{ClientError, SqlState};
 use crate::router;
+use crate::server::params::ParamSet;
 use crate::topology::Topology;
 
 /// The node a session is bound to, counted for least-connections routing while held.
 /// Nodes are known by name: a reload may renumber them.
 pub(super) struct Binding {
     sessions: Arc<AtomicU32>,
-    pub pool: Arc<crate::pool::ServerPool>,
+    pub pool: Arc<ServerPool>,
 }
 
 impl Binding {
@@ -49,7 +50,7 @@ struct CheckoutFailure {
     refusal: Refusal,
 }
 
-fn checkout_refusal(pool: &crate::pool::ServerPool, e: CheckoutError) -> Refusal {
+fn checkout_refusal(pool: &ServerPool, e: CheckoutError) -> Refusal {
     match e {
         CheckoutError::Timeout { .. } => {
             tracing::warn!(error = %e, "checkout timed out");
@@ -68,96 +69,80 @@ fn checkout_refusal(pool: &crate::pool::ServerPool, e: CheckoutError) -> Refusal
     }
 }
 
-/// Counts a client waiting for a primary (in /status, and as waiting on its
-/// listener) while alive.
-struct HeldClient<'a>(
-    #[allow(dead_code)] crate::context::HeldGuard<'a>,
-    &'a AtomicUsize,
-);
-
-impl<'a> HeldClient<'a> {
-    fn enter(ctx: &'a ProxyContext, listener_waiting: &'a AtomicUsize) -> HeldClient<'a> {
-        listener_waiting.fetch_add(1, Ordering::Relaxed);
-        HeldClient(ctx.hold_client(), listener_waiting)
-    }
+/// The node a session is bound to, and the checkouts from its pool.
+#[derive(Default)]
+pub(super) struct ServerSource {
+    binding: Option<Binding>,
 }
 
-impl Drop for HeldClient<'_> {
-    fn drop(&mut self) {
-        self.1.fetch_sub(1, Ordering::Relaxed);
+impl ServerSource {
+    /// The name of the node last used, for log lines.
+    pub(super) fn node_name(&self) -> Option<&str> {
+        self.binding.as_ref().map(Binding::node_name)
     }
-}
 
-impl Session {
-    /// The pool of the node this session should use now (routing again if needed).
-    /// While writes have no primary the client is held, up to `hold_timeout`, until
-    /// the topology names one.
+    /// The pool of the bound node, if any (for the answered-without-a-server path).
+    pub(super) fn bound_pool(&self) -> Option<&Arc<ServerPool>> {
+        self.binding.as_ref().map(|b| &b.pool)
+    }
+
+    /// The pool of the node this session should use now (routing again if needed),
+    /// holding the client while writes have no primary.
     pub(super) async fn current_pool(
         &mut self,
+        env: &SessionEnv,
         deadline: tokio::time::Instant,
-    ) -> Result<Arc<crate::pool::ServerPool>, Refusal> {
-        let hold = self.config.failover.hold_timeout.0;
-        // Subscribed only once a hold starts (the hot path never pays for it); the
-        // loop routes once more after subscribing, so no change can slip between.
-        let mut changes: Option<tokio::sync::watch::Receiver<u64>> = None;
-        let mut held_since = None;
+    ) -> Result<Arc<ServerPool>, Refusal> {
+        let mut hold = Hold::until(deadline);
+        let pool = self.pool_within(env, &mut hold).await?;
+        hold.resumed(env);
+        Ok(pool)
+    }
+
+    async fn pool_within(
+        &mut self,
+        env: &SessionEnv,
+        hold: &mut Hold,
+    ) -> Result<Arc<ServerPool>, Refusal> {
         loop {
-            let topology = self.ctx.topology().load();
-            let error = match self.route(&topology) {
-                Ok(node) => {
-                    if let Some(since) = held_since {
-                        let held: std::time::Duration = tokio::time::Instant::now() - since;
-                        tracing::info!(
-                            client = %self.peer,
-                            user = %self.params.user,
-                            held_ms = held.as_millis() as u64,
-                            "held client resumes on the new primary"
-                        );
-                    }
-                    return self.pool_for(&topology, node);
+            let topology = env.ctx.topology().load();
+            match self.route(env, &topology) {
+                Ok(node) => return self.pool_for(env, &topology, node),
+                Err(error @ router::RouteError::NoPrimary { .. }) => {
+                    let refusal = Refusal::from(error.to_client_error(&env.listener.config.name));
+                    hold.wait(env, Wait::NoPrimary(refusal)).await?;
                 }
-                Err(error) => error,
-            };
-            if !matches!(error, router::RouteError::NoPrimary { .. })
-                || tokio::time::Instant::now() >= deadline
-            {
-                return Err(Refusal::from(
-                    error.to_client_error(&self.listener.config.name),
-                ));
-            }
-            let Some(changes) = changes.as_mut() else {
-                changes = Some(self.ctx.topology().subscribe());
-                continue;
-            };
-            if held_since.is_none() {
-                held_since = Some(tokio::time::Instant::now());
-                tracing::info!(client = %self.peer, user = %self.params.user, "no primary: holding the client for up to {hold:?}");
-            }
-            let _held = HeldClient::enter(&self.ctx, &self.listener.counters.waiting);
-            // Boxed: holding is rare, and its timer would otherwise make every
-            // checkout's future (built once per transaction) larger.
-            let waited = Box::pin(async {
-                tokio::select! {
-                    changed = tokio::time::timeout_at(deadline, changes.changed()) => {
-                        // Err: the topology publisher is gone, the proxy is shutting down.
-                        if matches!(changed, Ok(Err(_))) { Err(false) } else { Ok(()) }
-                    }
-                    _ = self.ctx.shutdown().cancelled() => Err(true),
-                }
-            })
-            .await;
-            match waited {
-                Ok(()) => {}
-                Err(false) => {
+                Err(error) => {
                     return Err(Refusal::from(
-                        error.to_client_error(&self.listener.config.name),
+                        error.to_client_error(&env.listener.config.name),
                     ))
                 }
-                Err(true) => {
-                    return Err(Refusal::from(ClientError::fatal(
-                        SqlState::AdminShutdown,
-                        "terminating connection because Switchyard is shutting down",
-                    )))
+            }
+        }
+    }
+
+    /// A server connection for the next piece of work with `desired` parameters.
+    /// During a failover a primary that is missing or refuses connections
+    /// (shutting down, gone, a standby) is waited out within the hold.
+    pub(super) async fn checkout(
+        &mut self,
+        env: &SessionEnv,
+        desired: &ParamSet,
+        started: Instant,
+    ) -> Result<PooledServer, Refusal> {
+        let mut hold = Hold::until(hold::deadline(env, started));
+        let mut now = started;
+        loop {
+            let pool = self.pool_within(env, &mut hold).await?;
+            match checkout_from(env, &pool, desired, now).await {
+                Err(failure) if failure.transient => {
+                    tracing::info!(client = %env.peer, node = %pool.key.node, "node refuses connections");
+                    hold.wait(env, Wait::Refusing(failure.refusal)).await?;
+                    now = Instant::now();
+                }
+                result => {
+                    hold.resumed(env);
+                    return result.map_err(|failure| failure.refusal);
                 }
             }
         }
@@ -165,132 +150,20 @@ impl Session {
 
     fn pool_for(
         &mut self,
+        env: &SessionEnv,
         topology: &Topology,
         node: usize,
-    ) -> Result<Arc<crate::pool::ServerPool>, Refusal> {
+    ) -> Result<Arc<ServerPool>, Refusal> {
         match &self.binding {
             Some(binding) if binding.index_in(topology) == Some(node) => {
                 Ok(Arc::clone(&binding.pool))
             }
-            _ => self.bind(topology, node),
+            _ => self.bind(env, topology, node),
         }
     }
 
-    /// The end of the hold for a client that starts waiting at `now`.
-    pub(super) fn hold_deadline(&self, now: std::time::Instant) -> tokio::time::Instant {
-        tokio::time::Instant::from_std(now) + self.config.failover.hold_timeout.0
-    }
-
-    /// A server connection for the next piece of work, parameters synced, with the
-    /// wait counted for /status and metrics and the client marked active.
-    pub(super) async fn checkout(&mut self) -> Result<PooledServer, Refusal> {
-        // The listener's shared counters are touched only when the state changes or
-        // a client actually waits: the common checkout costs no shared writes here.
-        // One clock read at each end serves the hold deadline, the pool's staleness
-        // checks, the wait metric and the transaction's start.
-        let started = std::time::Instant::now();
-        let result = self.find_server(started).await;
-        let finished = std::time::Instant::now();
-        self.checked_out_at = finished;
-        let counters = &self.listener.counters;
-        counters
-            .metrics
-            .record_checkout_wait(finished.saturating_duration_since(started));
-        if result.is_ok() && !self.active {
-            counters.active.fetch_add(1, Ordering::Relaxed);
-            self.active = true;
-        }
-        result
-    }
-
-    /// The client holds no server now (transaction mode, between transactions).
-    pub(super) fn mark_idle(&mut self) {
-        if self.active {
-            self.listener
-                .counters
-                .active
-                .fetch_sub(1, Ordering::Relaxed);
-            self.active = false;
-        }
-    }
-
-    /// During a failover a primary that refuses connections (shutting down, gone)
-    /// is waited out like a missing one, within the hold.
-    async fn find_server(&mut self, started: std::time::Instant) -> Result<PooledServer, Refusal> {
-        let deadline = self.hold_deadline(started);
-        let mut now = started;
-        loop {
-            let pool = self.current_pool(deadline).await?;
-            match self.checkout_from(&pool, now).await {
-                Err(failure) if failure.transient && tokio::time::Instant::now() < deadline => {
-                    tracing::info!(client = %self.peer, node = %pool.key.node, "node refuses connections; holding the client");
-                    let mut changes = self.ctx.topology().subscribe();
-                    let pause = tokio::time::Instant::now() + std::time::Duration::from_millis(250);
-                    let _ = Box::pin(tokio::time::timeout_at(
-                        pause.min(deadline),
-                        changes.changed(),
-                    ))
-                    .await;
-                    now = std::time::Instant::now();
-                }
-                result => return result.map_err(|failure| failure.refusal),
-            }
-        }
-    }
-
-    async fn checkout_from(
-        &mut self,
-        pool: &Arc<crate::pool::ServerPool>,
-        now: std::time::Instant,
-    ) -> Result<PooledServer, CheckoutFailure> {
-        let waiting = &self.listener.counters.waiting;
-        let mut server = match pool
-            .checkout(self.pooling.checkout_timeout, waiting, now)
-            .await
-        {
-            Ok(server) => server,
-            Err(e) => {
-                let transient = match &e {
-                    CheckoutError::Connect(e) => {
-                        self.listener.config.route == Route::Primary && e.is_transient()
-                    }
-                    CheckoutError::Timeout { .. } => false,
-                };
-                return Err(CheckoutFailure {
-                    transient,
-                    refusal: checkout_refusal(pool, e),
-                });
-            }
-        };
-        if self.listener.config.route == Route::Primary && server.is_standby() {
-            // The server's own word beats the API's: during a switchover Patroni
-            // restarts the old primary as a standby a moment before its /primary
-            // says 503. Its connections must not take writes; hold and route again.
-            tracing::info!(node = %pool.key.node, "node reports in_hot_standby=on; not using it for writes");
-            pool.drain();
-            drop(server);
-            return Err(CheckoutFailure {
-                transient: true,
-                refusal: Refusal::from(ClientError::fatal(
-                    SqlState::CannotConnectNow,
-                    format!(
-                        "node \"{}\" is a standby; no primary available for writes",
-                        pool.key.node
-                    ),
-                )),
-            });
-        }
-        self.sync_params(&mut server)
-            .await
-            .map_err(|refusal| CheckoutFailure {
-                transient: false,
-                refusal,
-            })?;
-        Ok(server)
-    }
-
-    fn route(&mut self, topology: &Topology) -> Result<usize, router::RouteError> {
-        let config = &self.listener.config;
+    fn route(&self, env: &SessionEnv, topology: &Topology) -> Result<usize, router::RouteError> {
+        let config = &env.listener.config;
         if let Some(binding) = &self.binding {
             // Reads stay on their replica while it stays healthy (monotonic reads).
             if config.route == Route::Replica {
@@ -311,17 +184,18 @@ impl Session {
             .iter()
             .map(|n| n.sessions.load(Ordering::Relaxed))
             .collect();
-        let rotation = self.ctx.next_rotation();
+        let rotation = env.ctx.next_rotation();
         router::choose_node(config.route, config.fallback, topology, &sessions, rotation)
     }
 
     fn bind(
         &mut self,
+        env: &SessionEnv,
         topology: &Topology,
         node: usize,
-    ) -> Result<Arc<crate::pool::ServerPool>, Refusal> {
-        let users = self.ctx.users();
-        let user = users.get(&self.params.user).ok_or_else(|| {
+    ) -> Result<Arc<ServerPool>, Refusal> {
+        let users = env.ctx.users();
+        let user = users.get(&env.client.user).ok_or_else(|| {
             Refusal::from(ClientError::fatal(
                 SqlState::InvalidPassword,
                 "user no longer configured",
@@ -330,71 +204,95 @@ impl Session {
         let state = &topology.nodes[node];
         let key = PoolKey {
             node: state.name.clone(),
-            database: self.params.database.clone(),
+            database: env.client.database.clone(),
             user: user.name.clone(),
         };
-        let pool = self.ctx.pools().get(key, &state.address, &user.password);
+        let pool = env.ctx.pools().get(key, &state.address, &user.password);
         state.sessions.fetch_add(1, Ordering::Relaxed);
         self.binding = Some(Binding {
             sessions: Arc::clone(&state.sessions),
             pool: Arc::clone(&pool),
         });
-        self.node = Some(state.name.clone());
         tracing::Span::current().record("node", state.name.as_str());
         Ok(pool)
     }
+}
 
-    async fn sync_params(&mut self, server: &mut PooledServer) -> Result<(), Refusal> {
-        let Some(sql) = self.desired.sync_sql(&server.applied) else {
-            return Ok(());
-        };
-        let timeout = self.config.server.connect_timeout.0;
-        // Boxed: most checkouts need no sync, and this keeps them from carrying
-        // the query's future.
-        match Box::pin(server.run_internal_query(&sql, timeout)).await {
-            Ok(()) => {
-                server.applied = self.desired.clone();
-                Ok(())
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot apply the client's session parameters");
-                Err(Refusal {
-                    error: e.to_client_error(&server.node),
-                    raw: e.raw_error().cloned(),
-                })
-            }
-        }
-    }
-
-    /// ParameterStatus messages for values on `server` the client has not been told.
-    pub(super) fn parameter_updates(&mut self, server: &PooledServer, out: &mut BytesMut) {
-        if self.reported_from == Some(server.params_digest) {
-            return;
-        }
-        self.reported_from = Some(server.params_digest);
-        for (name, value) in &server.params {
-            match self.reported.iter_mut().find(|(n, _)| n == name) {
-                Some((_, known)) if known == value => {}
-                Some((_, known)) => {
-                    *known = value.clone();
-                    messages::parameter_status(out, name, value);
+async fn checkout_from(
+    env: &SessionEnv,
+    pool: &Arc<ServerPool>,
+    desired: &ParamSet,
+    now: Instant,
+) -> Result<PooledServer, CheckoutFailure> {
+    let waiting = &env.listener.counters.waiting;
+    let mut server = match pool
+        .checkout(env.pooling.checkout_timeout, waiting, now)
+        .await
+    {
+        Ok(server) => server,
+        Err(e) => {
+            let transient = match &e {
+                CheckoutError::Connect(e) => {
+                    env.listener.config.route == Route::Primary && e.is_transient()
                 }
-                None => {
-                    self.reported.push((name.clone(), value.clone()));
-                    messages::parameter_status(out, name, value);
-                }
-            }
+                CheckoutError::Timeout { .. } => false,
+            };
+            return Err(CheckoutFailure {
+                transient,
+                refusal: checkout_refusal(pool, e),
+            });
         }
+    };
+    if env.listener.config.route == Route::Primary && server.is_standby() {
+        // The server's own word beats the API's: during a switchover Patroni
+        // restarts the old primary as a standby a moment before its /primary
+        // says 503. Its connections must not take writes; hold and route again.
+        tracing::info!(node = %pool.key.node, "node reports in_hot_standby=on; not using it for writes");
+        pool.drain();
+        drop(server);
+        return Err(CheckoutFailure {
+            transient: true,
+            refusal: Refusal::from(ClientError::fatal(
+                SqlState::CannotConnectNow,
+                format!(
+                    "node \"{}\" is a standby; no primary available for writes",
+                    pool.key.node
+                ),
+            )),
+        });
     }
+    sync_params(env, &mut server, desired)
+        .await
+        .map_err(|refusal| CheckoutFailure {
+            transient: false,
+            refusal,
+        })?;
+    Ok(server)
+}
 
-    /// Records a ParameterStatus body the client was sent through the relay.
-    pub(super) fn note_reported(&mut self, body: &[u8]) {
-        self.reported_from = None;
-        if let Ok((name, value)) = crate::protocol::backend::parse_parameter_status(body) {
-            match self.reported.iter_mut().find(|(n, _)| *n == name) {
-                Some(slot) => slot.1 = value,
-                None => self.reported.push((name, value)),
-            }
+/// Brings a server's session parameters in line with the client's.
+async fn sync_params(
+    env: &SessionEnv,
+    server: &mut PooledServer,
+    desired: &ParamSet,
+) -> Result<(), Refusal> {
+    let Some(sql) = desired.sync_sql(&server.applied) else {
+        return Ok(());
+    };
+    let timeout = env.config.server.connect_timeout.0;
+    // Boxed: most checkouts need no sync, and this keeps them from carrying
+    // the query's future.
+    match Box::pin(server.run_internal_query(&sql, timeout)).await {
+        Ok(()) => {
+            server.applied = desired.clone();
+            Ok(())
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot apply the client's session parameters");
+            Err(Refusal {
+                error: e.to_client_error(&server.node),
+                raw: e.raw_error().cloned(),
+            })
         }
     }
 }

@@ -1,10 +1,15 @@
 //! The pre-session phase of a client connection: answer SSLRequest/GSSENCRequest
-//! (with 'N': this build has no TLS on the client side), then take a CancelRequest or
-//! a StartupMessage, and check the startup parameters a session needs.
+//! (with 'N': this build has no TLS on the client side), then take a CancelRequest
+//! (passed on to whoever owns the key) or a StartupMessage, check the startup
+//! parameters a session needs, and authenticate the client.
 
+use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
+use super::client_auth;
+use crate::cancel::{self, CancelRoute, KeyPid};
+use crate::context::ProxyContext;
 use crate::protocol::messages;
 use crate::protocol::startup::{FirstPacket, StartupError, StartupParams, StartupReader};
 use crate::protocol::{ClientError, SqlState};
@@ -136,6 +141,115 @@ pub fn protocol_negotiation(
 ) -> Option<bytes::Bytes> {
     (startup.minor_version > 0 || !params.protocol_options.is_empty())
         .then(|| messages::negotiate_protocol_version(&params.protocol_options))
+}
+
+/// A client that logged in.
+pub(super) struct Opened {
+    pub params: SessionParams,
+    /// What to send once a server is ready (AuthenticationOk and friends).
+    pub greeting: BytesMut,
+    /// What the client sent after its last authentication message, without waiting
+    /// for the answer: the session's first input.
+    pub unread: BytesMut,
+}
+
+/// Handshake and client authentication; None when the connection was a cancel
+/// request.
+pub(super) async fn open(
+    socket: &mut TcpStream,
+    ctx: &ProxyContext,
+) -> Result<Option<Opened>, HandshakeFailure> {
+    let mut reader = StartupReader::default();
+    let startup = match read_opening(socket, &mut reader).await? {
+        Opening::Cancel { pid, secret } => {
+            let from = socket
+                .peer_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_default();
+            forward_cancel(ctx, pid, &secret, &from).await;
+            return Ok(None);
+        }
+        Opening::Startup(startup) => startup,
+    };
+    let params = session_params(&startup).map_err(HandshakeFailure::Refuse)?;
+    if let Some(negotiation) = protocol_negotiation(&startup, &params) {
+        socket
+            .write_all(&negotiation)
+            .await
+            .map_err(|e| HandshakeFailure::Gone(e.to_string()))?;
+    }
+    let mut greeting = BytesMut::with_capacity(512);
+    client_auth::authenticate(
+        socket,
+        &mut reader,
+        &ctx.users(),
+        &params.user,
+        &mut greeting,
+    )
+    .await?;
+    Ok(Some(Opened {
+        params,
+        greeting,
+        unread: reader.into_unread(),
+    }))
+}
+
+/// Sends a CancelRequest where it belongs: the server one of our clients uses, or
+/// the peer instance that minted the key (see `cancel` for the key layout).
+/// Logs one line either way.
+async fn forward_cancel(ctx: &ProxyContext, pid: i32, secret: &[u8], from: &str) {
+    let config = ctx.config();
+    let peering = cancel::Peering {
+        own_id: config.peer_id,
+        peers: &config.peers,
+    };
+    let timeout = config.server.cancel_timeout.0;
+    let outcome = match ctx.cancels().route(pid, secret, &peering) {
+        CancelRoute::Local(target) => match cancel::send_cancel(&target, timeout).await {
+            Ok(()) => {
+                tracing::info!(%from, server = %target.address, "cancel request forwarded");
+                "forwarded"
+            }
+            Err(e) => {
+                tracing::warn!(
+                    %from,
+                    server = %target.address,
+                    error = %e,
+                    "cannot forward cancel request"
+                );
+                "failed"
+            }
+        },
+        CancelRoute::Peer(target) => {
+            let peer = KeyPid::decode(pid).peer;
+            match cancel::send_cancel(&target, timeout).await {
+                Ok(()) => {
+                    tracing::info!(
+                        %from,
+                        peer,
+                        address = %target.address,
+                        "cancel request passed to peer"
+                    );
+                    "peer"
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        %from,
+                        peer,
+                        address = %target.address,
+                        error = %e,
+                        "cannot pass cancel request to peer"
+                    );
+                    "failed"
+                }
+            }
+        }
+        CancelRoute::Ignore(reason) => {
+            tracing::info!(%from, pid, "cancel request ignored: {reason}");
+            "ignored"
+        }
+    };
+    metrics::counter!("switchyard_cancel_requests_total", "outcome" => outcome).increment(1);
 }
 
 #[cfg(test)]

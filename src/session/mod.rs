@@ -1,10 +1,20 @@
-//! One client connection from accept to close: handshake, authentication, routing,
-//! a server connection, then the relay. Each session runs in its own task under a
-//! tracing span, and logs exactly one line when it ends.
+//! One client connection from accept to close: the handshake and authentication
+//! ([`handshake`], [`client_auth`]), then the greeting and one of the two pool-mode
+//! relays ([`session_mode`], [`transaction`]). Each session runs in its own task under
+//! a tracing span, and logs exactly one line when it ends.
+//!
+//! The parts a session is made of, each in its own file: what it was started with
+//! ([`SessionEnv`], here), where its servers come from ([`checkout`]: routing, the
+//! pool and the failover [`hold`]), the parameters the client has set
+//! ([`client_params`]), its prepared statements ([`statements`]) and its figures
+//! ([`counters`]).
 
 mod checkout;
 pub mod client_auth;
+mod client_params;
+mod counters;
 pub mod handshake;
+mod hold;
 pub mod ledger;
 pub mod relay;
 mod session_mode;
@@ -22,16 +32,18 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tracing::Instrument;
 
-use crate::cancel::{self, CancelRoute, KeyPid};
 use crate::config::{Config, PoolMode, SessionPooling};
 use crate::context::{ListenerState, ProxyContext};
-use crate::protocol::startup::StartupReader;
-use crate::protocol::{messages, ClientError, SqlState};
+use crate::pool::PooledServer;
+use crate::protocol::frame::complete_message_len;
+use crate::protocol::{messages, tag, ClientError, SqlState};
 use crate::stop_signal::StopWaiter;
 
-use crate::server::params::{ParamSet, ParamValue};
-use handshake::{HandshakeFailure, Opening, SessionParams};
-use relay::{RelayEnd, RelayStats};
+use checkout::ServerSource;
+use client_params::ClientParams;
+use counters::SessionCounters;
+use handshake::{HandshakeFailure, Opened, SessionParams};
+use relay::RelayEnd;
 use statements::ClientStatements;
 
 /// Runs a client connection to completion. Never panics on client input; every
@@ -67,7 +79,11 @@ async fn run_in_span(
     let startup_timeout = ctx.config().client.startup_timeout.0;
     // Startup and checkout futures are boxed so that their state (SCRAM, login,
     // hold) is only allocated while they run: an idle client's task stays small.
-    let opened = tokio::time::timeout(startup_timeout, Box::pin(open(&mut socket, &ctx))).await;
+    let opened = tokio::time::timeout(
+        startup_timeout,
+        Box::pin(handshake::open(&mut socket, &ctx)),
+    )
+    .await;
     let Opened {
         params,
         greeting,
@@ -95,119 +111,9 @@ async fn run_in_span(
     let span = tracing::Span::current();
     span.record("user", params.user.as_str());
     span.record("database", params.database.as_str());
-    let mut session = Session::new(ctx, listener, params, peer);
-    session.started = started;
+    let mut session = Session::new(ctx, listener, params, peer, started);
     let end = session.serve(&mut socket, greeting, unread).await;
     session.log_end(&end);
-}
-
-/// A client that logged in.
-struct Opened {
-    params: SessionParams,
-    /// What to send once a server is ready (AuthenticationOk and friends).
-    greeting: BytesMut,
-    /// What the client sent after its last authentication message, without waiting
-    /// for the answer: the session's first input.
-    unread: BytesMut,
-}
-
-/// Handshake and client authentication; None when the connection was a cancel
-/// request.
-async fn open(
-    socket: &mut TcpStream,
-    ctx: &ProxyContext,
-) -> Result<Option<Opened>, HandshakeFailure> {
-    let mut reader = StartupReader::default();
-    let startup = match handshake::read_opening(socket, &mut reader).await? {
-        Opening::Cancel { pid, secret } => {
-            let from = socket
-                .peer_addr()
-                .map(|a| a.to_string())
-                .unwrap_or_default();
-            forward_cancel(ctx, pid, &secret, &from).await;
-            return Ok(None);
-        }
-        Opening::Startup(startup) => startup,
-    };
-    let params = handshake::session_params(&startup).map_err(HandshakeFailure::Refuse)?;
-    if let Some(negotiation) = handshake::protocol_negotiation(&startup, &params) {
-        socket
-            .write_all(&negotiation)
-            .await
-            .map_err(|e| HandshakeFailure::Gone(e.to_string()))?;
-    }
-    let mut greeting = BytesMut::with_capacity(512);
-    client_auth::authenticate(
-        socket,
-        &mut reader,
-        &ctx.users(),
-        &params.user,
-        &mut greeting,
-    )
-    .await?;
-    Ok(Some(Opened {
-        params,
-        greeting,
-        unread: reader.into_unread(),
-    }))
-}
-
-/// Sends a CancelRequest where it belongs: the server one of our clients uses, or
-/// the peer instance that minted the key (see `cancel` for the key layout).
-/// Logs one line either way.
-async fn forward_cancel(ctx: &ProxyContext, pid: i32, secret: &[u8], from: &str) {
-    let config = ctx.config();
-    let peering = cancel::Peering {
-        own_id: config.peer_id,
-        peers: &config.peers,
-    };
-    let timeout = config.server.cancel_timeout.0;
-    let outcome = match ctx.cancels().route(pid, secret, &peering) {
-        CancelRoute::Local(target) => match cancel::send_cancel(&target, timeout).await {
-            Ok(()) => {
-                tracing::info!(%from, server = %target.address, "cancel request forwarded");
-                "forwarded"
-            }
-            Err(e) => {
-                tracing::warn!(
-                    %from,
-                    server = %target.address,
-                    error = %e,
-                    "cannot forward cancel request"
-                );
-                "failed"
-            }
-        },
-        CancelRoute::Peer(target) => {
-            let peer = KeyPid::decode(pid).peer;
-            match cancel::send_cancel(&target, timeout).await {
-                Ok(()) => {
-                    tracing::info!(
-                        %from,
-                        peer,
-                        address = %target.address,
-                        "cancel request passed to peer"
-                    );
-                    "peer"
-                }
-                Err(e) => {
-                    tracing::warn!(
-                        %from,
-                        peer,
-                        address = %target.address,
-                        error = %e,
-                        "cannot pass cancel request to peer"
-                    );
-                    "failed"
-                }
-            }
-        }
-        CancelRoute::Ignore(reason) => {
-            tracing::info!(%from, pid, "cancel request ignored: {reason}");
-            "ignored"
-        }
-    };
-    metrics::counter!("switchyard_cancel_requests_total", "outcome" => outcome).increment(1);
 }
 
 async fn refuse(socket: &mut TcpStream, error: &ClientError) {
@@ -223,33 +129,23 @@ async fn refuse(socket: &mut TcpStream, error: &ClientError) {
     .await;
 }
 
-pub(crate) struct Session {
+/// What a session was started with; none of it changes while it runs.
+pub(crate) struct SessionEnv {
     ctx: Arc<ProxyContext>,
     /// The configuration when the session started; a reload does not change it.
     config: Arc<Config>,
     listener: Arc<ListenerState>,
-    params: SessionParams,
+    client: SessionParams,
     peer: SocketAddr,
     pooling: SessionPooling,
-    started: Instant,
-    stats: RelayStats,
-    /// The node last used, for the log line.
-    node: Option<String>,
-    binding: Option<checkout::Binding>,
-    /// Parameters from the startup packet: what RESET returns to.
-    startup: ParamSet,
-    /// Parameters every server this client uses must have.
-    desired: ParamSet,
-    /// ParameterStatus values the client has been told.
-    reported: Vec<(String, String)>,
-    /// The params digest of the server `reported` was last checked against.
-    reported_from: Option<u128>,
+}
+
+pub(crate) struct Session {
+    env: SessionEnv,
+    servers: ServerSource,
+    params: ClientParams,
     statements: ClientStatements,
-    transactions: u64,
-    /// Counted as active on its listener (holding a server); see `mark_idle`.
-    active: bool,
-    /// When the last checkout returned: the start of the work it was for.
-    checked_out_at: Instant,
+    counters: SessionCounters,
     signals: StopSignals,
 }
 
@@ -260,16 +156,9 @@ struct StopSignals {
     shutdown: StopWaiter,
 }
 
-impl StopSignals {
-    fn new(ctx: &ProxyContext) -> StopSignals {
-        let (draining, shutdown) = ctx.session_stop_waiters();
-        StopSignals { draining, shutdown }
-    }
-}
-
 impl Drop for Session {
     fn drop(&mut self) {
-        self.mark_idle();
+        self.counters.mark_idle(&self.env.listener);
     }
 }
 
@@ -283,82 +172,54 @@ impl Session {
     fn new(
         ctx: Arc<ProxyContext>,
         listener: Arc<ListenerState>,
-        params: SessionParams,
+        client: SessionParams,
         peer: SocketAddr,
+        started: Instant,
     ) -> Session {
-        let startup = ParamSet::from_startup(&params.passthrough);
         let config = ctx.config();
-        let signals = StopSignals::new(&ctx);
+        let (draining, shutdown) = ctx.session_stop_waiters();
         Session {
-            pooling: config.pooling_for(&listener.config),
-            config,
-            ctx,
-            listener,
-            params,
-            peer,
-            started: Instant::now(),
-            stats: RelayStats::default(),
-            node: None,
-            binding: None,
-            desired: startup.clone(),
-            startup,
-            reported: Vec::new(),
-            reported_from: None,
+            params: ClientParams::from_startup(&client.passthrough),
+            env: SessionEnv {
+                pooling: config.pooling_for(&listener.config),
+                config,
+                ctx,
+                listener,
+                client,
+                peer,
+            },
+            servers: ServerSource::default(),
             statements: ClientStatements::default(),
-            transactions: 0,
-            active: false,
-            checked_out_at: Instant::now(),
-            signals,
+            counters: SessionCounters::new(started),
+            signals: StopSignals { draining, shutdown },
         }
     }
 
-    /// `unread`: client bytes read during authentication, the first input.
+    /// `out`: the greeting so far (AuthenticationOk); `unread`: client bytes read
+    /// during authentication, the first input.
     async fn serve(
         &mut self,
         socket: &mut TcpStream,
         mut out: BytesMut,
         unread: BytesMut,
     ) -> SessionEnd {
-        let over_limit = self.ctx.open_clients() > self.config.pool.max_client_connections as usize;
-        if over_limit {
+        let max_clients = self.env.config.pool.max_client_connections;
+        if self.env.ctx.open_clients() > max_clients as usize {
             let error = ClientError::fatal(
                 SqlState::TooManyConnections,
-                format!(
-                    "too many client connections (max_client_connections is {})",
-                    self.config.pool.max_client_connections
-                ),
+                format!("too many client connections (max_client_connections is {max_clients})"),
             );
             refuse(socket, &error).await;
             return SessionEnd::Refused(error);
         }
-        let deadline = self.hold_deadline(Instant::now());
-        let pool = match Box::pin(self.current_pool(deadline)).await {
-            Ok(pool) => pool,
+        let first_server = match Box::pin(self.greet(&mut out)).await {
+            Ok(server) => server,
             Err(refusal) => {
                 refusal.send(socket).await;
                 return SessionEnd::Refused(refusal.error);
             }
         };
-        // Once a pool has logged in somewhere, new clients are greeted with its
-        // parameters at once and wait for a server only when they send work.
-        // The very first login is done now, which also proves the database exists.
-        let first_server = match pool.welcome() {
-            Some(params) => {
-                self.greet_from_cache(params, &mut out);
-                None
-            }
-            None => match Box::pin(self.checkout()).await {
-                Ok(server) => {
-                    self.parameter_updates(&server, &mut out);
-                    Some(server)
-                }
-                Err(refusal) => {
-                    refusal.send(socket).await;
-                    return SessionEnd::Refused(refusal.error);
-                }
-            },
-        };
-        let registration = self.ctx.cancels().register(self.config.peer_id);
+        let registration = self.env.ctx.cancels().register(self.env.config.peer_id);
         messages::backend_key_data(&mut out, registration.pid, registration.secret);
         messages::ready_for_query_idle(&mut out);
         if let Err(e) = socket.write_all(&out).await {
@@ -368,7 +229,7 @@ impl Session {
             return SessionEnd::Relay(RelayEnd::ClientGone(Some(e)));
         }
         drop(out);
-        match self.pooling.mode {
+        match self.env.pooling.mode {
             PoolMode::Session => {
                 Box::pin(session_mode::run(
                     self,
@@ -389,19 +250,44 @@ impl Session {
         }
     }
 
-    /// ParameterStatus from the pool's cached login, with the client's own
-    /// application_name (the value PostgreSQL would report for it).
-    fn greet_from_cache(&mut self, mut params: Vec<(String, String)>, out: &mut BytesMut) {
-        if let Some(ParamValue::Raw(name)) = self.startup.get("application_name") {
-            if let Some(slot) = params.iter_mut().find(|(n, _)| n == "application_name") {
-                slot.1 = name.clone();
+    /// Adds the server's parameters to the greeting. Once a pool has logged in
+    /// somewhere, new clients are greeted with its parameters at once and wait for a
+    /// server only when they send work; the very first login is done now, which also
+    /// proves the database exists (that server is returned).
+    async fn greet(&mut self, out: &mut BytesMut) -> Result<Option<PooledServer>, Refusal> {
+        let deadline = hold::deadline(&self.env, Instant::now());
+        let pool = self.servers.current_pool(&self.env, deadline).await?;
+        match pool.welcome() {
+            Some(params) => {
+                self.params.greet_from_cache(params, out);
+                Ok(None)
+            }
+            None => {
+                let server = self.checkout().await?;
+                self.params.parameter_updates(&server, out);
+                Ok(Some(server))
             }
         }
-        for (name, value) in &params {
-            messages::parameter_status(out, name, value);
-        }
-        self.reported = params;
-        self.reported_from = None;
+    }
+
+    /// A server connection for the next piece of work, parameters synced, with the
+    /// wait counted for /status and metrics and the client marked active.
+    async fn checkout(&mut self) -> Result<PooledServer, Refusal> {
+        // One clock read at each end serves the hold deadline, the pool's staleness
+        // checks, the wait metric and the transaction's start.
+        let started = Instant::now();
+        let result = self
+            .servers
+            .checkout(&self.env, self.params.desired(), started)
+            .await;
+        self.counters
+            .checked_out(&self.env.listener, started, result.is_ok());
+        result
+    }
+
+    /// The client holds no server now (transaction mode, between transactions).
+    fn mark_idle(&mut self) {
+        self.counters.mark_idle(&self.env.listener);
     }
 
     /// Waits until the inbox holds a complete message. Ok(false): the client said
@@ -412,10 +298,10 @@ impl Session {
         socket: &mut TcpStream,
         inbox: &mut BytesMut,
     ) -> Result<bool, RelayEnd> {
-        let max_message = self.config.client.max_message_size.0 as usize;
+        let max_message = self.env.config.client.max_message_size.0 as usize;
         loop {
-            match crate::protocol::frame::complete_message_len(inbox, max_message) {
-                Ok(Some(_)) if inbox.first() == Some(&b'X') => return Ok(false),
+            match complete_message_len(inbox, max_message) {
+                Ok(Some(_)) if inbox.first() == Some(&tag::TERMINATE) => return Ok(false),
                 // Between transactions is where a draining proxy lets clients go:
                 // nothing of this request has reached a server.
                 Ok(Some(_)) if self.signals.draining.is_fired() => return Err(RelayEnd::Shutdown),
@@ -467,7 +353,7 @@ impl Session {
                 SqlState::ConnectionFailure,
                 format!(
                     "server connection to node \"{}\" was lost",
-                    self.node.as_deref().unwrap_or("?")
+                    self.servers.node_name().unwrap_or("?")
                 ),
             )),
             RelayEnd::Shutdown => Some(ClientError::fatal(
@@ -484,7 +370,7 @@ impl Session {
             _ => None,
         };
         if let Some(error) = to_client {
-            crate::metrics::record_error(&self.listener.config.name, error.code.code());
+            crate::metrics::record_error(&self.env.listener.config.name, error.code.code());
             refuse(socket, &error).await;
         }
     }
@@ -492,7 +378,7 @@ impl Session {
     fn log_end(&self, end: &SessionEnd) {
         let reason = match end {
             SessionEnd::Refused(error) => {
-                crate::metrics::record_error(&self.listener.config.name, error.code.code());
+                crate::metrics::record_error(&self.env.listener.config.name, error.code.code());
                 format!("refused: {error}")
             }
             SessionEnd::Relay(RelayEnd::ClientTerminated) => "client terminated".into(),
@@ -512,18 +398,20 @@ impl Session {
                 format!("node {node} was demoted (session-mode sessions on it are closed)")
             }
         };
+        let env = &self.env;
+        let counters = &self.counters;
         tracing::info!(
-            client = %self.peer,
-            listener = %self.listener.config.name,
-            user = %self.params.user,
-            database = %self.params.database,
-            route = ?self.listener.config.route,
-            mode = ?self.pooling.mode,
-            node = self.node.as_deref().unwrap_or("-"),
-            duration_ms = self.started.elapsed().as_millis() as u64,
-            transactions = self.transactions,
-            bytes_from_client = self.stats.client_bytes,
-            bytes_from_server = self.stats.server_bytes,
+            client = %env.peer,
+            listener = %env.listener.config.name,
+            user = %env.client.user,
+            database = %env.client.database,
+            route = ?env.listener.config.route,
+            mode = ?env.pooling.mode,
+            node = self.servers.node_name().unwrap_or("-"),
+            duration_ms = counters.started.elapsed().as_millis() as u64,
+            transactions = counters.transactions,
+            bytes_from_client = counters.stats.client_bytes,
+            bytes_from_server = counters.stats.server_bytes,
             "session ended: {reason}"
         );
     }

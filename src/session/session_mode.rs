@@ -35,25 +35,25 @@ pub(super) async fn run(
         },
     };
     registration.set_target(Some(server.cancel_target()));
-    let topology = std::sync::Arc::clone(session.ctx.topology());
+    let topology = std::sync::Arc::clone(session.env.ctx.topology());
     let node = server.node.clone();
     let end = {
         let (mut client_reader, mut client_writer) = socket.split();
         let (mut server_reader, mut server_writer) = server.stream.split();
         let settings = relay::RelaySettings {
-            max_message_size: session.config.client.max_message_size.0 as usize,
-            shutdown: session.ctx.shutdown(),
-            draining: session.ctx.draining(),
-            metrics: &session.listener.counters.metrics,
+            max_message_size: session.env.config.client.max_message_size.0 as usize,
+            shutdown: session.env.ctx.shutdown(),
+            draining: session.env.ctx.draining(),
+            metrics: &session.env.listener.counters.metrics,
         };
         let relay = relay::relay(
             (&mut client_reader, &mut client_writer),
             (&mut server_reader, &mut server_writer),
             pending,
             &settings,
-            &mut session.stats,
+            &mut session.counters.stats,
         );
-        if session.listener.config.route == Route::Primary {
+        if session.env.listener.config.route == Route::Primary {
             tokio::select! {
                 end = relay => end,
                 node = demoted(&topology, &node) => RelayEnd::Demoted(node),
@@ -64,7 +64,7 @@ pub(super) async fn run(
     };
     registration.set_target(None);
     let client_left = matches!(end, RelayEnd::ClientTerminated | RelayEnd::ClientGone(None));
-    let stats = session.stats;
+    let stats = session.counters.stats;
     let mut clean = client_left && stats.server_idle();
     if client_left && !clean && stats.client_at_boundary && stats.requests > stats.ready {
         // Drivers often send a last Close+Sync right before Terminate: let the
@@ -81,7 +81,7 @@ pub(super) async fn run(
         "session mode: client left"
     );
     if clean {
-        return_to_pool(server, &session.pooling.reset_query).await;
+        return_to_pool(server, &session.env.pooling.reset_query).await;
     } else {
         drop(server);
     }
@@ -166,7 +166,7 @@ async fn first_server(
         }
     };
     let mut updates = BytesMut::new();
-    session.parameter_updates(&server, &mut updates);
+    session.params.parameter_updates(&server, &mut updates);
     if !updates.is_empty() && socket.write_all(&updates).await.is_err() {
         return Err(SessionEnd::Relay(RelayEnd::ClientGone(None)));
     }

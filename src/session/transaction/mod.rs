@@ -1,0 +1,181 @@
+//! Transaction pooling. Between transactions the client holds no server; when it
+//! sends the first message of the next one, the session checks a connection out,
+//! relays until the server is idle again (ReadyForQuery 'I', nothing owed, no open
+//! extended-protocol batch), and gives it back. The parts: this run loop, one
+//! attached stretch ([`attach`]), when a request may be sent again on another server
+//! ([`resend`]), and what is answered without a server ([`fast_path`]).
+
+mod attach;
+mod fast_path;
+mod resend;
+
+use bytes::BytesMut;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use super::ledger::{self, Event, Ledger, Segment};
+use super::relay::RelayEnd;
+use super::{Session, SessionEnd};
+use crate::cancel::Registration;
+use crate::pool::PooledServer;
+use crate::protocol::frame::FrameScanner;
+
+const READ_SIZE: usize = 16 * 1024;
+
+/// How an attached stretch ended.
+enum Detach {
+    /// The server is idle: back to the pool, wait for the next transaction.
+    Released,
+    /// Nothing the client sent took effect (see [`resend`]): it is sent again on
+    /// another server (after the hold, if the primary is changing).
+    Retry,
+    /// The session is over.
+    End(RelayEnd),
+}
+
+/// Buffers a session reuses from one transaction to the next, so relaying a
+/// transaction allocates nothing once they have grown to fit.
+struct Buffers {
+    /// Translated client messages on their way to the server.
+    upstream: BytesMut,
+    /// Server bytes on their way to the client.
+    downstream: BytesMut,
+    segments: Vec<Segment>,
+    events: Vec<Event>,
+    /// Reset at each attach; kept to reuse its queue's allocation.
+    ledger: Ledger,
+    /// Client messages sent to the server in this attach, kept until the client
+    /// has been sent anything (after that a retry could duplicate what it saw).
+    replay: BytesMut,
+    /// Server message boundaries; its capture buffer (ReadyForQuery, ParameterStatus
+    /// bodies) is reused too.
+    scanner: FrameScanner,
+}
+
+impl Default for Buffers {
+    fn default() -> Buffers {
+        Buffers {
+            upstream: BytesMut::new(),
+            downstream: BytesMut::new(),
+            segments: Vec::new(),
+            events: Vec::new(),
+            ledger: Ledger::default(),
+            replay: BytesMut::new(),
+            scanner: FrameScanner::new(u32::MAX as usize, ledger::capture_tags),
+        }
+    }
+}
+
+/// `inbox`: what the client already sent (read during authentication).
+pub(super) async fn run(
+    session: &mut Session,
+    socket: &mut TcpStream,
+    mut inbox: BytesMut,
+    registration: &Registration,
+) -> SessionEnd {
+    let mut buffers = Buffers::default();
+    let mut retries = 0;
+    loop {
+        match session.wait_for_request(socket, &mut inbox).await {
+            Ok(true) => {}
+            Ok(false) => return SessionEnd::Relay(RelayEnd::ClientTerminated),
+            Err(end) => {
+                session.finish(socket, &end).await;
+                return SessionEnd::Relay(end);
+            }
+        }
+        if let Some(replies) = fast_path::answer_without_server(session, &mut inbox) {
+            if let Err(e) = socket.write_all(&replies).await {
+                return SessionEnd::Relay(RelayEnd::ClientGone(Some(e)));
+            }
+            continue;
+        }
+        let mut server = match session.checkout().await {
+            Ok(server) => server,
+            Err(refusal) => {
+                refusal.send(socket).await;
+                return SessionEnd::Refused(refusal.error);
+            }
+        };
+        let mut updates = BytesMut::new();
+        session.params.parameter_updates(&server, &mut updates);
+        if !updates.is_empty() && socket.write_all(&updates).await.is_err() {
+            return SessionEnd::Relay(RelayEnd::ClientGone(None));
+        }
+        registration.set_target(Some(server.cancel_target()));
+        let attached_at = session.counters.checked_out_at;
+        let detach = attach::attach(session, socket, &mut server, &mut inbox, &mut buffers).await;
+        registration.set_target(None);
+        session.mark_idle();
+        let ledger = &buffers.ledger;
+        let end = match detach {
+            Detach::Released => {
+                session.counters.transactions += 1;
+                let metrics = &session.env.listener.counters.metrics;
+                let done = std::time::Instant::now();
+                metrics.record_transaction(done.saturating_duration_since(attached_at));
+                retries = 0;
+                if ledger.unsolicited {
+                    drop(server);
+                } else if ledger.needs_reset() {
+                    reset_and_release(server, ledger).await;
+                } else {
+                    server.release_at(done);
+                }
+                continue;
+            }
+            Detach::Retry if retries < resend::MAX_RETRIES => {
+                retries += 1;
+                tracing::info!(node = %server.node, attempt = retries, "server went away before answering; sending the request again");
+                // Its idle siblings are most likely gone the same way.
+                server.pool().drain();
+                drop(server);
+                let mut again = buffers.replay.split();
+                again.extend_from_slice(&inbox);
+                inbox = again;
+                continue;
+            }
+            Detach::Retry => RelayEnd::ServerGone {
+                error: None,
+                sent_error: false,
+            },
+            Detach::End(end) => end,
+        };
+        tracing::debug!(client = %session.env.peer, end = ?end, owes_nothing = ledger.owes_nothing(), "transaction-mode session ends");
+        if ledger.is_idle()
+            && matches!(end, RelayEnd::ClientTerminated | RelayEnd::ClientGone(None))
+        {
+            reset_and_release(server, ledger).await;
+        } else {
+            drop(server);
+        }
+        session.finish(socket, &end).await;
+        return SessionEnd::Relay(end);
+    }
+}
+
+/// Returns a server to the pool; one whose settings were changed in ways the proxy
+/// does not track is reset first so they cannot leak to the next client.
+async fn reset_and_release(mut server: PooledServer, ledger: &Ledger) {
+    if ledger.statements_reset {
+        if let Err(e) = server
+            .run_internal_query("DEALLOCATE ALL", std::time::Duration::from_secs(5))
+            .await
+        {
+            tracing::warn!(error = %e, "cannot reset prepared statements; closing the server");
+            return;
+        }
+        server.statements.clear();
+    }
+    if ledger.untracked_settings {
+        if let Err(e) = server
+            .run_internal_query("RESET ALL", std::time::Duration::from_secs(5))
+            .await
+        {
+            tracing::warn!(error = %e, "cannot reset server settings; closing it");
+            return;
+        }
+        server.applied = Default::default();
+    }
+    server.release();
+}
