@@ -61,6 +61,10 @@ PY
 
 mutant "shell: unquoted expansion" shell "SC2086" \
     docker/patroni/entrypoint.sh 's.replace("exec patroni \"${PATRONI_CONFIG:-/etc/patroni/patroni.yml}\"", "exec patroni ${PATRONI_CONFIG:-/etc/patroni/patroni.yml}")'
+mutant "validator: Python syntax error" validator "SyntaxError" \
+    conf/validate-deploy/checks.py 's.replace("def err(msg):", "def err(msg)")'
+mutant "validator: JavaScript syntax error" validator "SyntaxError" \
+    conf/validate-deploy/promql.cjs 's.replace("const errors = [];", "const errors = [;")'
 mutant "yaml: duplicate key" yaml "duplication of key" \
     conf/prometheus/prometheus.yml 's.replace("  scrape_timeout: 4s\n", "  scrape_timeout: 4s\n  scrape_interval: 15s\n")'
 mutant "systemd: misspelt directive" systemd "Unknown key" \
