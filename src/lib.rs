@@ -21,15 +21,12 @@
 //! (Prometheus), [`config`] (YAML schema and validation), [`reload`] (applying a
 //! changed config to the running proxy) and [`proxy`] (wiring it all together and
 //! shutting it down, gracefully or at once).
-//! [`demo`] builds a throwaway PostgreSQL cluster with the proxy in front of it
-//! (`switchyard demo`).
 
 pub mod admin;
 pub mod auth;
 pub mod cancel;
 pub mod config;
 pub mod context;
-pub mod demo;
 pub mod http_client;
 pub mod keyed_digest;
 pub mod listener;

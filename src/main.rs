@@ -1,5 +1,5 @@
-//! The `switchyard` command: run the proxy, check a config, ask a running instance
-//! whether it is healthy (for Keepalived's `vrrp_script`), or run the demo.
+//! The `switchyard` command: run the proxy, check a config, or ask a running
+//! instance whether it is healthy (for Keepalived's `vrrp_script`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -43,12 +43,6 @@ enum Command {
         #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
         timeout: Duration,
     },
-    /// Start a throwaway three-node PostgreSQL cluster with Switchyard in front of it.
-    Demo {
-        /// Run a scripted failover under load, report what clients saw, and exit.
-        #[arg(long)]
-        drill: bool,
-    },
 }
 
 fn main() -> ExitCode {
@@ -57,7 +51,6 @@ fn main() -> ExitCode {
         Command::Run { config } => run(config),
         Command::Check { config } => check(config),
         Command::Health { admin, timeout } => health(&admin, timeout),
-        Command::Demo { drill } => switchyard::demo::run(drill),
     }
 }
 

@@ -1,4 +1,4 @@
-//! `switchyard demo` end to end, as a user runs it: the binary finds PostgreSQL,
+//! `switchyard-demo` end to end, as a user runs it: the binary finds PostgreSQL,
 //! builds its own three-node cluster, and (with `--drill`) fails it over under load
 //! and reports; without `--drill` it serves until SIGTERM. Either way nothing is left
 //! behind: no server process, no data directory. Works as root (servers run as the
@@ -18,7 +18,7 @@ use common::proc;
 /// The two tests each build a cluster; one at a time on a small machine.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
-/// A running `switchyard demo`, its stdout arriving line by line.
+/// A running `switchyard-demo`, its stdout arriving line by line.
 struct Demo {
     child: Child,
     lines: Receiver<String>,
@@ -28,15 +28,14 @@ struct Demo {
 
 impl Demo {
     fn start(args: &[&str]) -> Demo {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
-            .arg("demo")
+        let mut child = Command::new(env!("CARGO_BIN_EXE_switchyard-demo"))
             .args(args)
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .expect("run switchyard demo");
+            .expect("run switchyard-demo");
         let (send, lines) = mpsc::channel();
         let stdout = child.stdout.take().expect("stdout");
         std::thread::spawn(move || {
@@ -91,7 +90,7 @@ impl Demo {
                 let _ = self.child.kill();
                 let _ = self.child.wait();
                 let output = self.stdout.join("\n");
-                panic!("switchyard demo did not finish within {within:?}:\n{output}");
+                panic!("switchyard-demo did not finish within {within:?}:\n{output}");
             }
             std::thread::sleep(Duration::from_millis(100));
         }

@@ -1,7 +1,7 @@
 //! Queries the proxy runs on a server connection for its own purposes (bringing
 //! session parameters in line with a client, the session-mode reset query, the SQL
-//! health probe, the demo's clients). Their replies are read here and never reach a
-//! client.
+//! health probe; also the `switchyard-demo` binary's clients). Their replies are
+//! read here and never reach a client.
 
 use std::time::Duration;
 

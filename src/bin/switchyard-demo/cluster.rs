@@ -14,8 +14,7 @@ use std::time::{Duration, Instant};
 use rand::distributions::Alphanumeric;
 use rand::Rng;
 
-use crate::server::{self, LoginRequest, Row, ServerConnection};
-use crate::topology::probe::parse_lsn;
+use switchyard::server::{self, LoginRequest, ServerConnection};
 
 use super::postgres::{self, PgBin, RunAs};
 use super::DemoError;
@@ -33,6 +32,9 @@ const REPLICATION_USER: &str = "replicator";
 const STEP_TIMEOUT: Duration = Duration::from_secs(120);
 const PG_CTL_WAIT: &str = "60";
 const SQL_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// One row's columns in text format; `None` for NULL.
+pub type Row = Vec<Option<String>>;
 
 /// One PostgreSQL server of the cluster.
 #[derive(Debug, Clone)]
@@ -72,6 +74,19 @@ fn random_password() -> String {
 
 fn setup_error(what: &str, e: impl std::fmt::Display) -> DemoError {
     DemoError::Setup(format!("{what}: {e}"))
+}
+
+/// Parses a PostgreSQL LSN written `X/Y` (two hexadecimal halves) into a byte offset.
+fn parse_lsn(text: &str) -> Option<u64> {
+    let (high, low) = text.trim().split_once('/')?;
+    // from_str_radix alone would accept a sign ("+1").
+    let hex = |part: &str| {
+        if part.is_empty() || part.len() > 8 || !part.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        u32::from_str_radix(part, 16).ok()
+    };
+    Some(u64::from(hex(high)?) << 32 | u64::from(hex(low)?))
 }
 
 /// `n` distinct free ports on 127.0.0.1 (held open together while choosing, so
@@ -429,4 +444,19 @@ fn running_postmaster(dir: &Path) -> Option<u32> {
     let dir = dir.as_os_str().as_encoded_bytes();
     let found = !dir.is_empty() && cmdline.windows(dir.len()).any(|w| w == dir);
     found.then_some(pid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lsns_parse_as_postgres_writes_them() {
+        assert_eq!(parse_lsn("3/148"), Some(0x3_0000_0148));
+        assert_eq!(parse_lsn(" 0/0\n"), Some(0));
+        assert_eq!(parse_lsn("FFFFFFFF/FFFFFFFF"), Some(u64::MAX));
+        for bad in ["", "3", "3/", "/1", "+3/1", "3/-1", "3/1G", "100000000/0"] {
+            assert_eq!(parse_lsn(bad), None, "{bad:?}");
+        }
+    }
 }

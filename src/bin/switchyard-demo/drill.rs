@@ -1,9 +1,9 @@
-//! `switchyard demo --drill`: a short mixed workload through the proxy (writers doing
+//! `switchyard-demo --drill`: a short mixed workload through the proxy (writers doing
 //! autocommit INSERTs through `rw`, readers doing SELECTs through `ro`), with a
 //! failover halfway done the way an operator or repmgr would do it: stop the primary
 //! hard, promote the replica that received the most WAL, repoint the other one. The
 //! clients are ordinary PostgreSQL clients of the proxy, built on our own
-//! [`crate::server::connect`]; what they saw goes to [`super::report`].
+//! [`switchyard::server::connect`]; what they saw goes to [`super::report`].
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,13 +11,13 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::proxy::RunningProxy;
-use crate::server::{self, LoginRequest, ServerConnection};
-use crate::topology::TopologyHandle;
+use switchyard::proxy::RunningProxy;
+use switchyard::server::{self, LoginRequest, ServerConnection};
+use switchyard::topology::TopologyHandle;
 
 use super::cluster::{Cluster, DEMO_DB, DEMO_PASSWORD, DEMO_USER};
 use super::report::{self, Ack, ClientLog, FailoverLog, Outcome, Role};
-use super::table::{routes_line, ListenerView};
+use super::table::{routes_line, ListenerView, View};
 use super::DemoError;
 
 const WRITERS: usize = 3;
@@ -66,11 +66,8 @@ pub async fn run(
             ),
         )
         .await?;
-    let topology = proxy.context.topology().load();
-    let replicas_before: Vec<String> = topology
-        .replicas()
-        .map(|i| topology.nodes[i].name.clone())
-        .collect();
+    let view = View::of(&proxy.context.topology().load());
+    let replicas_before = view.replica_names();
 
     println!();
     println!(
@@ -99,7 +96,7 @@ pub async fn run(
     ));
     event(
         start,
-        &format!("proxy routes: {}", routes_line(&topology, listeners)),
+        &format!("proxy routes: {}", routes_line(&view, listeners)),
     );
 
     let failover = failover(cluster, start).await;
@@ -313,7 +310,7 @@ async fn watch_routes(
     done: CancellationToken,
 ) {
     let mut changes = topology.subscribe();
-    let mut last = routes_line(&topology.load(), &listeners);
+    let mut last = routes_line(&View::of(&topology.load()), &listeners);
     loop {
         tokio::select! {
             changed = changes.changed() => {
@@ -323,7 +320,7 @@ async fn watch_routes(
             }
             _ = done.cancelled() => return,
         }
-        let line = routes_line(&topology.load(), &listeners);
+        let line = routes_line(&View::of(&topology.load()), &listeners);
         if line != last {
             event(start, &format!("proxy routes: {line}"));
             last = line;
