@@ -1,14 +1,15 @@
 //! The `switchyard` binary itself: `check` on good and bad configs, and `health`
 //! against a running instance with and without a primary.
 
-mod common;
-mod support;
+mod harness;
 
 use std::process::Command;
 use std::time::Duration;
 
-use common::fake_patroni::{FakePatroni, FakeRole};
-use support::*;
+use harness::fake_patroni::{FakePatroni, FakeRole};
+use harness::proc::free_port;
+use harness::proxy::*;
+use harness::wait::*;
 
 fn switchyard(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_switchyard"))
@@ -82,12 +83,7 @@ fn check_reports_a_missing_environment_variable() {
 #[tokio::test(flavor = "multi_thread")]
 async fn health_follows_the_write_route() {
     let api = FakePatroni::start(FakeRole::Primary, 1).await;
-    let nodes = [NodeSpec {
-        name: "node1".into(),
-        port: common::proc::free_port(),
-        api: api.url(),
-    }];
-    let proxy = start_proxy(&config_yaml(&nodes, "primary", "")).await;
+    let proxy = start_proxy(&config_yaml(&single_node(free_port(), &api), "primary", "")).await;
     let admin = proxy.admin_addr.to_string();
     let run = |admin: String| blocking(move || switchyard(&["health", "--admin", &admin]));
 
@@ -119,7 +115,7 @@ async fn health_follows_the_write_route() {
         "{stdout}"
     );
 
-    let unreachable = format!("127.0.0.1:{}", common::proc::free_port());
+    let unreachable = format!("127.0.0.1:{}", free_port());
     let output = run(unreachable).await;
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stdout).contains("cannot reach switchyard admin"));

@@ -4,7 +4,7 @@
 //! behind: no server process, no data directory. Works as root (servers run as the
 //! `postgres` user) and as an ordinary user.
 
-mod common;
+mod harness;
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -13,7 +13,7 @@ use std::sync::mpsc::{self, Receiver};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use common::proc;
+use harness::proc;
 
 /// The two tests each build a cluster; one at a time on a small machine.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());

@@ -2,14 +2,15 @@
 //! clients are held while there is no primary and resume on the new one; a hold
 //! that outlasts `hold_timeout` ends in a clear 57P03.
 
-mod common;
-mod support;
+mod harness;
 
 use std::time::Duration;
 
-use common::fake_patroni::{FakePatroni, FakeRole};
-use common::pg::PgCluster;
-use support::*;
+use harness::clients::*;
+use harness::fake_patroni::FakeRole;
+use harness::pg::{shared_cluster, PgCluster};
+use harness::proxy::*;
+use harness::wait::*;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_transaction_waits_for_the_new_primary_instead_of_failing() {
@@ -42,8 +43,7 @@ async fn a_transaction_waits_for_the_new_primary_instead_of_failing() {
         Duration::from_secs(5),
         "the client shows as held",
         || async {
-            let status: serde_json::Value =
-                serde_json::from_str(&admin_get(&proxy, "/status").await.1).unwrap_or_default();
+            let status = admin_status(&proxy).await;
             status["held_clients"] == 1
         },
     )
@@ -68,15 +68,9 @@ async fn a_transaction_waits_for_the_new_primary_instead_of_failing() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_hold_longer_than_hold_timeout_ends_in_57p03() {
-    let cluster = blocking(PgCluster::shared).await;
-    let api = FakePatroni::start(FakeRole::Primary, 1).await;
-    let nodes = [NodeSpec {
-        name: "node1".into(),
-        port: cluster.port(0),
-        api: api.url(),
-    }];
+    let cluster = shared_cluster().await;
     let extra = "pool: { mode: transaction }\nfailover: { hold_timeout: 1s }\n";
-    let proxy = start_proxy(&config_yaml(&nodes, "primary", extra)).await;
+    let (proxy, api) = proxy_for(cluster.port(0), extra).await;
     let client = connect(proxy.listener_addr("rw").expect("rw"), "app", "app_pw").await;
     api.set_role(FakeRole::NotRunning);
     eventually(Duration::from_secs(3), "no primary", || async {
@@ -93,7 +87,7 @@ async fn a_hold_longer_than_hold_timeout_ends_in_57p03() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn with_every_api_down_reads_continue_and_writes_are_refused_after_the_hold() {
-    let cluster = blocking(PgCluster::shared).await;
+    let cluster = shared_cluster().await;
     let roles = [FakeRole::Primary, FakeRole::Replica, FakeRole::Replica];
     let ports = [cluster.port(0), cluster.port(1), cluster.port(2)];
     let (apis, nodes) = fake_apis(&ports, &roles).await;

@@ -5,14 +5,15 @@
 //! ever reaches a standby, and every acknowledged write must be on the new primary
 //! afterwards. The number of failed transactions (usually zero) is printed.
 
-mod common;
-mod support;
+mod harness;
 
 use std::time::Duration;
 
-use common::patroni::PatroniCluster;
-use common::write_load::{LoadSpec, Protocol, WriteLoad};
-use support::*;
+use harness::clients::*;
+use harness::patroni::PatroniCluster;
+use harness::proxy::*;
+use harness::wait::*;
+use harness::write_load::{LoadSpec, Protocol, WriteLoad};
 
 const CLIENTS: usize = 20;
 

@@ -9,15 +9,16 @@
 //! the new primary. The timings are printed; they are asserted only loosely, as
 //! the test machine may be loaded.
 
-mod common;
-mod support;
+mod harness;
 
 use std::time::{Duration, Instant};
 
-use common::patroni::PatroniCluster;
-use common::proc;
-use common::write_load::{LoadSpec, Protocol, WriteLoad};
-use support::*;
+use harness::clients::*;
+use harness::patroni::PatroniCluster;
+use harness::proc;
+use harness::proxy::*;
+use harness::wait::*;
+use harness::write_load::{LoadSpec, Protocol, WriteLoad};
 
 const CLIENTS: usize = 20;
 const HEALTH: &str = "{ interval: 500ms, timeout: 1s, rise: 2, fall: 3 }";

@@ -1,16 +1,16 @@
-//! Self-tests of the integration-test harness in `tests/common`: a real
+//! Self-tests of the integration-test harness in `tests/harness`: a real
 //! primary + streaming replicas, the test roles and auth methods, the fake
 //! Patroni REST API, and a real Patroni + etcd cluster with a switchover.
 
-mod common;
+mod harness;
 
 use std::io::ErrorKind;
 use std::time::{Duration, Instant};
 
-use common::fake_patroni::{http_request, FakePatroni, FakeRole};
-use common::patroni::PatroniCluster;
-use common::pg::*;
-use common::proc;
+use harness::fake_patroni::{http_request, FakePatroni, FakeRole};
+use harness::patroni::PatroniCluster;
+use harness::pg::*;
+use harness::proc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

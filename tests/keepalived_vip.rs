@@ -16,8 +16,7 @@
 //!        `-- veth sy-b-br <-> eth0 in netns sy-b: 10.77.0.12
 //! ```
 
-mod common;
-mod support;
+mod harness;
 
 use std::net::SocketAddr;
 use std::os::unix::net::UnixListener;
@@ -25,9 +24,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::pg::PgCluster;
-use common::proc::{self, SpawnOpts, Supervised};
-use support::*;
+use harness::clients::*;
+use harness::pg::PgCluster;
+use harness::proc::{self, SpawnOpts, Supervised};
 use tokio::net::TcpStream;
 use tokio_postgres::NoTls;
 

@@ -5,19 +5,19 @@
 //! open transaction commits, then the process exits within `shutdown_timeout`), and
 //! JSON logs that never carry a password.
 
-mod common;
-mod support;
+mod harness;
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::fake_patroni::{FakePatroni, FakeRole};
-use common::pg::{self, PgCluster};
-use common::proc::{free_port, kill};
+use harness::clients::*;
+use harness::fake_patroni::{http_request, FakePatroni, FakeRole};
+use harness::pg::{self, PgCluster};
+use harness::proc::{free_port, kill};
+use harness::proxy::*;
+use harness::wait::*;
 use serde_json::Value;
-use support::*;
-use tokio_postgres::NoTls;
 
 /// A `switchyard run` child process with its config file and stderr log.
 struct Instance {
@@ -62,13 +62,16 @@ impl Instance {
     }
 
     async fn get(&self, path: &str) -> Option<(u16, String)> {
-        let response = switchyard::http_client::get(&self.admin, path, Duration::from_secs(5))
+        admin_get_at(&self.admin, path).await.ok()
+    }
+
+    /// POST with an empty body (the proxy's own client only does GET).
+    async fn post(&self, path: &str) -> (u16, String) {
+        let admin = self.admin.parse().expect("admin address");
+        let response = http_request(admin, "POST", path, Duration::from_secs(15))
             .await
-            .ok()?;
-        Some((
-            response.status,
-            String::from_utf8_lossy(&response.body).into_owned(),
-        ))
+            .unwrap_or_else(|e| panic!("POST {path}: {e}"));
+        (response.status, response.body)
     }
 
     async fn status(&self) -> Value {
@@ -130,12 +133,7 @@ fn admin_address(yaml: &str) -> String {
 /// Config for one primary (the shared cluster's node 0) behind a fake Patroni API,
 /// admin on a fixed free port so the test can find the child process.
 fn config(api: &FakePatroni, pg_port: u16, admin_port: u16, extra: &str) -> String {
-    let nodes = [NodeSpec {
-        name: "node1".into(),
-        port: pg_port,
-        api: api.url(),
-    }];
-    config_yaml(&nodes, "primary", extra).replace(
+    config_yaml(&single_node(pg_port, api), "primary", extra).replace(
         "admin:\n  listen: \"127.0.0.1:0\"",
         &format!("admin:\n  listen: \"127.0.0.1:{admin_port}\""),
     )
@@ -299,7 +297,7 @@ async fn post_reload_adds_and_removes_listeners_and_nodes_without_dropping_clien
     );
     assert!(reduced.contains("ro2"));
     instance.rewrite(&reduced);
-    let response = reqwest_post(&instance.admin, "/reload").await;
+    let response = instance.post("/reload").await;
     assert_eq!(response.0, 200, "{}", response.1);
     assert!(
         response.1.contains("nodes removed: node3"),
@@ -325,11 +323,7 @@ async fn post_reload_adds_and_removes_listeners_and_nodes_without_dropping_clien
     assert_eq!(status["primary"], "node1", "the primary is not forgotten");
 
     // The old listener no longer accepts; its client keeps working.
-    assert!(
-        tokio_postgres::connect(&conn_str(ro, "app", "app_pw", pg::APP_DB), NoTls)
-            .await
-            .is_err()
-    );
+    assert!(try_connect(ro, "app", "app_pw").await.is_err());
     reader
         .batch_execute("SELECT 1")
         .await
@@ -342,30 +336,6 @@ async fn post_reload_adds_and_removes_listeners_and_nodes_without_dropping_clien
         .expect("read")
         .get(0);
     assert_eq!(port as u16, replica_port, "only node2 is left for reads");
-}
-
-/// POST with an empty body (the proxy's own client only does GET).
-async fn reqwest_post(authority: &str, path: &str) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(authority)
-        .await
-        .expect("connect admin");
-    let request =
-        format!("POST {path} HTTP/1.1\r\nHost: {authority}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.expect("send");
-    let mut response = Vec::new();
-    tokio::time::timeout(Duration::from_secs(15), stream.read_to_end(&mut response))
-        .await
-        .expect("reply in time")
-        .expect("read");
-    let text = String::from_utf8_lossy(&response).into_owned();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
-    (status, body)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -410,9 +380,7 @@ async fn sigterm_lets_the_open_transaction_commit_then_exits() {
         "{error:?}"
     );
     assert!(
-        tokio_postgres::connect(&conn_str(rw, "app", "app_pw", pg::APP_DB), NoTls)
-            .await
-            .is_err(),
+        try_connect(rw, "app", "app_pw").await.is_err(),
         "no new clients while draining"
     );
     // The open transaction carries on and commits.

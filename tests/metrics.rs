@@ -2,15 +2,16 @@
 //! modes against real PostgreSQL): the documented series exist with Prometheus
 //! names and plausible values. One proxy per process: the recorder is global.
 
-mod common;
-mod support;
+mod harness;
 
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::fake_patroni::FakeRole;
-use common::pg::{self, PgCluster};
-use support::*;
+use harness::clients::*;
+use harness::fake_patroni::FakeRole;
+use harness::pg::{self, PgCluster};
+use harness::proxy::*;
+use harness::wait::*;
 
 /// `name{labels} value` lines of a Prometheus text exposition, keyed by the
 /// series (name with its labels as printed).

@@ -4,14 +4,15 @@
 //! configured with only the three REST API URLs learns the members from Patroni's
 //! `/cluster` and follows the same switchover.
 
-mod common;
-mod support;
+mod harness;
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use common::patroni::PatroniCluster;
-use support::*;
+use harness::clients::*;
+use harness::patroni::PatroniCluster;
+use harness::proxy::*;
+use harness::wait::*;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn follows_a_real_patroni_cluster_through_switchover() {
@@ -34,8 +35,7 @@ async fn follows_a_real_patroni_cluster_through_switchover() {
         Duration::from_secs(10),
         "members learned from /cluster",
         || async {
-            let status: serde_json::Value =
-                serde_json::from_str(&admin_get(&seeded, "/status").await.1).unwrap_or_default();
+            let status = admin_status(&seeded).await;
             status["nodes"].as_array().map_or(0, |n| n.len()) == 3
                 && status["primary"] == cluster.name(leader).as_str()
         },
@@ -100,8 +100,7 @@ async fn follows_a_real_patroni_cluster_through_switchover() {
         Duration::from_secs(10),
         "both replicas serve reads",
         || async {
-            let status: serde_json::Value =
-                serde_json::from_str(&admin_get(&lag_proxy, "/status").await.1).unwrap_or_default();
+            let status = admin_status(&lag_proxy).await;
             role_of(&status, &paused_name).0 == "replica"
         },
     )
@@ -120,8 +119,7 @@ async fn follows_a_real_patroni_cluster_through_switchover() {
         Duration::from_secs(15),
         "the paused replica leaves the read route",
         || async {
-            let status: serde_json::Value =
-                serde_json::from_str(&admin_get(&lag_proxy, "/status").await.1).unwrap_or_default();
+            let status = admin_status(&lag_proxy).await;
             let (role, lag) = role_of(&status, &paused_name);
             role != "replica" && lag > 1 << 20
         },
@@ -136,8 +134,7 @@ async fn follows_a_real_patroni_cluster_through_switchover() {
         Duration::from_secs(15),
         "it comes back once replay catches up",
         || async {
-            let status: serde_json::Value =
-                serde_json::from_str(&admin_get(&lag_proxy, "/status").await.1).unwrap_or_default();
+            let status = admin_status(&lag_proxy).await;
             role_of(&status, &paused_name).0 == "replica"
         },
     )
@@ -190,15 +187,8 @@ async fn follows_a_real_patroni_cluster_through_switchover() {
         body.trim(),
         format!("OK: primary {}", cluster.name(candidate))
     );
-    let direct = format!(
-        "host=127.0.0.1 port={} user=app password=app_pw dbname=appdb",
-        cluster.pg_port(candidate)
-    );
-    let (client, connection) = tokio_postgres::connect(&direct, tokio_postgres::NoTls)
+    let count: i64 = direct(cluster.pg_port(candidate))
         .await
-        .expect("direct connection to the new leader");
-    tokio::spawn(connection);
-    let count: i64 = client
         .query_one("select count(*) from e2e", &[])
         .await
         .expect("count")

@@ -5,16 +5,17 @@
 //! keys that belong to nobody reachable (unknown peer id, our own id, an already
 //! relayed request, a wrong secret) cancel nothing and break nothing.
 
-mod common;
-mod support;
+mod harness;
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::fake_patroni::{FakePatroni, FakeRole};
-use common::pg::PgCluster;
-use support::*;
+use harness::clients::*;
+use harness::fake_patroni::{FakePatroni, FakeRole};
+use harness::pg::shared_cluster;
+use harness::proxy::*;
+use harness::raw_client::*;
 use switchyard::config::Config;
 use switchyard::proxy::{self, RunningProxy};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -33,7 +34,7 @@ struct Pair {
 
 impl Pair {
     async fn start() -> Pair {
-        let cluster = blocking(PgCluster::shared).await;
+        let cluster = shared_cluster().await;
         let (api, nodes) = fake_apis(&[cluster.port(0)], &[FakeRole::Primary]).await;
         let a_yaml = config_yaml(&nodes, "primary", "peer_id: 1\n");
         let a_file = tempfile::NamedTempFile::new().expect("temp file");
@@ -73,10 +74,7 @@ impl Pair {
 }
 
 async fn start_from_file(path: &Path) -> RunningProxy {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
+    init_logging();
     let config = Config::load(path).unwrap_or_else(|e| panic!("config: {e}"));
     proxy::start_with_source(config, Some(path.to_path_buf()))
         .await
@@ -148,11 +146,10 @@ async fn minted_key(token: &CancelToken) -> (i32, [u8; 4]) {
 /// connection, as it does once it has dealt with the request.
 async fn raw_cancel(instance: SocketAddr, pid: i32, secret: [u8; 4]) {
     let mut stream = raw_connect(instance).await;
-    let mut request = 16u32.to_be_bytes().to_vec();
-    request.extend_from_slice(&80_877_102u32.to_be_bytes());
-    request.extend_from_slice(&pid.to_be_bytes());
-    request.extend_from_slice(&secret);
-    stream.write_all(&request).await.expect("send cancel");
+    stream
+        .write_all(&cancel_request(pid, secret))
+        .await
+        .expect("send cancel");
     let mut rest = Vec::new();
     let read = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut rest)).await;
     assert!(

@@ -11,51 +11,26 @@
 //! sharing through `pg_backend_pid()` instead (with `size: 1`, every client of a
 //! pool must see the same backend).
 
-mod common;
-mod support;
+mod harness;
 
 use std::collections::{BTreeSet, HashSet};
-use std::future::Future;
 use std::net::SocketAddr;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::fake_patroni::{FakePatroni, FakeRole};
-use common::pg::{self, PgCluster};
-use support::*;
-use switchyard::proxy::RunningProxy;
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
-use tokio::task::JoinHandle;
+use harness::clients::*;
+use harness::pg::{self, shared_cluster, PgCluster};
+use harness::proc::run_with_deadline;
+use harness::proxy::*;
+use harness::raw_client::*;
+use harness::wait::*;
 use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
 
 // ---------------------------------------------------------------------------
-// Helpers
+// Pooling-specific helpers
 // ---------------------------------------------------------------------------
-
-/// A proxy whose only node is the PostgreSQL server on `pg_port`; `extra` is
-/// appended to the config at the top level (the `pool:` section).
-async fn proxy_for(pg_port: u16, extra: &str) -> (RunningProxy, FakePatroni) {
-    let (yaml, api) = config_for(pg_port, extra).await;
-    (start_proxy(&yaml).await, api)
-}
-
-/// The config YAML (and its fake Patroni API) for a single-node proxy.
-async fn config_for(pg_port: u16, extra: &str) -> (String, FakePatroni) {
-    let api = FakePatroni::start(FakeRole::Primary, 1).await;
-    let nodes = [NodeSpec {
-        name: "node1".into(),
-        port: pg_port,
-        api: api.url(),
-    }];
-    (config_yaml(&nodes, "primary", extra), api)
-}
-
-async fn shared_cluster() -> &'static PgCluster {
-    blocking(PgCluster::shared).await
-}
 
 /// A private primary without replicas, for tests that count server connections.
 async fn private_primary() -> PgCluster {
@@ -65,148 +40,6 @@ async fn private_primary() -> PgCluster {
 /// Stops a private cluster off the async runtime.
 async fn stop_cluster(cluster: PgCluster) {
     blocking(move || drop(cluster)).await
-}
-
-/// Awaits `fut`, failing the test if it takes longer than `secs`.
-async fn within<T>(secs: u64, what: &str, fut: impl Future<Output = T>) -> T {
-    tokio::time::timeout(Duration::from_secs(secs), fut)
-        .await
-        .unwrap_or_else(|_| panic!("{what}: did not finish within {secs} s"))
-}
-
-/// A tokio-postgres connection as `app` straight to a PostgreSQL node (not through
-/// the proxy), for setting up and checking test data.
-async fn direct(pg_port: u16) -> Client {
-    let (client, connection) = tokio_postgres::connect(
-        &format!(
-            "host=127.0.0.1 port={pg_port} user=app password=app_pw dbname=appdb connect_timeout=10"
-        ),
-        NoTls,
-    )
-    .await
-    .unwrap_or_else(|e| panic!("direct connection to port {pg_port}: {}", describe(&e)));
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    client
-}
-
-/// psql as superuser in database `postgres` on the server at `pg_port`.
-async fn su_sql(pg_port: u16, sql: &str) -> String {
-    let owned = sql.to_string();
-    blocking(move || {
-        pg::try_psql(
-            pg_port,
-            pg::SUPERUSER,
-            pg::SUPERUSER_PASSWORD,
-            "postgres",
-            &[&owned],
-        )
-    })
-    .await
-    .unwrap_or_else(|e| panic!("superuser psql failed: {e}\nSQL: {sql}"))
-}
-
-async fn su_count(pg_port: u16, sql: &str) -> i64 {
-    let out = su_sql(pg_port, sql).await;
-    out.parse()
-        .unwrap_or_else(|e| panic!("not a count: {out:?} ({e})\nSQL: {sql}"))
-}
-
-/// A readable description of a driver error (the DbError's fields if any).
-fn describe(error: &tokio_postgres::Error) -> String {
-    match error.as_db_error() {
-        Some(db) => format!(
-            "{} {}: {} (detail: {:?}, hint: {:?})",
-            db.severity(),
-            db.code().code(),
-            db.message(),
-            db.detail(),
-            db.hint()
-        ),
-        None => format!("{error:?}"),
-    }
-}
-
-/// Like `support::connect`, with the server's error spelled out on failure.
-async fn connect_as(addr: SocketAddr, user: &str, password: &str) -> Client {
-    try_connect(addr, user, password)
-        .await
-        .unwrap_or_else(|e| panic!("connect as {user} via {addr}: {}", describe(&e)))
-}
-
-/// Connects through the proxy and keeps the connection task's handle, so the
-/// test can kill the client's socket abruptly.
-async fn connect_killable(addr: SocketAddr) -> (Client, JoinHandle<()>) {
-    let (client, connection) =
-        tokio_postgres::connect(&conn_str(addr, "app", "app_pw", "appdb"), NoTls)
-            .await
-            .unwrap_or_else(|e| panic!("connect via {addr}: {}", describe(&e)));
-    let task = tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    (client, task)
-}
-
-/// Connects as `app` through the proxy with the given startup parameters.
-async fn connect_with(
-    addr: SocketAddr,
-    application_name: Option<&str>,
-    options: Option<&str>,
-) -> Client {
-    let mut config = tokio_postgres::Config::new();
-    config
-        .host(addr.ip().to_string())
-        .port(addr.port())
-        .user("app")
-        .password("app_pw")
-        .dbname("appdb")
-        .connect_timeout(Duration::from_secs(10));
-    if let Some(name) = application_name {
-        config.application_name(name);
-    }
-    if let Some(options) = options {
-        config.options(options);
-    }
-    let (client, connection) = config.connect(NoTls).await.unwrap_or_else(|e| {
-        panic!(
-            "connect via {addr} (application_name {application_name:?}, options {options:?}): {}",
-            describe(&e)
-        )
-    });
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    client
-}
-
-async fn backend_pid(client: &Client, who: &str) -> i32 {
-    client
-        .query_one("select pg_backend_pid()", &[])
-        .await
-        .unwrap_or_else(|e| panic!("{who}: select pg_backend_pid(): {}", describe(&e)))
-        .get(0)
-}
-
-/// First column of the first row of a simple query (None for SQL NULL).
-async fn simple_value(client: &Client, sql: &str, who: &str) -> Option<String> {
-    let messages = client
-        .simple_query(sql)
-        .await
-        .unwrap_or_else(|e| panic!("{who}: {sql}: {}", describe(&e)));
-    messages
-        .iter()
-        .find_map(|m| match m {
-            SimpleQueryMessage::Row(row) => Some(row.get(0).map(str::to_string)),
-            _ => None,
-        })
-        .unwrap_or_else(|| panic!("{who}: {sql}: no row"))
-}
-
-async fn show(client: &Client, setting: &str, who: &str) -> String {
-    simple_value(client, &format!("show {setting}"), who)
-        .await
-        .unwrap_or_default()
 }
 
 /// The session settings these tests compare, as a client sees them.
@@ -259,45 +92,6 @@ fn assert_53300_or_closed(error: &tokio_postgres::Error, what: &str) {
             "{what}: expected SQLSTATE 53300 (or a closed connection right after it), got {error:?}"
         ),
     }
-}
-
-/// Runs `command` to completion, killing it if it outlives `deadline`; the output
-/// (via temp files, so a chatty child cannot block) and whether it was killed.
-fn run_with_deadline(command: &mut Command, deadline: Duration) -> (std::process::Output, bool) {
-    use std::io::{Read, Seek};
-    let mut stdout = tempfile::tempfile().expect("temp file");
-    let mut stderr = tempfile::tempfile().expect("temp file");
-    let mut child = command
-        .stdin(std::process::Stdio::null())
-        .stdout(stdout.try_clone().expect("clone"))
-        .stderr(stderr.try_clone().expect("clone"))
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn {command:?}: {e}"));
-    let started = Instant::now();
-    let mut timed_out = false;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            break status;
-        }
-        if started.elapsed() > deadline {
-            timed_out = true;
-            let _ = child.kill();
-            break child.wait().expect("wait after kill");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let read = |f: &mut std::fs::File| {
-        let mut buf = Vec::new();
-        f.rewind().expect("rewind");
-        f.read_to_end(&mut buf).expect("read output");
-        buf
-    };
-    let output = std::process::Output {
-        status,
-        stdout: read(&mut stdout),
-        stderr: read(&mut stderr),
-    };
-    (output, timed_out)
 }
 
 /// Counts `app` client backends in `appdb` (only meaningful on a private cluster).
@@ -358,191 +152,6 @@ fn assert_samples_within(samples: &[i64], size: i64, what: &str) {
         max <= size,
         "{what}: up to {max} server connections for (appdb, app) were open at once; pool size is {size}. Samples: {samples:?}"
     );
-}
-
-// ---------------------------------------------------------------------------
-// Raw protocol client (MD5 login as app_md5), for what tokio-postgres cannot do:
-// chosen statement names, Flush without Sync.
-// ---------------------------------------------------------------------------
-
-type Message = (u8, Vec<u8>);
-
-fn message(tag: u8, body: &[u8]) -> Vec<u8> {
-    let mut out = vec![tag];
-    out.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
-    out.extend_from_slice(body);
-    out
-}
-
-fn cstr(out: &mut Vec<u8>, s: &str) {
-    out.extend_from_slice(s.as_bytes());
-    out.push(0);
-}
-
-fn parse_msg(name: &str, sql: &str) -> Vec<u8> {
-    let mut body = Vec::new();
-    cstr(&mut body, name);
-    cstr(&mut body, sql);
-    body.extend_from_slice(&0i16.to_be_bytes());
-    message(b'P', &body)
-}
-
-/// Bind the unnamed portal to `statement` with text parameters, text results.
-fn bind_msg(statement: &str, params: &[&str]) -> Vec<u8> {
-    let mut body = Vec::new();
-    cstr(&mut body, "");
-    cstr(&mut body, statement);
-    body.extend_from_slice(&0i16.to_be_bytes());
-    body.extend_from_slice(&(params.len() as i16).to_be_bytes());
-    for p in params {
-        body.extend_from_slice(&(p.len() as i32).to_be_bytes());
-        body.extend_from_slice(p.as_bytes());
-    }
-    body.extend_from_slice(&0i16.to_be_bytes());
-    message(b'B', &body)
-}
-
-fn execute_msg() -> Vec<u8> {
-    let mut body = Vec::new();
-    cstr(&mut body, "");
-    body.extend_from_slice(&0i32.to_be_bytes());
-    message(b'E', &body)
-}
-
-fn close_statement_msg(name: &str) -> Vec<u8> {
-    let mut body = vec![b'S'];
-    cstr(&mut body, name);
-    message(b'C', &body)
-}
-
-fn sync_msg() -> Vec<u8> {
-    message(b'S', &[])
-}
-
-fn flush_msg() -> Vec<u8> {
-    message(b'H', &[])
-}
-
-fn query_msg(sql: &str) -> Vec<u8> {
-    let mut body = Vec::new();
-    cstr(&mut body, sql);
-    message(b'Q', &body)
-}
-
-/// Text columns of every DataRow.
-fn data_rows(messages: &[Message]) -> Vec<Vec<Option<String>>> {
-    messages
-        .iter()
-        .filter(|(tag, _)| *tag == b'D')
-        .map(|(_, body)| {
-            let n = i16::from_be_bytes([body[0], body[1]]) as usize;
-            let mut at = 2;
-            let mut row = Vec::with_capacity(n);
-            for _ in 0..n {
-                let len = i32::from_be_bytes([body[at], body[at + 1], body[at + 2], body[at + 3]]);
-                at += 4;
-                if len < 0 {
-                    row.push(None);
-                } else {
-                    let len = len as usize;
-                    row.push(Some(
-                        String::from_utf8_lossy(&body[at..at + len]).into_owned(),
-                    ));
-                    at += len;
-                }
-            }
-            row
-        })
-        .collect()
-}
-
-/// "SQLSTATE: message" of every ErrorResponse.
-fn error_responses(messages: &[Message]) -> Vec<String> {
-    messages
-        .iter()
-        .filter(|(tag, _)| *tag == b'E')
-        .map(|(_, body)| {
-            let text = body
-                .split(|&b| b == 0)
-                .find(|f| f.first() == Some(&b'M'))
-                .map(|f| String::from_utf8_lossy(&f[1..]).into_owned())
-                .unwrap_or_default();
-            format!("{}: {text}", sqlstate(body))
-        })
-        .collect()
-}
-
-struct RawClient {
-    stream: TcpStream,
-    name: &'static str,
-}
-
-impl RawClient {
-    /// Logs in as app_md5 (MD5 client auth) to appdb; returns after ReadyForQuery.
-    async fn login(addr: SocketAddr, name: &'static str) -> RawClient {
-        let (mut stream, password) = md5_login_started(addr).await;
-        stream.write_all(&password).await.expect("password message");
-        let mut client = RawClient { stream, name };
-        let messages = client.until_ready().await;
-        assert!(
-            error_responses(&messages).is_empty(),
-            "{name}: login failed: {:?}",
-            error_responses(&messages)
-        );
-        client
-    }
-
-    async fn send(&mut self, bytes: &[u8]) {
-        self.stream
-            .write_all(bytes)
-            .await
-            .unwrap_or_else(|e| panic!("{}: write: {e}", self.name));
-    }
-
-    /// Reads messages up to and including the next one with `tag`.
-    async fn until(&mut self, tag: u8) -> Vec<Message> {
-        let mut messages = Vec::new();
-        loop {
-            let m = read_message(&mut self.stream).await;
-            let done = m.0 == tag;
-            messages.push(m);
-            if done {
-                return messages;
-            }
-        }
-    }
-
-    async fn until_ready(&mut self) -> Vec<Message> {
-        self.until(b'Z').await
-    }
-
-    /// Sends `bytes` (ending in Sync or a Query) and reads up to ReadyForQuery.
-    async fn round_trip(&mut self, bytes: &[u8]) -> Vec<Message> {
-        self.send(bytes).await;
-        self.until_ready().await
-    }
-
-    /// Bind + Execute + Sync of `statement`; the rows, or the errors.
-    async fn run_statement(
-        &mut self,
-        statement: &str,
-        params: &[&str],
-    ) -> Result<Vec<Vec<Option<String>>>, Vec<String>> {
-        let mut bytes = bind_msg(statement, params);
-        bytes.extend(execute_msg());
-        bytes.extend(sync_msg());
-        let messages = self.round_trip(&bytes).await;
-        let errors = error_responses(&messages);
-        if errors.is_empty() {
-            Ok(data_rows(&messages))
-        } else {
-            Err(errors)
-        }
-    }
-}
-
-fn row(values: &[&str]) -> Vec<Vec<Option<String>>> {
-    vec![values.iter().map(|v| Some(v.to_string())).collect()]
 }
 
 // ---------------------------------------------------------------------------
@@ -791,7 +400,7 @@ async fn prepared_statements_follow_the_client_across_server_connections() {
     // Part 1, deterministic: make A's prepared statement run on a server other than
     // the one it last used, by holding that server in another client's open
     // transaction.
-    let a = connect_as(rw, "app", "app_pw").await;
+    let a = connect(rw, "app", "app_pw").await;
     let doubled = a
         .prepare("select $1::int * 2, pg_backend_pid()")
         .await
@@ -814,8 +423,8 @@ async fn prepared_statements_follow_the_client_across_server_connections() {
     };
     let mut last_pid = run_a(1).await;
     let holders = [
-        connect_as(rw, "app", "app_pw").await,
-        connect_as(rw, "app", "app_pw").await,
+        connect(rw, "app", "app_pw").await,
+        connect(rw, "app", "app_pw").await,
     ];
     let mut forced = None;
     for attempt in 0..50 {
@@ -866,7 +475,7 @@ async fn prepared_statements_follow_the_client_across_server_connections() {
     let clients: Vec<Client> = {
         let mut v = Vec::new();
         for _ in 0..6 {
-            v.push(connect_as(rw, "app", "app_pw").await);
+            v.push(connect(rw, "app", "app_pw").await);
         }
         v
     };
@@ -1181,7 +790,7 @@ async fn prepared_statements_beyond_the_per_server_limit_are_reprepared() {
     )
     .await;
     let rw = proxy.listener_addr("rw").expect("rw");
-    let mut client = connect_as(rw, "app", "app_pw").await;
+    let mut client = connect(rw, "app", "app_pw").await;
     let mut statements = Vec::new();
     for k in 1..=5 {
         statements.push(
@@ -1336,8 +945,8 @@ async fn set_outside_a_transaction_sticks_to_its_client_and_never_leaks() {
 
     let (proxy, _api) = proxy_for(cluster.port(0), "pool: { mode: transaction, size: 1 }\n").await;
     let rw = proxy.listener_addr("rw").expect("rw");
-    let mut a = connect_as(rw, "app", "app_pw").await;
-    let b = connect_as(rw, "app", "app_pw").await;
+    let mut a = connect(rw, "app", "app_pw").await;
+    let b = connect(rw, "app", "app_pw").await;
     for sql in [
         "SET search_path TO pool_set_sch",
         "SET application_name = 'sy_set_a'",
@@ -1415,7 +1024,7 @@ async fn set_outside_a_transaction_sticks_to_its_client_and_never_leaks() {
     // After A leaves, neither B nor a newcomer inherits anything from A.
     drop(a);
     assert_eq!(settings(&b, "B after A left").await, defaults);
-    let c = connect_as(rw, "app", "app_pw").await;
+    let c = connect(rw, "app", "app_pw").await;
     assert_eq!(
         settings(&c, "C").await,
         defaults,
@@ -1433,8 +1042,8 @@ async fn a_failed_transaction_keeps_its_server_until_rollback() {
         .expect("setup");
     let (proxy, _api) = proxy_for(cluster.port(0), "pool: { mode: transaction, size: 1 }\n").await;
     let rw = proxy.listener_addr("rw").expect("rw");
-    let a = connect_as(rw, "app", "app_pw").await;
-    let b = connect_as(rw, "app", "app_pw").await;
+    let a = connect(rw, "app", "app_pw").await;
+    let b = connect(rw, "app", "app_pw").await;
 
     a.batch_execute("begin; insert into pool_failed_tx values (1)")
         .await
@@ -1507,7 +1116,7 @@ async fn session_mode_resets_the_server_before_the_next_client() {
     let (proxy, _api) = proxy_for(cluster.port(0), "pool: { mode: session, size: 1 }\n").await;
     let rw = proxy.listener_addr("rw").expect("rw");
 
-    let first = connect_as(rw, "app", "app_pw").await;
+    let first = connect(rw, "app", "app_pw").await;
     let first_pid = backend_pid(&first, "first").await;
     first
         .batch_execute(
@@ -1527,12 +1136,7 @@ async fn session_mode_resets_the_server_before_the_next_client() {
     drop(first);
 
     // Size 1: the next client gets the same server once the first one is gone.
-    let second = within(
-        30,
-        "second client connects",
-        connect_as(rw, "app", "app_pw"),
-    )
-    .await;
+    let second = within(30, "second client connects", connect(rw, "app", "app_pw")).await;
     let second_pid = within(
         30,
         "second client's first query",
@@ -1594,8 +1198,8 @@ async fn a_listener_can_override_the_pool_mode() {
 
     // ro keeps the global transaction mode: two clients share the single server
     // (app_md5, so its pool is separate from app's on rw).
-    let t1 = connect_as(ro, "app_md5", "app_md5_pw").await;
-    let t2 = connect_as(ro, "app_md5", "app_md5_pw").await;
+    let t1 = connect(ro, "app_md5", "app_md5_pw").await;
+    let t2 = connect(ro, "app_md5", "app_md5_pw").await;
     let p1 = within(10, "ro client 1", backend_pid(&t1, "ro client 1")).await;
     let p2 = within(10, "ro client 2", backend_pid(&t2, "ro client 2")).await;
     let p3 = within(10, "ro client 1 again", backend_pid(&t1, "ro client 1")).await;
@@ -1606,7 +1210,7 @@ async fn a_listener_can_override_the_pool_mode() {
 
     // rw is in session mode: the first client keeps the only server, so a second
     // one waits and times out with 53300.
-    let s1 = connect_as(rw, "app", "app_pw").await;
+    let s1 = connect(rw, "app", "app_pw").await;
     let s1_pid = backend_pid(&s1, "rw client 1").await;
     let started = Instant::now();
     let outcome = within(
@@ -1632,7 +1236,7 @@ async fn a_listener_can_override_the_pool_mode() {
     let s3 = within(
         30,
         "rw client 3 after client 1 left",
-        connect_as(rw, "app", "app_pw"),
+        connect(rw, "app", "app_pw"),
     )
     .await;
     let s3_pid = within(30, "rw client 3 query", backend_pid(&s3, "rw client 3")).await;
@@ -1687,7 +1291,7 @@ async fn killed_client_leaves_no_server_stuck(mode: &str) {
     a_connection.abort();
     drop(a);
 
-    let mut b = connect_as(rw, "app", "app_pw").await;
+    let mut b = connect(rw, "app", "app_pw").await;
     let value = within(20, "B locking the row A had locked", async {
         let tx = b.transaction().await.expect("B: begin");
         tx.batch_execute("set local lock_timeout = '5s'")
@@ -1736,7 +1340,7 @@ async fn killed_client_leaves_no_server_stuck(mode: &str) {
     let c = within(
         20,
         "C connects after the kill",
-        connect_as(rw, "app", "app_pw"),
+        connect(rw, "app", "app_pw"),
     )
     .await;
     within(20, "C's query after the kill", c.batch_execute("select 1"))
@@ -1767,7 +1371,7 @@ async fn checkout_timeout_fails_the_waiting_client_and_spares_the_pool() {
     )
     .await;
     let rw = proxy.listener_addr("rw").expect("rw");
-    let a = connect_as(rw, "app", "app_pw").await;
+    let a = connect(rw, "app", "app_pw").await;
     a.batch_execute("begin; select 1").await.expect("A: begin");
 
     let started = Instant::now();
@@ -1814,7 +1418,7 @@ async fn checkout_timeout_fails_the_waiting_client_and_spares_the_pool() {
         Some("still in my transaction")
     );
     a.batch_execute("commit").await.expect("A: commit");
-    let c = within(10, "C connects", connect_as(rw, "app", "app_pw")).await;
+    let c = within(10, "C connects", connect(rw, "app", "app_pw")).await;
     assert_eq!(
         within(10, "C's query", simple_value(&c, "select 'c works'", "C"))
             .await
@@ -1832,9 +1436,9 @@ async fn max_client_connections_counts_across_listeners() {
     let rw = proxy.listener_addr("rw").expect("rw");
     let ro = proxy.listener_addr("ro").expect("ro");
     let mut held = vec![
-        connect_as(rw, "app", "app_pw").await,
-        connect_as(rw, "app", "app_pw").await,
-        connect_as(ro, "app", "app_pw").await,
+        connect(rw, "app", "app_pw").await,
+        connect(rw, "app", "app_pw").await,
+        connect(ro, "app", "app_pw").await,
     ];
     for (addr, name) in [(ro, "ro"), (rw, "rw")] {
         let error = try_connect(addr, "app", "app_pw")
@@ -1898,7 +1502,7 @@ async fn cancel_a_running_query(pool: &str, marker: &str) {
     let cluster = shared_cluster().await;
     let port = cluster.port(0);
     let (proxy, _api) = proxy_for(port, pool).await;
-    let client = connect_as(proxy.listener_addr("rw").expect("rw"), "app", "app_pw").await;
+    let client = connect(proxy.listener_addr("rw").expect("rw"), "app", "app_pw").await;
     let client = Arc::new(client);
     let token = client.cancel_token();
     let started = Instant::now();
@@ -1962,8 +1566,8 @@ async fn an_idle_clients_cancel_does_not_hit_another_clients_query() {
     let port = cluster.port(0);
     let (proxy, _api) = proxy_for(port, "pool: { mode: transaction, size: 1 }\n").await;
     let rw = proxy.listener_addr("rw").expect("rw");
-    let a = connect_as(rw, "app", "app_pw").await;
-    let b = connect_as(rw, "app", "app_pw").await;
+    let a = connect(rw, "app", "app_pw").await;
+    let b = connect(rw, "app", "app_pw").await;
     // A used the only server, then released it.
     let a_pid = backend_pid(&a, "A").await;
     let b_query = tokio::spawn(async move {
@@ -2012,7 +1616,7 @@ async fn idle_server_connections_are_closed_after_server_idle_timeout() {
         "pool: { mode: transaction, size: 2, server_idle_timeout: 1s }\n",
     )
     .await;
-    let client = connect_as(proxy.listener_addr("rw").expect("rw"), "app", "app_pw").await;
+    let client = connect(proxy.listener_addr("rw").expect("rw"), "app", "app_pw").await;
     let pid = backend_pid(&client, "client").await;
     let alive = format!("select count(*) from pg_stat_activity where pid = {pid}");
     assert_eq!(
@@ -2045,7 +1649,7 @@ async fn server_connections_are_replaced_after_server_lifetime() {
         "pool: { mode: transaction, size: 1, server_lifetime: 1s }\n",
     )
     .await;
-    let client = connect_as(proxy.listener_addr("rw").expect("rw"), "app", "app_pw").await;
+    let client = connect(proxy.listener_addr("rw").expect("rw"), "app", "app_pw").await;
     let first = backend_pid(&client, "client").await;
     let client_ref = &client;
     eventually(

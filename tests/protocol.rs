@@ -2,36 +2,29 @@
 //! pgbench) and raw bytes: authentication both ways, extended protocol, COPY,
 //! LISTEN/NOTIFY, cancel, and refusals of bad input with the right SQLSTATE.
 
-mod common;
-mod support;
+mod harness;
 
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::fake_patroni::{FakePatroni, FakeRole};
-use common::pg::PgCluster;
 use futures_util::{SinkExt, StreamExt};
-use support::*;
+use harness::clients::*;
+use harness::fake_patroni::{FakePatroni, FakeRole};
+use harness::pg::shared_cluster;
+use harness::proxy::*;
+use harness::raw_client::*;
+use harness::wait::*;
 use switchyard::proxy::RunningProxy;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A proxy whose only node is the shared cluster's primary.
 async fn proxy_on_primary(extra: &str) -> (RunningProxy, FakePatroni) {
-    let cluster = blocking(PgCluster::shared).await;
-    let api = FakePatroni::start(FakeRole::Primary, 1).await;
-    let nodes = [NodeSpec {
-        name: "node1".into(),
-        port: cluster.port(0),
-        api: api.url(),
-    }];
+    let cluster = shared_cluster().await;
     let extra = format!(
         "{extra}{}",
         std::env::var("SY_TEST_EXTRA").unwrap_or_default()
     );
-    (
-        start_proxy(&config_yaml(&nodes, "primary", &extra)).await,
-        api,
-    )
+    proxy_for(cluster.port(0), &extra).await
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -240,7 +233,7 @@ async fn psql_and_pgbench_work_unmodified() {
     );
     assert_eq!(String::from_utf8_lossy(&psql.stdout).trim(), "42");
 
-    let pgbench = common::pg::pg_bin("pgbench");
+    let pgbench = harness::pg::pg_bin("pgbench");
     let port = rw.port().to_string();
     let output = blocking(move || {
         let run = |args: &[&str]| {
@@ -365,7 +358,7 @@ async fn a_client_that_stalls_in_startup_is_timed_out() {
 #[tokio::test(flavor = "multi_thread")]
 async fn unreachable_server_and_missing_database_are_reported() {
     let api = FakePatroni::start(FakeRole::Primary, 1).await;
-    let dead_port = common::proc::free_port();
+    let dead_port = harness::proc::free_port();
     let nodes = [NodeSpec {
         name: "ghost".into(),
         port: dead_port,
@@ -407,10 +400,7 @@ async fn a_query_sent_with_the_password_is_answered() {
         // Twice: the first login fills the pool's greeting cache, the second uses it.
         for attempt in 0..2 {
             let (mut stream, mut flight) = md5_login_started(rw).await;
-            let query = b"select 40 + 2\0";
-            flight.push(b'Q');
-            flight.extend_from_slice(&(4 + query.len() as u32).to_be_bytes());
-            flight.extend_from_slice(query);
+            flight.extend(query_msg("select 40 + 2"));
             stream.write_all(&flight).await.expect("password and query");
 
             let mut seen = Vec::new();

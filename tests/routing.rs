@@ -1,19 +1,20 @@
 //! Routing through Switchyard to a real PostgreSQL primary and two streaming
 //! replicas, with fake Patroni endpoints whose answers the tests flip.
 
-mod common;
-mod support;
+mod harness;
 
 use std::collections::HashSet;
 use std::time::Duration;
 
-use common::fake_patroni::{FakePatroni, FakeRole};
-use common::pg::PgCluster;
-use support::*;
+use harness::clients::*;
+use harness::fake_patroni::{FakePatroni, FakeRole};
+use harness::pg::{shared_cluster, PgCluster};
+use harness::proxy::*;
+use harness::wait::*;
 
 /// Fake APIs for the shared cluster: node 0 primary, nodes 1-2 replicas.
 async fn shared_cluster_apis() -> (&'static PgCluster, Vec<FakePatroni>, Vec<NodeSpec>) {
-    let cluster = blocking(PgCluster::shared).await;
+    let cluster = shared_cluster().await;
     let roles = [FakeRole::Primary, FakeRole::Replica, FakeRole::Replica];
     let ports = [cluster.port(0), cluster.port(1), cluster.port(2)];
     let (apis, nodes) = fake_apis(&ports, &roles).await;
@@ -265,8 +266,7 @@ async fn lagging_replicas_leave_the_read_route_and_come_back() {
         Duration::from_secs(3),
         "node2 leaves the read route",
         || async {
-            let status: serde_json::Value =
-                serde_json::from_str(&admin_get(&lag_aware, "/status").await.1).unwrap_or_default();
+            let status = admin_status(&lag_aware).await;
             status["nodes"][1]["replica"]["up"] == false
         },
     )
@@ -301,8 +301,7 @@ async fn lagging_replicas_leave_the_read_route_and_come_back() {
         Duration::from_secs(3),
         "node2 rejoins after catching up",
         || async {
-            let status: serde_json::Value =
-                serde_json::from_str(&admin_get(&lag_aware, "/status").await.1).unwrap_or_default();
+            let status = admin_status(&lag_aware).await;
             status["nodes"][1]["replica"]["up"] == true
         },
     )
@@ -311,7 +310,7 @@ async fn lagging_replicas_leave_the_read_route_and_come_back() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn members_learned_from_patroni_cluster_follow_joins_and_survive_a_dead_seed() {
-    let cluster = blocking(PgCluster::shared).await;
+    let cluster = shared_cluster().await;
     let ports = [cluster.port(0), cluster.port(1), cluster.port(2)];
     let roles = [FakeRole::Primary, FakeRole::Replica, FakeRole::Replica];
     let (apis, _) = fake_apis(&ports, &roles).await;
@@ -353,8 +352,7 @@ async fn members_learned_from_patroni_cluster_follow_joins_and_survive_a_dead_se
         Duration::from_secs(5),
         "pg3 is in the read route",
         || async {
-            let status: serde_json::Value =
-                serde_json::from_str(&admin_get(&proxy, "/status").await.1).unwrap_or_default();
+            let status = admin_status(&proxy).await;
             status["nodes"].as_array().is_some_and(|nodes| {
                 nodes
                     .iter()

@@ -2,15 +2,16 @@
 //! with no Patroni anywhere: roles come from `pg_is_in_recovery()` on each node, so
 //! the proxy follows what an operator (or repmgr) does with `pg_ctl promote`.
 
-mod common;
-mod support;
+mod harness;
 
 use std::collections::HashSet;
 use std::time::Duration;
 
-use common::pg::{self, PgCluster};
-use common::proc;
-use support::*;
+use harness::clients::*;
+use harness::pg::{self, shared_cluster, PgCluster};
+use harness::proc;
+use harness::proxy::*;
+use harness::wait::*;
 use switchyard::proxy::RunningProxy;
 
 /// Proxy config for `cluster` with SQL discovery; the probe logs in as `app` (an
@@ -37,10 +38,6 @@ fn sql_config(cluster: &PgCluster, probe_password: &str, cluster_extra: &str) ->
     }
     yaml.push_str(USERS_YAML);
     yaml
-}
-
-async fn status(proxy: &RunningProxy) -> serde_json::Value {
-    serde_json::from_str(&admin_get(proxy, "/status").await.1).unwrap_or_default()
 }
 
 /// The port a fresh rw session writes on, if it can write at all.
@@ -74,7 +71,7 @@ fn stop_immediate(cluster: &PgCluster, i: usize) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn roles_come_from_the_servers_themselves() {
-    let cluster = blocking(PgCluster::shared).await;
+    let cluster = shared_cluster().await;
     let proxy = start_proxy(&sql_config(cluster, "app_pw", "")).await;
     assert_eq!(
         write_port(&proxy).await,
@@ -96,7 +93,7 @@ async fn roles_come_from_the_servers_themselves() {
     let replicas: HashSet<u16> = [cluster.port(1), cluster.port(2)].into();
     assert_eq!(seen, replicas, "reads spread over both replicas");
 
-    let json = status(&proxy).await;
+    let json = admin_status(&proxy).await;
     assert_eq!(json["primary"], "node0");
     let primary = &json["nodes"][0];
     assert_eq!(primary["role"], "primary");
@@ -133,7 +130,7 @@ async fn sql_probe_discovery_follows_a_pg_ctl_promote() {
         || async { write_port(&proxy).await == Some(new_primary) },
     )
     .await;
-    let json = status(&proxy).await;
+    let json = admin_status(&proxy).await;
     assert_eq!(json["primary"], "node1");
     assert_eq!(
         json["nodes"][1]["timeline"], 2,
@@ -162,11 +159,11 @@ async fn with_two_servers_out_of_recovery_the_higher_timeline_wins() {
     eventually(
         Duration::from_secs(10),
         "the promoted node (timeline 2) becomes the primary",
-        || async { status(&proxy).await["primary"] == "node1" },
+        || async { admin_status(&proxy).await["primary"] == "node1" },
     )
     .await;
     assert_eq!(write_port(&proxy).await, Some(cluster.port(1)));
-    let json = status(&proxy).await;
+    let json = admin_status(&proxy).await;
     assert_eq!(json["nodes"][0]["timeline"], 1, "{json}");
     assert_eq!(json["nodes"][1]["timeline"], 2, "{json}");
     assert!(json["nodes"][0]["lag_bytes"].is_null());
@@ -194,7 +191,7 @@ async fn a_replica_with_paused_replay_leaves_the_read_route_until_it_resumes() {
         Duration::from_secs(10),
         "the paused replica leaves the read route",
         || async {
-            let json = status(&proxy).await;
+            let json = admin_status(&proxy).await;
             json["nodes"][1]["replica"]["up"] == false
                 && json["nodes"][1]["lag_bytes"].as_u64().unwrap_or(0) > 64 << 10
         },
@@ -221,14 +218,14 @@ async fn a_replica_with_paused_replay_leaves_the_read_route_until_it_resumes() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_wrong_probe_password_is_reported_in_status() {
-    let cluster = blocking(PgCluster::shared).await;
+    let cluster = shared_cluster().await;
     let secret = "not-the-probe-password-7315";
     let proxy = start_proxy(&sql_config(cluster, secret, "")).await;
     eventually(
         Duration::from_secs(5),
         "every node reports the failed login",
         || async {
-            let json = status(&proxy).await;
+            let json = admin_status(&proxy).await;
             (0..3).all(|i| {
                 json["nodes"][i]["last_error"]
                     .as_str()
@@ -241,7 +238,7 @@ async fn a_wrong_probe_password_is_reported_in_status() {
     let (code, text) = admin_get(&proxy, "/status").await;
     assert_eq!(code, 200);
     assert!(!text.contains(secret), "the password never shows");
-    let error = status(&proxy).await["nodes"][0]["last_error"]
+    let error = admin_status(&proxy).await["nodes"][0]["last_error"]
         .as_str()
         .unwrap_or("")
         .to_string();

@@ -9,8 +9,8 @@
 //! Settings come from the environment (see `Settings::from_env`). This is a
 //! measurement, not a test: nothing here asserts a timing.
 
-#[path = "../../tests/common/mod.rs"]
-mod common;
+#[path = "../../tests/harness/mod.rs"]
+mod harness;
 mod report;
 mod targets;
 
@@ -18,9 +18,9 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use common::patroni::PatroniCluster;
-use common::proc;
-use common::write_load::{count_present, LoadSpec, Protocol, WriteLoad};
+use harness::patroni::PatroniCluster;
+use harness::proc;
+use harness::write_load::{count_present, LoadSpec, Protocol, WriteLoad};
 use targets::Target;
 
 const TABLE: &str = "failover_bench";

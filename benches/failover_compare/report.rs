@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use std::process::Command;
 use std::time::Duration;
 
-use crate::common::pg::pg_bin;
+use crate::harness::pg::pg_bin;
 use crate::targets::{POOL_SIZE, SWITCHYARD_HEALTH};
 use crate::{Row, Settings};
 

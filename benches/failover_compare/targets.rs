@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::common::patroni::PatroniCluster;
-use crate::common::proc::{self, Supervised};
+use crate::harness::patroni::PatroniCluster;
+use crate::harness::proc::{self, Supervised};
 
 /// Switchyard's health checks in the benchmark: what the README recommends for
 /// failover (`interval: 500ms`, `rise: 2`), not the tests' 100 ms.

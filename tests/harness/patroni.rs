@@ -328,20 +328,10 @@ impl PatroniCluster {
     }
 
     fn wait_pg_ready(&self, i: usize) {
-        let port = self.pg_port(i);
-        proc::wait_for(
+        pg::wait_accepting(
+            self.pg_port(i),
             &format!("{} postgres to accept connections", self.nodes[i].name),
             START_TIMEOUT,
-            || {
-                try_psql(
-                    port,
-                    SUPERUSER,
-                    SUPERUSER_PASSWORD,
-                    "postgres",
-                    &["SELECT 1"],
-                )
-                .ok()
-            },
             || self.log_tails(),
         );
     }

@@ -1,4 +1,4 @@
-//! A write load for the failover tests and the failover benchmark: N clients, each
+//! Owns a write load for the failover tests and the failover benchmark: N clients, each
 //! inserting unique ids into one table through one address, one autocommit INSERT
 //! at a time. Records what each client saw: the ids acknowledged (and when), every
 //! failed attempt by SQLSTATE or error kind, and the longest gap between two

@@ -1,8 +1,10 @@
 //! Owns the real-PostgreSQL part of the harness: a primary plus streaming
 //! replicas (initdb + pg_basebackup) on loopback ports, the test roles and
-//! database they contain, and helpers to promote / stop / restart nodes and
-//! run SQL through psql. Processes are supervised by `proc.rs`, so they die
-//! (and their files are removed) with the test process.
+//! database they contain, and helpers to promote / stop / restart nodes, wait
+//! for a server to accept connections and run SQL through psql; the cluster
+//! shared by a test binary (`shared_cluster` from async tests). Processes are
+//! supervised by `proc.rs`, so they die (and their files are removed) with the
+//! test process.
 
 use std::fs::{self, OpenOptions};
 use std::io::Write;
@@ -100,6 +102,31 @@ pub fn try_psql(
         )),
         Err(e) => Err(format!("cannot run psql: {e}")),
     }
+}
+
+/// Polls until the server on `port` answers `SELECT 1` to the superuser, or panics
+/// after `timeout` with `what` and `context()` (e.g. log tails).
+pub fn wait_accepting(port: u16, what: &str, timeout: Duration, context: impl FnOnce() -> String) {
+    proc::wait_for(
+        what,
+        timeout,
+        || {
+            try_psql(
+                port,
+                SUPERUSER,
+                SUPERUSER_PASSWORD,
+                "postgres",
+                &["SELECT 1"],
+            )
+            .ok()
+        },
+        context,
+    );
+}
+
+/// [`PgCluster::shared`] called from async code.
+pub async fn shared_cluster() -> &'static PgCluster {
+    super::wait::blocking(PgCluster::shared).await
 }
 
 /// SQL creating the test roles (not the database; see [`create_app_db`]).
@@ -344,19 +371,10 @@ impl PgCluster {
 
     fn wait_accepting(&self, i: usize) {
         let port = self.port(i);
-        proc::wait_for(
+        wait_accepting(
+            port,
             &format!("{} (port {port}) to accept connections", self.nodes[i].name),
             WAIT_TIMEOUT,
-            || {
-                try_psql(
-                    port,
-                    SUPERUSER,
-                    SUPERUSER_PASSWORD,
-                    "postgres",
-                    &["SELECT 1"],
-                )
-                .ok()
-            },
             || self.log_tails(),
         );
     }

@@ -4,8 +4,9 @@
 //! reason (normal exit, panic, SIGKILL) the pipe closes, the wrapper sees EOF,
 //! stops the server (stop signal, then SIGKILL after a grace period) and
 //! removes the directory it was told to clean up. Also owns port allocation
-//! (`free_port`), running commands as the `postgres` OS user, a blocking
-//! `http_get`, log tails for panic messages and polling helpers.
+//! (`free_port`), running commands as the `postgres` OS user, running a
+//! client program with a deadline (`run_with_deadline`), a blocking `http_get`,
+//! log tails for panic messages and polling helpers.
 
 use std::collections::HashSet;
 use std::fs;
@@ -160,6 +161,45 @@ pub fn run_ok(cmd: &mut Command, what: &str) -> Output {
         );
     }
     out
+}
+
+/// Runs `command` to completion, killing it if it outlives `deadline`; the output
+/// (via temp files, so a chatty child cannot block) and whether it was killed.
+pub fn run_with_deadline(command: &mut Command, deadline: Duration) -> (Output, bool) {
+    use std::io::Seek;
+    let mut stdout = tempfile::tempfile().expect("temp file");
+    let mut stderr = tempfile::tempfile().expect("temp file");
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(stdout.try_clone().expect("clone"))
+        .stderr(stderr.try_clone().expect("clone"))
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {command:?}: {e}"));
+    let started = Instant::now();
+    let mut timed_out = false;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        if started.elapsed() > deadline {
+            timed_out = true;
+            let _ = child.kill();
+            break child.wait().expect("wait after kill");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let read = |f: &mut fs::File| {
+        let mut buf = Vec::new();
+        f.rewind().expect("rewind");
+        f.read_to_end(&mut buf).expect("read output");
+        buf
+    };
+    let output = Output {
+        status,
+        stdout: read(&mut stdout),
+        stderr: read(&mut stderr),
+    };
+    (output, timed_out)
 }
 
 /// The last `lines` lines of a file (or a note that it cannot be read).
