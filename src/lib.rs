@@ -22,22 +22,22 @@
 //! changed config to the running proxy) and [`proxy`] (wiring it all together and
 //! shutting it down, gracefully or at once).
 
-pub mod admin;
+pub(crate) mod admin;
 pub mod auth;
-pub mod cancel;
+pub(crate) mod cancel;
 pub mod config;
 pub mod context;
 pub mod http_client;
-pub mod keyed_digest;
-pub mod listener;
-pub mod metrics;
-pub mod pool;
-pub mod protocol;
+pub(crate) mod keyed_digest;
+pub(crate) mod listener;
+pub(crate) mod metrics;
+pub(crate) mod pool;
+pub(crate) mod protocol;
 pub mod proxy;
-pub mod reload;
-pub mod router;
+pub(crate) mod reload;
+pub(crate) mod router;
 pub mod server;
-pub mod session;
-pub mod stop_signal;
+pub(crate) mod session;
+pub(crate) mod stop_signal;
 pub mod topology;
-pub mod users;
+pub(crate) mod users;

@@ -4,7 +4,7 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 use pgwire::messages::cancel::CancelRequest;
-use pgwire::messages::response::{ErrorResponse, NoticeResponse, ReadyForQuery, TransactionStatus};
+use pgwire::messages::response::{ErrorResponse, ReadyForQuery, TransactionStatus};
 use pgwire::messages::startup::{
     Authentication, BackendKeyData, ParameterStatus, Password, SASLInitialResponse, SASLResponse,
     SecretKey, Startup,
@@ -110,16 +110,6 @@ impl std::fmt::Display for ClientError {
         }
         Ok(())
     }
-}
-
-/// A NoticeResponse with severity WARNING.
-pub fn warning_notice(code: SqlState, message: &str) -> Bytes {
-    encoded(&NoticeResponse::new(vec![
-        (b'S', "WARNING".into()),
-        (b'V', "WARNING".into()),
-        (b'C', code.code().into()),
-        (b'M', message.into()),
-    ]))
 }
 
 pub fn ready_for_query_idle(buf: &mut BytesMut) {
@@ -267,11 +257,7 @@ const fn empty(message: u8) -> [u8; 5] {
 }
 
 pub const PARSE_COMPLETE: &[u8] = &empty(tag::PARSE_COMPLETE);
-pub const BIND_COMPLETE: &[u8] = &empty(tag::BIND_COMPLETE);
 pub const CLOSE_COMPLETE: &[u8] = &empty(tag::CLOSE_COMPLETE);
-pub const NO_DATA: &[u8] = &empty(tag::NO_DATA);
-pub const SYNC: &[u8] = &empty(tag::SYNC);
-pub const FLUSH: &[u8] = &empty(tag::FLUSH);
 pub const TERMINATE: &[u8] = &empty(tag::TERMINATE);
 
 /// Terminate ('X').

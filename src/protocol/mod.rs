@@ -11,7 +11,7 @@ pub mod sqlstate;
 pub mod startup;
 pub mod tag;
 
-pub use messages::{ClientError, Severity};
+pub use messages::ClientError;
 pub use sqlstate::SqlState;
 
 /// Splits a NUL-terminated string off the front of `bytes`.

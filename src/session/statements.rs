@@ -22,10 +22,4 @@ impl ClientStatements {
     pub fn remove(&mut self, name: &[u8]) -> Option<Arc<StatementDef>> {
         self.by_name.remove(name)
     }
-    pub fn len(&self) -> usize {
-        self.by_name.len()
-    }
-    pub fn is_empty(&self) -> bool {
-        self.by_name.is_empty()
-    }
 }
