@@ -3,24 +3,24 @@
 //! (across healthy replicas).
 //!
 //! # Layout
-//! The data path, in the order a client meets it:
-//! - [`listener`]: accept loops, one per configured listener, one task per client.
-//! - [`session`]: the client's life: [`session::handshake`] (SSLRequest, cancel,
-//!   startup), [`session::client_auth`] (SCRAM-SHA-256 / MD5 against [`users`]),
-//!   routing via [`router`], a server connection from [`server`], then
-//!   [`session::relay`] until either side leaves.
-//! - [`router`]: a pure function from listener route and [`topology`] snapshot to a node.
-//! - [`server`]: opening and logging in to a PostgreSQL node.
-//! - [`protocol`]: framing (never decoding what is only forwarded), startup packets,
-//!   message builders and SQLSTATEs. [`auth`]: SCRAM and MD5 primitives.
-//! - [`cancel`]: proxy-minted cancel keys mapped to the server in use, or to the
-//!   peer instance (the other half of a Keepalived pair) that minted them.
+//! Layers from the top; each module imports only from the layers below it (and from
+//! earlier modules of its own layer), which `tests/layers.rs` checks:
+//! - [`proxy`]: wiring only: builds the context, starts the tasks, binds, drains.
+//! - `listener` (accept loops), `reload` (applying a new config), `admin` (HTTP
+//!   /health, /status, /metrics, POST /reload).
+//! - `session`: one client: handshake, authentication, greeting, then the
+//!   session-mode relay or the transaction-mode run loop (attach, resend, fast path).
+//! - [`context`]: what the running tasks share, behind narrow accessors.
+//! - `router`: a pure function from route and [`topology`] snapshot to a node.
+//! - `pool`: per-(node, database, user) server pools, reacting to the topology.
+//! - [`topology`]: Patroni polling or SQL probes, rise/fall health, snapshots.
+//! - [`server`]: one logged-in PostgreSQL connection, its parameters and statements.
+//! - [`config`], [`auth`] (SCRAM, MD5), `users`, `metrics` (recording), `cancel` (keys).
+//! - `protocol` (the wire vocabulary: message names, framing, builders), and small
+//!   utilities: `keyed_digest`, `stop_signal`, [`http_client`].
 //!
-//! Beside the data path: [`topology`] (Patroni polling, rise/fall health, snapshots),
-//! [`admin`] (HTTP /health, /status, /metrics, POST /reload), [`metrics`]
-//! (Prometheus), [`config`] (YAML schema and validation), [`reload`] (applying a
-//! changed config to the running proxy) and [`proxy`] (wiring it all together and
-//! shutting it down, gracefully or at once).
+//! The binaries (`switchyard`, `switchyard-demo`) and the tests use only the public
+//! modules.
 
 pub(crate) mod admin;
 pub mod auth;
