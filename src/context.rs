@@ -12,6 +12,7 @@ use arc_swap::ArcSwap;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use crate::buffer_budget::BufferBudget;
 use crate::cancel::CancelRegistry;
 use crate::config::{Config, ListenerConfig};
 use crate::metrics::ListenerMetrics;
@@ -42,6 +43,8 @@ pub struct ProxyContext {
     reload_status: ReloadStatus,
     reload_requests: mpsc::Sender<ReloadRequest>,
     stop: StopSignals,
+    /// Bytes held for clients across sessions (resend copies, held replies).
+    client_buffers: BufferBudget,
 }
 
 /// Client connections across listeners.
@@ -76,7 +79,9 @@ impl ProxyContext {
         reload_requests: mpsc::Sender<ReloadRequest>,
     ) -> ProxyContext {
         let draining = shutdown.child_token();
+        let client_buffers = BufferBudget::new(config.client.max_buffered_bytes.0 as usize);
         ProxyContext {
+            client_buffers,
             users: ArcSwap::from_pointee(UserDb::from_config(&config)),
             config: ArcSwap::new(config),
             topology,
@@ -107,7 +112,14 @@ impl ProxyContext {
     /// Puts a new configuration (and the users it lists) in force.
     pub(crate) fn set_config(&self, config: Arc<Config>) {
         self.users.store(Arc::new(UserDb::from_config(&config)));
+        self.client_buffers
+            .set_limit(config.client.max_buffered_bytes.0 as usize);
         self.config.store(config);
+    }
+
+    /// The proxy-wide budget for bytes held for clients.
+    pub(crate) fn client_buffers(&self) -> &BufferBudget {
+        &self.client_buffers
     }
 
     pub fn topology(&self) -> &Arc<TopologyHandle> {

@@ -17,13 +17,14 @@
 //! - [`server`]: one logged-in PostgreSQL connection, its parameters and statements.
 //! - [`config`], [`auth`] (SCRAM, MD5), `users`, `metrics` (recording), `cancel` (keys).
 //! - `protocol` (the wire vocabulary: message names, framing, builders), and small
-//!   utilities: `keyed_digest`, `stop_signal`, [`http_client`].
+//!   utilities: `keyed_digest`, `buffer_budget`, `stop_signal`, [`http_client`].
 //!
 //! The binaries (`switchyard`, `switchyard-demo`) and the tests use only the public
 //! modules.
 
 pub(crate) mod admin;
 pub mod auth;
+pub(crate) mod buffer_budget;
 pub(crate) mod cancel;
 pub mod config;
 pub mod context;

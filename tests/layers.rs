@@ -9,7 +9,13 @@ use std::path::Path;
 /// Bottom to top. A module may import from its own layer's earlier entries and
 /// from every layer below.
 const LAYERS: &[&[&str]] = &[
-    &["keyed_digest", "stop_signal", "http_client", "protocol"],
+    &[
+        "keyed_digest",
+        "buffer_budget",
+        "stop_signal",
+        "http_client",
+        "protocol",
+    ],
     &["config", "auth", "users", "metrics", "cancel"],
     &["server"],
     &["topology"],

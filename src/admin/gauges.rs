@@ -37,6 +37,11 @@ fn set_gauges(ctx: &ProxyContext) {
         }
     }
     gauge("switchyard_held_clients", &[], ctx.held_clients() as f64);
+    gauge(
+        "switchyard_client_buffered_bytes",
+        &[],
+        ctx.client_buffers().used() as f64,
+    );
     for pool in ctx.pools().stats() {
         let labels = |extra: Option<&str>| {
             let mut labels = vec![

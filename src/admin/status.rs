@@ -26,6 +26,9 @@ struct Status<'a> {
     clients: usize,
     /// Clients waiting for a primary (failover hold).
     held_clients: usize,
+    /// Bytes held for clients (resend copies, held replies) and the limit.
+    client_buffered_bytes: usize,
+    client_buffered_limit: usize,
     pools: Vec<crate::pool::PoolStats>,
     draining: bool,
     reloads: ReloadInfo,
@@ -95,6 +98,8 @@ pub(super) fn status(ctx: &ProxyContext) -> Response<Full<Bytes>> {
             .collect(),
         clients: ctx.open_clients(),
         held_clients: ctx.held_clients(),
+        client_buffered_bytes: ctx.client_buffers().used(),
+        client_buffered_limit: ctx.client_buffers().limit(),
         pools: ctx.pools().stats(),
         draining: ctx.draining().is_cancelled(),
         reloads: ReloadInfo {

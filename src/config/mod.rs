@@ -120,14 +120,23 @@ pub struct FailoverConfig {
     /// split brain) waits this long for one before it gets 57P03.
     #[serde(default = "default_hold_timeout")]
     pub hold_timeout: HumanDuration,
+    /// Send a request again on the new primary when the old one shut down before
+    /// running it (see README, Failover). Off: the client gets the server's error.
+    #[serde(default = "default_resend")]
+    pub resend: bool,
 }
 
 impl Default for FailoverConfig {
     fn default() -> Self {
         FailoverConfig {
             hold_timeout: default_hold_timeout(),
+            resend: default_resend(),
         }
     }
+}
+
+fn default_resend() -> bool {
+    true
 }
 
 fn default_hold_timeout() -> HumanDuration {
@@ -376,6 +385,11 @@ pub struct ClientConfig {
     /// Largest message a client may send; larger ones end the session with 08P01.
     #[serde(default = "default_max_message_size")]
     pub max_message_size: ByteSize,
+    /// All clients together may have this much held by the proxy beyond its read
+    /// buffers (request copies kept for a failover resend, replies held back to
+    /// judge them); past it requests are simply not resendable.
+    #[serde(default = "default_max_buffered_bytes")]
+    pub max_buffered_bytes: ByteSize,
 }
 
 impl Default for ClientConfig {
@@ -383,6 +397,7 @@ impl Default for ClientConfig {
         ClientConfig {
             startup_timeout: default_startup_timeout(),
             max_message_size: default_max_message_size(),
+            max_buffered_bytes: default_max_buffered_bytes(),
         }
     }
 }
@@ -392,6 +407,9 @@ fn default_startup_timeout() -> HumanDuration {
 }
 fn default_max_message_size() -> ByteSize {
     ByteSize(64 << 20)
+}
+fn default_max_buffered_bytes() -> ByteSize {
+    ByteSize(256 << 20)
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

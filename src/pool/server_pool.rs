@@ -306,6 +306,26 @@ impl ServerPool {
         Ok(Box::new(connection))
     }
 
+    /// Logs in once more and hangs up, to learn whether the node still accepts
+    /// connections (after one of its backends ended with FATAL 57P01). Not counted
+    /// as a pool connection; bounded by the connect timeout, at most 2 s.
+    pub async fn probe_login(&self) -> Result<(), ServerError> {
+        let login = LoginRequest {
+            user: &self.key.user,
+            password: self.password.expose(),
+            database: &self.key.database,
+            params: &[],
+        };
+        let timeout = self
+            .settings
+            .load()
+            .connect_timeout
+            .min(std::time::Duration::from_secs(2));
+        let connection = server::connect(&self.key.node, &self.address, &login, timeout).await?;
+        connection.say_goodbye();
+        Ok(())
+    }
+
     fn is_fresh(&self, connection: &ServerConnection, now: Instant) -> bool {
         let settings = self.settings.load();
         now.duration_since(connection.created_at) < settings.lifetime

@@ -153,6 +153,13 @@ impl FrameScanner {
         }
     }
 
+    /// Gives back a capture buffer that grew past `above` bytes.
+    pub fn shrink(&mut self, above: usize) {
+        if self.captured.capacity() > above && self.captured.is_empty() {
+            self.captured = Vec::new();
+        }
+    }
+
     /// Forgets any partial message, keeping the capture buffer's allocation: a
     /// scanner reused for a new stream (the next server of a pooled session).
     pub fn reset(&mut self) {

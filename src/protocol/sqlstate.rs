@@ -14,6 +14,8 @@ pub enum SqlState {
     InvalidPassword,
     /// 53300: too many connections.
     TooManyConnections,
+    /// 54000: a client went past one of the proxy's per-client limits.
+    ProgramLimitExceeded,
     /// 57P01: the proxy is shutting down.
     AdminShutdown,
     /// 57P03: no node can take this session right now (no primary, no replica).
@@ -33,6 +35,7 @@ impl SqlState {
             SqlState::InvalidAuthorization => "28000",
             SqlState::InvalidPassword => "28P01",
             SqlState::TooManyConnections => "53300",
+            SqlState::ProgramLimitExceeded => "54000",
             SqlState::AdminShutdown => "57P01",
             SqlState::CannotConnectNow => "57P03",
             SqlState::InvalidCatalogName => "3D000",

@@ -157,6 +157,19 @@ impl ServerError {
         }
     }
 
+    /// Whether the node refuses new logins because it is going away: the
+    /// connection is refused or reset, or the server says it is shutting down or
+    /// not accepting connections. A timeout proves nothing (a busy node is slow).
+    pub fn says_node_is_leaving(&self) -> bool {
+        match self {
+            ServerError::Connect { .. } | ServerError::Io { .. } => true,
+            ServerError::Rejected { fields, .. } => {
+                matches!(fields.code.as_str(), "57P01" | "57P03")
+            }
+            _ => false,
+        }
+    }
+
     /// The server's own ErrorResponse, when it refused the login.
     pub fn raw_error(&self) -> Option<&Bytes> {
         match self {

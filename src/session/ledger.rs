@@ -65,6 +65,9 @@ pub enum Event {
     ParamCommitted(ParamChange),
     /// A server prepared this statement without error.
     Prepared(Arc<StatementDef>),
+    /// The client's own Parse of this statement failed or was skipped: the client
+    /// does not have it.
+    PrepareFailed(Arc<StatementDef>),
     /// The server sent an ErrorResponse with this SQLSTATE (counted in metrics).
     Error(String),
 }
@@ -89,6 +92,9 @@ pub struct Ledger {
     /// The server said something after the client was owed nothing (typically a
     /// FATAL as it shuts down): swallowed, and the server is not reused.
     pub unsolicited: bool,
+    /// The last server message was an ErrorResponse (so a close that follows it
+    /// has been explained to the client).
+    pub last_was_error: bool,
     /// Requests ending in ReadyForQuery sent in this attach.
     pub requests: u32,
     /// The server is in copy-in mode (it ignores Sync and Flush until the client's
@@ -107,6 +113,7 @@ impl Default for Ledger {
             untracked_settings: false,
             statements_reset: false,
             unsolicited: false,
+            last_was_error: false,
             requests: 0,
             copy_in: false,
         }
@@ -274,7 +281,7 @@ impl Ledger {
                 true
             }
             (_, tag::ERROR_RESPONSE) => {
-                self.fail_batch(statements);
+                self.fail_batch(statements, events);
                 true
             }
             _ => true,
@@ -283,14 +290,19 @@ impl Ledger {
 
     /// After an error in an extended-protocol batch the server skips everything up
     /// to Sync: undo what the skipped messages would have done.
-    fn fail_batch(&mut self, statements: &mut ServerStatements) {
+    fn fail_batch(&mut self, statements: &mut ServerStatements, events: &mut Vec<Event>) {
         while let Some(head) = self.queue.front() {
             if matches!(head, Expect::Ready { .. }) {
                 break;
             }
-            if let Some(Expect::Complete { effect, .. }) = self.queue.pop_front() {
+            if let Some(Expect::Complete { effect, suppress }) = self.queue.pop_front() {
                 match effect {
-                    Effect::Prepared(def) => statements.remove(&def.server_name),
+                    Effect::Prepared(def) => {
+                        statements.remove(&def.server_name);
+                        if !suppress {
+                            events.push(Event::PrepareFailed(def));
+                        }
+                    }
                     Effect::Closed(def) => statements.insert(def),
                     Effect::None => {}
                 }
@@ -365,6 +377,7 @@ impl FrameVisitor for Walker<'_> {
     }
 
     fn end(&mut self, frame: Frame<'_>) {
+        self.ledger.last_was_error = frame.tag == tag::ERROR_RESPONSE && self.ledger.forwarding;
         match frame.tag {
             tag::PARAMETER_STATUS => self
                 .events

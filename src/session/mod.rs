@@ -356,6 +356,10 @@ impl Session {
                     self.servers.node_name().unwrap_or("?")
                 ),
             )),
+            RelayEnd::ClientOverLimit(why) => Some(ClientError::fatal(
+                SqlState::ProgramLimitExceeded,
+                why.clone(),
+            )),
             RelayEnd::Shutdown => Some(ClientError::fatal(
                 SqlState::AdminShutdown,
                 "terminating connection because Switchyard is shutting down",
@@ -392,6 +396,9 @@ impl Session {
             },
             SessionEnd::Relay(RelayEnd::ClientProtocol(e)) => {
                 format!("client protocol violation: {e}")
+            }
+            SessionEnd::Relay(RelayEnd::ClientOverLimit(why)) => {
+                format!("client over a limit: {why}")
             }
             SessionEnd::Relay(RelayEnd::Shutdown) => "proxy shutdown".into(),
             SessionEnd::Relay(RelayEnd::Demoted(node)) => {

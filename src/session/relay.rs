@@ -35,6 +35,8 @@ pub enum RelayEnd {
     },
     /// The client sent a message the proxy refuses (bad length, too large).
     ClientProtocol(FrameError),
+    /// The client went past a per-client limit of the proxy (FATAL 54000).
+    ClientOverLimit(String),
     Shutdown,
     /// Session mode on the write route: the session's node is confirmed demoted
     /// (another node is the primary, or it reports itself a replica).

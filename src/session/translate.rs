@@ -10,7 +10,7 @@ use bytes::BytesMut;
 
 use super::ledger::{Effect, Expect, Ledger};
 use super::settings::parse_param_change;
-use super::statements::ClientStatements;
+use super::statements::{ClientStatements, OverLimit};
 use crate::protocol::frame::complete_message_len;
 use crate::protocol::frame::FrameError;
 use crate::protocol::frontend;
@@ -31,6 +31,21 @@ pub struct Translated {
     pub queries: u64,
 }
 
+/// Why translation stopped.
+#[derive(Debug)]
+pub enum TranslateError {
+    /// A message with a bad or too large length.
+    Frame(FrameError),
+    /// The client's prepared statements would take more than their bound.
+    Statements(OverLimit),
+}
+
+impl From<FrameError> for TranslateError {
+    fn from(e: FrameError) -> TranslateError {
+        TranslateError::Frame(e)
+    }
+}
+
 pub struct Translator<'a> {
     pub ledger: &'a mut Ledger,
     pub client: &'a mut ClientStatements,
@@ -45,7 +60,7 @@ impl Translator<'_> {
         &mut self,
         inbox: &mut BytesMut,
         out: &mut BytesMut,
-    ) -> Result<Translated, FrameError> {
+    ) -> Result<Translated, TranslateError> {
         let mut result = Translated::default();
         let batch_start = self.server.tick();
         while let Some(len) = complete_message_len(inbox, self.max_message)? {
@@ -57,7 +72,8 @@ impl Translator<'_> {
             }
             result.bytes += len as u64;
             result.queries += u64::from(matches!(tag, tag::QUERY | tag::EXECUTE));
-            self.translate(tag, &message, out, batch_start);
+            self.translate(tag, &message, out, batch_start)
+                .map_err(TranslateError::Statements)?;
         }
         if inbox.is_empty() && inbox.capacity() > 64 * 1024 {
             // A one-off large message should not pin its buffer for the session.
@@ -66,7 +82,13 @@ impl Translator<'_> {
         Ok(result)
     }
 
-    fn translate(&mut self, tag: u8, message: &[u8], out: &mut BytesMut, batch_start: u64) {
+    fn translate(
+        &mut self,
+        tag: u8,
+        message: &[u8],
+        out: &mut BytesMut,
+        batch_start: u64,
+    ) -> Result<(), OverLimit> {
         let body = &message[5..];
         match tag {
             tag::QUERY => {
@@ -96,7 +118,7 @@ impl Translator<'_> {
                     out.extend_from_slice(message);
                 }
             }
-            tag::PARSE => self.parse(body, message, out, batch_start),
+            tag::PARSE => return self.parse(body, message, out, batch_start),
             tag::BIND => self.bind(body, message, out, batch_start),
             tag::DESCRIBE => self.describe(body, message, out, batch_start),
             tag::CLOSE => self.close(body, message, out),
@@ -121,9 +143,16 @@ impl Translator<'_> {
             // Flush, CopyData and anything unknown (the server judges it).
             _ => out.extend_from_slice(message),
         }
+        Ok(())
     }
 
-    fn parse(&mut self, body: &[u8], message: &[u8], out: &mut BytesMut, batch_start: u64) {
+    fn parse(
+        &mut self,
+        body: &[u8],
+        message: &[u8],
+        out: &mut BytesMut,
+        batch_start: u64,
+    ) -> Result<(), OverLimit> {
         self.ledger.set_batch_open(true);
         let name = match split_cstr(body) {
             Some((name, _)) if !name.is_empty() => name,
@@ -134,19 +163,20 @@ impl Translator<'_> {
                     effect: Effect::None,
                 });
                 out.extend_from_slice(message);
-                return;
+                return Ok(());
             }
         };
         if starts_like_setting(body.get(name.len() + 1..).unwrap_or_default()) {
             self.ledger.untracked_settings = true;
         }
         let def = Arc::new(StatementDef::from_parse_body(body, name.len()));
-        self.client.insert(name, Arc::clone(&def));
+        self.client.insert(name, Arc::clone(&def))?;
         if self.server.touch(&def) {
             self.ledger.push(Expect::Synthetic(PARSE_COMPLETE));
         } else {
             self.prepare_on_server(def, false, out, batch_start);
         }
+        Ok(())
     }
 
     /// Sends a Parse for `def` under its server name. `suppress`: the client did not

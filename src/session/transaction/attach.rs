@@ -1,9 +1,12 @@
 //! One attached stretch of a transaction-mode session: a client and a checked-out
 //! server relayed both ways until the server is idle again. The two directions run
-//! concurrently: [`upstream`] moves client messages through the [`Translator`]
-//! (prepared statements) to the server, [`downstream`] moves server replies through
+//! concurrently: [`Upstream`] moves client messages through the [`Translator`]
+//! (prepared statements) to the server, [`Downstream`] moves server replies through
 //! the [`Ledger`] to the client. What both touch lives in [`Shared`], locked only
-//! between awaits.
+//! between awaits. While nothing has reached the client the request may still be
+//! sent again elsewhere ([`resend`]); server bytes the client waits for are never
+//! held back for that: a Flush from the client, or a copy or a held reply past its
+//! bound, ends it.
 
 use std::sync::Mutex;
 
@@ -13,24 +16,43 @@ use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
-use super::resend::{self, Verdict};
+use super::resend::{self, Judge, RequestShape, Verdict, MAX_HELD};
 use super::{Buffers, Detach, READ_SIZE};
-use crate::pool::PooledServer;
-use crate::protocol::frame::{complete_prefix, FrameError, FrameScanner};
+use crate::buffer_budget::Reservation;
+use crate::pool::{PooledServer, ServerPool};
+use crate::protocol::frame::{complete_prefix, FrameError, FrameScanner, Messages};
+use crate::protocol::tag;
 use crate::server::statements::ServerStatements;
 use crate::session::ledger::{Event, Ledger, Segment};
 use crate::session::relay::RelayEnd;
 use crate::session::statements::ClientStatements;
-use crate::session::translate::Translator;
-use crate::session::Session;
+use crate::session::translate::{TranslateError, Translator};
+use crate::session::{Session, SessionEnv};
 
 /// State both directions touch while attached; each holds the lock only between awaits.
 struct Shared<'a> {
     ledger: &'a mut Ledger,
-    /// Nothing has reached the client in this attach yet.
+    /// Nothing has reached the client in this attach yet and the copy of its
+    /// request is whole: it may be sent again, and the first replies are held
+    /// back until they show whether it ran.
     replayable: bool,
+    shape: RequestShape,
+    /// What the copy and the held replies take from the proxy-wide budget.
+    held: Reservation<'a>,
+    /// Client bytes are being written to the server: it must not be released
+    /// mid-message even when nothing is owed (CopyData outside COPY, a Flush
+    /// owe no reply).
+    writing: bool,
     client: &'a mut ClientStatements,
     server: &'a mut ServerStatements,
+}
+
+impl Shared<'_> {
+    /// The request can no longer be sent again: stop keeping anything for it.
+    fn stop_replay(&mut self) {
+        self.replayable = false;
+        self.held.release_all();
+    }
 }
 
 fn lock<'m, 'a>(shared: &'m Mutex<Shared<'a>>) -> std::sync::MutexGuard<'m, Shared<'a>> {
@@ -53,12 +75,14 @@ struct Limits {
     max_prepared: usize,
 }
 
+/// `resend_allowed`: the run loop allows one more resend of this request.
 pub(super) async fn attach(
     session: &mut Session,
     socket: &mut TcpStream,
     server: &mut PooledServer,
     inbox: &mut BytesMut,
     buffers: &mut Buffers,
+    resend_allowed: bool,
 ) -> Detach {
     let limits = Limits {
         max_message: session.env.config.client.max_message_size.0 as usize,
@@ -77,31 +101,53 @@ pub(super) async fn attach(
     ledger.reset();
     replay.clear();
     scanner.reset();
+    let env = &session.env;
     let shared = Mutex::new(Shared {
         ledger,
-        replayable: true,
+        replayable: resend_allowed,
+        shape: RequestShape::default(),
+        held: Reservation::new(env.ctx.client_buffers()),
+        writing: false,
         client: &mut session.statements,
         server: &mut connection.statements,
     });
     let wake = Notify::new();
-    let mut received = Received::default();
-    let mut sent = 0u64;
     let (client_reader, client_writer) = socket.split();
     let (server_reader, server_writer) = connection.stream.split();
+    let mut upstream = Upstream {
+        shared: &shared,
+        wake: &wake,
+        limits,
+        inbox,
+        out,
+        replay,
+        received: Received::default(),
+    };
+    let mut downstream = Downstream {
+        shared: &shared,
+        wake: &wake,
+        env,
+        pool,
+        buffer,
+        scanner,
+        segments,
+        events,
+        judge: Judge::default(),
+        held: 0,
+        sent: 0,
+    };
     let detach = tokio::select! {
         biased;
-        end = upstream(
-            &shared, &wake, limits, inbox, out, replay, &mut received, client_reader, server_writer,
-        ) => Detach::End(end),
-        result = downstream(
-            &shared, &wake, buffer, scanner, segments, events, &mut sent, server_reader, client_writer,
-        ) => match result {
+        end = upstream.run(client_reader, server_writer) => Detach::End(end),
+        result = downstream.run(server_reader, client_writer) => match result {
             Ok(()) => Detach::Released,
             Err(detach) => detach,
         },
         _ = session.signals.shutdown.fired() => Detach::End(RelayEnd::Shutdown),
     };
-    let _ = shared.into_inner();
+    let received = std::mem::take(&mut upstream.received);
+    let sent = downstream.sent;
+    drop(shared);
     let counters = &mut session.counters;
     counters.stats.client_bytes += received.bytes;
     counters.stats.server_bytes += sent;
@@ -109,166 +155,323 @@ pub(super) async fn attach(
     metrics.add_received_bytes(received.bytes);
     metrics.add_sent_bytes(sent);
     metrics.add_queries(received.queries);
-    apply_events(session, connection, pool, events.drain(..));
+    apply_events(session, connection, events.drain(..));
     detach
 }
 
 /// Client to server: translate every complete message, keep a copy while the
 /// request may still be sent again, write, read more.
-#[allow(clippy::too_many_arguments)]
-async fn upstream(
-    shared: &Mutex<Shared<'_>>,
-    wake: &Notify,
+struct Upstream<'s, 'a> {
+    shared: &'s Mutex<Shared<'a>>,
+    wake: &'s Notify,
     limits: Limits,
-    inbox: &mut BytesMut,
-    out: &mut BytesMut,
-    replay: &mut BytesMut,
-    received: &mut Received,
-    mut client_reader: ReadHalf<'_>,
-    mut server_writer: WriteHalf<'_>,
-) -> RelayEnd {
-    loop {
-        out.clear();
-        let (translated, owes_now) = {
-            let mut guard = lock(shared);
-            let state = &mut *guard;
-            if state.replayable {
-                replay.extend_from_slice(&inbox[..complete_prefix(inbox, limits.max_message)]);
+    inbox: &'s mut BytesMut,
+    out: &'s mut BytesMut,
+    replay: &'s mut BytesMut,
+    received: Received,
+}
+
+impl Upstream<'_, '_> {
+    async fn run(
+        &mut self,
+        mut client_reader: ReadHalf<'_>,
+        mut server_writer: WriteHalf<'_>,
+    ) -> RelayEnd {
+        loop {
+            self.out.clear();
+            let (translated, wake_now) = {
+                let mut guard = lock(self.shared);
+                let state = &mut *guard;
+                let copied_from = self.keep_copy(state);
+                let translated = Translator {
+                    ledger: state.ledger,
+                    client: state.client,
+                    server: state.server,
+                    max_prepared: self.limits.max_prepared,
+                    max_message: self.limits.max_message,
+                }
+                .run(self.inbox, self.out);
+                let stopped = copied_from.is_some_and(|from| self.note_copy(state, from));
+                state.writing = !self.out.is_empty();
+                // Replies the proxy makes up with nothing before them from the
+                // server, or held replies the client now waits for: the other
+                // direction sends them now.
+                (translated, stopped || state.ledger.owes_synthetic_now())
+            };
+            let translated = match translated {
+                Ok(t) => t,
+                Err(TranslateError::Frame(e)) => return RelayEnd::ClientProtocol(e),
+                Err(TranslateError::Statements(over)) => {
+                    return RelayEnd::ClientOverLimit(format!(
+                        "prepared statements of this connection would take {} bytes, over the \
+                         proxy's limit of {} bytes; close (deallocate) statements no longer used",
+                        over.bytes,
+                        crate::session::statements::MAX_STATEMENT_BYTES
+                    ))
+                }
+            };
+            self.received.bytes += translated.bytes;
+            self.received.queries += translated.queries;
+            if wake_now {
+                self.wake.notify_one();
             }
-            let translated = Translator {
-                ledger: state.ledger,
-                client: state.client,
-                server: state.server,
-                max_prepared: limits.max_prepared,
-                max_message: limits.max_message,
+            if !self.out.is_empty() {
+                if let Err(e) = server_writer.write_all(self.out).await {
+                    return RelayEnd::ServerGone {
+                        error: Some(e),
+                        sent_error: false,
+                    };
+                }
+                let mut state = lock(self.shared);
+                state.writing = false;
+                if state.ledger.is_idle() {
+                    // The other direction may have found nothing owed meanwhile and
+                    // waited only for this write to finish.
+                    self.wake.notify_one();
+                }
             }
-            .run(inbox, out);
-            (translated, state.ledger.owes_synthetic_now())
-        };
-        let translated = match translated {
-            Ok(t) => t,
-            Err(e) => return RelayEnd::ClientProtocol(e),
-        };
-        received.bytes += translated.bytes;
-        received.queries += translated.queries;
-        if owes_now {
-            // Replies the proxy makes up with nothing before them from the
-            // server: the other direction sends them now.
-            wake.notify_one();
-        }
-        if !out.is_empty() {
-            if let Err(e) = server_writer.write_all(out).await {
-                return RelayEnd::ServerGone {
-                    error: Some(e),
-                    sent_error: false,
-                };
+            if translated.terminate {
+                return RelayEnd::ClientTerminated;
             }
-        }
-        if translated.terminate {
-            return RelayEnd::ClientTerminated;
-        }
-        if inbox.capacity() - inbox.len() < 1024 {
-            inbox.reserve(READ_SIZE);
-        }
-        match client_reader.read_buf(inbox).await {
-            Ok(0) => return RelayEnd::ClientGone(None),
-            Ok(_) => {}
-            Err(e) => return RelayEnd::ClientGone(Some(e)),
+            if self.inbox.capacity() - self.inbox.len() < 1024 {
+                self.inbox.reserve(READ_SIZE);
+            }
+            match client_reader.read_buf(self.inbox).await {
+                Ok(0) => return RelayEnd::ClientGone(None),
+                Ok(_) => {}
+                Err(e) => return RelayEnd::ClientGone(Some(e)),
+            }
         }
     }
+
+    /// Copies the complete messages about to be translated, while the request may
+    /// be sent again and the copy stays within its bounds; where the copy starts.
+    fn keep_copy(&mut self, state: &mut Shared<'_>) -> Option<usize> {
+        if !state.replayable {
+            if !self.replay.is_empty() {
+                self.replay.clear();
+            }
+            return None;
+        }
+        let complete = complete_prefix(self.inbox, self.limits.max_message);
+        let from = self.replay.len();
+        if from + complete > MAX_HELD || !state.held.grow(complete) {
+            state.stop_replay();
+            self.replay.clear();
+            // Anything held back must go now.
+            self.wake.notify_one();
+            return None;
+        }
+        self.replay.extend_from_slice(&self.inbox[..complete]);
+        Some(from)
+    }
+
+    /// Notes what the copied messages are (after translation, so statements they
+    /// name are known); true when a Flush among them ended the replay: the client
+    /// waits for the replies so far.
+    fn note_copy(&mut self, state: &mut Shared<'_>, from: usize) -> bool {
+        let mut flushed = false;
+        for message in Messages::new(&self.replay[from..], usize::MAX) {
+            flushed |= message.tag == tag::FLUSH;
+            state.shape.note(&message, state.client);
+        }
+        if flushed {
+            state.stop_replay();
+            self.replay.clear();
+        }
+        flushed
+    }
+}
+
+/// What the downstream direction does after a read.
+enum Step {
+    /// Send the segments, read more.
+    Relay,
+    /// Hold the bytes back: they do not show yet whether the request ran.
+    Hold,
+    /// The server said it is shutting down before running the request: find out
+    /// whether the node is leaving.
+    Suspect,
 }
 
 /// Server to client: read, let the ledger decide what passes (and what the proxy
 /// answers itself), write; Ok when the server is idle and owes nothing.
-#[allow(clippy::too_many_arguments)]
-async fn downstream(
-    shared: &Mutex<Shared<'_>>,
-    wake: &Notify,
-    buffer: &mut BytesMut,
-    scanner: &mut FrameScanner,
-    segments: &mut Vec<Segment>,
-    events: &mut Vec<Event>,
-    sent: &mut u64,
-    mut server_reader: ReadHalf<'_>,
-    mut client_writer: WriteHalf<'_>,
-) -> Result<(), Detach> {
-    buffer.clear();
-    // One waiter for the whole attach, renewed only after it fires: a fresh one
-    // per read would register and unregister with the Notify every time.
-    let mut woken = std::pin::pin!(wake.notified());
-    loop {
-        if buffer.capacity() < READ_SIZE {
-            buffer.reserve(READ_SIZE);
-        }
-        // Biased: a fixed order needs no random number per poll.
-        let read = tokio::select! {
-            biased;
-            read = server_reader.read_buf(buffer) => Some(read),
-            _ = woken.as_mut() => {
-                woken.set(wake.notified());
-                None
+struct Downstream<'s, 'a> {
+    shared: &'s Mutex<Shared<'a>>,
+    wake: &'s Notify,
+    env: &'s SessionEnv,
+    pool: &'s ServerPool,
+    buffer: &'s mut BytesMut,
+    scanner: &'s mut FrameScanner,
+    segments: &'s mut Vec<Segment>,
+    events: &'s mut Vec<Event>,
+    judge: Judge,
+    /// Bytes of `buffer` taken from the budget while held.
+    held: usize,
+    sent: u64,
+}
+
+impl Downstream<'_, '_> {
+    async fn run(
+        &mut self,
+        mut server_reader: ReadHalf<'_>,
+        mut client_writer: WriteHalf<'_>,
+    ) -> Result<(), Detach> {
+        self.buffer.clear();
+        // One waiter for the whole attach, renewed only after it fires: a fresh one
+        // per read would register and unregister with the Notify every time.
+        let mut woken = std::pin::pin!(self.wake.notified());
+        loop {
+            if self.buffer.capacity() - self.buffer.len() < 1024 {
+                self.buffer.reserve(READ_SIZE);
             }
-        };
-        let idle = {
-            let mut guard = lock(shared);
-            let state = &mut *guard;
-            match read {
-                Some(Ok(0)) => {
-                    return Err(Detach::End(RelayEnd::ServerGone {
-                        error: None,
-                        sent_error: false,
-                    }))
+            // Biased: a fixed order needs no random number per poll.
+            let read = tokio::select! {
+                biased;
+                read = server_reader.read_buf(self.buffer) => Some(read),
+                _ = woken.as_mut() => {
+                    woken.set(self.wake.notified());
+                    None
                 }
-                Some(Err(e))
-                    if resend::reset_before_reply(state.replayable, state.ledger.requests, &e) =>
-                {
-                    return Err(Detach::Retry)
-                }
-                Some(Err(e)) => {
-                    return Err(Detach::End(RelayEnd::ServerGone {
-                        error: Some(e),
-                        sent_error: false,
-                    }))
-                }
-                Some(Ok(_)) => {
-                    let verdict = if state.replayable {
-                        resend::going_away(buffer)
-                    } else {
-                        Verdict::Answer
-                    };
-                    match verdict {
-                        Verdict::GoingAway => return Err(Detach::Retry),
-                        Verdict::NeedMore => continue,
-                        Verdict::Answer => {
-                            let processed = state.ledger.process(
-                                buffer,
-                                scanner,
-                                state.server,
-                                segments,
-                                events,
-                            );
-                            if let Err(e) = processed {
-                                return Err(Detach::End(server_protocol_error(e)));
-                            }
-                        }
-                    }
-                }
-                None => state.ledger.flush_synthetic(segments),
+            };
+            let mut step = self.after_read(read)?;
+            if let Step::Suspect = step {
+                step = self.suspect().await?;
             }
-            if !segments.is_empty() {
-                state.replayable = false;
+            if let Step::Hold = step {
+                continue;
             }
-            state.ledger.is_idle() && scanner.at_boundary()
-        };
-        match write_segments(&mut client_writer, buffer, segments).await {
-            Ok(written) => *sent += written as u64,
-            Err(e) => return Err(Detach::End(RelayEnd::ClientGone(Some(e)))),
+            let idle = {
+                let state = lock(self.shared);
+                state.ledger.is_idle() && self.scanner.at_boundary() && !state.writing
+            };
+            match write_segments(&mut client_writer, self.buffer, self.segments).await {
+                Ok(written) => self.sent += written as u64,
+                Err(e) => return Err(Detach::End(RelayEnd::ClientGone(Some(e)))),
+            }
+            self.segments.clear();
+            self.buffer.clear();
+            if idle {
+                return Ok(());
+            }
         }
-        segments.clear();
-        buffer.clear();
-        if idle {
-            return Ok(());
+    }
+
+    /// Decides what a read (None: a wake from the other direction) means.
+    fn after_read(&mut self, read: Option<std::io::Result<usize>>) -> Result<Step, Detach> {
+        let mut guard = lock(self.shared);
+        let state = &mut *guard;
+        match read {
+            Some(Ok(0)) => {
+                return Err(Detach::End(RelayEnd::ServerGone {
+                    error: None,
+                    sent_error: state.ledger.last_was_error,
+                }))
+            }
+            Some(Err(e))
+                if state.replayable
+                    && state.shape.resendable()
+                    && resend::reset_before_reply(state.ledger.requests, &e) =>
+            {
+                return Ok(Step::Suspect)
+            }
+            Some(Err(e)) => {
+                return Err(Detach::End(RelayEnd::ServerGone {
+                    error: Some(e),
+                    sent_error: false,
+                }))
+            }
+            Some(Ok(_)) => {}
+            None => {
+                // Replies the proxy owes with nothing from the server before them.
+                state.ledger.flush_synthetic(self.segments);
+                if !self.segments.is_empty() {
+                    state.stop_replay();
+                }
+            }
         }
+        if state.replayable && !self.buffer.is_empty() {
+            match self.judge.judge(self.buffer) {
+                Verdict::GoingAway if state.shape.resendable() => return Ok(Step::Suspect),
+                Verdict::NeedMore if self.hold(state) => return Ok(Step::Hold),
+                Verdict::GoingAway | Verdict::NeedMore | Verdict::Answer => {}
+            }
+        }
+        self.relay(state)?;
+        Ok(Step::Relay)
+    }
+
+    /// Keeps the bytes read so far back, within the bounds; false when they must go.
+    fn hold(&mut self, state: &mut Shared<'_>) -> bool {
+        let more = self.buffer.len().saturating_sub(self.held);
+        if self.buffer.len() <= MAX_HELD && state.held.grow(more) {
+            self.held = self.buffer.len();
+            return true;
+        }
+        false
+    }
+
+    /// Passes the buffer through the ledger into segments for the client.
+    fn relay(&mut self, state: &mut Shared<'_>) -> Result<(), Detach> {
+        if !self.buffer.is_empty() {
+            state
+                .ledger
+                .process(
+                    self.buffer,
+                    self.scanner,
+                    state.server,
+                    self.segments,
+                    self.events,
+                )
+                .map_err(|e| Detach::End(server_protocol_error(e)))?;
+            if !self.events.is_empty() {
+                self.apply_now(state);
+            }
+        }
+        if state.replayable && !self.segments.is_empty() {
+            state.stop_replay();
+        }
+        self.held = 0;
+        self.judge = Judge::default();
+        Ok(())
+    }
+
+    /// Applies the events that need nothing but what this direction holds, as they
+    /// happen: a client pipelining thousands of requests in one attach must not
+    /// pile them up (a rejected statement is forgotten at once). The rest wait for
+    /// the end of the attach.
+    fn apply_now(&mut self, state: &mut Shared<'_>) {
+        let listener = &self.env.listener.config.name;
+        let pool = self.pool;
+        self.events.retain(|event| match event {
+            Event::PrepareFailed(def) => {
+                state.client.forget(def);
+                false
+            }
+            Event::Prepared(def) => {
+                pool.remember_statement(def);
+                false
+            }
+            Event::Error(code) => {
+                crate::metrics::record_error(listener, code);
+                false
+            }
+            Event::ParameterStatus(_) | Event::ParamCommitted(_) => true,
+        });
+    }
+
+    /// The server ended before running the request: resend it if the node is
+    /// really leaving, otherwise the client gets the server's own error.
+    async fn suspect(&mut self) -> Result<Step, Detach> {
+        let leaving = resend::node_is_leaving(self.env, self.pool).await;
+        let mut guard = lock(self.shared);
+        let state = &mut *guard;
+        if leaving && state.replayable && state.shape.resendable() {
+            return Err(Detach::Retry);
+        }
+        state.stop_replay();
+        self.relay(state)?;
+        Ok(Step::Relay)
     }
 }
 
@@ -285,7 +488,6 @@ fn server_protocol_error(e: FrameError) -> RelayEnd {
 fn apply_events(
     session: &mut Session,
     connection: &mut crate::server::ServerConnection,
-    pool: &crate::pool::ServerPool,
     events: impl Iterator<Item = Event>,
 ) {
     for event in events {
@@ -302,10 +504,8 @@ fn apply_events(
                 // which the next checkout brings back in line with the client.
                 change.apply_to_server(&mut connection.applied);
             }
-            Event::Prepared(def) => pool.remember_statement(&def),
-            Event::Error(code) => {
-                crate::metrics::record_error(&session.env.listener.config.name, &code)
-            }
+            // Applied as they happened (see `Downstream::apply_now`).
+            Event::Prepared(_) | Event::PrepareFailed(_) | Event::Error(_) => {}
         }
     }
 }

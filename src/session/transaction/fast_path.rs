@@ -13,6 +13,7 @@ use super::super::Session;
 use crate::protocol::frame::Messages;
 use crate::protocol::{frontend, messages, split_cstr, tag};
 use crate::server::statements::StatementDef;
+use crate::session::statements::MAX_STATEMENT_BYTES;
 
 /// The replies to the answerable batch at the front of `inbox` (which it takes
 /// off), or None when it must go to a server.
@@ -33,7 +34,11 @@ pub(super) fn answer_without_server(
         let answerable = match message.tag {
             tag::PARSE => match split_cstr(message.body) {
                 Some((name, _)) if !name.is_empty() => {
-                    pool.knows_statement(&StatementDef::from_parse_body(message.body, name.len()))
+                    // Near the client's statement bound, the translator decides.
+                    let fits =
+                        session.statements.bytes() + message.body.len() <= MAX_STATEMENT_BYTES;
+                    fits && pool
+                        .knows_statement(&StatementDef::from_parse_body(message.body, name.len()))
                 }
                 _ => false,
             },
@@ -59,7 +64,8 @@ pub(super) fn answer_without_server(
             tag::PARSE => {
                 if let Some((name, _)) = split_cstr(message.body) {
                     let def = Arc::new(StatementDef::from_parse_body(message.body, name.len()));
-                    session.statements.insert(name, def);
+                    // Checked to fit above.
+                    let _ = session.statements.insert(name, def);
                 }
                 replies.extend_from_slice(messages::PARSE_COMPLETE);
             }

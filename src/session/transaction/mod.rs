@@ -44,13 +44,29 @@ struct Buffers {
     events: Vec<Event>,
     /// Reset at each attach; kept to reuse its queue's allocation.
     ledger: Ledger,
-    /// Client messages sent to the server in this attach, kept until the client
-    /// has been sent anything (after that a retry could duplicate what it saw).
+    /// Client messages sent to the server in this attach, kept while the request
+    /// may be sent again (see [`resend`]).
     replay: BytesMut,
     /// Server message boundaries; its capture buffer (ReadyForQuery, ParameterStatus
     /// bodies) is reused too.
     scanner: FrameScanner,
 }
+
+impl Buffers {
+    /// Gives back what one large message grew a buffer to, so a session does not
+    /// keep the capacity of the largest message it ever saw.
+    fn shrink(&mut self) {
+        for buffer in [&mut self.upstream, &mut self.downstream, &mut self.replay] {
+            if buffer.capacity() > SHRINK_ABOVE {
+                *buffer = BytesMut::new();
+            }
+        }
+        self.scanner.shrink(SHRINK_ABOVE);
+    }
+}
+
+/// Buffers that grew past this are given back after the transaction.
+const SHRINK_ABOVE: usize = 64 * 1024;
 
 impl Default for Buffers {
     fn default() -> Buffers {
@@ -104,7 +120,17 @@ pub(super) async fn run(
         }
         registration.set_target(Some(server.cancel_target()));
         let attached_at = session.counters.checked_out_at;
-        let detach = attach::attach(session, socket, &mut server, &mut inbox, &mut buffers).await;
+        let resend_allowed = session.env.config.failover.resend && retries < resend::MAX_RETRIES;
+        let detach = attach::attach(
+            session,
+            socket,
+            &mut server,
+            &mut inbox,
+            &mut buffers,
+            resend_allowed,
+        )
+        .await;
+        buffers.shrink();
         registration.set_target(None);
         session.mark_idle();
         let ledger = &buffers.ledger;
@@ -124,10 +150,10 @@ pub(super) async fn run(
                 }
                 continue;
             }
-            Detach::Retry if retries < resend::MAX_RETRIES => {
+            Detach::Retry => {
                 retries += 1;
-                tracing::info!(node = %server.node, attempt = retries, "server went away before answering; sending the request again");
-                // Its idle siblings are most likely gone the same way.
+                tracing::info!(node = %server.node, attempt = retries, "the node left before running the request; sending it again");
+                // The node is leaving: its idle siblings go the same way.
                 server.pool().drain();
                 drop(server);
                 let mut again = buffers.replay.split();
@@ -135,10 +161,6 @@ pub(super) async fn run(
                 inbox = again;
                 continue;
             }
-            Detach::Retry => RelayEnd::ServerGone {
-                error: None,
-                sent_error: false,
-            },
             Detach::End(end) => end,
         };
         tracing::debug!(client = %session.env.peer, end = ?end, owes_nothing = ledger.owes_nothing(), "transaction-mode session ends");
