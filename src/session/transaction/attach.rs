@@ -21,6 +21,7 @@ use crate::server::statements::ServerStatements;
 use crate::session::ledger::{Event, Ledger, Segment};
 use crate::session::relay::RelayEnd;
 use crate::session::statements::ClientStatements;
+use crate::session::timeouts::{self, Timeouts};
 use crate::session::translate::Translator;
 use crate::session::Session;
 
@@ -51,6 +52,7 @@ struct Received {
 struct Limits {
     max_message: usize,
     max_prepared: usize,
+    timeouts: Timeouts,
 }
 
 pub(super) async fn attach(
@@ -63,6 +65,7 @@ pub(super) async fn attach(
     let limits = Limits {
         max_message: session.env.config.client.max_message_size.0 as usize,
         max_prepared: session.env.config.pool.max_prepared_statements as usize,
+        timeouts: Timeouts::from_config(&session.env.config),
     };
     let (pool, connection) = server.parts_mut();
     let Buffers {
@@ -94,7 +97,7 @@ pub(super) async fn attach(
             &shared, &wake, limits, inbox, out, replay, &mut received, client_reader, server_writer,
         ) => Detach::End(end),
         result = downstream(
-            &shared, &wake, buffer, scanner, segments, events, &mut sent, server_reader, client_writer,
+            &shared, &wake, limits.timeouts, buffer, scanner, segments, events, &mut sent, server_reader, client_writer,
         ) => match result {
             Ok(()) => Detach::Released,
             Err(detach) => detach,
@@ -170,7 +173,12 @@ async fn upstream(
         if inbox.capacity() - inbox.len() < 1024 {
             inbox.reserve(READ_SIZE);
         }
-        match client_reader.read_buf(inbox).await {
+        let idle = || timeouts::ledger_idle_in_transaction(lock(shared).ledger);
+        match limits
+            .timeouts
+            .client_read(client_reader.read_buf(inbox), idle)
+            .await
+        {
             Ok(0) => return RelayEnd::ClientGone(None),
             Ok(_) => {}
             Err(e) => return RelayEnd::ClientGone(Some(e)),
@@ -184,6 +192,7 @@ async fn upstream(
 async fn downstream(
     shared: &Mutex<Shared<'_>>,
     wake: &Notify,
+    time_limits: Timeouts,
     buffer: &mut BytesMut,
     scanner: &mut FrameScanner,
     segments: &mut Vec<Segment>,
@@ -203,7 +212,7 @@ async fn downstream(
         // Biased: a fixed order needs no random number per poll.
         let read = tokio::select! {
             biased;
-            read = server_reader.read_buf(buffer) => Some(read),
+            read = time_limits.server_read(server_reader.read_buf(buffer), || timeouts::ledger_owed(lock(shared).ledger)) => Some(read),
             _ = woken.as_mut() => {
                 woken.set(wake.notified());
                 None
