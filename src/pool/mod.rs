@@ -167,3 +167,72 @@ fn evict_one_unused(pools: &mut HashMap<PoolKey, Arc<ServerPool>>) -> bool {
         None => false,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn set(max_pools: usize, idle_timeout: Duration) -> PoolSet {
+        PoolSet::new(PoolSettings {
+            size: 1,
+            min_idle: 0,
+            connect_timeout: Duration::from_secs(1),
+            keepalive: Default::default(),
+            idle_timeout,
+            lifetime: Duration::from_secs(3600),
+            max_pools,
+        })
+    }
+
+    fn key(database: &str) -> PoolKey {
+        PoolKey {
+            node: "node1".into(),
+            database: database.into(),
+            user: "app".into(),
+        }
+    }
+
+    fn get(pools: &PoolSet, database: &str) -> Result<Arc<ServerPool>, TooManyPools> {
+        pools.get(key(database), "127.0.0.1:5432", &Secret::new("pw"))
+    }
+
+    #[test]
+    fn the_cap_refuses_only_when_every_pool_is_in_use() {
+        let pools = set(2, Duration::from_secs(600));
+        let a = get(&pools, "a").expect("a");
+        let b = get(&pools, "b").expect("b");
+        let Err(refused) = get(&pools, "c") else {
+            panic!("over the cap")
+        };
+        assert_eq!(refused.limit, 2);
+        assert!(refused.to_string().contains("pool.max_pools"), "{refused}");
+        assert!(get(&pools, "a").is_ok(), "an existing pool is not new");
+        drop(b);
+        let _c = get(&pools, "c").expect("b's unused pool made room");
+        let mut databases: Vec<String> = pools.stats().into_iter().map(|s| s.database).collect();
+        databases.sort();
+        assert_eq!(databases, ["a", "c"]);
+        drop(a);
+    }
+
+    #[test]
+    fn unused_pools_go_after_the_idle_timeout() {
+        let pools = set(10, Duration::from_secs(60));
+        let held = get(&pools, "held").expect("held");
+        drop(get(&pools, "gone").expect("gone"));
+        let start = Instant::now();
+        assert!(
+            pools.remove_unused(start).is_empty(),
+            "the clock starts now"
+        );
+        assert!(pools
+            .remove_unused(start + Duration::from_secs(59))
+            .is_empty());
+        let removed = pools.remove_unused(start + Duration::from_secs(60));
+        assert_eq!(removed, [key("gone")]);
+        assert_eq!(pools.len(), 1);
+        drop(held);
+    }
+}
