@@ -27,7 +27,11 @@ cluster:
 users:
   - { name: app, password: pw, auth: md5 }
 client: { startup_timeout: 10s, max_message_size: 64MB }
-server: { connect_timeout: 5s, cancel_timeout: 3s }
+server:
+  connect_timeout: 5s
+  cancel_timeout: 3s
+  keepalive: { idle: 10s, interval: 5s, count: 3 }
+  query_timeout: 1m
 pool:
   mode: session
   size: 20
@@ -38,6 +42,8 @@ pool:
   server_lifetime: 1h
   reset_query: DISCARD ALL
   max_prepared_statements: 500
+  idle_transaction_timeout: 30s
+  max_pools: 1000
 failover: { hold_timeout: 30s }
 shutdown_timeout: 30s
 log: { format: json, level: info }

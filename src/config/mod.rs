@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 pub use api::{host_port, ApiEndpoint};
 pub use cidr::Cidr;
 pub use peers::{PeerConfig, MAX_PEER_ID};
-pub use units::{ByteSize, HumanDuration, MaxLag};
+pub use units::{ByteSize, HumanDuration, Limit, MaxLag};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -421,6 +421,14 @@ pub struct ServerConfig {
     /// Sending a cancel request to a node must finish within this.
     #[serde(default = "default_cancel_timeout")]
     pub cancel_timeout: HumanDuration,
+    /// TCP keepalive on server connections, so a node that vanished without a
+    /// reset (a partition, a powered-off host) is noticed within seconds.
+    #[serde(default)]
+    pub keepalive: KeepaliveConfig,
+    /// A server that owes a reply and sends nothing for this long is given up on:
+    /// the client gets 57014 and both connections are closed. Off by default.
+    #[serde(default)]
+    pub query_timeout: Limit,
 }
 
 impl Default for ServerConfig {
@@ -428,8 +436,53 @@ impl Default for ServerConfig {
         ServerConfig {
             connect_timeout: default_connect_timeout(),
             cancel_timeout: default_cancel_timeout(),
+            keepalive: KeepaliveConfig::default(),
+            query_timeout: Limit::default(),
         }
     }
+}
+
+/// TCP keepalive for server connections: the first probe after `idle` without
+/// traffic, then one every `interval`; after `count` unanswered probes the kernel
+/// drops the connection. On Linux, TCP_USER_TIMEOUT is set to the same total
+/// (`idle + interval * count`), so a write nobody acknowledges fails as soon.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeepaliveConfig {
+    #[serde(default = "default_keepalive_idle")]
+    pub idle: HumanDuration,
+    #[serde(default = "default_keepalive_interval")]
+    pub interval: HumanDuration,
+    #[serde(default = "default_keepalive_count")]
+    pub count: u32,
+}
+
+impl Default for KeepaliveConfig {
+    fn default() -> Self {
+        KeepaliveConfig {
+            idle: default_keepalive_idle(),
+            interval: default_keepalive_interval(),
+            count: default_keepalive_count(),
+        }
+    }
+}
+
+impl KeepaliveConfig {
+    /// How long a dead peer goes unnoticed at most: the keepalive probes' total,
+    /// also used as TCP_USER_TIMEOUT.
+    pub fn give_up_after(&self) -> Duration {
+        self.idle.0 + self.interval.0 * self.count
+    }
+}
+
+fn default_keepalive_idle() -> HumanDuration {
+    HumanDuration(Duration::from_secs(10))
+}
+fn default_keepalive_interval() -> HumanDuration {
+    HumanDuration(Duration::from_secs(5))
+}
+fn default_keepalive_count() -> u32 {
+    3
 }
 
 fn default_connect_timeout() -> HumanDuration {
@@ -481,6 +534,16 @@ pub struct PoolConfig {
     /// Prepared statements kept per server connection (transaction mode), LRU.
     #[serde(default = "default_max_prepared")]
     pub max_prepared_statements: u32,
+    /// A client idle inside a transaction (its server attached, waiting for the
+    /// client) this long is disconnected with 25P03 and its server closed. Off by
+    /// default, as in PgBouncer.
+    #[serde(default)]
+    pub idle_transaction_timeout: Limit,
+    /// Pools (one per node, database and user) that may exist at once; a client
+    /// whose database would need another gets 53400. Empty pools are removed after
+    /// `server_idle_timeout`.
+    #[serde(default = "default_max_pools")]
+    pub max_pools: u32,
 }
 
 impl Default for PoolConfig {
@@ -495,6 +558,8 @@ impl Default for PoolConfig {
             server_lifetime: default_server_lifetime(),
             reset_query: default_reset_query(),
             max_prepared_statements: default_max_prepared(),
+            idle_transaction_timeout: Limit::default(),
+            max_pools: default_max_pools(),
         }
     }
 }
@@ -522,6 +587,9 @@ fn default_reset_query() -> String {
 }
 fn default_max_prepared() -> u32 {
     500
+}
+fn default_max_pools() -> u32 {
+    1000
 }
 
 /// Per-listener pool settings; unset fields come from the global `pool:`.

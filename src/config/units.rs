@@ -146,6 +146,50 @@ impl Serialize for MaxLag {
     }
 }
 
+/// A time limit that can be switched off: `off` (or `0`) or a duration like `30s`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Limit(pub Option<Duration>);
+
+/// A limit as YAML gives it: a bare `off` arrives as the boolean false, a bare `0`
+/// as a number.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum LimitInput {
+    Number(u64),
+    Flag(bool),
+    Text(String),
+}
+
+impl<'de> Deserialize<'de> for Limit {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let expected = "expected a duration like 30s, or off";
+        match LimitInput::deserialize(deserializer)? {
+            LimitInput::Number(0) | LimitInput::Flag(false) => Ok(Limit(None)),
+            LimitInput::Number(n) => Err(de::Error::custom(format!(
+                "{expected}; a bare number ({n}) has no unit"
+            ))),
+            LimitInput::Flag(true) => Err(de::Error::custom(expected)),
+            LimitInput::Text(text) if text.trim().eq_ignore_ascii_case("off") => Ok(Limit(None)),
+            LimitInput::Text(text) => match humantime::parse_duration(text.trim()) {
+                Ok(d) if d.is_zero() => Ok(Limit(None)),
+                Ok(d) => Ok(Limit(Some(d))),
+                Err(e) => Err(de::Error::custom(format!(
+                    "invalid duration {text:?} ({e}); {expected}"
+                ))),
+            },
+        }
+    }
+}
+
+impl Serialize for Limit {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self.0 {
+            Some(d) => HumanDuration(d).serialize(serializer),
+            None => serializer.serialize_str("off"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -182,5 +226,24 @@ mod tests {
             Some(MaxLag(Some(ByteSize(16 << 20))))
         );
         assert!(lag("lag: on").is_err());
+    }
+
+    #[test]
+    fn limits_are_off_when_written_off_or_zero() {
+        #[derive(Deserialize)]
+        struct Holder {
+            limit: Limit,
+        }
+        let limit = |yaml: &str| serde_saphyr::from_str::<Holder>(yaml).map(|h| h.limit);
+        assert_eq!(limit("limit: off").ok(), Some(Limit(None)));
+        assert_eq!(limit("limit: \"off\"").ok(), Some(Limit(None)));
+        assert_eq!(limit("limit: 0").ok(), Some(Limit(None)));
+        assert_eq!(limit("limit: 0s").ok(), Some(Limit(None)));
+        assert_eq!(
+            limit("limit: 30s").ok(),
+            Some(Limit(Some(Duration::from_secs(30))))
+        );
+        assert!(limit("limit: 30").is_err(), "a bare number has no unit");
+        assert!(limit("limit: on").is_err());
     }
 }

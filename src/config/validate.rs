@@ -69,6 +69,7 @@ pub(super) fn validate(config: &mut Config) -> Result<(), ConfigError> {
     if let Err(e) = tracing_subscriber::EnvFilter::try_new(&config.log.level) {
         return Err(ConfigError::invalid("log.level", e.to_string()));
     }
+    validate_keepalive(&config.server.keepalive)?;
     for (key, value) in [
         ("shutdown_timeout", config.shutdown_timeout),
         ("client.startup_timeout", config.client.startup_timeout),
@@ -78,6 +79,25 @@ pub(super) fn validate(config: &mut Config) -> Result<(), ConfigError> {
         if value.0.is_zero() {
             return Err(ConfigError::invalid(key, "must be greater than zero"));
         }
+    }
+    Ok(())
+}
+
+fn validate_keepalive(keepalive: &super::KeepaliveConfig) -> Result<(), ConfigError> {
+    // The kernel takes whole seconds, at least one.
+    for (key, value) in [
+        ("server.keepalive.idle", keepalive.idle),
+        ("server.keepalive.interval", keepalive.interval),
+    ] {
+        if value.0 < std::time::Duration::from_secs(1) {
+            return Err(ConfigError::invalid(key, "must be at least 1s"));
+        }
+    }
+    if keepalive.count == 0 {
+        return Err(ConfigError::invalid(
+            "server.keepalive.count",
+            "must be at least 1",
+        ));
     }
     Ok(())
 }
@@ -104,6 +124,9 @@ fn validate_pool(config: &Config) -> Result<(), ConfigError> {
             "pool.checkout_timeout",
             "must be greater than zero",
         ));
+    }
+    if pool.max_pools == 0 {
+        return Err(ConfigError::invalid("pool.max_pools", "must be at least 1"));
     }
     if pool.max_prepared_statements == 0 {
         return Err(ConfigError::invalid(

@@ -1,6 +1,7 @@
 //! The pool housekeeping loop: once a second it closes idle connections past their
 //! idle timeout or lifetime, opens connections up to `min_idle` for nodes that are
-//! in the topology, and drains pools of nodes that no longer hold any role. On a
+//! in the topology, drains pools of nodes that no longer hold any role, and removes
+//! pools unused for `server_idle_timeout`. On a
 //! topology change it drains at once the pools of a primary that lost the role: its
 //! connections die with the demotion anyway, and none must carry another write.
 
@@ -47,6 +48,9 @@ pub async fn run(pools: Arc<PoolSet>, topology: Arc<TopologyHandle>, shutdown: C
             _ = shutdown.cancelled() => return,
         }
         let snapshot = topology.load();
+        for key in pools.remove_unused(std::time::Instant::now()) {
+            tracing::info!(node = %key.node, database = %key.database, user = %key.user, "pool unused for server_idle_timeout: removed");
+        }
         for pool in pools.all() {
             let node = snapshot.nodes.iter().find(|n| n.name == pool.key.node);
             let available = node.is_some_and(|n| n.primary.up || n.replica.up);

@@ -25,8 +25,11 @@ pub struct PoolSettings {
     pub size: usize,
     pub min_idle: usize,
     pub connect_timeout: Duration,
+    pub keepalive: crate::config::KeepaliveConfig,
     pub idle_timeout: Duration,
     pub lifetime: Duration,
+    /// Pools that may exist at once (see [`super::PoolSet::get`]).
+    pub max_pools: usize,
 }
 
 impl PoolSettings {
@@ -35,8 +38,10 @@ impl PoolSettings {
             size: config.pool.size as usize,
             min_idle: config.pool.min_idle as usize,
             connect_timeout: config.server.connect_timeout.0,
+            keepalive: config.server.keepalive,
             idle_timeout: config.pool.server_idle_timeout.0,
             lifetime: config.pool.server_lifetime.0,
+            max_pools: config.pool.max_pools as usize,
         }
     }
 }
@@ -81,6 +86,8 @@ pub struct ServerPool {
     welcome: Mutex<Option<Vec<(String, String)>>>,
     /// Statements a server of this pool prepared successfully, by server name.
     known: Mutex<HashMap<String, Arc<StatementDef>>>,
+    /// Since when the pool has been seen unused (no clients, no connections).
+    unused_since: Mutex<Option<Instant>>,
 }
 
 /// Bound on remembered statements per pool; past it the memory starts over.
@@ -120,6 +127,7 @@ impl ServerPool {
             epoch: AtomicU64::new(0),
             welcome: Mutex::new(None),
             known: Mutex::new(HashMap::new()),
+            unused_since: Mutex::new(None),
         }
     }
 
@@ -290,11 +298,13 @@ impl ServerPool {
             database: &self.key.database,
             params: &[],
         };
-        let connection = server::connect(
+        let settings = self.settings.load_full();
+        let connection = server::connect_with(
             &self.key.node,
             &self.address,
             &login,
-            self.settings.load().connect_timeout,
+            settings.connect_timeout,
+            &settings.keepalive,
         )
         .await?;
         self.open.fetch_add(1, Ordering::Relaxed);
@@ -395,6 +405,21 @@ impl ServerPool {
         let closed = idle.len();
         idle.into_iter().for_each(|(c, _)| self.close(c));
         closed
+    }
+
+    /// How long the pool has been unused (nobody else holds it — `unshared` — no
+    /// connection is open and nobody waits), counted from the first call that saw
+    /// it so; None while it is in use, which also restarts the count.
+    pub fn unused_for(&self, unshared: bool, now: Instant) -> Option<Duration> {
+        let unused = unshared
+            && self.open.load(Ordering::Relaxed) == 0
+            && self.waiting.load(Ordering::Relaxed) == 0;
+        let mut since = self.unused_since.lock().unwrap_or_else(|p| p.into_inner());
+        if !unused {
+            *since = None;
+            return None;
+        }
+        Some(now.saturating_duration_since(*since.get_or_insert(now)))
     }
 
     pub fn stats(&self) -> PoolStats {

@@ -16,6 +16,12 @@ pub enum SqlState {
     TooManyConnections,
     /// 54000: a client went past one of the proxy's per-client limits.
     ProgramLimitExceeded,
+    /// 53400: a configured limit is reached (`pool.max_pools`).
+    ConfigurationLimitExceeded,
+    /// 25P03: the client stayed idle in a transaction too long.
+    IdleInTransactionTimeout,
+    /// 57014: a query was given up on (`server.query_timeout`).
+    QueryCanceled,
     /// 57P01: the proxy is shutting down.
     AdminShutdown,
     /// 57P03: no node can take this session right now (no primary, no replica).
@@ -36,6 +42,9 @@ impl SqlState {
             SqlState::InvalidPassword => "28P01",
             SqlState::TooManyConnections => "53300",
             SqlState::ProgramLimitExceeded => "54000",
+            SqlState::ConfigurationLimitExceeded => "53400",
+            SqlState::IdleInTransactionTimeout => "25P03",
+            SqlState::QueryCanceled => "57014",
             SqlState::AdminShutdown => "57P01",
             SqlState::CannotConnectNow => "57P03",
             SqlState::InvalidCatalogName => "3D000",

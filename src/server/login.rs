@@ -1,7 +1,8 @@
 //! Opening a server connection: TCP connect, StartupMessage (protocol 3.0), answering
 //! whatever authentication the server asks for (SCRAM-SHA-256, MD5, cleartext,
 //! trust), then collecting ParameterStatus and BackendKeyData until ReadyForQuery.
-//! The whole exchange runs under one timeout.
+//! The whole exchange runs under one timeout; the socket gets TCP keepalive
+//! ([`super::socket`]).
 
 use std::time::Duration;
 
@@ -10,6 +11,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::auth::{md5, scram};
+use crate::config::KeepaliveConfig;
 use crate::protocol::backend::{self, AuthRequest};
 use crate::protocol::messages;
 use crate::protocol::startup::{read_message, StartupError};
@@ -30,13 +32,25 @@ pub struct LoginRequest<'a> {
     pub params: &'a [(String, String)],
 }
 
+/// [`connect_with`] the default TCP keepalive.
 pub async fn connect(
     node: &str,
     address: &str,
     login: &LoginRequest<'_>,
     timeout: Duration,
 ) -> Result<ServerConnection, ServerError> {
-    match tokio::time::timeout(timeout, connect_inner(node, address, login)).await {
+    connect_with(node, address, login, timeout, &KeepaliveConfig::default()).await
+}
+
+/// Connects and logs in within `timeout`; the socket gets `keepalive`.
+pub async fn connect_with(
+    node: &str,
+    address: &str,
+    login: &LoginRequest<'_>,
+    timeout: Duration,
+    keepalive: &KeepaliveConfig,
+) -> Result<ServerConnection, ServerError> {
+    match tokio::time::timeout(timeout, connect_inner(node, address, login, keepalive)).await {
         Ok(result) => result,
         Err(_) => Err(ServerError::Timeout {
             address: address.to_string(),
@@ -49,6 +63,7 @@ async fn connect_inner(
     node: &str,
     address: &str,
     login: &LoginRequest<'_>,
+    keepalive: &KeepaliveConfig,
 ) -> Result<ServerConnection, ServerError> {
     let mut stream = TcpStream::connect(address)
         .await
@@ -57,6 +72,7 @@ async fn connect_inner(
             source,
         })?;
     let _ = stream.set_nodelay(true);
+    super::socket::apply_keepalive(&stream, keepalive, address);
     let io_error = |source| ServerError::Io {
         address: address.to_string(),
         source,

@@ -5,6 +5,7 @@
 mod login;
 pub mod params;
 mod query;
+pub mod socket;
 pub mod statements;
 
 use std::time::{Duration, Instant};
@@ -18,7 +19,7 @@ use crate::protocol::{ClientError, SqlState};
 use params::ParamSet;
 use statements::ServerStatements;
 
-pub use login::{connect, LoginRequest};
+pub use login::{connect, connect_with, LoginRequest};
 pub use query::Row;
 
 fn params_digest(params: &[(String, String)]) -> u128 {

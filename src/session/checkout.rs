@@ -207,7 +207,17 @@ impl ServerSource {
             database: env.client.database.clone(),
             user: user.name.clone(),
         };
-        let pool = env.ctx.pools().get(key, &state.address, &user.password);
+        let pool = env
+            .ctx
+            .pools()
+            .get(key, &state.address, &user.password)
+            .map_err(|e| {
+                tracing::warn!(error = %e, "pool limit reached");
+                Refusal::from(ClientError::fatal(
+                    SqlState::ConfigurationLimitExceeded,
+                    e.to_string(),
+                ))
+            })?;
         state.sessions.fetch_add(1, Ordering::Relaxed);
         self.binding = Some(Binding {
             sessions: Arc::clone(&state.sessions),

@@ -20,6 +20,7 @@ pub mod relay;
 mod session_mode;
 pub mod settings;
 pub mod statements;
+pub(crate) mod timeouts;
 mod transaction;
 pub mod translate;
 
@@ -343,6 +344,12 @@ impl Session {
     /// Tells the client why the session ended when the proxy ended it.
     async fn finish(&self, socket: &mut TcpStream, end: &RelayEnd) {
         let to_client = match end {
+            RelayEnd::ClientGone(Some(e)) | RelayEnd::ServerGone { error: Some(e), .. }
+                if timeouts::expired(e).is_some() =>
+            {
+                timeouts::expired(e)
+                    .map(|expired| expired.to_client_error(self.servers.node_name().unwrap_or("?")))
+            }
             RelayEnd::ClientProtocol(e) => Some(ClientError::fatal(
                 SqlState::ProtocolViolation,
                 e.to_string(),
@@ -385,6 +392,9 @@ impl Session {
                 crate::metrics::record_error(&self.env.listener.config.name, error.code.code());
                 format!("refused: {error}")
             }
+            SessionEnd::Relay(
+                RelayEnd::ClientGone(Some(e)) | RelayEnd::ServerGone { error: Some(e), .. },
+            ) if timeouts::expired(e).is_some() => format!("timed out: {e}"),
             SessionEnd::Relay(RelayEnd::ClientTerminated) => "client terminated".into(),
             SessionEnd::Relay(RelayEnd::ClientGone(None)) => "client disconnected".into(),
             SessionEnd::Relay(RelayEnd::ClientGone(Some(e))) => {

@@ -4,7 +4,8 @@
 //! limit, spot Terminate, and follow the transaction status in ReadyForQuery. Nothing
 //! that is only forwarded is decoded or copied into another buffer. A draining proxy
 //! ends the relay once the server is idle with nothing owed (the client's current
-//! transaction has finished).
+//! transaction has finished). Both reads may be time-limited ([`super::timeouts`]):
+//! a client idle in a transaction, a server silent while it owes a reply.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -16,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::metrics::ListenerMetrics;
 use crate::protocol::frame::{FrameError, FrameScanner};
 use crate::protocol::tag;
+use crate::session::timeouts::Timeouts;
 
 /// Read buffer per direction; reads larger than this just take another round.
 const BUFFER_SIZE: usize = 16 * 1024;
@@ -74,6 +76,8 @@ pub struct RelaySettings<'a> {
     pub shutdown: &'a CancellationToken,
     pub draining: &'a CancellationToken,
     pub metrics: &'a ListenerMetrics,
+    /// Idle-in-transaction and query time limits ([`super::timeouts`]).
+    pub timeouts: Timeouts,
 }
 
 /// Progress both directions see: requests sent and answered, and when the current
@@ -84,6 +88,8 @@ struct Progress {
     idle: AtomicBool,
     busy_since_micros: AtomicU64,
     origin: Instant,
+    /// Client bytes forwarded: a COPY FROM STDIN streaming in is not a silent server.
+    client_bytes: AtomicU64,
 }
 
 impl Progress {
@@ -94,6 +100,7 @@ impl Progress {
             idle: AtomicBool::new(true),
             busy_since_micros: AtomicU64::new(0),
             origin: Instant::now(),
+            client_bytes: AtomicU64::new(0),
         }
     }
 
@@ -118,6 +125,18 @@ impl Progress {
         }
         let started = self.busy_since_micros.load(Ordering::Relaxed);
         Some(Duration::from_micros(self.micros().saturating_sub(started)))
+    }
+
+    /// Every request is answered and the last ReadyForQuery said 'T' or 'E'.
+    fn idle_in_transaction(&self) -> Option<u64> {
+        let answered = self.requests.load(Ordering::Relaxed) == self.ready.load(Ordering::Relaxed);
+        (answered && !self.idle.load(Ordering::Relaxed)).then_some(0)
+    }
+
+    /// A request is unanswered; the mark moves while the client sends more.
+    fn owed(&self) -> Option<u64> {
+        let owed = self.requests.load(Ordering::Relaxed) > self.ready.load(Ordering::Relaxed);
+        owed.then(|| self.client_bytes.load(Ordering::Relaxed))
     }
 
     /// Nothing is owed and no transaction is open.
@@ -250,7 +269,12 @@ where
     loop {
         if buffer.is_empty() {
             counters.at_boundary = scanner.at_boundary();
-            match reader.read_buf(&mut buffer).await {
+            let idle = || progress.idle_in_transaction();
+            match settings
+                .timeouts
+                .client_read(reader.read_buf(&mut buffer), idle)
+                .await
+            {
                 Ok(0) => return RelayEnd::ClientGone(None),
                 Ok(_) => {}
                 Err(e) => return RelayEnd::ClientGone(Some(e)),
@@ -273,6 +297,9 @@ where
             return server_gone(Some(e), false);
         }
         counters.bytes += upto as u64;
+        progress
+            .client_bytes
+            .fetch_add(upto as u64, Ordering::Relaxed);
         settings.metrics.add_received_bytes(upto as u64);
         if terminate_at.is_some() {
             counters.at_boundary = true;
@@ -300,7 +327,12 @@ where
     let mut last_was_error = false;
     let metrics = settings.metrics;
     loop {
-        match reader.read_buf(&mut buffer).await {
+        let owed = || progress.owed();
+        match settings
+            .timeouts
+            .server_read(reader.read_buf(&mut buffer), owed)
+            .await
+        {
             Ok(0) => return server_gone(None, last_was_error),
             Ok(_) => {}
             Err(e) => return server_gone(Some(e), last_was_error),
@@ -371,6 +403,7 @@ mod tests {
                 shutdown: &shutdown,
                 draining: &draining,
                 metrics: &metrics,
+                timeouts: Default::default(),
             };
             let end = relay(
                 (&mut cr, &mut cw),

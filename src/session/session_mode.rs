@@ -45,6 +45,7 @@ pub(super) async fn run(
             shutdown: session.env.ctx.shutdown(),
             draining: session.env.ctx.draining(),
             metrics: &session.env.listener.counters.metrics,
+            timeouts: super::timeouts::Timeouts::from_config(&session.env.config),
         };
         let relay = relay::relay(
             (&mut client_reader, &mut client_writer),

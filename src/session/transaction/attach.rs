@@ -26,6 +26,7 @@ use crate::server::statements::ServerStatements;
 use crate::session::ledger::{Event, Ledger, Segment};
 use crate::session::relay::RelayEnd;
 use crate::session::statements::ClientStatements;
+use crate::session::timeouts::{self, Timeouts};
 use crate::session::translate::{TranslateError, Translator};
 use crate::session::{Session, SessionEnv};
 
@@ -73,6 +74,7 @@ struct Received {
 struct Limits {
     max_message: usize,
     max_prepared: usize,
+    timeouts: Timeouts,
 }
 
 /// `resend_allowed`: the run loop allows one more resend of this request.
@@ -87,6 +89,7 @@ pub(super) async fn attach(
     let limits = Limits {
         max_message: session.env.config.client.max_message_size.0 as usize,
         max_prepared: session.env.config.pool.max_prepared_statements as usize,
+        timeouts: Timeouts::from_config(&session.env.config),
     };
     let (pool, connection) = server.parts_mut();
     let Buffers {
@@ -135,6 +138,7 @@ pub(super) async fn attach(
         judge: Judge::default(),
         held: 0,
         sent: 0,
+        timeouts: limits.timeouts,
     };
     let detach = tokio::select! {
         biased;
@@ -236,7 +240,10 @@ impl Upstream<'_, '_> {
             if self.inbox.capacity() - self.inbox.len() < 1024 {
                 self.inbox.reserve(READ_SIZE);
             }
-            match client_reader.read_buf(self.inbox).await {
+            let shared = self.shared;
+            let idle = || timeouts::ledger_idle_in_transaction(lock(shared).ledger);
+            let read = client_reader.read_buf(self.inbox);
+            match self.limits.timeouts.client_read(read, idle).await {
                 Ok(0) => return RelayEnd::ClientGone(None),
                 Ok(_) => {}
                 Err(e) => return RelayEnd::ClientGone(Some(e)),
@@ -309,6 +316,7 @@ struct Downstream<'s, 'a> {
     /// Bytes of `buffer` taken from the budget while held.
     held: usize,
     sent: u64,
+    timeouts: Timeouts,
 }
 
 impl Downstream<'_, '_> {
@@ -326,9 +334,11 @@ impl Downstream<'_, '_> {
                 self.buffer.reserve(READ_SIZE);
             }
             // Biased: a fixed order needs no random number per poll.
+            let shared = self.shared;
+            let owed = || timeouts::ledger_owed(lock(shared).ledger);
             let read = tokio::select! {
                 biased;
-                read = server_reader.read_buf(self.buffer) => Some(read),
+                read = self.timeouts.server_read(server_reader.read_buf(self.buffer), owed) => Some(read),
                 _ = woken.as_mut() => {
                     woken.set(self.wake.notified());
                     None
