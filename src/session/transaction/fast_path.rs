@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 
+use super::super::sql_scan;
 use super::super::Session;
 use crate::protocol::frame::Messages;
 use crate::protocol::{frontend, messages, split_cstr, tag};
@@ -32,8 +33,13 @@ pub(super) fn answer_without_server(
         let message = batch.next()?;
         let answerable = match message.tag {
             tag::PARSE => match split_cstr(message.body) {
-                Some((name, _)) if !name.is_empty() => {
-                    pool.knows_statement(&StatementDef::from_parse_body(message.body, name.len()))
+                Some((name, rest)) if !name.is_empty() => {
+                    // A refused statement is prepared under its refusal's text.
+                    sql_scan::scan(query_text(rest)).refusal.is_none()
+                        && pool.knows_statement(&StatementDef::from_parse_body(
+                            message.body,
+                            name.len(),
+                        ))
                 }
                 _ => false,
             },
@@ -57,9 +63,10 @@ pub(super) fn answer_without_server(
     for message in Messages::new(&batch, usize::MAX) {
         match message.tag {
             tag::PARSE => {
-                if let Some((name, _)) = split_cstr(message.body) {
+                if let Some((name, rest)) = split_cstr(message.body) {
                     let def = Arc::new(StatementDef::from_parse_body(message.body, name.len()));
-                    session.statements.insert(name, def);
+                    let effects = sql_scan::scan(query_text(rest)).statement_effects();
+                    session.statements.insert(name, def, effects);
                 }
                 replies.extend_from_slice(messages::PARSE_COMPLETE);
             }
@@ -73,4 +80,9 @@ pub(super) fn answer_without_server(
         }
     }
     Some(replies)
+}
+
+/// The query of a Parse body after the statement name.
+fn query_text(rest: &[u8]) -> &[u8] {
+    split_cstr(rest).map(|(query, _)| query).unwrap_or(rest)
 }
