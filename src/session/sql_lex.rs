@@ -348,7 +348,7 @@ mod tests {
                         state ^= state << 13;
                         state ^= state >> 7;
                         state ^= state << 17;
-                        if state % 4 == 0 {
+                        if state.is_multiple_of(4) {
                             (state >> 8) as u8
                         } else {
                             alphabet[(state >> 8) as usize % alphabet.len()]
