@@ -89,24 +89,44 @@ impl ParamSet {
             return None;
         }
         let mut statements = Vec::new();
+        // A new session authorization also sets the role back to NONE, so it goes
+        // first and the role is then set again.
+        let authorization = self.get(AUTHORIZATION);
+        let new_authorization = authorization != current.get(AUTHORIZATION);
+        if new_authorization {
+            statements.push(match authorization {
+                Some(value) => set_sql(AUTHORIZATION, value),
+                None => format!("RESET {AUTHORIZATION}"),
+            });
+        }
         for (name, value) in &self.entries {
-            if current.get(name) != Some(value) {
-                statements.push(match value {
-                    ParamValue::Raw(raw) => format!(
-                        "SELECT pg_catalog.set_config({}, {}, false)",
-                        quote_literal(name),
-                        quote_literal(raw)
-                    ),
-                    ParamValue::Sql(sql) => format!("SET {name} TO {sql}"),
-                });
+            if name.eq_ignore_ascii_case(AUTHORIZATION) {
+                continue;
+            }
+            let role_again = new_authorization && name.eq_ignore_ascii_case("role");
+            if role_again || current.get(name) != Some(value) {
+                statements.push(set_sql(name, value));
             }
         }
         for (name, _) in &current.entries {
-            if self.get(name).is_none() {
+            if self.get(name).is_none() && !name.eq_ignore_ascii_case(AUTHORIZATION) {
                 statements.push(format!("RESET {name}"));
             }
         }
         (!statements.is_empty()).then(|| statements.join(";"))
+    }
+}
+
+const AUTHORIZATION: &str = "session_authorization";
+
+fn set_sql(name: &str, value: &ParamValue) -> String {
+    match value {
+        ParamValue::Raw(raw) => format!(
+            "SELECT pg_catalog.set_config({}, {}, false)",
+            quote_literal(name),
+            quote_literal(raw)
+        ),
+        ParamValue::Sql(sql) => format!("SET {name} TO {sql}"),
     }
 }
 
@@ -241,5 +261,22 @@ mod tests {
         client.remove("timezone");
         client.remove("search_path");
         assert_eq!(client.sync_sql(&ParamSet::default()), None);
+    }
+
+    #[test]
+    fn a_new_session_authorization_goes_first_and_the_role_is_set_again() {
+        let mut client = ParamSet::default();
+        client.set("role", ParamValue::Sql("tenant_a".into()));
+        client.set("session_authorization", ParamValue::Sql("app".into()));
+        let mut server = ParamSet::default();
+        server.set("role", ParamValue::Sql("tenant_a".into()));
+        assert_eq!(
+            client.sync_sql(&server).as_deref(),
+            Some("SET session_authorization TO app;SET role TO tenant_a")
+        );
+        assert_eq!(
+            ParamSet::default().sync_sql(&client).as_deref(),
+            Some("RESET session_authorization;RESET role")
+        );
     }
 }

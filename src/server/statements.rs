@@ -1,16 +1,17 @@
 //! Protocol-level prepared statements on one server connection. A statement a
 //! client defined with Parse is prepared on whichever server it gets, under a name
-//! derived from the statement's text and parameter types (`sy_<hash>`), so clients
+//! derived from the statement's text and parameter types (`sy_<keyed digest>`, see
+//! [`StatementDef::from_parse_body`]), so clients
 //! that prepare the same statement share it on a server. Each server connection
 //! keeps an LRU set of what it has prepared. Which names a client uses for them is
 //! the session's business (`session::statements`).
 
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 
+use crate::keyed_digest::keyed_digest;
 use crate::protocol::messages;
 
 /// One statement as a client defined it with Parse.
@@ -23,13 +24,15 @@ pub struct StatementDef {
 }
 
 impl StatementDef {
-    /// From a Parse body whose name part is `name_len + 1` bytes long.
+    /// From a Parse body whose name part is `name_len + 1` bytes long. The server
+    /// name is a digest of the body under this process's secret keys: the same for
+    /// every client of this process (so they share it), and not one a client can
+    /// compute to replace with its own SQL (the session also refuses SQL-level
+    /// PREPARE/EXECUTE/DEALLOCATE of `sy_` names).
     pub fn from_parse_body(parse_body: &[u8], name_len: usize) -> StatementDef {
-        let body = Bytes::copy_from_slice(&parse_body[name_len + 1..]);
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        body.hash(&mut hasher);
+        let body = Bytes::copy_from_slice(parse_body.get(name_len + 1..).unwrap_or_default());
         StatementDef {
-            server_name: format!("sy_{:016x}", hasher.finish()),
+            server_name: format!("sy_{:032x}", keyed_digest(&body[..])),
             body,
         }
     }

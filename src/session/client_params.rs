@@ -9,6 +9,11 @@ use crate::pool::PooledServer;
 use crate::protocol::messages;
 use crate::server::params::{ParamSet, ParamValue};
 
+/// Most parameter names a client's set may hold.
+const MAX_PARAMS: usize = 1000;
+/// Most bytes of names and values a client's set may hold.
+const MAX_PARAM_BYTES: usize = 64 * 1024;
+
 pub(super) struct ClientParams {
     /// Parameters from the startup packet: what RESET returns to.
     startup: ParamSet,
@@ -36,8 +41,31 @@ impl ClientParams {
     }
 
     /// A SET/RESET the client ran (outside a transaction, or committed) now holds.
+    /// Past [`MAX_PARAMS`] names or [`MAX_PARAM_BYTES`] of values the change is
+    /// not carried: the server that ran it is brought back in line (its `applied`
+    /// has it, the client's set does not) before anyone else uses it, and the
+    /// client's later transactions run without it.
     pub(super) fn apply(&mut self, change: &ParamChange) {
-        change.apply(&mut self.desired, &self.startup);
+        let mut next = self.desired.clone();
+        change.apply(&mut next, &self.startup);
+        let bytes: usize = next
+            .iter()
+            .map(|(name, value)| {
+                name.len()
+                    + match value {
+                        ParamValue::Raw(v) | ParamValue::Sql(v) => v.len(),
+                    }
+            })
+            .sum();
+        if next.iter().count() > MAX_PARAMS || bytes > MAX_PARAM_BYTES {
+            tracing::warn!(
+                params = next.iter().count(),
+                bytes,
+                "the client's session parameters exceed the limit; this change is not carried to its next transactions"
+            );
+            return;
+        }
+        self.desired = next;
     }
 
     /// ParameterStatus from the pool's cached login, with the client's own

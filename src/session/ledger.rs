@@ -5,12 +5,18 @@
 //! longer match the client's requests one to one; the ledger walks the server's
 //! messages (by header only) against what was sent and decides, per message, to
 //! forward it, swallow it, or insert a reply the proxy owes. It also knows when the
-//! server is idle and can go back to the pool.
+//! server is idle and can go back to the pool, and follows what the statements it
+//! answers do to the session ([`TxSettings`]: settings that hold once their
+//! transaction commits) and what must be reset before the server is reused
+//! ([`Taint`]).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 
 use super::settings::ParamChange;
+use super::sql_scan::{Action, Taint};
+use super::statements::PortalActions;
+use super::tx_settings::TxSettings;
 use crate::protocol::frame::{Frame, FrameError, FrameScanner, FrameVisitor};
 use crate::protocol::tag;
 use crate::server::statements::{ServerStatements, StatementDef};
@@ -35,11 +41,13 @@ pub enum Expect {
     DescribeStatement,
     /// RowDescription or NoData.
     DescribePortal,
-    /// Rows, then CommandComplete, EmptyQueryResponse or PortalSuspended.
-    Execute,
+    /// Rows, then CommandComplete, EmptyQueryResponse or PortalSuspended; the
+    /// action of the statement the portal runs.
+    Execute { action: Action },
     /// Everything up to ReadyForQuery (Sync, simple Query, FunctionCall). A simple
-    /// query that changes a tracked parameter carries the change.
-    Ready { change: Option<ParamChange> },
+    /// query carries one action per statement, each consumed by its CommandComplete
+    /// (empty when none does anything the ledger follows).
+    Ready { actions: Vec<Action> },
     /// A reply the proxy makes up itself, sent when it reaches the head.
     Synthetic(&'static [u8]),
     /// Marks where the client ended a COPY (CopyDone/CopyFail) before the server
@@ -61,7 +69,9 @@ pub enum Segment {
 pub enum Event {
     /// A ParameterStatus body the server sent (forwarded to the client too).
     ParameterStatus(Vec<u8>),
-    /// A tracked SET/RESET succeeded outside a transaction.
+    /// A tracked SET/RESET now holds for the client's later transactions (it ran
+    /// outside a transaction block, or its transaction committed), or a followed
+    /// parameter's value as the server reported it.
     ParamCommitted(ParamChange),
     /// A server prepared this statement without error.
     Prepared(Arc<StatementDef>),
@@ -83,12 +93,18 @@ pub struct Ledger {
     error_in_ready: bool,
     /// Whether the message in progress (started in an earlier chunk) is forwarded.
     forwarding: bool,
-    /// The client changed settings in a way that is not tracked (SET inside a
-    /// transaction block); the server must be reset before another client uses it.
-    pub untracked_settings: bool,
-    /// The client ran DISCARD or DEALLOCATE ALL: the proxy forgot what the server
-    /// had prepared and must make sure the server forgot too before reuse.
-    pub statements_reset: bool,
+    /// Session state the proxy does not carry (untracked settings, temporary
+    /// tables, advisory locks, held cursors, SQL-level or dropped prepared
+    /// statements): reset before another client uses the server.
+    pub taint: Taint,
+    /// Settings made in the current transaction, pending until it ends.
+    pub settings: TxSettings,
+    /// The action of the CommandComplete being read.
+    completing: Option<Action>,
+    /// Statements of the head Ready entry already answered.
+    answered: usize,
+    /// Actions of the unnamed statement and of portals bound in this attach.
+    pub portals: PortalActions,
     /// The server said something after the client was owed nothing (typically a
     /// FATAL as it shuts down): swallowed, and the server is not reused.
     pub unsolicited: bool,
@@ -110,8 +126,11 @@ impl Default for Ledger {
             batch_open: false,
             error_in_ready: false,
             forwarding: true,
-            untracked_settings: false,
-            statements_reset: false,
+            taint: Taint::default(),
+            settings: TxSettings::default(),
+            completing: None,
+            answered: 0,
+            portals: PortalActions::default(),
             unsolicited: false,
             last_was_error: false,
             requests: 0,
@@ -143,10 +162,6 @@ impl Ledger {
         self.queue.push_back(expect);
     }
 
-    pub fn status(&self) -> u8 {
-        self.status
-    }
-
     pub fn set_batch_open(&mut self, open: bool) {
         self.batch_open = open;
     }
@@ -155,7 +170,9 @@ impl Ledger {
     /// copy-in mode, where PostgreSQL ignores Sync.
     pub fn client_sync(&mut self) {
         if !self.copy_in {
-            self.push(Expect::Ready { change: None });
+            self.push(Expect::Ready {
+                actions: Vec::new(),
+            });
         }
     }
 
@@ -187,14 +204,28 @@ impl Ledger {
         self.copy_in = true;
     }
 
+    /// What must be reset before another client may use the server.
+    pub fn reset_needed(&self) -> Taint {
+        if self.settings.lost {
+            self.taint | Taint::SETTINGS
+        } else {
+            self.taint
+        }
+    }
+
     /// The server must be reset before another client may use it.
     pub fn needs_reset(&self) -> bool {
-        self.untracked_settings || self.statements_reset
+        !self.reset_needed().is_empty()
     }
 
     /// Nothing owed, no transaction, no half-sent batch: the server can be released.
     pub fn is_idle(&self) -> bool {
         self.queue.is_empty() && self.status == tag::STATUS_IDLE && !self.batch_open
+    }
+
+    /// Transaction status from the last ReadyForQuery.
+    pub fn status(&self) -> u8 {
+        self.status
     }
 
     pub fn owes_nothing(&self) -> bool {
@@ -268,19 +299,39 @@ impl Ledger {
                 _ => true,
             },
             (Expect::DescribeStatement, tag::ROW_DESCRIPTION | tag::NO_DATA)
-            | (Expect::DescribePortal, tag::ROW_DESCRIPTION | tag::NO_DATA)
-            | (
-                Expect::Execute,
+            | (Expect::DescribePortal, tag::ROW_DESCRIPTION | tag::NO_DATA) => {
+                self.queue.pop_front();
+                true
+            }
+            (
+                Expect::Execute { .. },
                 tag::COMMAND_COMPLETE | tag::EMPTY_QUERY_RESPONSE | tag::PORTAL_SUSPENDED,
             ) => {
-                self.queue.pop_front();
+                if let Some(Expect::Execute { action }) = self.queue.pop_front() {
+                    if tag == tag::COMMAND_COMPLETE {
+                        self.completing = Some(action);
+                    }
+                }
+                true
+            }
+            (Expect::Ready { .. }, tag::COMMAND_COMPLETE) => {
+                if let Some(Expect::Ready { actions }) = self.queue.front_mut() {
+                    let action = actions
+                        .get_mut(self.answered)
+                        .map(std::mem::take)
+                        .unwrap_or_default();
+                    self.completing = Some(action);
+                }
+                self.answered += 1;
                 true
             }
             (Expect::Ready { .. }, tag::ERROR_RESPONSE) => {
                 self.error_in_ready = true;
+                self.settings.error();
                 true
             }
             (_, tag::ERROR_RESPONSE) => {
+                self.settings.error();
                 self.fail_batch(statements, events);
                 true
             }
@@ -314,19 +365,25 @@ impl Ledger {
         // Pop through the Ready entry this ReadyForQuery answers; anything before it
         // was never answered (which only a confused server causes).
         while let Some(expect) = self.queue.pop_front() {
-            if let Expect::Ready { change } = expect {
-                if let Some(change) = change {
-                    if !self.error_in_ready && status == tag::STATUS_IDLE {
-                        events.push(Event::ParamCommitted(change));
-                    } else if status != tag::STATUS_IDLE {
-                        self.untracked_settings = true;
-                    }
-                }
+            if matches!(expect, Expect::Ready { .. }) {
                 break;
             }
         }
+        self.answered = 0;
+        self.completing = None;
         self.error_in_ready = false;
         self.status = status;
+        let mut changes = Vec::new();
+        self.settings.ready(status, &mut changes);
+        events.extend(changes.into_iter().map(Event::ParamCommitted));
+    }
+
+    /// A CommandComplete ended: what its statement did now holds, if it does.
+    fn on_command_complete(&mut self, command_tag: &[u8], events: &mut Vec<Event>) {
+        let action = self.completing.take().unwrap_or_default();
+        let mut changes = Vec::new();
+        self.settings.completed(action, command_tag, &mut changes);
+        events.extend(changes.into_iter().map(Event::ParamCommitted));
     }
 }
 
@@ -379,9 +436,16 @@ impl FrameVisitor for Walker<'_> {
     fn end(&mut self, frame: Frame<'_>) {
         self.ledger.last_was_error = frame.tag == tag::ERROR_RESPONSE && self.ledger.forwarding;
         match frame.tag {
-            tag::PARAMETER_STATUS => self
-                .events
-                .push(Event::ParameterStatus(frame.body.to_vec())),
+            tag::PARAMETER_STATUS => {
+                if let Ok((name, value)) =
+                    crate::protocol::backend::parse_parameter_status(frame.body)
+                {
+                    self.ledger.settings.reported(name, value);
+                }
+                self.events
+                    .push(Event::ParameterStatus(frame.body.to_vec()))
+            }
+            tag::COMMAND_COMPLETE => self.ledger.on_command_complete(frame.body, self.events),
             tag::ERROR_RESPONSE => self.events.push(Event::Error(
                 crate::protocol::backend::parse_error_fields(frame.body).code,
             )),
@@ -400,12 +464,12 @@ impl FrameVisitor for Walker<'_> {
     }
 }
 
-/// Message types whose bodies the ledger reads: ReadyForQuery, ParameterStatus and
-/// ErrorResponse (for its SQLSTATE).
+/// Message types whose bodies the ledger reads: ReadyForQuery, ParameterStatus,
+/// ErrorResponse (for its SQLSTATE) and CommandComplete (its command tag).
 pub fn capture_tags(tag: u8) -> bool {
     matches!(
         tag,
-        tag::READY_FOR_QUERY | tag::PARAMETER_STATUS | tag::ERROR_RESPONSE
+        tag::READY_FOR_QUERY | tag::PARAMETER_STATUS | tag::ERROR_RESPONSE | tag::COMMAND_COMPLETE
     )
 }
 
@@ -480,8 +544,12 @@ mod tests {
                 suppress: false,
                 effect: Effect::None,
             });
-            ledger.push(Expect::Execute);
-            ledger.push(Expect::Ready { change: None });
+            ledger.push(Expect::Execute {
+                action: Action::Other,
+            });
+            ledger.push(Expect::Ready {
+                actions: Vec::new(),
+            });
             let (out, _) = client_sees(&mut ledger, &mut statements, &server, size);
             assert_eq!(out, expected, "chunk size {size}");
             assert!(ledger.is_idle());
@@ -503,8 +571,12 @@ mod tests {
             effect: Effect::Prepared(Arc::clone(&statement)),
         });
         ledger.push(Expect::Synthetic(CLOSE_COMPLETE)); // skipped by the server, so not sent
-        ledger.push(Expect::Execute);
-        ledger.push(Expect::Ready { change: None });
+        ledger.push(Expect::Execute {
+            action: Action::Other,
+        });
+        ledger.push(Expect::Ready {
+            actions: Vec::new(),
+        });
         let server = [
             message(tag::ERROR_RESPONSE, b"SERROR\0\0"),
             message(tag::READY_FOR_QUERY, b"I"),
@@ -520,7 +592,9 @@ mod tests {
     fn bytes_after_the_final_ready_are_swallowed_and_taint_the_server() {
         let mut ledger = Ledger::default();
         let mut statements = ServerStatements::default();
-        ledger.push(Expect::Ready { change: None });
+        ledger.push(Expect::Ready {
+            actions: Vec::new(),
+        });
         let answer = [
             message(tag::COMMAND_COMPLETE, b"INSERT 0 1\0"),
             message(tag::READY_FOR_QUERY, b"I"),
@@ -548,7 +622,7 @@ mod tests {
     }
 
     #[test]
-    fn tracked_set_commits_only_outside_a_transaction_and_without_error() {
+    fn tracked_set_holds_when_it_ran_outside_a_transaction_without_error() {
         let change = ParamChange::Set("search_path".into(), "x".into());
         let mut statements = ServerStatements::default();
         let reply = |status: &[u8]| {
@@ -561,27 +635,25 @@ mod tests {
 
         let mut ledger = Ledger::default();
         ledger.push(Expect::Ready {
-            change: Some(change.clone()),
+            actions: vec![Action::Change(change.clone())],
         });
         let (_, events) = client_sees(&mut ledger, &mut statements, &reply(b"I"), 64);
         assert_eq!(events, vec![Event::ParamCommitted(change.clone())]);
 
         let mut ledger = Ledger::default();
         ledger.push(Expect::Ready {
-            change: Some(change.clone()),
+            actions: vec![Action::Change(change.clone())],
         });
         let (_, events) = client_sees(&mut ledger, &mut statements, &reply(b"T"), 64);
-        assert!(events.is_empty());
-        assert!(
-            ledger.untracked_settings,
-            "a SET inside a transaction taints the server"
-        );
+        assert!(events.is_empty(), "pending until the transaction ends");
+        assert!(!ledger.needs_reset());
 
         let mut ledger = Ledger::default();
         ledger.push(Expect::Ready {
-            change: Some(change),
+            actions: vec![Action::Change(change)],
         });
         let failed = [
+            message(tag::COMMAND_COMPLETE, b"SET\0"),
             message(tag::ERROR_RESPONSE, b"SERROR\0\0"),
             message(tag::READY_FOR_QUERY, b"I"),
         ]
@@ -612,7 +684,9 @@ mod tests {
                 suppress: false,
                 effect: Effect::None,
             });
-            ledger.push(Expect::Execute);
+            ledger.push(Expect::Execute {
+                action: Action::Other,
+            });
             ledger.client_sync();
             if early {
                 ledger.client_copy_end();
@@ -639,7 +713,9 @@ mod tests {
             suppress: true,
             effect: Effect::None,
         });
-        ledger.push(Expect::Ready { change: None });
+        ledger.push(Expect::Ready {
+            actions: Vec::new(),
+        });
         let server = [
             message(tag::NOTICE_RESPONSE, b"SNOTICE\0\0"),
             message(tag::PARAMETER_STATUS, b"TimeZone\0UTC\0"),

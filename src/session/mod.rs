@@ -19,10 +19,13 @@ pub mod ledger;
 pub mod relay;
 mod session_mode;
 pub mod settings;
+pub mod sql_lex;
+pub mod sql_scan;
 pub mod statements;
 pub(crate) mod timeouts;
 mod transaction;
 pub mod translate;
+pub mod tx_settings;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -2,14 +2,18 @@
 //! messages from the inbox and writes what the server must receive, recording in
 //! the [`Ledger`] what the server will owe. Named prepared statements are mapped to
 //! server names (preparing them first where this server lacks them); everything else
-//! passes unchanged. The statement texts themselves are never decoded.
+//! passes unchanged. Query and Parse texts are read by [`sql_scan`](super::sql_scan)
+//! (never decoded or re-encoded): what each statement does is recorded with the
+//! reply that will prove it ran, state the proxy cannot carry taints the server,
+//! and refused statements (LISTEN, the proxy's statement names) are replaced by a
+//! statement that makes the server raise the error.
 
 use std::sync::Arc;
 
 use bytes::BytesMut;
 
 use super::ledger::{Effect, Expect, Ledger};
-use super::settings::parse_param_change;
+use super::sql_scan::{self, Refusal, Scan, Taint};
 use super::statements::{ClientStatements, OverLimit};
 use crate::protocol::frame::complete_message_len;
 use crate::protocol::frame::FrameError;
@@ -92,30 +96,22 @@ impl Translator<'_> {
         let body = &message[5..];
         match tag {
             tag::QUERY => {
-                let change = if starts_like_setting(body) {
-                    parse_param_change(body)
-                } else {
-                    None
-                };
-                if change.is_some() && self.ledger.status() != tag::STATUS_IDLE {
-                    self.ledger.untracked_settings = true;
-                }
-                self.ledger.push(Expect::Ready { change });
-                if starts_with_word(body, b"discard")
-                    || starts_with_word(body, b"deallocate") && contains_word_all(body)
-                {
-                    // These drop the server's prepared statements behind the proxy's
-                    // back (including the shared sy_ ones).
-                    self.server.clear();
-                    self.ledger.statements_reset = true;
-                }
-                if starts_with_word(body, b"listen") {
-                    // Notifications go to whichever server the listener happened to be
-                    // on, so they would be lost. The server raises the error, which
-                    // keeps transaction semantics exactly as for any failed statement.
-                    messages::query(out, REFUSE_LISTEN);
-                } else {
-                    out.extend_from_slice(message);
+                let scan = self.scan(body);
+                match scan.refusal {
+                    Some(refusal) => {
+                        // The server raises the error, which keeps transaction
+                        // semantics exactly as for any failed statement.
+                        messages::query(out, refusal_sql(refusal));
+                        self.ledger.push(Expect::Ready {
+                            actions: Vec::new(),
+                        });
+                    }
+                    None => {
+                        self.ledger.push(Expect::Ready {
+                            actions: scan.actions,
+                        });
+                        out.extend_from_slice(message);
+                    }
                 }
             }
             tag::PARSE => return self.parse(body, message, out, batch_start),
@@ -124,7 +120,9 @@ impl Translator<'_> {
             tag::CLOSE => self.close(body, message, out),
             tag::EXECUTE => {
                 self.ledger.set_batch_open(true);
-                self.ledger.push(Expect::Execute);
+                let portal = split_cstr(body).map(|(name, _)| name).unwrap_or_default();
+                let action = self.ledger.portals.get(portal);
+                self.ledger.push(Expect::Execute { action });
                 out.extend_from_slice(message);
             }
             tag::SYNC => {
@@ -137,13 +135,29 @@ impl Translator<'_> {
                 out.extend_from_slice(message);
             }
             tag::FUNCTION_CALL => {
-                self.ledger.push(Expect::Ready { change: None });
+                self.ledger.taint |= function_call_taint(body);
+                self.ledger.push(Expect::Ready {
+                    actions: Vec::new(),
+                });
                 out.extend_from_slice(message);
             }
             // Flush, CopyData and anything unknown (the server judges it).
             _ => out.extend_from_slice(message),
         }
         Ok(())
+    }
+
+    /// Scans a query text, recording its taints (and forgetting the server's
+    /// statements if it drops them).
+    fn scan(&mut self, text: &[u8]) -> Scan {
+        let scan = sql_scan::scan(text);
+        self.ledger.taint |= scan.taint;
+        if scan.drops_statements {
+            // DISCARD ALL / DEALLOCATE ALL drop the server's prepared statements
+            // behind the proxy's back (including the shared sy_ ones).
+            self.server.clear();
+        }
+        scan
     }
 
     fn parse(
@@ -154,23 +168,37 @@ impl Translator<'_> {
         batch_start: u64,
     ) -> Result<(), OverLimit> {
         self.ledger.set_batch_open(true);
-        let name = match split_cstr(body) {
-            Some((name, _)) if !name.is_empty() => name,
-            _ => {
-                // The unnamed statement, or a malformed message the server will reject.
-                self.ledger.push(Expect::Complete {
-                    suppress: false,
-                    effect: Effect::None,
-                });
-                out.extend_from_slice(message);
-                return Ok(());
-            }
+        let Some((name, rest)) = split_cstr(body) else {
+            // Malformed: the server rejects it.
+            self.ledger.push(Expect::Complete {
+                suppress: false,
+                effect: Effect::None,
+            });
+            out.extend_from_slice(message);
+            return Ok(());
         };
-        if starts_like_setting(body.get(name.len() + 1..).unwrap_or_default()) {
-            self.ledger.untracked_settings = true;
+        let query = split_cstr(rest).map(|(query, _)| query).unwrap_or(rest);
+        // Its taints count when it runs (Bind), maybe in a later transaction.
+        let scan = sql_scan::scan(query);
+        let refused = scan
+            .refusal
+            .map(|refusal| refused_parse_body(name, refusal));
+        let body = refused.as_deref().unwrap_or(body);
+        let effects = scan.statement_effects();
+        if name.is_empty() {
+            self.ledger.portals.unnamed_statement = effects;
+            self.ledger.push(Expect::Complete {
+                suppress: false,
+                effect: Effect::None,
+            });
+            match &refused {
+                Some(body) => messages::parse(out, b"", &body[1..]),
+                None => out.extend_from_slice(message),
+            }
+            return Ok(());
         }
         let def = Arc::new(StatementDef::from_parse_body(body, name.len()));
-        self.client.insert(name, Arc::clone(&def))?;
+        self.client.insert(name, Arc::clone(&def), effects)?;
         if self.server.touch(&def) {
             self.ledger.push(Expect::Synthetic(PARSE_COMPLETE));
         } else {
@@ -227,6 +255,20 @@ impl Translator<'_> {
 
     fn bind(&mut self, body: &[u8], message: &[u8], out: &mut BytesMut, batch_start: u64) {
         self.ledger.set_batch_open(true);
+        if let Some((portal, statement, _)) = frontend::split_bind(body) {
+            let effects = if statement.is_empty() {
+                self.ledger.portals.unnamed_statement.clone()
+            } else {
+                self.client.effects(statement)
+            };
+            self.ledger.taint |= effects.taint;
+            if effects.drops_statements {
+                self.server.clear();
+            }
+            if !self.ledger.portals.bind(portal, effects.action) {
+                self.ledger.taint |= Taint::SETTINGS;
+            }
+        }
         let mapped = frontend::split_bind(body).and_then(|(portal, statement, rest)| {
             let def = self.server_statement(statement, out, batch_start)?;
             Some((portal, def, rest))
@@ -269,7 +311,10 @@ impl Translator<'_> {
                 self.client.remove(name);
                 self.ledger.push(Expect::Synthetic(CLOSE_COMPLETE));
             }
-            _ => {
+            target => {
+                if let Some((tag::TARGET_PORTAL, portal)) = target {
+                    self.ledger.portals.close(portal);
+                }
                 out.extend_from_slice(message);
                 self.ledger.push(Expect::Complete {
                     suppress: false,
@@ -285,47 +330,57 @@ const REFUSE_LISTEN: &str = "DO $switchyard$BEGIN RAISE EXCEPTION USING \
     MESSAGE = 'LISTEN is not supported in transaction pooling mode', \
     HINT = 'Connect through a listener with pool mode session to use LISTEN.'; END$switchyard$";
 
-/// Whether `query` starts (after whitespace) with `word` as a whole keyword.
-fn starts_with_word(query: &[u8], word: &[u8]) -> bool {
-    let start = query
-        .iter()
-        .position(|b| !b.is_ascii_whitespace())
-        .unwrap_or(query.len());
-    let rest = &query[start..];
-    rest.get(..word.len())
-        .is_some_and(|head| head.eq_ignore_ascii_case(word))
-        && rest
-            .get(word.len())
-            .is_none_or(|b| !b.is_ascii_alphanumeric() && *b != b'_')
-}
+const REFUSE_PROXY_NAMES: &str = "DO $switchyard$BEGIN RAISE EXCEPTION USING \
+    ERRCODE = 'insufficient_privilege', \
+    MESSAGE = 'prepared statement names starting with sy_ are reserved by the proxy', \
+    HINT = 'PREPARE, EXECUTE and DEALLOCATE another name.'; END$switchyard$";
 
-/// Whether the statement mentions ALL as a word (DEALLOCATE [PREPARE] ALL).
-fn contains_word_all(query: &[u8]) -> bool {
-    query
-        .split(|b| !b.is_ascii_alphanumeric() && *b != b'_')
-        .any(|word| word.eq_ignore_ascii_case(b"all"))
-}
-
-/// Cheap pre-check before looking for SET/RESET/DISCARD in a query: it runs on
-/// every simple query, so it looks at a fixed-size copy of the first word only.
-fn starts_like_setting(query: &[u8]) -> bool {
-    let start = query
-        .iter()
-        .position(|b| !b.is_ascii_whitespace())
-        .unwrap_or(query.len());
-    let mut head = [0u8; 8];
-    for (slot, b) in head.iter_mut().zip(&query[start..]) {
-        *slot = b.to_ascii_lowercase();
+/// The statement sent instead of a refused one.
+fn refusal_sql(refusal: Refusal) -> &'static str {
+    match refusal {
+        // Notifications go to whichever server the listener happened to be on, so
+        // they would be lost, or reach the next client of that server.
+        Refusal::Listen => REFUSE_LISTEN,
+        // Other clients run these statements: nobody may replace them.
+        Refusal::ProxyNames => REFUSE_PROXY_NAMES,
     }
-    head.starts_with(b"set ")
-        || head.starts_with(b"set\t")
-        || head.starts_with(b"reset ")
-        || head.starts_with(b"discard ")
+}
+
+/// A Parse body (name, query, no parameter types) preparing the refusal instead:
+/// executing it raises the error.
+fn refused_parse_body(name: &[u8], refusal: Refusal) -> Vec<u8> {
+    let sql = refusal_sql(refusal).as_bytes();
+    let mut body = Vec::with_capacity(name.len() + sql.len() + 4);
+    body.extend_from_slice(name);
+    body.push(0);
+    body.extend_from_slice(sql);
+    body.push(0);
+    body.extend_from_slice(&0u16.to_be_bytes());
+    body
+}
+
+/// Functions a FunctionCall may name (by OID, fixed in PostgreSQL's catalog) that
+/// leave session state behind: set_config, and the session-level advisory locks.
+fn function_call_taint(body: &[u8]) -> Taint {
+    const SET_CONFIG: u32 = 2078;
+    const ADVISORY_LOCKS: [u32; 8] = [2880, 2881, 2882, 2883, 2886, 2887, 2888, 2889];
+    let Some(oid) = body.get(..4).and_then(|b| <[u8; 4]>::try_from(b).ok()) else {
+        return Taint::default();
+    };
+    let oid = u32::from_be_bytes(oid);
+    if oid == SET_CONFIG {
+        Taint::SETTINGS
+    } else if ADVISORY_LOCKS.contains(&oid) {
+        Taint::ADVISORY
+    } else {
+        Taint::default()
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::session::sql_scan::Action;
     use bytes::BufMut;
 
     use crate::protocol::frame::Messages;
@@ -529,19 +584,63 @@ mod tests {
         let sent = tags(&out);
         assert_eq!(sent.len(), 1);
         assert!(String::from_utf8_lossy(&sent[0].1).contains("feature_not_supported"));
-        assert!(starts_with_word(b"listen\0", b"listen"));
-        assert!(!starts_with_word(b"listener_count()", b"listen"));
     }
 
     #[test]
-    fn setting_detection() {
-        assert!(starts_like_setting(b"  SET search_path TO x\0"));
-        assert!(starts_like_setting(b"reset all\0"));
-        assert!(!starts_like_setting(b"select 1\0"));
-        assert!(!starts_like_setting(b"settings\0"));
-        assert!(starts_like_setting(b"\n\tDISCARD ALL\0"));
-        assert!(starts_like_setting(b"Set\tTimeZone = 'UTC'\0"));
-        assert!(!starts_like_setting(b"discarded\0"));
-        assert!(!starts_like_setting(b""));
+    fn listen_and_the_proxy_names_are_refused_in_both_protocols() {
+        let cases: [(Vec<u8>, &str); 4] = [
+            (
+                message(tag::QUERY, b"select 1; listen x\0"),
+                "feature_not_supported",
+            ),
+            (parse("", "LISTEN x"), "feature_not_supported"),
+            (
+                message(tag::QUERY, b"DEALLOCATE \"sy_0123\"\0"),
+                "insufficient_privilege",
+            ),
+            (parse("s", "execute SY_0123"), "insufficient_privilege"),
+        ];
+        for (input, code) in cases {
+            let mut client = ClientStatements::default();
+            let mut server = ServerStatements::default();
+            let mut ledger = Ledger::default();
+            let out = run(&input, &mut client, &mut server, &mut ledger);
+            let sent = tags(&out);
+            assert_eq!(sent.len(), 1);
+            assert!(String::from_utf8_lossy(&sent[0].1).contains(code), "{code}");
+        }
+    }
+
+    #[test]
+    fn executes_carry_the_action_of_their_statement() {
+        let mut client = ClientStatements::default();
+        let mut server = ServerStatements::default();
+        let mut ledger = Ledger::default();
+        let batch = [
+            parse("", "SET search_path TO app"),
+            bind(""),
+            message(tag::EXECUTE, b"\0\0\0\0\0"),
+            parse("named", "RESET search_path"),
+            bind("named"),
+            message(tag::EXECUTE, b"\0\0\0\0\0"),
+            message(tag::SYNC, b""),
+        ]
+        .concat();
+        run(&batch, &mut client, &mut server, &mut ledger);
+        let text = format!("{ledger:?}");
+        assert!(
+            text.contains("Execute { action: Change(Set(\"search_path\", \"app\")) }"),
+            "{text}"
+        );
+        assert!(
+            text.contains("Execute { action: Change(Reset(\"search_path\")) }"),
+            "{text}"
+        );
+        assert_eq!(
+            client.effects(b"named").action,
+            Action::Change(crate::session::settings::ParamChange::Reset(
+                "search_path".into()
+            ))
+        );
     }
 }

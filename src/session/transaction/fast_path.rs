@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 
+use super::super::sql_scan;
 use super::super::Session;
 use crate::protocol::frame::Messages;
 use crate::protocol::{frontend, messages, split_cstr, tag};
@@ -33,12 +34,16 @@ pub(super) fn answer_without_server(
         let message = batch.next()?;
         let answerable = match message.tag {
             tag::PARSE => match split_cstr(message.body) {
-                Some((name, _)) if !name.is_empty() => {
+                Some((name, rest)) if !name.is_empty() => {
                     // Near the client's statement bound, the translator decides.
                     let fits =
                         session.statements.bytes() + message.body.len() <= MAX_STATEMENT_BYTES;
-                    fits && pool
-                        .knows_statement(&StatementDef::from_parse_body(message.body, name.len()))
+                    // A refused statement is prepared under its refusal's text.
+                    fits && sql_scan::scan(query_text(rest)).refusal.is_none()
+                        && pool.knows_statement(&StatementDef::from_parse_body(
+                            message.body,
+                            name.len(),
+                        ))
                 }
                 _ => false,
             },
@@ -62,10 +67,11 @@ pub(super) fn answer_without_server(
     for message in Messages::new(&batch, usize::MAX) {
         match message.tag {
             tag::PARSE => {
-                if let Some((name, _)) = split_cstr(message.body) {
+                if let Some((name, rest)) = split_cstr(message.body) {
                     let def = Arc::new(StatementDef::from_parse_body(message.body, name.len()));
+                    let effects = sql_scan::scan(query_text(rest)).statement_effects();
                     // Checked to fit above.
-                    let _ = session.statements.insert(name, def);
+                    let _ = session.statements.insert(name, def, effects);
                 }
                 replies.extend_from_slice(messages::PARSE_COMPLETE);
             }
@@ -79,4 +85,9 @@ pub(super) fn answer_without_server(
         }
     }
     Some(replies)
+}
+
+/// The query of a Parse body after the statement name.
+fn query_text(rest: &[u8]) -> &[u8] {
+    split_cstr(rest).map(|(query, _)| query).unwrap_or(rest)
 }

@@ -15,6 +15,7 @@ use tokio::net::TcpStream;
 
 use super::ledger::{self, Event, Ledger, Segment};
 use super::relay::RelayEnd;
+use super::sql_scan::Taint;
 use super::{Session, SessionEnd};
 use crate::cancel::Registration;
 use crate::pool::PooledServer;
@@ -176,28 +177,67 @@ pub(super) async fn run(
     }
 }
 
-/// Returns a server to the pool; one whose settings were changed in ways the proxy
-/// does not track is reset first so they cannot leak to the next client.
+/// Returns a server to the pool; one left with session state the proxy does not
+/// carry (see [`Taint`]) is reset first so it cannot leak to the next client, and
+/// closed if the reset fails.
 async fn reset_and_release(mut server: PooledServer, ledger: &Ledger) {
-    if ledger.statements_reset {
+    let taint = ledger.reset_needed();
+    if !taint.is_empty() {
+        let sql = reset_sql(taint);
         if let Err(e) = server
-            .run_internal_query("DEALLOCATE ALL", std::time::Duration::from_secs(5))
+            .run_internal_query(&sql, std::time::Duration::from_secs(5))
             .await
         {
-            tracing::warn!(error = %e, "cannot reset prepared statements; closing the server");
+            tracing::warn!(error = %e, reset = %sql, "cannot reset the server's session state; closing it");
             return;
         }
-        server.statements.clear();
-    }
-    if ledger.untracked_settings {
-        if let Err(e) = server
-            .run_internal_query("RESET ALL", std::time::Duration::from_secs(5))
-            .await
-        {
-            tracing::warn!(error = %e, "cannot reset server settings; closing it");
-            return;
+        if taint.contains(Taint::STATEMENTS) {
+            server.statements.clear();
         }
-        server.applied = Default::default();
+        if taint.contains(Taint::SETTINGS) {
+            server.applied = Default::default();
+        }
     }
     server.release();
+}
+
+/// The statements that clear what `taint` says is left, as one query. DISCARD ALL
+/// would do all of it, but cannot run in the implicit transaction of a
+/// multi-statement query and drops the proxy's shared statements even when only a
+/// temporary table was left behind.
+fn reset_sql(taint: Taint) -> String {
+    let steps = [
+        (
+            Taint::SETTINGS,
+            "SET SESSION AUTHORIZATION DEFAULT;RESET ALL",
+        ),
+        (Taint::CURSORS, "CLOSE ALL"),
+        (Taint::TEMP, "DISCARD TEMP"),
+        (
+            Taint::ADVISORY,
+            "SELECT pg_catalog.pg_advisory_unlock_all()",
+        ),
+        (Taint::STATEMENTS, "DEALLOCATE ALL"),
+    ];
+    steps
+        .iter()
+        .filter(|(t, _)| taint.contains(*t))
+        .map(|(_, sql)| *sql)
+        .collect::<Vec<_>>()
+        .join(";")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reset_sql_names_each_kind_once() {
+        assert_eq!(reset_sql(Taint::TEMP), "DISCARD TEMP");
+        assert_eq!(
+            reset_sql(Taint::SETTINGS | Taint::STATEMENTS | Taint::ADVISORY),
+            "SET SESSION AUTHORIZATION DEFAULT;RESET ALL;\
+             SELECT pg_catalog.pg_advisory_unlock_all();DEALLOCATE ALL"
+        );
+    }
 }
