@@ -3,7 +3,8 @@
 //! ROLE`, `SET role; RESET ALL`, `set_config()`, temp tables, advisory locks), and
 //! settings changed inside transactions in the drivers' default non-autocommit mode
 //! (issue #19: committed `SET`s follow the client, rolled back / `SET LOCAL` /
-//! failed ones do not; psycopg_pool's `configure`). The cases are in
+//! failed ones do not; psycopg_pool's `configure`), and the ParameterStatus values
+//! a client with startup `options` is greeted with. The cases are in
 //! `tests/python/psycopg_cases.py`; each runs against PostgreSQL directly (the
 //! control) and through the proxy, each case with its own proxy.
 //!
@@ -57,6 +58,13 @@ const TX_CASES: &[&str] = &[
     "pg3_pool_configure",
 ];
 
+/// Startup `options` (standard_conforming_strings, DateStyle, TimeZone,
+/// IntervalStyle): the ParameterStatus values the client gets match its session.
+const STARTUP_CASES: &[&str] = &[
+    "pg2_startup_options_reported",
+    "pg3_startup_options_reported",
+];
+
 /// The driver cluster with role `tenant_a`, granted to `app` (idempotent).
 async fn cluster_port() -> u16 {
     let port = driver_cluster().await.port(0);
@@ -93,11 +101,41 @@ async fn settings_in_transactions_direct_to_postgres() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn settings_in_transactions_through_session_mode() {
-    cases("psycopg settings in transactions", TX_CASES, Via::Session(2)).await;
+    cases(
+        "psycopg settings in transactions",
+        TX_CASES,
+        Via::Session(2),
+    )
+    .await;
 }
 
 /// Pool size 2: B's open transactions move A between the two servers.
 #[tokio::test(flavor = "multi_thread")]
 async fn settings_in_transactions_through_transaction_mode() {
-    cases("psycopg settings in transactions", TX_CASES, Via::Transaction(2)).await;
+    cases(
+        "psycopg settings in transactions",
+        TX_CASES,
+        Via::Transaction(2),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn startup_options_direct_to_postgres() {
+    cases("psycopg startup options", STARTUP_CASES, Via::Direct).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn startup_options_through_session_mode() {
+    cases("psycopg startup options", STARTUP_CASES, Via::Session(2)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn startup_options_through_transaction_mode() {
+    cases(
+        "psycopg startup options",
+        STARTUP_CASES,
+        Via::Transaction(1),
+    )
+    .await;
 }

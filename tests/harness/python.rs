@@ -92,7 +92,12 @@ impl PyRun {
 /// Runs the venv's python with `args` (the first is usually a script path) in
 /// `cwd`, with `env` added (libpq `PG*` variables removed), killing it after
 /// `deadline`. Blocking: call it through `wait::blocking` from async tests.
-pub fn run_python(args: &[&str], cwd: &Path, env: &[(String, String)], deadline: Duration) -> PyRun {
+pub fn run_python(
+    args: &[&str],
+    cwd: &Path,
+    env: &[(String, String)],
+    deadline: Duration,
+) -> PyRun {
     let python = venv_python();
     let mut command = Command::new(&python);
     command
@@ -228,7 +233,12 @@ pub fn run_case(script: &str, case: &str, target: &DbTarget, case_timeout: Durat
         "SY_CASE_TIMEOUT".into(),
         case_timeout.as_secs_f64().to_string(),
     ));
-    let run = run_script(script, &[case], &env, case_timeout + Duration::from_secs(20));
+    let run = run_script(
+        script,
+        &[case],
+        &env,
+        case_timeout + Duration::from_secs(20),
+    );
     let outcome = match (run.code, run.timed_out) {
         (_, true) | (Some(3), _) => Outcome::Timeout,
         (Some(0), false) => Outcome::Pass,
@@ -249,7 +259,10 @@ pub fn assert_cases_passed(what: &str, results: &[CaseResult]) {
     for r in results {
         println!("  {:<8} {}", format!("{:?}", r.outcome), r.verdict());
     }
-    let failed: Vec<&CaseResult> = results.iter().filter(|r| r.outcome != Outcome::Pass).collect();
+    let failed: Vec<&CaseResult> = results
+        .iter()
+        .filter(|r| r.outcome != Outcome::Pass)
+        .collect();
     if failed.is_empty() {
         return;
     }
@@ -337,8 +350,7 @@ async fn run_one_case_via(
         password: super::pg::APP_PASSWORD.into(),
         dbname: super::pg::APP_DB.into(),
     };
-    let result =
-        super::wait::blocking(move || run_case(script, case, &target, case_timeout)).await;
+    let result = super::wait::blocking(move || run_case(script, case, &target, case_timeout)).await;
     if let Some((proxy, _api)) = proxy {
         proxy.shutdown(Duration::from_secs(2)).await;
     }

@@ -23,11 +23,11 @@ UNIQUE = os.getpid()
 class Client:
     """One connection of either driver, with the few calls the cases need."""
 
-    def __init__(self, driver, name, autocommit, port=None):
+    def __init__(self, driver, name, autocommit, port=None, options=None):
         self.driver = driver
         self.name = name
-        step(f"{name}: connecting ({driver}, autocommit={autocommit})")
-        dsn = libpq_dsn(port=port)
+        step(f"{name}: connecting ({driver}, autocommit={autocommit}, options={options!r})")
+        dsn = libpq_dsn(port=port) if options is None else libpq_dsn(port=port, options=options)
         if driver == "psycopg2":
             self.conn = psycopg2.connect(dsn)
             self.conn.autocommit = autocommit
@@ -52,6 +52,12 @@ class Client:
                 cur.execute(sql, params)
                 return cur.fetchone()[0]
         return self.conn.execute(sql, params, prepare=False).fetchone()[0]
+
+    def parameter_status(self, name):
+        """What the server (or proxy) reported in ParameterStatus."""
+        if self.driver == "psycopg2":
+            return self.conn.get_parameter_status(name)
+        return self.conn.info.parameter_status(name)
 
     def commit(self):
         step(f"{self.name}: commit")
@@ -231,6 +237,40 @@ def tx_failed_transaction(driver):
                      "SET; failing statement; rollback")
 
 
+# ---------------------------------------------------------------------------
+# Startup parameters: what the client is told matches its session
+# ---------------------------------------------------------------------------
+
+STARTUP_OPTIONS = {
+    "standard_conforming_strings": "off",
+    "DateStyle": "ISO, DMY",
+    "TimeZone": "Asia/Tokyo",
+    "IntervalStyle": "sql_standard",
+}
+
+
+def startup_options_reported(driver):
+    """A client that sets parameters with the startup packet's `options` is told
+    (ParameterStatus) the values its session really has. Drivers act on these:
+    psycopg2 escapes strings by standard_conforming_strings, parses dates by
+    DateStyle, intervals by IntervalStyle."""
+    options = " ".join(f"-c {k}={v.replace(' ', '')}" for k, v in STARTUP_OPTIONS.items())
+    # A first client with the opposite options makes the pool's first server
+    # login, whose parameters the proxy greets later clients with (psycopg2's
+    # test_scs does this).
+    first = Client(driver, "first", True, options="-c standard_conforming_strings=on")
+    first.value("select 1")
+    a = Client(driver, "A", True, options=f"-c statement_timeout=10000 {options}")
+    # As greeted, before any query (psycopg2 reads standard_conforming_strings once,
+    # at connect, to choose its string escaping).
+    greeted = {name: a.parameter_status(name) for name in STARTUP_OPTIONS}
+    for name, value in STARTUP_OPTIONS.items():
+        actual = a.value(f"show {name}")
+        expect_eq(actual, value, f"the session's {name} (SHOW)")
+        expect_eq(greeted[name], actual, f"ParameterStatus {name} the client was greeted with")
+        expect_eq(a.parameter_status(name), actual, f"ParameterStatus {name} after a query")
+
+
 def pool_configure():
     """psycopg_pool: `configure` sets search_path and commits; every checkout sees
     it, with another client's transactions in between."""
@@ -263,7 +303,7 @@ def cases():
     for prefix, driver in (("pg2", "psycopg2"), ("pg3", "psycopg3")):
         for fn in (leak_set_role, leak_reset_all_keeps_role, leak_set_config, leak_temp_table,
                    leak_advisory_lock, tx_rollback_discards, tx_savepoint_rollback,
-                   tx_set_local, tx_failed_transaction):
+                   tx_set_local, tx_failed_transaction, startup_options_reported):
             table[f"{prefix}_{fn.__name__}"] = (lambda fn=fn, driver=driver: fn(driver))
         for name in SETTINGS:
             table[f"{prefix}_tx_committed_{name}"] = (
