@@ -2,7 +2,7 @@
 per-test timeout, and writes each test's outcome as JSON.
 
     python psycopg2_suite.py --sdist DIR --out FILE.json [--per-test-timeout S]
-                             [--overall-timeout S] [--label NAME]
+                             [--overall-timeout S] [--label NAME] [--only A,B]
 
 The suite reads PSYCOPG2_TESTDB, PSYCOPG2_TESTDB_HOST, _PORT, _USER, _PASSWORD.
 A worker process runs the tests in order and reports `START i` / `END i <json>`
@@ -11,7 +11,8 @@ takes longer (psycopg2 blocked in libpq cannot be interrupted from Python) is
 recorded as `timeout`, the worker is killed and a new one resumes at the next
 test; a worker that dies records `crash`. Outcomes: pass, fail, error, skip,
 xfail, xpass, timeout, crash. After --overall-timeout the remaining tests are
-recorded as `not-run`.
+recorded as `not-run`. --only keeps the tests whose id contains one of the
+given substrings. Besides FILE.json, FILE.txt lists `<test id> <outcome>` lines.
 """
 
 import argparse
@@ -33,12 +34,14 @@ def flatten(suite):
             yield item
 
 
-def load_tests(sdist):
+def load_tests(sdist, only=""):
     sys.path.insert(0, sdist)
     import tests  # the sdist's tests/ package  # noqa: E402
 
     # tests.test_suite() first checks the database is reachable (exit 1 if not).
-    return list(flatten(tests.test_suite()))
+    wanted = [w for w in only.split(",") if w]
+    return [t for t in flatten(tests.test_suite())
+            if not wanted or any(w in t.id() for w in wanted)]
 
 
 class OneResult(unittest.TestResult):
@@ -85,8 +88,8 @@ def _first_line(err):
     return " ".join(text.split())[:300]
 
 
-def worker(sdist, start):
-    tests = load_tests(sdist)
+def worker(sdist, start, only):
+    tests = load_tests(sdist, only)
     print(f"COUNT {len(tests)}", flush=True)
     for i in range(start, len(tests)):
         test = tests[i]
@@ -107,7 +110,7 @@ class Worker:
     def __init__(self, args, start):
         self.proc = subprocess.Popen(
             [sys.executable, os.path.abspath(__file__), "--worker", "--sdist", args.sdist,
-             "--start", str(start)],
+             "--start", str(start), "--only", args.only],
             cwd=args.sdist, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
         self.buffer = ""
         self.log = []
@@ -202,7 +205,7 @@ def supervise(args):
     not_run = 0
     if count is not None and start < count:
         # Overall timeout: name the tests that did not run.
-        tests = load_tests(args.sdist)
+        tests = load_tests(args.sdist, args.only)
         for test in tests[start:]:
             results[test.id()] = {"id": test.id(), "outcome": "not-run",
                                   "detail": f"overall timeout {args.overall_timeout:g} s", "seconds": 0}
@@ -215,6 +218,8 @@ def supervise(args):
     with open(args.out, "w") as f:
         json.dump({"label": args.label, "seconds": round(elapsed, 1), "summary": summary,
                    "tests": [results[t] for t in order]}, f, indent=1)
+    with open(os.path.splitext(args.out)[0] + ".txt", "w") as f:
+        f.writelines(f"{t} {results[t]['outcome']}\n" for t in order)
     print(f"psycopg2 suite [{args.label}]: {len(results)} tests in {elapsed:.1f} s: "
           + ", ".join(f"{k} {v}" for k, v in sorted(summary.items())), flush=True)
 
@@ -228,10 +233,11 @@ def main():
     parser.add_argument("--overall-timeout", type=float, default=1800)
     parser.add_argument("--worker", action="store_true")
     parser.add_argument("--start", type=int, default=0)
+    parser.add_argument("--only", default="")
     args = parser.parse_args()
     args.sdist = os.path.abspath(args.sdist)
     if args.worker:
-        worker(args.sdist, args.start)
+        worker(args.sdist, args.start, args.only)
     else:
         if not args.out:
             parser.error("--out is required")
