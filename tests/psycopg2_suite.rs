@@ -5,7 +5,7 @@
 //! reason, in `tests/python/psycopg2-suite-differences.txt`; an unlisted difference
 //! fails the test (naming it), a listed entry that no longer differs is printed.
 //!
-//! Run: `cargo test --test psycopg2_suite -- --nocapture` (about 10 minutes on the
+//! Run: `cargo test --test psycopg2_suite -- --nocapture` (about 3 minutes on the
 //! 2-core development machine; the per-test outcomes of each pass are written to
 //! `target/psycopg2-suite/<pass>.json`).
 //! - `SWITCHYARD_WRITE_DIFFERENCES=1` rewrites the differences file from this run,
