@@ -14,6 +14,10 @@
 //!   lists for it, and the admin API.
 //! - `clients`: tokio-postgres clients (through the proxy or straight to a server),
 //!   readable driver errors, one-value queries, psql as superuser from async code.
+//! - `python`: the Python venv of the driver tests (`target/pyenv`, from
+//!   `tests/python/requirements.txt`), PyPI source distributions cached under
+//!   `target/pysdist`, and running scripts / one-case-per-process case scripts from
+//!   `tests/python/` with a deadline.
 //! - `raw_client`: the wire protocol as bytes, for what drivers cannot do: message
 //!   builders, reading and parsing replies, a raw MD5 login and a `RawClient`.
 //! - `wait`: async waiting (`eventually`, `within`) and blocking calls off the
@@ -30,6 +34,7 @@ pub mod patroni;
 pub mod pg;
 pub mod proc;
 pub mod proxy;
+pub mod python;
 pub mod raw_client;
 pub mod wait;
 pub mod write_load;
