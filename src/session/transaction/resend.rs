@@ -13,7 +13,8 @@
 //! 3. the request is one statement that does its work inside the transaction
 //!    that was interrupted: not `CALL` or `DO` (which may commit inside), not a
 //!    multi-statement string, not `VACUUM`, not `... CONCURRENTLY`, nothing that
-//!    calls dblink ([`RequestShape`]);
+//!    calls dblink ([`RequestShape`], on the lexer of
+//!    [`sql_lex`](crate::session::sql_lex));
 //! 4. it has not been sent again before (the caller counts).
 //!
 //! While nothing has reached the client, the proxy keeps a copy of the request
@@ -26,6 +27,7 @@ use crate::pool::ServerPool;
 use crate::protocol::backend::parse_error_fields;
 use crate::protocol::frame::{complete_message_len, Message};
 use crate::protocol::{split_cstr, tag};
+use crate::session::sql_lex::{Kind, Lexer, Splitter};
 use crate::session::statements::ClientStatements;
 use crate::session::SessionEnv;
 
@@ -160,87 +162,42 @@ impl RequestShape {
 }
 
 /// Whether `text` (a query, up to its NUL) is a single statement whose effects
-/// all belong to the transaction it runs in. Conservative: a `;` anywhere but at
-/// the end (even inside a string literal) counts as a second statement.
+/// all belong to the transaction it runs in.
 fn resendable_statement(text: &[u8]) -> bool {
     let end = text.iter().position(|&b| b == 0).unwrap_or(text.len());
-    let text = skip_space_and_comments(&text[..end]);
-    let trimmed = trim_end(text, |b| b.is_ascii_whitespace() || b == b';');
-    if trimmed.is_empty() || trimmed.contains(&b';') {
-        return false;
-    }
-    let first = first_word(trimmed);
-    const COMMITS_ON_ITS_OWN: [&[u8]; 6] = [
-        b"call",
-        b"do",
-        b"vacuum",
-        b"checkpoint",
-        b"reindex",
-        b"cluster",
-    ];
-    if COMMITS_ON_ITS_OWN
-        .iter()
-        .any(|word| first.eq_ignore_ascii_case(word))
-    {
-        return false;
-    }
-    !contains_ignore_case(trimmed, b"concurrently") && !contains_ignore_case(trimmed, b"dblink")
-}
-
-fn skip_space_and_comments(mut text: &[u8]) -> &[u8] {
-    loop {
-        let start = text
-            .iter()
-            .position(|b| !b.is_ascii_whitespace())
-            .unwrap_or(text.len());
-        text = &text[start..];
-        if let Some(rest) = text.strip_prefix(b"--") {
-            let end = rest.iter().position(|&b| b == b'\n').unwrap_or(rest.len());
-            text = &rest[end..];
-        } else if let Some(rest) = text.strip_prefix(b"/*") {
-            text = skip_block_comment(rest);
-        } else {
-            return text;
+    let sql = &text[..end];
+    let mut splitter = Splitter::default();
+    let mut statements = 0;
+    let mut words_in_statement = 0;
+    for token in Lexer::new(sql) {
+        if splitter.ends_statement(&token, sql) {
+            words_in_statement = 0;
+            continue;
+        }
+        if words_in_statement == 0 {
+            statements += 1;
+            const COMMITS_ON_ITS_OWN: [&[u8]; 6] = [
+                b"call",
+                b"do",
+                b"vacuum",
+                b"checkpoint",
+                b"reindex",
+                b"cluster",
+            ];
+            if statements > 1 || COMMITS_ON_ITS_OWN.iter().any(|word| token.is(sql, word)) {
+                return false;
+            }
+        }
+        words_in_statement += 1;
+        let word = token.text(sql);
+        let remote = token.kind == Kind::Word
+            && word.len() >= 6
+            && word[..6].eq_ignore_ascii_case(b"dblink");
+        if token.is(sql, b"concurrently") || remote {
+            return false;
         }
     }
-}
-
-/// After a `/*`: the text following its matching `*/` (block comments nest).
-fn skip_block_comment(mut text: &[u8]) -> &[u8] {
-    let mut depth = 1usize;
-    while depth > 0 {
-        match text {
-            [] => return text,
-            [b'*', b'/', rest @ ..] => {
-                depth -= 1;
-                text = rest;
-            }
-            [b'/', b'*', rest @ ..] => {
-                depth += 1;
-                text = rest;
-            }
-            [_, rest @ ..] => text = rest,
-        }
-    }
-    text
-}
-
-fn trim_end(text: &[u8], trim: impl Fn(u8) -> bool) -> &[u8] {
-    let end = text.iter().rposition(|&b| !trim(b)).map_or(0, |i| i + 1);
-    &text[..end]
-}
-
-fn first_word(text: &[u8]) -> &[u8] {
-    let end = text
-        .iter()
-        .position(|b| !b.is_ascii_alphanumeric() && *b != b'_')
-        .unwrap_or(text.len());
-    &text[..end]
-}
-
-fn contains_ignore_case(text: &[u8], needle: &[u8]) -> bool {
-    text.windows(needle.len())
-        .any(|window| window.eq_ignore_ascii_case(needle))
+    statements == 1
 }
 
 /// Whether the node a FATAL shutdown came from is leaving: the topology no longer
@@ -352,7 +309,8 @@ mod tests {
             ("CALL transfer(1, 2)", false),
             ("/* c */ do $$ begin commit; end $$", false),
             ("insert into t values (1); insert into t values (2)", false),
-            ("select 'a;b'", false),
+            ("select 'a;b' -- ; not a second statement", true),
+            ("select $$;$$; select 2", false),
             ("create index concurrently i on t (a)", false),
             ("vacuum t", false),
             ("select dblink_exec('x', 'insert ...')", false),
