@@ -82,7 +82,7 @@ impl ProxyContext {
         let client_buffers = BufferBudget::new(config.client.max_buffered_bytes.0 as usize);
         ProxyContext {
             client_buffers,
-            users: ArcSwap::from_pointee(UserDb::from_config(&config)),
+            users: ArcSwap::from_pointee(UserDb::from_config(&config, None)),
             config: ArcSwap::new(config),
             topology,
             cancels: Arc::new(CancelRegistry::default()),
@@ -111,7 +111,9 @@ impl ProxyContext {
 
     /// Puts a new configuration (and the users it lists) in force.
     pub(crate) fn set_config(&self, config: Arc<Config>) {
-        self.users.store(Arc::new(UserDb::from_config(&config)));
+        let previous = self.users.load();
+        self.users
+            .store(Arc::new(UserDb::from_config(&config, Some(&previous))));
         self.client_buffers
             .set_limit(config.client.max_buffered_bytes.0 as usize);
         self.config.store(config);

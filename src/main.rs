@@ -80,6 +80,9 @@ fn check(path: PathBuf) -> ExitCode {
     match Config::load(&path) {
         Ok(config) => {
             print!("{}", config.to_effective_yaml());
+            for note in switchyard::config::notes(&config) {
+                eprintln!("{}: note: {note}", path.display());
+            }
             eprintln!("{}: configuration is valid", path.display());
             ExitCode::SUCCESS
         }

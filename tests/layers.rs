@@ -16,7 +16,7 @@ const LAYERS: &[&[&str]] = &[
         "http_client",
         "protocol",
     ],
-    &["config", "auth", "users", "metrics", "cancel"],
+    &["auth", "config", "users", "metrics", "cancel"],
     &["server"],
     &["topology"],
     &["pool"],

@@ -9,6 +9,7 @@ mod harness;
 use std::net::SocketAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
+use switchyard::auth::stored::Credential;
 
 use harness::clients::*;
 use harness::pg::shared_cluster;
@@ -76,7 +77,7 @@ async fn server_connections_carry_the_configured_keepalive() {
     };
     let login = LoginRequest {
         user: "app",
-        password: "app_pw",
+        credential: Credential::Password("app_pw"),
         database: "appdb",
         params: &[],
     };

@@ -20,13 +20,25 @@ fn push_hex(out: &mut String, bytes: &[u8]) {
 /// The password message body (without the trailing NUL) a client sends in
 /// answer to `AuthenticationMD5Password` with the given 4-byte `salt`.
 pub fn md5_response(user: &str, password: &str, salt: [u8; 4]) -> String {
+    md5_response_from_hash(&md5_hash(user, password), salt)
+}
+
+/// The hash PostgreSQL stores for MD5 passwords: `"md5" + hex(md5(password ++ user))`.
+pub fn md5_hash(user: &str, password: &str) -> String {
     let inner = Md5::new()
         .chain_update(password.as_bytes())
         .chain_update(user.as_bytes())
         .finalize();
-    let mut inner_hex = String::with_capacity(32);
-    push_hex(&mut inner_hex, &inner);
+    let mut hash = String::with_capacity(35);
+    hash.push_str("md5");
+    push_hex(&mut hash, &inner);
+    hash
+}
 
+/// The response to a challenge with `salt`, from a stored hash (see [`md5_hash`]):
+/// what lets a proxy that only has the hash log in, and check clients.
+pub fn md5_response_from_hash(hash: &str, salt: [u8; 4]) -> String {
+    let inner_hex = hash.strip_prefix("md5").unwrap_or(hash);
     let outer = Md5::new()
         .chain_update(inner_hex.as_bytes())
         .chain_update(salt)
@@ -42,7 +54,12 @@ pub fn md5_response(user: &str, password: &str, salt: [u8; 4]) -> String {
 /// `response` is the password message body without its trailing NUL. Only
 /// the exact lowercase form PostgreSQL clients send is accepted.
 pub fn verify_md5_response(user: &str, password: &str, salt: [u8; 4], response: &[u8]) -> bool {
-    let expected = md5_response(user, password, salt);
+    verify_md5_response_from_hash(&md5_hash(user, password), salt, response)
+}
+
+/// [`verify_md5_response`] against a stored hash (see [`md5_hash`]).
+pub fn verify_md5_response_from_hash(hash: &str, salt: [u8; 4], response: &[u8]) -> bool {
+    let expected = md5_response_from_hash(hash, salt);
     bool::from(expected.as_bytes().ct_eq(response))
 }
 

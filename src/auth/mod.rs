@@ -9,6 +9,7 @@
 
 pub mod md5;
 pub mod scram;
+pub mod stored;
 
 /// Why an authentication exchange failed.
 ///

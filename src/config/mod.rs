@@ -7,6 +7,7 @@ mod cidr;
 mod peers;
 mod units;
 mod validate;
+pub use validate::notes;
 
 use std::net::SocketAddr;
 use std::path::Path;

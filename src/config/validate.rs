@@ -2,6 +2,7 @@
 //! URLs, sane health settings) and expands `${VAR}` references in secrets. Every
 //! error names the offending key.
 
+use crate::auth::stored::StoredPassword;
 use std::collections::HashSet;
 
 use super::api::ApiEndpoint;
@@ -292,6 +293,30 @@ fn validate_probe(cluster: &super::ClusterConfig) -> Result<(), ConfigError> {
     }
 }
 
+/// What `check` tells about a valid configuration that may still surprise: users
+/// whose stored password limits how Switchyard can log in to PostgreSQL.
+pub fn notes(config: &Config) -> Vec<String> {
+    config
+        .users
+        .iter()
+        .filter_map(|user| match StoredPassword::parse(user.password.expose()) {
+            Ok(StoredPassword::Md5Hash(_)) => Some(format!(
+                "user {:?}: an MD5 hash logs in to PostgreSQL only where the server asks for \
+                 MD5; a server that asks for SCRAM-SHA-256 refuses it (MD5 cannot pass through \
+                 to SCRAM): store the password or the server's SCRAM secret instead",
+                user.name
+            )),
+            Ok(StoredPassword::ScramSecret(_)) => Some(format!(
+                "user {:?}: a SCRAM secret logs in to PostgreSQL with the keys of a client that \
+                 proved it (pass-through): it must be the server's own secret for that role, and \
+                 servers are reached only after such a client logged in",
+                user.name
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
 fn validate_users(config: &Config) -> Result<(), ConfigError> {
     let mut names = HashSet::new();
     for (i, user) in config.users.iter().enumerate() {
@@ -306,6 +331,23 @@ fn validate_users(config: &Config) -> Result<(), ConfigError> {
                 format!("users[{i}].password"),
                 "must not be empty",
             ));
+        }
+        // The messages name the form, never the value.
+        match StoredPassword::parse(user.password.expose()) {
+            Err(e) => {
+                return Err(ConfigError::invalid(
+                    format!("users[{i}].password"),
+                    format!("starts like a SCRAM-SHA-256 secret but is not one ({e})"),
+                ))
+            }
+            Ok(StoredPassword::Md5Hash(_)) if user.auth == super::ClientAuthMethod::ScramSha256 => {
+                return Err(ConfigError::invalid(
+                    format!("users[{i}].password"),
+                    "an MD5 hash can only check MD5 logins: set `auth: md5`, or configure \
+                     the password or its SCRAM-SHA-256 secret",
+                ))
+            }
+            Ok(_) => {}
         }
     }
     Ok(())
@@ -329,6 +371,28 @@ users:
 
     fn env(name: &str) -> Option<String> {
         (name == "APP_PW").then(|| "s3cret".to_string())
+    }
+
+    #[test]
+    fn stored_passwords_are_checked_without_showing_them() {
+        let with_password = |password: &str, auth: &str| {
+            MINIMAL.replace(
+                r#"{ name: app, password: "${APP_PW}" }"#,
+                &format!("{{ name: app, password: \"{password}\", auth: {auth} }}"),
+            )
+        };
+        let hash = "md5aabbccddeeff00112233445566778899";
+        let error = Config::from_yaml_str_with_env(&with_password(hash, "scram-sha-256"), &env)
+            .expect_err("an MD5 hash cannot check SCRAM");
+        assert!(error.to_string().contains("auth: md5"), "{error}");
+        assert!(!error.to_string().contains("aabbcc"), "{error}");
+        let config = Config::from_yaml_str_with_env(&with_password(hash, "md5"), &env)
+            .expect("an MD5 hash with MD5 clients");
+        assert!(notes(&config)[0].contains("MD5 cannot pass through"));
+        let broken = "SCRAM-SHA-256$4096:c2FsdA==$bm90LWEta2V5";
+        let error = Config::from_yaml_str_with_env(&with_password(broken, "scram-sha-256"), &env)
+            .expect_err("not a SCRAM secret");
+        assert!(!error.to_string().contains("bm90LWEta2V5"), "{error}");
     }
 
     #[test]

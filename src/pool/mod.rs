@@ -15,7 +15,7 @@ use arc_swap::ArcSwap;
 
 pub use server_pool::{CheckoutError, PoolSettings, PoolStats, PooledServer, ServerPool};
 
-use crate::config::Secret;
+use crate::auth::stored::ServerSecret;
 use crate::users::UserDb;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -60,11 +60,11 @@ impl PoolSet {
         &self,
         key: PoolKey,
         address: &str,
-        password: &Secret,
+        secret: &Arc<ServerSecret>,
     ) -> Result<Arc<ServerPool>, TooManyPools> {
         let mut pools = self.pools();
         match pools.get(&key) {
-            Some(pool) if pool.address() == address && pool.uses_password(password) => {
+            Some(pool) if pool.address() == address && pool.uses_secret(secret) => {
                 return Ok(Arc::clone(pool));
             }
             // The node moved or the password changed (a config reload).
@@ -84,7 +84,7 @@ impl PoolSet {
         let pool = Arc::new(ServerPool::new(
             key.clone(),
             address.to_string(),
-            password.clone(),
+            Arc::clone(secret),
             PoolSettings::clone(&self.settings.load()),
         ));
         pools.insert(key, Arc::clone(&pool));
@@ -116,7 +116,7 @@ impl PoolSet {
         pools.retain(|key, pool| {
             let current = users
                 .get(&key.user)
-                .is_some_and(|u| pool.uses_password(&u.password));
+                .is_some_and(|u| pool.uses_secret(&u.secret));
             if !current {
                 let closed = pool.drain();
                 tracing::info!(user = %key.user, node = %key.node, closed, "user removed or password changed: pool retired");
@@ -173,6 +173,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::auth::stored::StoredPassword;
 
     fn set(max_pools: usize, idle_timeout: Duration) -> PoolSet {
         PoolSet::new(PoolSettings {
@@ -195,7 +196,8 @@ mod tests {
     }
 
     fn get(pools: &PoolSet, database: &str) -> Result<Arc<ServerPool>, TooManyPools> {
-        pools.get(key(database), "127.0.0.1:5432", &Secret::new("pw"))
+        let secret = Arc::new(ServerSecret::new(StoredPassword::Plain("pw".into())));
+        pools.get(key(database), "127.0.0.1:5432", &secret)
     }
 
     #[test]

@@ -15,7 +15,7 @@ use tokio::sync::Semaphore;
 use std::collections::HashMap;
 
 use super::PoolKey;
-use crate::config::Secret;
+use crate::auth::stored::ServerSecret;
 use crate::server::statements::StatementDef;
 use crate::server::{self, LoginRequest, ServerConnection, ServerError};
 
@@ -61,7 +61,8 @@ pub enum CheckoutError {
 pub struct ServerPool {
     pub key: PoolKey,
     address: String,
-    password: Secret,
+    /// What the pool logs in with (shared with the user's entry).
+    secret: Arc<ServerSecret>,
     /// Swapped by a reload; see [`ServerPool::reconfigure`] for the size.
     settings: ArcSwap<PoolSettings>,
     /// One permit per connection the pool may have in use. A checkout takes one
@@ -110,13 +111,13 @@ impl ServerPool {
     pub fn new(
         key: PoolKey,
         address: String,
-        password: Secret,
+        secret: Arc<ServerSecret>,
         settings: PoolSettings,
     ) -> ServerPool {
         ServerPool {
             key,
             address,
-            password,
+            secret,
             slots: Semaphore::new(settings.size),
             settings: ArcSwap::from_pointee(settings),
             excess_permits: AtomicUsize::new(0),
@@ -166,9 +167,10 @@ impl ServerPool {
         &self.address
     }
 
-    /// Whether this pool logs in with `password`.
-    pub fn uses_password(&self, password: &Secret) -> bool {
-        self.password == *password
+    /// Whether this pool logs in with `secret` (a reload keeps a user's secret
+    /// while the password stays the same).
+    pub fn uses_secret(&self, secret: &Arc<ServerSecret>) -> bool {
+        Arc::ptr_eq(&self.secret, secret)
     }
 
     /// Applies new settings. A larger size frees slots at once; a smaller one
@@ -294,7 +296,10 @@ impl ServerPool {
     async fn connect(&self) -> Result<Box<ServerConnection>, ServerError> {
         let login = LoginRequest {
             user: &self.key.user,
-            password: self.password.expose(),
+            credential: self
+                .secret
+                .credential()
+                .map_err(|e| ServerError::Auth(e.to_string()))?,
             database: &self.key.database,
             params: &[],
         };
@@ -322,7 +327,10 @@ impl ServerPool {
     pub async fn probe_login(&self) -> Result<(), ServerError> {
         let login = LoginRequest {
             user: &self.key.user,
-            password: self.password.expose(),
+            credential: self
+                .secret
+                .credential()
+                .map_err(|e| ServerError::Auth(e.to_string()))?,
             database: &self.key.database,
             params: &[],
         };

@@ -10,6 +10,7 @@ use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
+use crate::auth::stored::Credential;
 use crate::auth::{md5, scram};
 use crate::config::KeepaliveConfig;
 use crate::protocol::backend::{self, AuthRequest};
@@ -26,7 +27,8 @@ const MAX_LOGIN_MESSAGE: usize = 1 << 20;
 /// Who to log in as, and the startup parameters to pass on.
 pub struct LoginRequest<'a> {
     pub user: &'a str,
-    pub password: &'a str,
+    /// A password, an MD5 hash, or a client's SCRAM keys (pass-through).
+    pub credential: Credential<'a>,
     pub database: &'a str,
     /// Extra startup parameters (application_name, options, ...), not user/database.
     pub params: &'a [(String, String)],
@@ -126,6 +128,14 @@ pub(super) async fn read(
     Ok((tag, body))
 }
 
+/// The server asks for a method the configured credential cannot answer.
+fn cannot_answer(method: &str) -> ServerError {
+    ServerError::Auth(format!(
+        "the server asks for {method}, which the stored form of this user's password \
+         cannot answer (a SCRAM secret answers only SCRAM, an MD5 hash only MD5)"
+    ))
+}
+
 async fn authenticate(
     stream: &mut TcpStream,
     address: &str,
@@ -144,10 +154,19 @@ async fn authenticate(
             backend::parse_auth_request(&body).map_err(|e| ServerError::Protocol(e.to_string()))?;
         let reply = match request {
             AuthRequest::Ok => return Ok(()),
-            AuthRequest::Cleartext => messages::password(login.password),
-            AuthRequest::Md5 { salt } => {
-                messages::password(&md5::md5_response(login.user, login.password, salt))
-            }
+            AuthRequest::Cleartext => match login.credential {
+                Credential::Password(password) => messages::password(password),
+                _ => return Err(cannot_answer("a cleartext password")),
+            },
+            AuthRequest::Md5 { salt } => match login.credential {
+                Credential::Password(password) => {
+                    messages::password(&md5::md5_response(login.user, password, salt))
+                }
+                Credential::Md5Hash(hash) => {
+                    messages::password(&md5::md5_response_from_hash(hash, salt))
+                }
+                Credential::ScramKeys { .. } => return Err(cannot_answer("MD5")),
+            },
             AuthRequest::Sasl { mechanisms } => {
                 if !mechanisms
                     .iter()
@@ -157,7 +176,14 @@ async fn authenticate(
                         "server offers no SASL mechanism we support (need SCRAM-SHA-256)".into(),
                     ));
                 }
-                let client = scram::ScramClient::new(login.password);
+                let client = match login.credential {
+                    Credential::Password(password) => scram::ScramClient::new(password),
+                    Credential::ScramKeys {
+                        client_key,
+                        verifier,
+                    } => scram::ScramClient::from_client_key(client_key, verifier),
+                    Credential::Md5Hash(_) => return Err(cannot_answer("SCRAM-SHA-256")),
+                };
                 let first = client.client_first();
                 scram = Some(client);
                 messages::sasl_initial_response(scram::SCRAM_SHA_256, first)

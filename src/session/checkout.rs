@@ -210,7 +210,7 @@ impl ServerSource {
         let pool = env
             .ctx
             .pools()
-            .get(key, &state.address, &user.password)
+            .get(key, &state.address, &user.secret)
             .map_err(|e| {
                 tracing::warn!(error = %e, "pool limit reached");
                 Refusal::from(ClientError::fatal(

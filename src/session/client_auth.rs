@@ -1,11 +1,14 @@
 //! Authenticating a connecting client against the configured users, with
-//! SCRAM-SHA-256 or MD5. Unknown users run the same exchange against a mock verifier
+//! SCRAM-SHA-256 or MD5 (against a plaintext password, a SCRAM secret or an MD5
+//! hash; a client that proves a SCRAM secret leaves its ClientKey for logging in
+//! to servers). Unknown users run the same exchange against a mock verifier
 //! and get the same 28P01 as a wrong password, so a client cannot probe for names.
 
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
+use crate::auth::stored::StoredPassword;
 use crate::auth::{md5, scram};
 use crate::config::ClientAuthMethod;
 use crate::protocol::messages;
@@ -33,6 +36,28 @@ async fn send(socket: &mut TcpStream, bytes: &[u8]) -> Result<(), HandshakeFailu
         .map_err(|e| HandshakeFailure::Gone(e.to_string()))
 }
 
+/// Which exchange checks a user's clients.
+enum Exchange<'a> {
+    Scram(&'a scram::ScramVerifier),
+    Md5,
+}
+
+/// SCRAM for SCRAM users and for any user stored as a SCRAM secret (PostgreSQL
+/// also answers an `md5` rule with SCRAM when it only has the secret); MD5
+/// otherwise. Unknown users go through SCRAM against the mock verifier.
+fn exchange_for<'u>(users: &'u UserDb, entry: Option<&'u UserEntry>) -> Exchange<'u> {
+    let Some(entry) = entry else {
+        return Exchange::Scram(users.mock_verifier());
+    };
+    match (entry.method, entry.secret.stored(), &entry.verifier) {
+        (_, StoredPassword::ScramSecret(verifier), _) => Exchange::Scram(verifier),
+        (ClientAuthMethod::ScramSha256, _, Some(verifier)) => Exchange::Scram(verifier),
+        // An MD5 hash cannot check SCRAM (validation refuses that pairing).
+        (ClientAuthMethod::ScramSha256, _, None) => Exchange::Scram(users.mock_verifier()),
+        (ClientAuthMethod::Md5, _, _) => Exchange::Md5,
+    }
+}
+
 /// Runs the exchange; on success AuthenticationOk has been written to `out` (not yet
 /// sent, so it goes out together with the session's first messages).
 pub async fn authenticate<'u>(
@@ -43,13 +68,16 @@ pub async fn authenticate<'u>(
     out: &mut BytesMut,
 ) -> Result<&'u UserEntry, HandshakeFailure> {
     let entry = users.get(user);
-    let method = entry.map_or(ClientAuthMethod::ScramSha256, |e| e.method);
-    let accepted = match method {
-        ClientAuthMethod::ScramSha256 => {
-            let verifier = entry.map_or_else(|| users.mock_verifier(), |e| &e.verifier);
-            scram_exchange(socket, reader, verifier.clone(), out).await?
+    let accepted = match exchange_for(users, entry) {
+        Exchange::Scram(verifier) => {
+            let client_key = scram_exchange(socket, reader, verifier.clone(), out).await?;
+            if let (Some(key), Some(entry)) = (client_key, entry) {
+                // Kept for logging in to servers when only the secret is known.
+                entry.secret.learn_client_key(key);
+            }
+            client_key.is_some()
         }
-        ClientAuthMethod::Md5 => md5_exchange(socket, reader, user, entry).await?,
+        Exchange::Md5 => md5_exchange(socket, reader, user, entry).await?,
     };
     match entry {
         Some(entry) if accepted => {
@@ -60,13 +88,13 @@ pub async fn authenticate<'u>(
     }
 }
 
-/// Returns whether the client proved the password.
+/// The client's ClientKey when it proved the password, None when it did not.
 async fn scram_exchange(
     socket: &mut TcpStream,
     reader: &mut StartupReader,
     verifier: scram::ScramVerifier,
     out: &mut BytesMut,
-) -> Result<bool, HandshakeFailure> {
+) -> Result<Option<[u8; 32]>, HandshakeFailure> {
     send(
         socket,
         &messages::authentication_sasl(&[scram::SCRAM_SHA_256]),
@@ -92,9 +120,9 @@ async fn scram_exchange(
     match server.handle_client_final(&response) {
         Ok(server_final) => {
             messages::authentication_sasl_final(out, server_final);
-            Ok(true)
+            Ok(server.client_key())
         }
-        Err(crate::auth::AuthError::InvalidProof) => Ok(false),
+        Err(crate::auth::AuthError::InvalidProof) => Ok(None),
         Err(e) => Err(protocol_violation(format!("malformed SCRAM message: {e}"))),
     }
 }
@@ -109,5 +137,9 @@ async fn md5_exchange(
     send(socket, &messages::authentication_md5(salt)).await?;
     let body = reader.password_message(socket).await?;
     let response = parse_password(&body)?;
-    Ok(entry.is_some_and(|e| md5::verify_md5_response(user, e.password.expose(), salt, response)))
+    Ok(entry.is_some_and(|e| match e.secret.stored() {
+        StoredPassword::Plain(password) => md5::verify_md5_response(user, password, salt, response),
+        StoredPassword::Md5Hash(hash) => md5::verify_md5_response_from_hash(hash, salt, response),
+        StoredPassword::ScramSecret(_) => false,
+    }))
 }

@@ -176,7 +176,7 @@ async fn query(
         None => {
             let request = LoginRequest {
                 user: &login.user,
-                password: &login.password,
+                credential: crate::auth::stored::Credential::Password(&login.password),
                 database: &login.database,
                 params: &login.params,
             };

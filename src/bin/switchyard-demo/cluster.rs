@@ -10,6 +10,7 @@ use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+use switchyard::auth::stored::Credential;
 
 use rand::distributions::Alphanumeric;
 use rand::Rng;
@@ -280,7 +281,7 @@ impl Cluster {
         let node = &self.nodes[i];
         let login = LoginRequest {
             user: SUPERUSER,
-            password: &self.superuser_password,
+            credential: Credential::Password(&self.superuser_password),
             database,
             params: &[],
         };

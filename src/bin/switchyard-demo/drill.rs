@@ -8,6 +8,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use switchyard::auth::stored::Credential;
 
 use tokio_util::sync::CancellationToken;
 
@@ -256,7 +257,7 @@ async fn client(
             None => {
                 let login = LoginRequest {
                     user: DEMO_USER,
-                    password: DEMO_PASSWORD,
+                    credential: Credential::Password(DEMO_PASSWORD),
                     database: DEMO_DB,
                     params: &params,
                 };
