@@ -4,7 +4,7 @@
 //! settings changed inside transactions in the drivers' default non-autocommit mode
 //! (issue #19: committed `SET`s follow the client, rolled back / `SET LOCAL` /
 //! failed ones do not; psycopg_pool's `configure`), and the ParameterStatus values
-//! a client with startup `options` is greeted with. The cases are in
+//! a client with startup `options` or `client_encoding` is greeted with. The cases are in
 //! `tests/python/psycopg_cases.py`; each runs against PostgreSQL directly (the
 //! control) and through the proxy, each case with its own proxy.
 //!
@@ -59,10 +59,13 @@ const TX_CASES: &[&str] = &[
 ];
 
 /// Startup `options` (standard_conforming_strings, DateStyle, TimeZone,
-/// IntervalStyle): the ParameterStatus values the client gets match its session.
+/// IntervalStyle) and `client_encoding=EUC_JP`: the ParameterStatus values the
+/// client gets match its session (Japanese text round-trips in EUC_JP).
 const STARTUP_CASES: &[&str] = &[
     "pg2_startup_options_reported",
     "pg3_startup_options_reported",
+    "pg2_client_encoding_euc_jp",
+    "pg3_client_encoding_euc_jp",
 ];
 
 /// The driver cluster with role `tenant_a`, granted to `app` (idempotent).

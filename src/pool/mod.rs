@@ -6,6 +6,7 @@
 
 pub mod maintenance;
 mod server_pool;
+mod welcome;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};

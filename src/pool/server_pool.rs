@@ -14,8 +14,10 @@ use tokio::sync::Semaphore;
 
 use std::collections::HashMap;
 
+use super::welcome::Welcomes;
 use super::PoolKey;
 use crate::auth::stored::ServerSecret;
+use crate::server::params::ParamSet;
 use crate::server::statements::StatementDef;
 use crate::server::{self, LoginRequest, ServerConnection, ServerError};
 
@@ -82,9 +84,9 @@ pub struct ServerPool {
     waiting: AtomicUsize,
     /// Bumped by `drain`: connections from an older epoch are closed, not reused.
     epoch: AtomicU64,
-    /// ParameterStatus values of the first successful login, for greeting new
-    /// clients without waiting for a connection.
-    welcome: Mutex<Option<Vec<(String, String)>>>,
+    /// ParameterStatus values to greet new clients with, per set of startup
+    /// parameters, without waiting for a connection.
+    welcomes: Welcomes,
     /// Statements a server of this pool prepared successfully, by server name.
     known: Mutex<HashMap<String, Arc<StatementDef>>>,
     /// Since when the pool has been seen unused (no clients, no connections).
@@ -126,7 +128,7 @@ impl ServerPool {
             open: AtomicUsize::new(0),
             waiting: AtomicUsize::new(0),
             epoch: AtomicU64::new(0),
-            welcome: Mutex::new(None),
+            welcomes: Welcomes::default(),
             known: Mutex::new(HashMap::new()),
             unused_since: Mutex::new(None),
         }
@@ -149,12 +151,15 @@ impl ServerPool {
             .is_some_and(|k| k.body == def.body)
     }
 
-    /// The parameters a server of this pool reports at login, once one has logged in.
-    pub fn welcome(&self) -> Option<Vec<(String, String)>> {
-        self.welcome
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+    /// The parameters a server of this pool reports to a client that started with
+    /// `params`, once a server has reported them (see [`Welcomes`]).
+    pub fn welcome(&self, params: &ParamSet) -> Option<Vec<(String, String)>> {
+        self.welcomes.get(params)
+    }
+
+    /// What a server of this pool reported with a client's startup `params` applied.
+    pub fn remember_welcome(&self, params: &ParamSet, reported: &[(String, String)]) {
+        self.welcomes.remember(params, reported);
     }
 
     fn idle(&self) -> MutexGuard<'_, Vec<(Box<ServerConnection>, u64)>> {
@@ -313,10 +318,7 @@ impl ServerPool {
         )
         .await?;
         self.open.fetch_add(1, Ordering::Relaxed);
-        self.welcome
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get_or_insert_with(|| connection.params.clone());
+        self.welcomes.note_login(&connection.params);
         tracing::debug!(node = %self.key.node, database = %self.key.database, user = %self.key.user, "server connection opened");
         Ok(Box::new(connection))
     }

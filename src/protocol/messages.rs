@@ -147,6 +147,8 @@ pub fn authentication_md5(salt: [u8; 4]) -> Bytes {
 }
 
 /// NegotiateProtocolVersion: we speak 3.0 and none of the `_pq_.` options asked for.
+/// The version field is the whole protocol number (3.0 is 196608), as PostgreSQL
+/// sends it and libpq 18 reads it: 0 would read as "downgrade to protocol 0.0".
 pub fn negotiate_protocol_version(unsupported_options: &[String]) -> Bytes {
     let body_len = 4
         + 4
@@ -158,13 +160,48 @@ pub fn negotiate_protocol_version(unsupported_options: &[String]) -> Bytes {
     let mut buf = BytesMut::with_capacity(1 + body_len);
     buf.put_u8(tag::NEGOTIATE_PROTOCOL_VERSION);
     buf.put_u32(body_len as u32);
-    buf.put_u32(0);
+    buf.put_u32(PROTOCOL_3_0);
     buf.put_u32(unsupported_options.len() as u32);
     for option in unsupported_options {
         buf.put_slice(option.as_bytes());
         buf.put_u8(0);
     }
     buf.freeze()
+}
+
+/// Protocol 3.0, the only version Switchyard speaks, as a StartupMessage codes it.
+pub const PROTOCOL_3_0: u32 = 3 << 16;
+
+/// A server's ErrorResponse (whole message) made FATAL: at connect, a server's
+/// ERROR (a startup parameter it rejects when the proxy applies it) ends the
+/// connection, as the same parameter in a direct connection's startup packet
+/// would. Every other field is kept as the server wrote it.
+pub fn error_as_fatal(raw: &[u8]) -> Bytes {
+    let Some(body) = raw.get(5..) else {
+        return Bytes::copy_from_slice(raw);
+    };
+    let mut fields = BytesMut::with_capacity(raw.len());
+    let mut rest = body;
+    while let Some((&kind, after)) = rest.split_first() {
+        let Some((value, next)) = super::split_cstr(after).filter(|_| kind != 0) else {
+            break;
+        };
+        fields.put_u8(kind);
+        match kind {
+            // S may be localised ("FEHLER"); V never is.
+            b'S' => fields.put_slice(b"FATAL"),
+            b'V' if value == b"ERROR" => fields.put_slice(b"FATAL"),
+            _ => fields.put_slice(value),
+        }
+        fields.put_u8(0);
+        rest = next;
+    }
+    fields.put_u8(0);
+    let mut out = BytesMut::with_capacity(fields.len() + 5);
+    out.put_u8(tag::ERROR_RESPONSE);
+    out.put_u32(fields.len() as u32 + 4);
+    out.put_slice(&fields);
+    out.freeze()
 }
 
 /// StartupMessage for protocol 3.0 with the given parameters.
@@ -268,6 +305,31 @@ pub fn terminate() -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_server_error_becomes_fatal_with_its_other_fields_kept() {
+        let body = b"SERROR\0VERROR\0C22023\0Minvalid value for parameter\0Dbad\0\0";
+        let raw = crate::protocol::test_message(b'E', body);
+        let fatal = error_as_fatal(&raw);
+        assert_eq!(
+            &fatal[..],
+            &crate::protocol::test_message(
+                b'E',
+                b"SFATAL\0VFATAL\0C22023\0Minvalid value for parameter\0Dbad\0\0"
+            )[..]
+        );
+        assert_eq!(&error_as_fatal(&fatal)[..], &fatal[..], "FATAL stays FATAL");
+        assert_eq!(&error_as_fatal(b"E\0\0")[..], b"E\0\0", "too short: as is");
+    }
+
+    #[test]
+    fn negotiation_names_protocol_3_0_and_the_options() {
+        let message = negotiate_protocol_version(&["_pq_.x".to_string()]);
+        assert_eq!(
+            &message[..],
+            &crate::protocol::test_message(b'v', b"\0\x03\0\0\0\0\0\x01_pq_.x\0")[..]
+        );
+    }
 
     #[test]
     fn error_response_has_postgres_fields() {

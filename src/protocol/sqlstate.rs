@@ -28,6 +28,8 @@ pub enum SqlState {
     CannotConnectNow,
     /// 3D000: database does not exist (from a server, forwarded).
     InvalidCatalogName,
+    /// 22023: a parameter value PostgreSQL would refuse (`replication=maybe`).
+    InvalidParameterValue,
     /// XX000: an internal error in the proxy.
     Internal,
 }
@@ -48,6 +50,7 @@ impl SqlState {
             SqlState::AdminShutdown => "57P01",
             SqlState::CannotConnectNow => "57P03",
             SqlState::InvalidCatalogName => "3D000",
+            SqlState::InvalidParameterValue => "22023",
             SqlState::Internal => "XX000",
         }
     }

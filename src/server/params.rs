@@ -66,15 +66,17 @@ impl ParamSet {
     }
 
     /// The client's startup parameters as a set; `options` (`-c name=value` and
-    /// `--name=value`) is unpacked into its parameters.
+    /// `--name=value`) is unpacked into its parameters. As in PostgreSQL, the
+    /// packet's own parameters win over the same ones in `options`.
     pub fn from_startup(params: &[(String, String)]) -> ParamSet {
         let mut set = ParamSet::default();
+        for (_, value) in params.iter().filter(|(name, _)| name == "options") {
+            for (k, v) in parse_options(value) {
+                set.set(&k, ParamValue::Raw(v));
+            }
+        }
         for (name, value) in params {
-            if name == "options" {
-                for (k, v) in parse_options(value) {
-                    set.set(&k, ParamValue::Raw(v));
-                }
-            } else if is_identifier(name) {
+            if name != "options" && is_identifier(name) {
                 set.set(name, ParamValue::Raw(value.clone()));
             }
         }
@@ -139,8 +141,9 @@ pub(crate) fn is_identifier(name: &str) -> bool {
         && !name.starts_with(|c: char| c.is_ascii_digit())
 }
 
-/// `-c name=value` and `--name=value` pairs of the startup `options` parameter
-/// (backslash escapes a space, as libpq documents).
+/// `-c name=value` and `--name=value` pairs of the startup `options` parameter,
+/// split as PostgreSQL's `pg_split_opts` does: at ASCII white space, where a
+/// backslash takes the next character (a space, or a backslash) literally.
 fn parse_options(options: &str) -> Vec<(String, String)> {
     let mut words = Vec::new();
     let mut current = String::new();
@@ -152,7 +155,7 @@ fn parse_options(options: &str) -> Vec<(String, String)> {
                     current.push(next);
                 }
             }
-            c if c.is_whitespace() => {
+            ' ' | '\t' | '\n' | '\x0b' | '\x0c' | '\r' => {
                 if !current.is_empty() {
                     words.push(std::mem::take(&mut current));
                 }
@@ -216,6 +219,30 @@ mod tests {
             Some(&ParamValue::Raw("5s".into()))
         );
         assert_eq!(set.get("x y"), None, "not an identifier");
+        let set = ParamSet::from_startup(&[(
+            "options".into(),
+            "-c application_name=a\\ b\\\\c\t-capplication_name=x\u{a0}y".into(),
+        )]);
+        assert_eq!(
+            set.get("application_name"),
+            Some(&ParamValue::Raw("x\u{a0}y".into())),
+            "the last one wins; a no-break space is not a separator"
+        );
+        let set =
+            ParamSet::from_startup(&[("options".into(), "-c application_name=a\\ b\\\\c".into())]);
+        assert_eq!(
+            set.get("application_name"),
+            Some(&ParamValue::Raw("a b\\c".into()))
+        );
+        let set = ParamSet::from_startup(&[
+            ("TimeZone".into(), "UTC".into()),
+            ("options".into(), "-c timezone=Asia/Tokyo".into()),
+        ]);
+        assert_eq!(
+            set.get("timezone"),
+            Some(&ParamValue::Raw("UTC".into())),
+            "the packet's own parameter wins over options"
+        );
     }
 
     #[test]

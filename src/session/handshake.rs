@@ -102,15 +102,8 @@ pub fn session_params(startup: &StartupParams) -> Result<SessionParams, ClientEr
             ))
         }
     };
-    if startup
-        .get("replication")
-        .is_some_and(|v| v != "false" && v != "off" && v != "0")
-    {
-        return Err(ClientError::fatal(
-            SqlState::FeatureNotSupported,
-            "replication connections are not supported through Switchyard",
-        )
-        .with_hint("Connect replication clients to the PostgreSQL node directly."));
+    if let Some(replication) = startup.get("replication") {
+        check_replication(replication)?;
     }
     let database = match startup.get("database") {
         Some(db) if !db.is_empty() => db.to_string(),
@@ -131,6 +124,41 @@ pub fn session_params(startup: &StartupParams) -> Result<SessionParams, ClientEr
         passthrough,
         protocol_options,
     })
+}
+
+/// `replication` as PostgreSQL reads it: `database` or a true boolean asks for a
+/// replication connection, which is refused; a false boolean is an ordinary one.
+fn check_replication(value: &str) -> Result<(), ClientError> {
+    let replication = value == "database"
+        || parse_bool(value).ok_or_else(|| {
+            ClientError::fatal(
+                SqlState::InvalidParameterValue,
+                format!("invalid value for parameter \"replication\": \"{value}\""),
+            )
+            .with_hint("Valid values are: \"false\", 0, \"true\", 1, \"database\".")
+        })?;
+    if replication {
+        return Err(ClientError::fatal(
+            SqlState::FeatureNotSupported,
+            "replication connections are not supported through Switchyard",
+        )
+        .with_hint("Connect replication clients to the PostgreSQL node directly."));
+    }
+    Ok(())
+}
+
+/// PostgreSQL's `parse_bool`: any unambiguous prefix of true/false/yes/no, on/off
+/// (at least two letters), 1/0; case-insensitive.
+fn parse_bool(value: &str) -> Option<bool> {
+    let value = value.to_ascii_lowercase();
+    let prefix_of = |word: &str, min: usize| value.len() >= min && word.starts_with(&value);
+    if prefix_of("true", 1) || prefix_of("yes", 1) || value == "on" || value == "1" {
+        Some(true)
+    } else if prefix_of("false", 1) || prefix_of("no", 1) || prefix_of("off", 2) || value == "0" {
+        Some(false)
+    } else {
+        None
+    }
 }
 
 /// For a client asking for protocol 3.x with x > 0 or `_pq_.` options: the
@@ -292,6 +320,25 @@ mod tests {
         let err = session_params(&startup(&[("user", "a"), ("replication", "database")]))
             .expect_err("replication");
         assert_eq!(err.code, SqlState::FeatureNotSupported);
-        assert!(session_params(&startup(&[("user", "a"), ("replication", "false")])).is_ok());
+        for off in ["false", "off", "0", "no", "f", "OFF", "n", "fals"] {
+            assert!(
+                session_params(&startup(&[("user", "a"), ("replication", off)])).is_ok(),
+                "replication={off} is an ordinary connection"
+            );
+        }
+        for on in ["true", "on", "1", "yes", "database", "T"] {
+            let err = session_params(&startup(&[("user", "a"), ("replication", on)]))
+                .expect_err("replication");
+            assert_eq!(err.code, SqlState::FeatureNotSupported, "replication={on}");
+        }
+        for bad in ["maybe", "o", "", "Database", "2"] {
+            let err = session_params(&startup(&[("user", "a"), ("replication", bad)]))
+                .expect_err("bad value");
+            assert_eq!(
+                err.code,
+                SqlState::InvalidParameterValue,
+                "replication={bad}"
+            );
+        }
     }
 }

@@ -254,24 +254,25 @@ impl Session {
         }
     }
 
-    /// Adds the server's parameters to the greeting. Once a pool has logged in
-    /// somewhere, new clients are greeted with its parameters at once and wait for a
-    /// server only when they send work; the very first login is done now, which also
-    /// proves the database exists (that server is returned).
+    /// Adds the server's parameters to the greeting: what a server reports with
+    /// the client's startup parameters applied. Once a server of the pool has
+    /// reported them for the same startup parameters, new clients are greeted with
+    /// that at once and wait for a server only when they send work; otherwise a
+    /// server is checked out now (and returned), which also proves the database
+    /// exists and the parameters are accepted: one the server rejects ends the
+    /// connection with the server's error, made FATAL, as a direct connection's.
     async fn greet(&mut self, out: &mut BytesMut) -> Result<Option<PooledServer>, Refusal> {
         let deadline = hold::deadline(&self.env, Instant::now());
         let pool = self.servers.current_pool(&self.env, deadline).await?;
-        match pool.welcome() {
-            Some(params) => {
-                self.params.greet_from_cache(params, out);
-                Ok(None)
-            }
-            None => {
-                let server = self.checkout().await?;
-                self.params.parameter_updates(&server, out);
-                Ok(Some(server))
-            }
+        let key = self.params.welcome_key();
+        if let Some(params) = pool.welcome(&key.params) {
+            self.params.greet_from_cache(params, &key, out);
+            return Ok(None);
         }
+        let server = self.checkout().await.map_err(Refusal::at_connect)?;
+        server.pool().remember_welcome(&key.params, &server.params);
+        self.params.parameter_updates(&server, out);
+        Ok(Some(server))
     }
 
     /// A server connection for the next piece of work, parameters synced, with the
@@ -453,6 +454,15 @@ impl Refusal {
             }
             None => refuse(socket, &self.error).await,
         }
+    }
+}
+
+impl Refusal {
+    /// At connect, a server's ERROR (a startup parameter it rejects) ends the
+    /// connection as FATAL.
+    fn at_connect(mut self) -> Refusal {
+        self.raw = self.raw.map(|raw| messages::error_as_fatal(&raw));
+        self
     }
 }
 

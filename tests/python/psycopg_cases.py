@@ -23,11 +23,14 @@ UNIQUE = os.getpid()
 class Client:
     """One connection of either driver, with the few calls the cases need."""
 
-    def __init__(self, driver, name, autocommit, port=None, options=None):
+    def __init__(self, driver, name, autocommit, port=None, options=None, **conninfo):
         self.driver = driver
         self.name = name
-        step(f"{name}: connecting ({driver}, autocommit={autocommit}, options={options!r})")
-        dsn = libpq_dsn(port=port) if options is None else libpq_dsn(port=port, options=options)
+        step(f"{name}: connecting ({driver}, autocommit={autocommit}, options={options!r}, "
+             f"{conninfo})")
+        if options is not None:
+            conninfo["options"] = options
+        dsn = libpq_dsn(port=port, **conninfo)
         if driver == "psycopg2":
             self.conn = psycopg2.connect(dsn)
             self.conn.autocommit = autocommit
@@ -272,6 +275,36 @@ def startup_options_reported(driver):
         expect_eq(a.parameter_status(name), actual, f"ParameterStatus {name} after a query")
 
 
+JAPANESE = "こんにちは"
+
+
+def client_encoding_euc_jp(driver):
+    """A client that starts with client_encoding EUC_JP (as PGCLIENTENCODING does)
+    is told EUC_JP, so its driver encodes and decodes by it: Japanese text
+    round-trips, and is stored as the same characters (read back in UTF-8 straight
+    from PostgreSQL)."""
+    # A first client in UTF8 makes the pool's first server login, whose
+    # parameters the proxy could greet later clients with.
+    Client(driver, "first", True).value("select 1")
+    a = Client(driver, "A", True, client_encoding="EUC_JP")
+    expect_eq(a.parameter_status("client_encoding"), "EUC_JP",
+              "ParameterStatus client_encoding the client was greeted with")
+    expect_eq(a.value("show client_encoding"), "EUC_JP", "the session's client_encoding (SHOW)")
+    table = f"sy_euc_jp_{driver}_{UNIQUE}"
+    a.execute(f"create table {table}(v text)")
+    try:
+        a.execute(f"insert into {table} values (%s)", (JAPANESE,))
+        expect_eq(a.value(f"select v from {table}"), JAPANESE, "the text read back")
+        expect_eq(a.value(f"select v = '{JAPANESE}' from {table}"), True,
+                  "the text compared with a literal in the query")
+        expect_eq(a.value("select convert_to(%s, 'UTF8')::text", (JAPANESE,)),
+                  "\\x" + JAPANESE.encode("utf-8").hex(), "the parameter's characters")
+        expect_eq(direct_value(f"select v from {table}"), JAPANESE,
+                  "the text as stored (read directly in UTF-8)")
+    finally:
+        a.execute(f"drop table {table}")
+
+
 def pool_configure():
     """psycopg_pool: `configure` sets search_path and commits; every checkout sees
     it, with another client's transactions in between."""
@@ -304,7 +337,8 @@ def cases():
     for prefix, driver in (("pg2", "psycopg2"), ("pg3", "psycopg3")):
         for fn in (leak_set_role, leak_reset_all_keeps_role, leak_set_config, leak_temp_table,
                    leak_advisory_lock, tx_rollback_discards, tx_savepoint_rollback,
-                   tx_set_local, tx_failed_transaction, startup_options_reported):
+                   tx_set_local, tx_failed_transaction, startup_options_reported,
+                   client_encoding_euc_jp):
             table[f"{prefix}_{fn.__name__}"] = (lambda fn=fn, driver=driver: fn(driver))
         for name in SETTINGS:
             table[f"{prefix}_tx_committed_{name}"] = (
