@@ -9,6 +9,7 @@
 //! ([`client_params`]), its prepared statements ([`statements`]) and its figures
 //! ([`counters`]).
 
+mod abandoned;
 mod checkout;
 pub mod client_auth;
 mod client_params;
@@ -223,7 +224,16 @@ impl Session {
                 return SessionEnd::Refused(refusal.error);
             }
         };
-        let registration = self.env.ctx.cancels().register(self.env.config.peer_id);
+        // Session mode: the one server backing the client gives the key its real pid.
+        let backend_pid = match self.env.pooling.mode {
+            PoolMode::Session => first_server.as_ref().map(|server| server.backend_pid),
+            PoolMode::Transaction => None,
+        };
+        let registration = self
+            .env
+            .ctx
+            .cancels()
+            .register(self.env.config.peer_id, backend_pid);
         messages::backend_key_data(&mut out, registration.pid, registration.secret);
         messages::ready_for_query_idle(&mut out);
         if let Err(e) = socket.write_all(&out).await {
@@ -235,10 +245,20 @@ impl Session {
         drop(out);
         match self.env.pooling.mode {
             PoolMode::Session => {
+                let Some(server) = first_server else {
+                    // greet() checks the server out in session mode.
+                    let error = ClientError::fatal(
+                        SqlState::Internal,
+                        "session mode: no server connection was checked out at login",
+                    );
+                    tracing::error!(%error, "session without a server");
+                    refuse(socket, &error).await;
+                    return SessionEnd::Refused(error);
+                };
                 Box::pin(session_mode::run(
                     self,
                     socket,
-                    first_server,
+                    server,
                     unread,
                     &registration,
                 ))
@@ -255,18 +275,20 @@ impl Session {
     }
 
     /// Adds the server's parameters to the greeting. Once a pool has logged in
-    /// somewhere, new clients are greeted with its parameters at once and wait for a
-    /// server only when they send work; the very first login is done now, which also
-    /// proves the database exists (that server is returned).
+    /// somewhere, new transaction-mode clients are greeted with its parameters at
+    /// once and wait for a server only when they send work; the very first login is
+    /// done now, which also proves the database exists (that server is returned).
+    /// Session mode checks its one server out now: the client's BackendKeyData
+    /// carries that server's pid.
     async fn greet(&mut self, out: &mut BytesMut) -> Result<Option<PooledServer>, Refusal> {
         let deadline = hold::deadline(&self.env, Instant::now());
         let pool = self.servers.current_pool(&self.env, deadline).await?;
         match pool.welcome() {
-            Some(params) => {
+            Some(params) if self.env.pooling.mode == PoolMode::Transaction => {
                 self.params.greet_from_cache(params, out);
                 Ok(None)
             }
-            None => {
+            _ => {
                 let server = self.checkout().await?;
                 self.params.parameter_updates(&server, out);
                 Ok(Some(server))
