@@ -1,27 +1,37 @@
-//! Query cancellation. Each client gets a BackendKeyData minted here; the registry
+//! Query cancellation. Each client gets a BackendKeyData from here; the registry
 //! maps it to the server connection the client is using at that moment, and a
 //! CancelRequest arriving on a new connection is forwarded to that server with the
 //! server's own key. Behind a VIP a client's CancelRequest (a new connection) can
 //! reach the other instance of a pair, so each key also names the instance that
-//! minted it, and a key minted by a configured peer is passed on to that peer.
+//! issued it, and a key issued by a configured peer is passed on to that peer.
 //!
 //! # Key encoding
-//! The 32-bit process id of a minted key is laid out as
+//! The process id is the server backend's real pid in session mode (one server
+//! backs the client for its whole session, so `pg_backend_pid()`, notifications,
+//! `pg_stat_activity` and `pg_terminate_backend()` agree with what the driver
+//! reports), and minted in transaction mode, where no single server backs the client:
 //!
 //! ```text
-//!  bit 31      bits 30..24         bits 23..0
-//! [relayed]   [peer id, 0..=127]  [random, non-zero, unique among live keys]
+//! process id   bit 31     bits 30..0
+//!             [relayed]  [session mode: the backend's pid (below 2^22 on Linux)]
+//!                        [transaction mode: random, at least 2^24, so it never
+//!                         names a live process and pg_terminate_backend() of it
+//!                         does nothing]
+//! secret       bits 31..25                       bits 24..0
+//!             [peer id, 1..=127, with peering]  [random]
+//!             (without peering, all 32 bits are random)
 //! ```
 //!
-//! - The peer id is the minting instance's `peer_id` (0: an instance without
-//!   peering, whose keys are never passed on).
+//! - A real pid is only unique per node, so a key is the pair (process id, secret):
+//!   the registry draws secrets so that no two live keys share both.
+//! - The peer id is the issuing instance's `peer_id`; with it the secret keeps 25
+//!   random bits (an instance without peering keeps all 32).
 //! - Clients only ever see `relayed = 0`, so their process ids are positive, as
 //!   PostgreSQL's are. An instance that passes a cancel on to a peer sets the bit,
 //!   and a relayed cancel is never passed on again: one hop at most, so even
 //!   peers configured inconsistently cannot bounce a cancel between them.
-//! - 24 random bits leave room for 16 million live keys per instance (the
-//!   registry redraws on collision); the secret stays a full random 32 bits,
-//!   checked in constant time by the owner, so passing a key on reveals nothing.
+//! - The secret is checked in constant time by the owner, so passing a key on
+//!   reveals nothing.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -39,16 +49,17 @@ use crate::protocol::messages;
 use crate::config::MAX_PEER_ID;
 
 const RELAYED_BIT: u32 = 1 << 31;
-const PEER_SHIFT: u32 = 24;
-const SERIAL_MASK: u32 = (1 << PEER_SHIFT) - 1;
+/// Smallest minted process id: above any pid Linux hands out (`PID_MAX_LIMIT` is 2^22).
+const MIN_MINTED_PID: i32 = 1 << 24;
+/// Where the peer id sits in the secret.
+const PEER_SHIFT: u32 = 25;
+const SECRET_RANDOM_MASK: u32 = (1 << PEER_SHIFT) - 1;
 
 /// A process id as it arrives in a CancelRequest, split into its fields.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KeyPid {
-    /// The key as minted (relayed bit clear): what the registry is keyed by.
+    /// The process id as issued (relayed bit clear).
     pub pid: i32,
-    /// `peer_id` of the instance that minted it.
-    pub peer: u32,
     /// Another instance passed this request on; it must not travel further.
     pub relayed: bool,
 }
@@ -58,7 +69,6 @@ impl KeyPid {
         let bits = wire as u32;
         KeyPid {
             pid: (bits & !RELAYED_BIT) as i32,
-            peer: (bits & !RELAYED_BIT) >> PEER_SHIFT,
             relayed: bits & RELAYED_BIT != 0,
         }
     }
@@ -69,9 +79,19 @@ impl KeyPid {
     }
 }
 
-/// A minted process id: `peer` in the peer bits, `serial` (non-zero, 24 bits) below.
-fn mint_pid(peer: u32, serial: u32) -> i32 {
-    ((peer << PEER_SHIFT) | (serial & SERIAL_MASK)) as i32
+/// The `peer_id` a secret names (0: an instance without peering, or no Switchyard
+/// key at all).
+pub fn secret_peer(secret: [u8; 4]) -> u32 {
+    u32::from_be_bytes(secret) >> PEER_SHIFT
+}
+
+/// A fresh secret carrying `peer` (see the module doc); `random` supplies the bits.
+fn mint_secret(peer: u32, random: u32) -> i32 {
+    if peer == 0 {
+        random as i32
+    } else {
+        ((peer << PEER_SHIFT) | (random & SECRET_RANDOM_MASK)) as i32
+    }
 }
 
 /// This instance's place among its peers, from the current config.
@@ -85,8 +105,8 @@ pub struct Peering<'a> {
 pub enum CancelRoute {
     /// One of our clients: cancel on the server it uses now.
     Local(CancelTarget),
-    /// Minted by a configured peer: send it this request (relayed bit set).
-    Peer(CancelTarget),
+    /// Issued by configured peer `peer`: send it this request (relayed bit set).
+    Peer { peer: u32, target: CancelTarget },
     /// Nothing to cancel; why.
     Ignore(&'static str),
 }
@@ -127,9 +147,11 @@ struct Entry {
     target: TargetSlot,
 }
 
+/// Live keys by process id. A process id usually has one entry; a real pid can
+/// have more (the same pid on two nodes, or a pid reused), told apart by secret.
 #[derive(Default)]
 pub struct CancelRegistry {
-    entries: Mutex<HashMap<i32, Entry>>,
+    entries: Mutex<HashMap<i32, Vec<Entry>>>,
 }
 
 /// A client's registered key; unregisters itself when dropped. Pointing it at
@@ -143,47 +165,52 @@ pub struct Registration {
 }
 
 impl CancelRegistry {
-    fn entries(&self) -> MutexGuard<'_, HashMap<i32, Entry>> {
+    fn entries(&self) -> MutexGuard<'_, HashMap<i32, Vec<Entry>>> {
         // A panic while holding this lock cannot leave the map inconsistent (every
         // critical section is a single insert/get/remove), so a poisoned lock is used as is.
         self.entries.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Mints a fresh, unique key for a client, carrying this instance's `peer_id`
-    /// (see the module doc for the layout).
-    pub fn register(self: &Arc<Self>, peer_id: u32) -> Registration {
+    /// Registers a key for a client, carrying this instance's `peer_id` (see the
+    /// module doc for the layout). `backend_pid`: the pid of the one server backing
+    /// the client (session mode), used as the key's process id; None mints one.
+    pub fn register(self: &Arc<Self>, peer_id: u32, backend_pid: Option<i32>) -> Registration {
         // Validation keeps peer_id within 7 bits; were it not, 0 (no peering) is
         // the value that cannot make a key look like another instance's.
         let peer_id = if peer_id <= MAX_PEER_ID { peer_id } else { 0 };
+        // A pid with the relayed bit set cannot be told from a relayed request;
+        // PostgreSQL's pids are positive, so this only guards against nonsense.
+        let backend_pid = backend_pid.filter(|&pid| pid > 0);
         let mut rng = rand::thread_rng();
         let mut entries = self.entries();
         loop {
-            let pid = mint_pid(peer_id, rng.gen_range(1..=SERIAL_MASK));
-            if let std::collections::hash_map::Entry::Vacant(slot) = entries.entry(pid) {
-                let secret = rng.gen();
-                let target = TargetSlot::default();
-                slot.insert(Entry {
-                    secret,
-                    target: Arc::clone(&target),
-                });
-                return Registration {
-                    registry: Arc::clone(self),
-                    target,
-                    pid,
-                    secret,
-                };
+            let pid = backend_pid.unwrap_or_else(|| rng.gen_range(MIN_MINTED_PID..=i32::MAX));
+            let secret = mint_secret(peer_id, rng.gen());
+            let same_pid = entries.entry(pid).or_default();
+            if same_pid.iter().any(|e| e.secret == secret) {
+                continue;
             }
+            let target = TargetSlot::default();
+            same_pid.push(Entry {
+                secret,
+                target: Arc::clone(&target),
+            });
+            return Registration {
+                registry: Arc::clone(self),
+                target,
+                pid,
+                secret,
+            };
         }
     }
 
     /// The target for a cancel key, if the key is known and the secret matches.
     pub fn lookup(&self, pid: i32, secret: &[u8]) -> Option<CancelTarget> {
         let entries = self.entries();
-        let entry = entries.get(&pid)?;
-        let matches: bool = entry.secret.to_be_bytes().ct_eq(secret).into();
-        if !matches {
-            return None;
-        }
+        let entry = entries.get(&pid)?.iter().find(|entry| {
+            let matches: bool = entry.secret.to_be_bytes().ct_eq(secret).into();
+            matches
+        })?;
         let key = entry.target.backend_key.load(Ordering::Acquire);
         if key == 0 {
             return None;
@@ -197,8 +224,8 @@ impl CancelRegistry {
     }
 
     /// Decides what a CancelRequest calls for: our own key, a key to pass on to
-    /// the configured peer that minted it, or nothing (with the reason, for the log).
-    /// Our own keys are looked up first, whatever their peer bits, so keys minted
+    /// the configured peer that issued it, or nothing (with the reason, for the log).
+    /// Our own keys are looked up first, whatever their peer bits, so keys issued
     /// before a reload changed `peer_id` still work.
     pub fn route(&self, wire_pid: i32, secret: &[u8], peering: &Peering<'_>) -> CancelRoute {
         let key = KeyPid::decode(wire_pid);
@@ -208,24 +235,28 @@ impl CancelRegistry {
         if key.relayed {
             return CancelRoute::Ignore("relayed by a peer, but no such active session here");
         }
-        if key.peer == 0 || key.peer == peering.own_id {
-            return CancelRoute::Ignore("no such active session");
-        }
         let Ok(secret) = <[u8; 4]>::try_from(secret) else {
             return CancelRoute::Ignore("not a Switchyard key (secret is not 4 bytes)");
         };
-        match peering.peers.iter().find(|p| p.id == key.peer) {
-            Some(peer) => CancelRoute::Peer(CancelTarget {
-                address: peer.address.clone(),
-                pid: key.relayed_wire(),
-                secret: i32::from_be_bytes(secret),
-            }),
-            None => CancelRoute::Ignore("minted by a peer id that is not configured"),
+        let peer = secret_peer(secret);
+        if peer == 0 || peer == peering.own_id {
+            return CancelRoute::Ignore("no such active session");
+        }
+        match peering.peers.iter().find(|p| p.id == peer) {
+            Some(config) => CancelRoute::Peer {
+                peer,
+                target: CancelTarget {
+                    address: config.address.clone(),
+                    pid: key.relayed_wire(),
+                    secret: i32::from_be_bytes(secret),
+                },
+            },
+            None => CancelRoute::Ignore("issued by a peer id that is not configured"),
         }
     }
 
     pub fn len(&self) -> usize {
-        self.entries().len()
+        self.entries().values().map(Vec::len).sum()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -259,7 +290,13 @@ fn lock_address(slot: &SlotState) -> MutexGuard<'_, String> {
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        self.registry.entries().remove(&self.pid);
+        let mut entries = self.registry.entries();
+        if let Some(same_pid) = entries.get_mut(&self.pid) {
+            same_pid.retain(|entry| entry.secret != self.secret);
+            if same_pid.is_empty() {
+                entries.remove(&self.pid);
+            }
+        }
     }
 }
 
@@ -284,21 +321,25 @@ pub async fn send_cancel(target: &CancelTarget, timeout: Duration) -> std::io::R
 mod tests {
     use super::*;
 
+    fn target(address: &str, pid: i32, secret: i32) -> CancelTarget {
+        CancelTarget {
+            address: address.into(),
+            pid,
+            secret,
+        }
+    }
+
     #[test]
     fn keys_map_to_targets_and_vanish_on_drop() {
         let registry = Arc::new(CancelRegistry::default());
-        let registration = registry.register(0);
+        let registration = registry.register(0, None);
         let secret = registration.secret.to_be_bytes();
         assert_eq!(
             registry.lookup(registration.pid, &secret),
             None,
             "no server yet"
         );
-        let target = CancelTarget {
-            address: "127.0.0.1:5432".into(),
-            pid: 99,
-            secret: 7,
-        };
+        let target = target("127.0.0.1:5432", 99, 7);
         registration.set_target(Some(&target));
         assert_eq!(
             registry.lookup(registration.pid, &secret).as_ref(),
@@ -314,34 +355,65 @@ mod tests {
     }
 
     #[test]
-    fn minted_pids_are_positive_and_carry_the_peer_id() {
+    fn minted_pids_name_no_process_and_secrets_carry_the_peer_id() {
         let registry = Arc::new(CancelRegistry::default());
         let mut live = Vec::new();
-        for peer in [0, 1, 2, MAX_PEER_ID] {
+        for peer in [1, 2, MAX_PEER_ID] {
             for _ in 0..200 {
-                let r = registry.register(peer);
-                assert!(r.pid > 0, "{:#x}", r.pid);
-                let key = KeyPid::decode(r.pid);
-                assert_eq!((key.pid, key.peer, key.relayed), (r.pid, peer, false));
-                assert_ne!(r.pid as u32 & SERIAL_MASK, 0);
+                let r = registry.register(peer, None);
+                assert!(r.pid >= MIN_MINTED_PID, "{:#x}", r.pid);
+                assert_eq!(
+                    KeyPid::decode(r.pid),
+                    KeyPid {
+                        pid: r.pid,
+                        relayed: false
+                    }
+                );
+                assert_eq!(secret_peer(r.secret.to_be_bytes()), peer);
                 live.push(r);
             }
         }
-        assert_eq!(registry.len(), 800, "every key is unique");
-        // An out-of-range id (validation prevents it) never yields a negative pid.
-        assert_eq!(KeyPid::decode(registry.register(300).pid).peer, 0);
+        assert_eq!(registry.len(), 600, "every key is unique");
+        // Without peering the secret is all random: some have high bits set.
+        let random: Vec<_> = (0..64).map(|_| registry.register(0, None)).collect();
+        assert!(random
+            .iter()
+            .any(|r| secret_peer(r.secret.to_be_bytes()) != 0));
+        // An out-of-range id (validation prevents it) is treated as no peering.
+        assert!(registry.register(300, None).pid > 0);
+    }
+
+    #[test]
+    fn session_keys_use_the_backend_pid_and_tell_nodes_apart_by_secret() {
+        let registry = Arc::new(CancelRegistry::default());
+        // Two clients whose backends have the same pid on two nodes.
+        let on_primary = registry.register(1, Some(4242));
+        let on_replica = registry.register(1, Some(4242));
+        assert_eq!((on_primary.pid, on_replica.pid), (4242, 4242));
+        assert_ne!(on_primary.secret, on_replica.secret);
+        assert_eq!(secret_peer(on_primary.secret.to_be_bytes()), 1);
+        let primary = target("10.0.0.1:5432", 4242, 1);
+        let replica = target("10.0.0.2:5432", 4242, 2);
+        on_primary.set_target(Some(&primary));
+        on_replica.set_target(Some(&replica));
+        let lookup = |r: &Registration| registry.lookup(r.pid, &r.secret.to_be_bytes());
+        assert_eq!(lookup(&on_primary), Some(primary));
+        assert_eq!(lookup(&on_replica), Some(replica.clone()));
+        drop(on_primary);
+        assert_eq!(lookup(&on_replica), Some(replica), "the other key stays");
+        assert_eq!(registry.len(), 1);
+        // A pid that is no pid is not used.
+        assert!(registry.register(0, Some(-5)).pid >= MIN_MINTED_PID);
     }
 
     #[test]
     fn relaying_sets_only_the_top_bit() {
-        let pid = mint_pid(5, 0x00ab_cdef);
-        assert_eq!(pid, 0x05ab_cdef);
+        let pid = 0x05ab_cdef;
         let key = KeyPid::decode(pid);
         let wire = key.relayed_wire();
         assert!(wire < 0);
         assert_eq!(wire as u32, 0x85ab_cdef);
-        let relayed = KeyPid::decode(wire);
-        assert_eq!((relayed.pid, relayed.peer, relayed.relayed), (pid, 5, true));
+        assert_eq!(KeyPid::decode(wire), KeyPid { pid, relayed: true });
     }
 
     fn peers() -> Vec<PeerConfig> {
@@ -354,18 +426,10 @@ mod tests {
     #[test]
     fn the_target_follows_the_client_from_server_to_server() {
         let registry = Arc::new(CancelRegistry::default());
-        let registration = registry.register(0);
+        let registration = registry.register(0, None);
         let secret = registration.secret.to_be_bytes();
-        let first = CancelTarget {
-            address: "10.0.0.1:5432".into(),
-            pid: i32::MAX,
-            secret: i32::MIN,
-        };
-        let second = CancelTarget {
-            address: "10.0.0.2:5432".into(),
-            pid: 1,
-            secret: -1,
-        };
+        let first = target("10.0.0.1:5432", i32::MAX, i32::MIN);
+        let second = target("10.0.0.2:5432", 1, -1);
         for target in [&first, &second, &first] {
             registration.set_target(Some(target));
             assert_eq!(
@@ -382,35 +446,36 @@ mod tests {
     }
 
     #[test]
-    fn cancels_go_to_our_server_or_to_the_peer_that_minted_the_key() {
+    fn cancels_go_to_our_server_or_to_the_peer_that_issued_the_key() {
         let registry = Arc::new(CancelRegistry::default());
         let peers = peers();
         let peering = Peering {
             own_id: 1,
             peers: &peers,
         };
-        let ours = registry.register(1);
-        let target = CancelTarget {
-            address: "127.0.0.1:5432".into(),
-            pid: 4242,
-            secret: 9,
-        };
-        ours.set_target(Some(&target));
-        let secret = ours.secret.to_be_bytes();
-        let local = CancelRoute::Local(target.clone());
-        assert_eq!(registry.route(ours.pid, &secret, &peering), local);
-        // A peer passing our key back to us (relayed bit set) reaches the same server.
-        let relayed = KeyPid::decode(ours.pid).relayed_wire();
-        assert_eq!(registry.route(relayed, &secret, &peering), local);
+        for backend_pid in [None, Some(4242)] {
+            let ours = registry.register(1, backend_pid);
+            let target = target("127.0.0.1:5432", 4242, 9);
+            ours.set_target(Some(&target));
+            let secret = ours.secret.to_be_bytes();
+            let local = CancelRoute::Local(target.clone());
+            assert_eq!(registry.route(ours.pid, &secret, &peering), local);
+            // A peer passing our key back to us (relayed bit set) reaches the same server.
+            let relayed = KeyPid::decode(ours.pid).relayed_wire();
+            assert_eq!(registry.route(relayed, &secret, &peering), local);
+        }
 
-        let theirs = mint_pid(2, 77);
+        let theirs = mint_secret(2, 77);
         assert_eq!(
-            registry.route(theirs, &7i32.to_be_bytes(), &peering),
-            CancelRoute::Peer(CancelTarget {
-                address: "10.0.0.12:5000".into(),
-                pid: KeyPid::decode(theirs).relayed_wire(),
-                secret: 7,
-            })
+            registry.route(4242, &theirs.to_be_bytes(), &peering),
+            CancelRoute::Peer {
+                peer: 2,
+                target: CancelTarget {
+                    address: "10.0.0.12:5000".into(),
+                    pid: KeyPid::decode(4242).relayed_wire(),
+                    secret: theirs,
+                }
+            }
         );
     }
 
@@ -422,29 +487,30 @@ mod tests {
             own_id: 1,
             peers: &peers,
         };
-        let secret = 7i32.to_be_bytes();
+        let secret = |peer| mint_secret(peer, 77).to_be_bytes();
+        let relayed = KeyPid::decode(4242).relayed_wire();
         let cases = [
-            (mint_pid(1, 77), &secret[..], "own id, unknown session"),
-            (mint_pid(0, 77), &secret[..], "minted without peering"),
-            (mint_pid(3, 77), &secret[..], "peer id not configured"),
+            (4242, secret(1).to_vec(), "own id, unknown session"),
+            (4242, secret(0).to_vec(), "issued without peering"),
+            (4242, secret(3).to_vec(), "peer id not configured"),
             (
-                KeyPid::decode(mint_pid(2, 77)).relayed_wire(),
-                &secret[..],
+                relayed,
+                secret(2).to_vec(),
                 "already relayed once: never a second hop",
             ),
-            (mint_pid(2, 77), &[0u8; 8][..], "secret of another length"),
+            (4242, [0u8; 8].to_vec(), "secret of another length"),
         ];
         for (pid, secret, why) in cases {
             assert!(
                 matches!(
-                    registry.route(pid, secret, &peering),
+                    registry.route(pid, &secret, &peering),
                     CancelRoute::Ignore(_)
                 ),
                 "{why}"
             );
         }
         // Our own idle client: known key, no server yet.
-        let idle = registry.register(1);
+        let idle = registry.register(1, None);
         let route = registry.route(idle.pid, &idle.secret.to_be_bytes(), &peering);
         assert!(matches!(route, CancelRoute::Ignore(_)), "{route:?}");
     }

@@ -4,7 +4,9 @@
 //! settings changed inside transactions in the drivers' default non-autocommit mode
 //! (issue #19: committed `SET`s follow the client, rolled back / `SET LOCAL` /
 //! failed ones do not; psycopg_pool's `configure`), and the ParameterStatus values
-//! a client with startup `options` or `client_encoding` is greeted with. The cases are in
+//! a client with startup `options` or `client_encoding` is greeted with, and (issue
+//! #14) that the pid psycopg2 reports in session mode is its server backend's. The
+//! cases are in
 //! `tests/python/psycopg_cases.py`; each runs against PostgreSQL directly (the
 //! control) and through the proxy, each case with its own proxy.
 //!
@@ -67,6 +69,9 @@ const STARTUP_CASES: &[&str] = &[
     "pg2_client_encoding_euc_jp",
     "pg3_client_encoding_euc_jp",
 ];
+
+/// Issue #14: the pid psycopg2 reports is its server backend's (session mode).
+const PID_CASES: &[&str] = &["pg2_own_backend_pid"];
 
 /// The driver cluster with role `tenant_a`, granted to `app` (idempotent).
 async fn cluster_port() -> u16 {
@@ -141,4 +146,14 @@ async fn startup_options_through_transaction_mode() {
         Via::Transaction(1),
     )
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn own_backend_pid_direct_to_postgres() {
+    cases("psycopg2 backend pid", PID_CASES, Via::Direct).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn own_backend_pid_through_session_mode() {
+    cases("psycopg2 backend pid", PID_CASES, Via::Session(2)).await;
 }

@@ -123,25 +123,6 @@ async fn assert_cancelled(
     assert!(started.elapsed() < Duration::from_secs(10));
 }
 
-/// The pid and secret a client's cancel token carries (what the proxy minted):
-/// read from the CancelRequest it writes into an in-memory stream.
-async fn minted_key(token: &CancelToken) -> (i32, [u8; 4]) {
-    let (ours, mut theirs) = tokio::io::duplex(64);
-    let sender = tokio::spawn({
-        let token = token.clone();
-        async move { token.cancel_query_raw(ours, NoTls).await }
-    });
-    let mut request = [0u8; 16];
-    tokio::time::timeout(Duration::from_secs(5), theirs.read_exact(&mut request))
-        .await
-        .expect("cancel request written in time")
-        .expect("16-byte cancel request");
-    drop(theirs);
-    let _ = tokio::time::timeout(Duration::from_secs(5), sender).await;
-    let pid = i32::from_be_bytes([request[8], request[9], request[10], request[11]]);
-    (pid, [request[12], request[13], request[14], request[15]])
-}
-
 /// Sends a raw CancelRequest and waits (bounded) for the instance to close the
 /// connection, as it does once it has dealt with the request.
 async fn raw_cancel(instance: SocketAddr, pid: i32, secret: [u8; 4]) {
@@ -166,8 +147,9 @@ async fn a_cancel_sent_to_the_other_instance_cancels_the_query() {
     // Client on A, cancel to B: B passes it to A (configured at start).
     let started = Instant::now();
     let (token, sleeper) = sleeping_query(a).await;
-    let (pid, _) = minted_key(&token).await;
-    assert_eq!(pid >> 24, 1, "A's keys carry peer id 1: {pid:#x}");
+    let (pid, secret) = cancel_key(&token).await;
+    let peer = u32::from_be_bytes(secret) >> 25;
+    assert_eq!(peer, 1, "A's keys carry peer id 1 in the secret ({pid})");
     cancel_via(&token, b).await;
     assert_cancelled(sleeper, started).await;
 
@@ -175,8 +157,9 @@ async fn a_cancel_sent_to_the_other_instance_cancels_the_query() {
     pair.reload_a_with_b_as_peer().await;
     let started = Instant::now();
     let (token, sleeper) = sleeping_query(b).await;
-    let (pid, _) = minted_key(&token).await;
-    assert_eq!(pid >> 24, 2, "B's keys carry peer id 2: {pid:#x}");
+    let (pid, secret) = cancel_key(&token).await;
+    let peer = u32::from_be_bytes(secret) >> 25;
+    assert_eq!(peer, 2, "B's keys carry peer id 2 in the secret ({pid})");
     cancel_via(&token, a).await;
     assert_cancelled(sleeper, started).await;
 
@@ -193,8 +176,10 @@ async fn keys_nobody_reachable_owns_cancel_nothing() {
     let (a, b) = (Pair::rw(&pair.a), Pair::rw(&pair.b));
     let client = connect(a, "app", "app_pw").await;
     let token = client.cancel_token();
-    let (pid, secret) = minted_key(&token).await;
-    let serial = pid & 0x00ff_ffff;
+    let (pid, secret) = cancel_key(&token).await;
+    // The secret's top 7 bits name the issuing instance; the rest is random.
+    let with_peer =
+        |peer: u32| ((u32::from_be_bytes(secret) & 0x01ff_ffff) | peer << 25).to_be_bytes();
     let relayed = (pid as u32 | 1 << 31) as i32;
     let mut wrong_secret = secret;
     wrong_secret[3] ^= 1;
@@ -206,14 +191,9 @@ async fn keys_nobody_reachable_owns_cancel_nothing() {
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
     for (instance, pid, secret, what) in [
-        (
-            b,
-            5 << 24 | serial,
-            secret,
-            "peer id 5 is not configured on B",
-        ),
-        (b, 2 << 24 | serial, secret, "B's own id, no such session"),
-        (b, serial, secret, "peer id 0: minted without peering"),
+        (b, pid, with_peer(5), "peer id 5 is not configured on B"),
+        (b, pid, with_peer(2), "B's own id, no such session"),
+        (b, pid, with_peer(0), "peer id 0: issued without peering"),
         (b, relayed, secret, "already relayed: B must not pass it on"),
         (b, pid, wrong_secret, "A's key with a wrong secret"),
         (

@@ -8,7 +8,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use super::client_auth;
-use crate::cancel::{self, CancelRoute, KeyPid};
+use crate::cancel::{self, CancelRoute};
 use crate::context::ProxyContext;
 use crate::protocol::messages;
 use crate::protocol::startup::{FirstPacket, StartupError, StartupParams, StartupReader};
@@ -223,7 +223,7 @@ pub(super) async fn open(
 }
 
 /// Sends a CancelRequest where it belongs: the server one of our clients uses, or
-/// the peer instance that minted the key (see `cancel` for the key layout).
+/// the peer instance that issued the key (see `cancel` for the key layout).
 /// Logs one line either way.
 async fn forward_cancel(ctx: &ProxyContext, pid: i32, secret: &[u8], from: &str) {
     let config = ctx.config();
@@ -248,30 +248,27 @@ async fn forward_cancel(ctx: &ProxyContext, pid: i32, secret: &[u8], from: &str)
                 "failed"
             }
         },
-        CancelRoute::Peer(target) => {
-            let peer = KeyPid::decode(pid).peer;
-            match cancel::send_cancel(&target, timeout).await {
-                Ok(()) => {
-                    tracing::info!(
-                        %from,
-                        peer,
-                        address = %target.address,
-                        "cancel request passed to peer"
-                    );
-                    "peer"
-                }
-                Err(e) => {
-                    tracing::warn!(
-                        %from,
-                        peer,
-                        address = %target.address,
-                        error = %e,
-                        "cannot pass cancel request to peer"
-                    );
-                    "failed"
-                }
+        CancelRoute::Peer { peer, target } => match cancel::send_cancel(&target, timeout).await {
+            Ok(()) => {
+                tracing::info!(
+                    %from,
+                    peer,
+                    address = %target.address,
+                    "cancel request passed to peer"
+                );
+                "peer"
             }
-        }
+            Err(e) => {
+                tracing::warn!(
+                    %from,
+                    peer,
+                    address = %target.address,
+                    error = %e,
+                    "cannot pass cancel request to peer"
+                );
+                "failed"
+            }
+        },
         CancelRoute::Ignore(reason) => {
             tracing::info!(%from, pid, "cancel request ignored: {reason}");
             "ignored"

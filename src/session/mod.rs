@@ -9,6 +9,7 @@
 //! ([`client_params`]), its prepared statements ([`statements`]) and its figures
 //! ([`counters`]).
 
+mod abandoned;
 mod checkout;
 pub mod client_auth;
 mod client_params;
@@ -223,7 +224,16 @@ impl Session {
                 return SessionEnd::Refused(refusal.error);
             }
         };
-        let registration = self.env.ctx.cancels().register(self.env.config.peer_id);
+        // Session mode: the one server backing the client gives the key its real pid.
+        let backend_pid = match self.env.pooling.mode {
+            PoolMode::Session => first_server.as_ref().map(|server| server.backend_pid),
+            PoolMode::Transaction => None,
+        };
+        let registration = self
+            .env
+            .ctx
+            .cancels()
+            .register(self.env.config.peer_id, backend_pid);
         messages::backend_key_data(&mut out, registration.pid, registration.secret);
         messages::ready_for_query_idle(&mut out);
         if let Err(e) = socket.write_all(&out).await {
@@ -235,10 +245,20 @@ impl Session {
         drop(out);
         match self.env.pooling.mode {
             PoolMode::Session => {
+                let Some(server) = first_server else {
+                    // greet() checks the server out in session mode.
+                    let error = ClientError::fatal(
+                        SqlState::Internal,
+                        "session mode: no server connection was checked out at login",
+                    );
+                    tracing::error!(%error, "session without a server");
+                    refuse(socket, &error).await;
+                    return SessionEnd::Refused(error);
+                };
                 Box::pin(session_mode::run(
                     self,
                     socket,
-                    first_server,
+                    server,
                     unread,
                     &registration,
                 ))
@@ -255,19 +275,22 @@ impl Session {
     }
 
     /// Adds the server's parameters to the greeting: what a server reports with
-    /// the client's startup parameters applied. Once a server of the pool has
-    /// reported them for the same startup parameters, new clients are greeted with
-    /// that at once and wait for a server only when they send work; otherwise a
-    /// server is checked out now (and returned), which also proves the database
-    /// exists and the parameters are accepted: one the server rejects ends the
-    /// connection with the server's error, made FATAL, as a direct connection's.
+    /// the client's startup parameters applied. In transaction mode, once a server
+    /// of the pool has reported them for the same startup parameters, new clients
+    /// are greeted with that at once and wait for a server only when they send
+    /// work. Otherwise a server is checked out now, which also proves the database
+    /// exists and the parameters are accepted (one the server rejects ends the
+    /// connection with the server's error, made FATAL, as a direct connection's);
+    /// session mode keeps it: the client's BackendKeyData carries its real pid.
     async fn greet(&mut self, out: &mut BytesMut) -> Result<Option<PooledServer>, Refusal> {
         let deadline = hold::deadline(&self.env, Instant::now());
         let pool = self.servers.current_pool(&self.env, deadline).await?;
         let key = self.params.welcome_key();
-        if let Some(params) = pool.welcome(&key.params) {
-            self.params.greet_from_cache(params, &key, out);
-            return Ok(None);
+        if self.env.pooling.mode == PoolMode::Transaction {
+            if let Some(params) = pool.welcome(&key.params) {
+                self.params.greet_from_cache(params, &key, out);
+                return Ok(None);
+            }
         }
         let server = self.checkout().await.map_err(Refusal::at_connect)?;
         server.pool().remember_welcome(&key.params, &server.params);

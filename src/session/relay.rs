@@ -59,6 +59,8 @@ pub struct RelayStats {
     pub ready: u64,
     /// The client's stream ended on a message boundary.
     pub client_at_boundary: bool,
+    /// Everything read from the server so far ends on a message boundary.
+    pub server_at_boundary: bool,
 }
 
 impl RelayStats {
@@ -67,6 +69,7 @@ impl RelayStats {
         self.requests == self.ready
             && self.transaction_status == tag::STATUS_IDLE
             && self.client_at_boundary
+            && self.server_at_boundary
     }
 }
 
@@ -166,6 +169,7 @@ where
     let mut upstream = Direction::default();
     let mut downstream = Direction {
         status: tag::STATUS_IDLE,
+        at_boundary: true,
         ..Direction::default()
     };
     let progress = Progress::new();
@@ -181,6 +185,7 @@ where
     stats.requests += upstream.messages;
     stats.ready += downstream.messages;
     stats.client_at_boundary = upstream.at_boundary;
+    stats.server_at_boundary = downstream.at_boundary;
     end
 }
 
@@ -201,7 +206,7 @@ struct Direction {
     messages: u64,
     /// Server: last transaction status.
     status: u8,
-    /// Client: stopped on a message boundary.
+    /// Stopped on a message boundary (the server: what was read from it).
     at_boundary: bool,
 }
 
@@ -359,6 +364,7 @@ where
             tracing::error!(error = %e, "server sent an invalid message length");
             return server_gone(None, false);
         }
+        counters.at_boundary = scanner.at_boundary();
         if let Err(e) = writer.write_all(&buffer).await {
             return RelayEnd::ClientGone(Some(e));
         }

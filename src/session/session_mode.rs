@@ -1,39 +1,40 @@
-//! Session pooling: the client keeps one server connection for its whole session,
-//! with bytes relayed untouched both ways. When the client leaves cleanly (server
-//! idle, nothing owed) the connection is reset with `reset_query` and goes back to
-//! the pool; otherwise it is closed, which rolls back whatever was in progress.
+//! Session pooling: the client keeps one server connection for its whole session
+//! (checked out at login, so the client's BackendKeyData carries that server's
+//! pid), with bytes relayed untouched both ways. When the client leaves cleanly
+//! (server idle, nothing owed) the connection is reset with `reset_query` and goes
+//! back to the pool; otherwise it is closed, which rolls back whatever was in
+//! progress. A client that leaves while its query runs has that query cancelled
+//! first ([`abandoned`](super::abandoned)).
 
 use std::time::Duration;
 
 use bytes::BytesMut;
-use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
+use super::abandoned;
 use super::relay::{self, RelayEnd};
 use super::{Session, SessionEnd};
 use crate::cancel::Registration;
 use crate::config::Route;
 use crate::pool::PooledServer;
+use crate::protocol::frame::FrameScanner;
 use crate::protocol::tag;
 use crate::topology::TopologyHandle;
 
 /// How long the reset query may take before the connection is closed instead.
 const RESET_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long a client's last requests, sent just before its Terminate (drivers
+/// often end with Close+Sync), may take before they are cancelled.
+const TERMINATE_GRACE: Duration = Duration::from_millis(100);
+
 pub(super) async fn run(
     session: &mut Session,
     socket: &mut TcpStream,
-    server: Option<PooledServer>,
-    mut pending: BytesMut,
+    mut server: PooledServer,
+    pending: BytesMut,
     registration: &Registration,
 ) -> SessionEnd {
-    let mut server = match server {
-        Some(server) => server,
-        None => match first_server(session, socket, &mut pending).await {
-            Ok(server) => server,
-            Err(end) => return end,
-        },
-    };
     registration.set_target(Some(server.cancel_target()));
     let topology = std::sync::Arc::clone(session.env.ctx.topology());
     let node = server.node.clone();
@@ -64,23 +65,7 @@ pub(super) async fn run(
         }
     };
     registration.set_target(None);
-    let client_left = matches!(end, RelayEnd::ClientTerminated | RelayEnd::ClientGone(None));
-    let stats = session.counters.stats;
-    let mut clean = client_left && stats.server_idle();
-    if client_left && !clean && stats.client_at_boundary && stats.requests > stats.ready {
-        // Drivers often send a last Close+Sync right before Terminate: let the
-        // server finish answering, then judge.
-        clean = drain_replies(&mut server, stats.requests - stats.ready).await
-            == Some(tag::STATUS_IDLE);
-    }
-    tracing::debug!(
-        clean,
-        requests = stats.requests,
-        ready = stats.ready,
-        status = %(stats.transaction_status as char),
-        at_boundary = stats.client_at_boundary,
-        "session mode: client left"
-    );
+    let clean = settle(session, &mut server, &end).await;
     if clean {
         return_to_pool(server, &session.env.pooling.reset_query).await;
     } else {
@@ -113,65 +98,89 @@ async fn demoted(topology: &TopologyHandle, node: &str) -> String {
     }
 }
 
-/// Reads and discards `outstanding` ReadyForQuery-terminated replies; returns the
-/// final transaction status, or None if the server broke or took too long.
-async fn drain_replies(server: &mut PooledServer, outstanding: u64) -> Option<u8> {
-    use crate::protocol::frame::FrameScanner;
-    use tokio::io::AsyncReadExt;
-    let drain = async {
-        let mut scanner = FrameScanner::new(u32::MAX as usize, |t| t == tag::READY_FOR_QUERY);
-        let mut buffer = BytesMut::with_capacity(8192);
-        let (mut seen, mut status) = (0u64, tag::STATUS_IDLE);
-        while seen < outstanding {
-            buffer.clear();
-            if server.stream.read_buf(&mut buffer).await.ok()? == 0 {
+/// Decides whether the server can go back to the pool once the relay ended, and
+/// cancels whatever it still runs for a client that is gone. A client that left
+/// on a message boundary (both ways) with replies outstanding (drivers often send a last
+/// Close+Sync right before Terminate) gets its replies drained: at once after a
+/// cancel if it vanished without Terminate, after a short grace if it said
+/// Terminate; the server is clean if it then reports idle.
+async fn settle(session: &Session, server: &mut PooledServer, end: &RelayEnd) -> bool {
+    let stats = session.counters.stats;
+    let client_left = matches!(end, RelayEnd::ClientTerminated | RelayEnd::ClientGone(None));
+    let busy = stats.requests > stats.ready;
+    let drainable = client_left && stats.client_at_boundary && stats.server_at_boundary && busy;
+    let mut clean = client_left && stats.server_idle();
+    if drainable {
+        let mut drain = Drain::new(stats.requests - stats.ready);
+        let within_grace = matches!(end, RelayEnd::ClientTerminated)
+            && tokio::time::timeout(TERMINATE_GRACE, drain.run(server))
+                .await
+                .is_ok();
+        if !within_grace {
+            abandoned::cancel(&session.env, server, end).await;
+        }
+        clean = tokio::time::timeout(RESET_TIMEOUT, drain.run(server))
+            .await
+            .ok()
+            .flatten()
+            == Some(tag::STATUS_IDLE);
+    } else if busy && abandoned::leaves_work_behind(end) {
+        abandoned::cancel(&session.env, server, end).await;
+    }
+    tracing::debug!(
+        clean,
+        requests = stats.requests,
+        ready = stats.ready,
+        status = %(stats.transaction_status as char),
+        at_boundary = stats.client_at_boundary,
+        "session mode: relay ended"
+    );
+    clean
+}
+
+/// Reads and discards the ReadyForQuery-terminated replies a server still owes.
+/// Resumable: a run cut short by a timeout keeps what it counted.
+struct Drain {
+    outstanding: u64,
+    seen: u64,
+    status: u8,
+    scanner: FrameScanner,
+    buffer: BytesMut,
+}
+
+impl Drain {
+    fn new(outstanding: u64) -> Drain {
+        Drain {
+            outstanding,
+            seen: 0,
+            status: tag::STATUS_IDLE,
+            scanner: FrameScanner::new(u32::MAX as usize, |t| t == tag::READY_FOR_QUERY),
+            buffer: BytesMut::with_capacity(8192),
+        }
+    }
+
+    /// The final transaction status once every reply is in and the server stopped
+    /// on a message boundary; None if it broke.
+    async fn run(&mut self, server: &mut PooledServer) -> Option<u8> {
+        use tokio::io::AsyncReadExt;
+        while self.seen < self.outstanding {
+            self.buffer.clear();
+            // Cancel-safe: a read cut short by a timeout has taken no bytes.
+            if server.stream.read_buf(&mut self.buffer).await.ok()? == 0 {
                 return None;
             }
-            scanner
-                .scan(&buffer, |frame| {
+            let (seen, status) = (&mut self.seen, &mut self.status);
+            self.scanner
+                .scan(&self.buffer, |frame| {
                     if frame.tag == tag::READY_FOR_QUERY {
-                        seen += 1;
-                        status = frame.body.first().copied().unwrap_or(tag::STATUS_IDLE);
+                        *seen += 1;
+                        *status = frame.body.first().copied().unwrap_or(tag::STATUS_IDLE);
                     }
                 })
                 .ok()?;
         }
-        scanner.at_boundary().then_some(status)
-    };
-    tokio::time::timeout(RESET_TIMEOUT, drain)
-        .await
-        .ok()
-        .flatten()
-}
-
-/// Waits for the client's first request, then checks out its server and tells the
-/// client about parameters that differ from the greeting.
-async fn first_server(
-    session: &mut Session,
-    socket: &mut TcpStream,
-    pending: &mut BytesMut,
-) -> Result<PooledServer, SessionEnd> {
-    match session.wait_for_request(socket, pending).await {
-        Ok(true) => {}
-        Ok(false) => return Err(SessionEnd::Relay(RelayEnd::ClientTerminated)),
-        Err(end) => {
-            session.finish(socket, &end).await;
-            return Err(SessionEnd::Relay(end));
-        }
+        self.scanner.at_boundary().then_some(self.status)
     }
-    let server = match session.checkout().await {
-        Ok(server) => server,
-        Err(refusal) => {
-            refusal.send(socket).await;
-            return Err(SessionEnd::Refused(refusal.error));
-        }
-    };
-    let mut updates = BytesMut::new();
-    session.params.parameter_updates(&server, &mut updates);
-    if !updates.is_empty() && socket.write_all(&updates).await.is_err() {
-        return Err(SessionEnd::Relay(RelayEnd::ClientGone(None)));
-    }
-    Ok(server)
 }
 
 async fn return_to_pool(mut server: PooledServer, reset_query: &str) {

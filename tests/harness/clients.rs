@@ -2,14 +2,16 @@
 //! connections through a proxy listener (as `app` to `appdb` by default, with
 //! chosen startup parameters, or keeping the connection task to kill it) or
 //! straight to a PostgreSQL server, a readable form of driver errors, one-value
-//! queries (`simple_value`, `show`, `server_port`, `backend_pid`), and psql as
-//! superuser called from async code (`su_sql`, `su_count`).
+//! queries (`simple_value`, `show`, `server_port`, `backend_pid`), the backend key a
+//! client was given (`cancel_key`), and psql as superuser called from async code
+//! (`su_sql`, `su_count`).
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use tokio::io::AsyncReadExt;
 use tokio::task::JoinHandle;
-use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
+use tokio_postgres::{CancelToken, Client, NoTls, SimpleQueryMessage};
 
 use super::pg;
 use super::wait::blocking;
@@ -137,6 +139,26 @@ pub async fn backend_pid(client: &Client, who: &str) -> i32 {
         .await
         .unwrap_or_else(|e| panic!("{who}: select pg_backend_pid(): {}", describe(&e)))
         .get(0)
+}
+
+/// The backend key (BackendKeyData: pid, secret) a client was given at login, as
+/// its cancel token carries it: read from the CancelRequest the token writes into
+/// an in-memory stream.
+pub async fn cancel_key(token: &CancelToken) -> (i32, [u8; 4]) {
+    let (ours, mut theirs) = tokio::io::duplex(64);
+    let sender = tokio::spawn({
+        let token = token.clone();
+        async move { token.cancel_query_raw(ours, NoTls).await }
+    });
+    let mut request = [0u8; 16];
+    tokio::time::timeout(Duration::from_secs(5), theirs.read_exact(&mut request))
+        .await
+        .expect("cancel request written in time")
+        .expect("16-byte cancel request");
+    drop(theirs);
+    let _ = tokio::time::timeout(Duration::from_secs(5), sender).await;
+    let pid = i32::from_be_bytes([request[8], request[9], request[10], request[11]]);
+    (pid, [request[12], request[13], request[14], request[15]])
 }
 
 /// First column of the first row of a simple query (None for SQL NULL).

@@ -6,7 +6,9 @@ sy_cases.py). Case names start with the driver (`pg2_` psycopg2, `pg3_`
 psycopg 3); `leak_` cases use two autocommit clients A and B, meant for a
 transaction pool of size 1 so both share one server; `tx_` cases use a client A in
 the default transaction mode and a client B whose transactions move A between the
-servers of a pool of size 2; `pool_configure` uses psycopg_pool."""
+servers of a pool of size 2; `pool_configure` uses psycopg_pool;
+`pg2_own_backend_pid` checks the backend pid a session-mode client is given
+(issue #14)."""
 
 import os
 
@@ -332,6 +334,42 @@ def pool_configure():
         pool.close(timeout=5)
 
 
+def own_backend_pid():
+    """Session mode (and directly): the pid psycopg2 reports for its connection is
+    its server backend's: its own notifications carry it, and pg_terminate_backend()
+    of it from another connection ends this one."""
+    step("connecting")
+    conn = psycopg2.connect(libpq_dsn())
+    conn.autocommit = True
+    own = conn.get_backend_pid()
+    cur = conn.cursor()
+    cur.execute("select pg_backend_pid()")
+    expect_eq(cur.fetchone()[0], own, "pg_backend_pid() = get_backend_pid()")
+    step("listen + notify on the same connection")
+    cur.execute("listen sy_py_pid")
+    cur.execute("notify sy_py_pid, 'own'")
+    conn.poll()
+    expect_eq([(n.pid, n.payload) for n in conn.notifies], [(own, "own")],
+              "the own notification's pid")
+    step("pg_terminate_backend(get_backend_pid()) from a direct connection")
+    other = psycopg2.connect(direct_dsn())
+    other.autocommit = True
+    other_cur = other.cursor()
+    other_cur.execute("select pg_terminate_backend(%s)", (own,))
+    expect_eq(other_cur.fetchone()[0], True, "pg_terminate_backend()")
+    other.close()
+    step("the terminated connection's next query")
+    # libpq usually writes the query before it reads the FATAL, and then reports
+    # the closed connection, as it does directly.
+    try:
+        cur.execute("select 1")
+    except psycopg2.OperationalError as e:
+        print(f"  ok the query fails: {str(e).strip()!r}", flush=True)
+    else:
+        raise AssertionError("the query on a terminated connection succeeded")
+    expect_eq(conn.closed != 0, True, "the connection is closed")
+
+
 def cases():
     table = {}
     for prefix, driver in (("pg2", "psycopg2"), ("pg3", "psycopg3")):
@@ -344,6 +382,7 @@ def cases():
             table[f"{prefix}_tx_committed_{name}"] = (
                 lambda name=name, driver=driver: tx_committed(driver, name))
     table["pg3_pool_configure"] = pool_configure
+    table["pg2_own_backend_pid"] = own_backend_pid
     return table
 
 

@@ -13,6 +13,7 @@ use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
+use super::abandoned;
 use super::ledger::{self, Event, Ledger, Segment};
 use super::relay::RelayEnd;
 use super::sql_scan::Taint;
@@ -170,6 +171,11 @@ pub(super) async fn run(
         {
             reset_and_release(server, ledger).await;
         } else {
+            // A reply still owed: the server may be running the client's query,
+            // which nobody would wait for. Cancel it, then close the connection.
+            if !ledger.owes_nothing() && abandoned::leaves_work_behind(&end) {
+                abandoned::cancel(&session.env, &server, &end).await;
+            }
             drop(server);
         }
         session.finish(socket, &end).await;
