@@ -197,8 +197,11 @@ mod tests {
     }
 
     fn get(pools: &PoolSet, database: &str) -> Result<Arc<ServerPool>, TooManyPools> {
-        let secret = Arc::new(ServerSecret::new(StoredPassword::Plain("pw".into())));
-        pools.get(key(database), "127.0.0.1:5432", &secret)
+        // One secret for every call, as one user's entry gives it.
+        static SECRET: std::sync::OnceLock<Arc<ServerSecret>> = std::sync::OnceLock::new();
+        let secret =
+            SECRET.get_or_init(|| Arc::new(ServerSecret::new(StoredPassword::Plain("pw".into()))));
+        pools.get(key(database), "127.0.0.1:5432", secret)
     }
 
     #[test]
