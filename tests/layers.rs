@@ -15,6 +15,7 @@ const LAYERS: &[&[&str]] = &[
         "stop_signal",
         "http_client",
         "protocol",
+        "control",
     ],
     &["config", "auth", "users", "metrics", "cancel"],
     &["server"],

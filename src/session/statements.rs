@@ -154,12 +154,16 @@ mod tests {
     fn bytes_are_bounded_but_one_large_statement_fits() {
         let mut statements = ClientStatements::default();
         let big = def(MAX_STATEMENT_BYTES + 10);
-        statements.insert(b"big", Arc::clone(&big), none()).expect("alone");
+        statements
+            .insert(b"big", Arc::clone(&big), none())
+            .expect("alone");
         assert!(statements.insert(b"small", def(10), none()).is_err());
         statements
             .insert(b"big", def(10), none())
             .expect("replacing frees its bytes");
-        statements.insert(b"small", def(10), none()).expect("room again");
+        statements
+            .insert(b"small", def(10), none())
+            .expect("room again");
         assert_eq!(statements.bytes(), 2 * (3 + 13) + 2);
     }
 
@@ -174,7 +178,9 @@ mod tests {
             .insert(b"b", Arc::clone(&rejected), none())
             .expect("fits");
         let again = def(6);
-        statements.insert(b"c", Arc::clone(&again), none()).expect("fits");
+        statements
+            .insert(b"c", Arc::clone(&again), none())
+            .expect("fits");
         statements.forget(&rejected);
         assert!(statements.get(b"a").is_none() && statements.get(b"b").is_none());
         assert!(statements.get(b"c").is_some());
