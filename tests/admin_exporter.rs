@@ -32,7 +32,14 @@ async fn debian_pgbouncer_exporter_scrapes_the_console() {
 
     let port = free_port();
     let mut exporter = tokio::process::Command::new(EXPORTER)
-        .args(["--pgbouncer-host", "127.0.0.1", "--pgbouncer-user", "app", "--host", "127.0.0.1"])
+        .args([
+            "--pgbouncer-host",
+            "127.0.0.1",
+            "--pgbouncer-user",
+            "app",
+            "--host",
+            "127.0.0.1",
+        ])
         .arg("--pgbouncer-port")
         .arg(rw.port().to_string())
         .arg("--port")
@@ -48,7 +55,10 @@ async fn debian_pgbouncer_exporter_scrapes_the_console() {
     for _ in 0..100 {
         if let Some(exit) = exporter.try_wait().expect("exporter status") {
             let output = exporter.wait_with_output().await.expect("exporter output");
-            panic!("the exporter exited ({exit}): {}", String::from_utf8_lossy(&output.stderr));
+            panic!(
+                "the exporter exited ({exit}): {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
         }
         let fetched = {
             let url = url.clone();

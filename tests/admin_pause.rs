@@ -43,14 +43,22 @@ async fn pause_switchover_resume_under_write_load_fails_nothing() {
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     // PAUSE over HTTP: it returns once every running transaction has finished.
-    let response = http_request(proxy.admin_addr, "POST", "/pause?timeout_ms=10000", Duration::from_secs(15))
-        .await
-        .expect("POST /pause");
+    let response = http_request(
+        proxy.admin_addr,
+        "POST",
+        "/pause?timeout_ms=10000",
+        Duration::from_secs(15),
+    )
+    .await
+    .expect("POST /pause");
     assert_eq!(response.status, 200, "{}", response.body);
     let paused_at = Instant::now();
     let mut console = RawConsole::login(rw).await;
     let state = console.query("SHOW STATE").await;
-    assert_eq!(state.rows[1], [Some("paused".to_string()), Some("yes".to_string())]);
+    assert_eq!(
+        state.rows[1],
+        [Some("paused".to_string()), Some("yes".to_string())]
+    );
 
     // The planned switchover, while nothing runs.
     let cluster = blocking(move || {
@@ -62,16 +70,21 @@ async fn pause_switchover_resume_under_write_load_fails_nothing() {
     apis[0].set_role(FakeRole::NotRunning);
     apis[1].set_role(FakeRole::Primary);
     apis[1].set_timeline(2);
-    eventually(Duration::from_secs(10), "the proxy sees the new primary", || async {
-        admin_get(&proxy, "/health").await.1.trim() == "OK: primary node2"
-    })
+    eventually(
+        Duration::from_secs(10),
+        "the proxy sees the new primary",
+        || async { admin_get(&proxy, "/health").await.1.trim() == "OK: primary node2" },
+    )
     .await;
     let resumed_at = Instant::now();
     assert_eq!(console.query("RESUME").await.tag.as_deref(), Some("RESUME"));
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     let report = load.stop().await;
-    let errors: Vec<String> = report.failures().map(|f| format!("{}: {}", f.kind, f.message)).collect();
+    let errors: Vec<String> = report
+        .failures()
+        .map(|f| format!("{}: {}", f.kind, f.message))
+        .collect();
     assert!(errors.is_empty(), "clients saw errors: {errors:?}");
     let acknowledged = report.acknowledged();
     let during_pause = report
@@ -92,7 +105,11 @@ async fn pause_switchover_resume_under_write_load_fails_nothing() {
     );
     let direct = cluster.conn_str(1, "app", "app_pw", "appdb");
     let present = harness::write_load::count_present(&direct, "pause_probe", &acknowledged).await;
-    assert_eq!(present as usize, acknowledged.len(), "every acknowledged write is on the new primary");
+    assert_eq!(
+        present as usize,
+        acknowledged.len(),
+        "every acknowledged write is on the new primary"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -102,7 +119,10 @@ async fn pause_waits_for_a_running_transaction_and_holds_new_ones() {
     let proxy = start_proxy(&with_console(&yaml)).await;
     let rw = proxy.listener_addr("rw").expect("rw");
     let inside = connect(rw, "app", "app_pw").await;
-    inside.batch_execute("begin; select 1").await.expect("begin");
+    inside
+        .batch_execute("begin; select 1")
+        .await
+        .expect("begin");
     let mut console = RawConsole::login(rw).await;
     let pause = tokio::spawn(async move {
         let reply = console.query("PAUSE appdb").await;
@@ -116,14 +136,30 @@ async fn pause_waits_for_a_running_transaction_and_holds_new_ones() {
     let (tag, mut console) = within(5, "PAUSE returns", pause).await.expect("join");
     assert_eq!(tag.as_deref(), Some("PAUSE"));
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(!held.is_finished(), "a new transaction is held while paused");
+    assert!(
+        !held.is_finished(),
+        "a new transaction is held while paused"
+    );
     let clients = console.query("SHOW CLIENTS").await;
-    assert!(clients.column("state").contains(&Some("waiting".to_string())), "{clients:?}");
-    let response = http_request(proxy.admin_addr, "POST", "/resume?db=appdb", Duration::from_secs(5))
-        .await
-        .expect("POST /resume");
+    assert!(
+        clients
+            .column("state")
+            .contains(&Some("waiting".to_string())),
+        "{clients:?}"
+    );
+    let response = http_request(
+        proxy.admin_addr,
+        "POST",
+        "/resume?db=appdb",
+        Duration::from_secs(5),
+    )
+    .await
+    .expect("POST /resume");
     assert_eq!(response.status, 200, "{}", response.body);
-    within(5, "the held query runs", held).await.expect("join").expect("no error");
+    within(5, "the held query runs", held)
+        .await
+        .expect("join")
+        .expect("no error");
     let again = http_request(proxy.admin_addr, "POST", "/resume", Duration::from_secs(5))
         .await
         .expect("POST /resume");

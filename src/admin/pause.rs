@@ -30,7 +30,10 @@ pub(super) async fn pause(ctx: &ProxyContext, query: Option<&str>) -> Response<F
         None => DEFAULT_TIMEOUT,
         Some(Ok(ms)) => Duration::from_millis(ms),
         Some(Err(_)) => {
-            return text(StatusCode::BAD_REQUEST, "timeout_ms must be a number of milliseconds\n".into())
+            return text(
+                StatusCode::BAD_REQUEST,
+                "timeout_ms must be a number of milliseconds\n".into(),
+            )
         }
     };
     tracing::info!(?scope, "pause requested over the admin API");
@@ -72,8 +75,14 @@ mod tests {
 
     #[test]
     fn query_parameters_are_found_by_name() {
-        assert_eq!(query_param(Some("db=appdb&timeout_ms=5"), "db"), Some("appdb"));
-        assert_eq!(query_param(Some("db=appdb&timeout_ms=5"), "timeout_ms"), Some("5"));
+        assert_eq!(
+            query_param(Some("db=appdb&timeout_ms=5"), "db"),
+            Some("appdb")
+        );
+        assert_eq!(
+            query_param(Some("db=appdb&timeout_ms=5"), "timeout_ms"),
+            Some("5")
+        );
         assert_eq!(query_param(None, "db"), None);
     }
 }
