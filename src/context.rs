@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::buffer_budget::BufferBudget;
 use crate::cancel::CancelRegistry;
 use crate::config::{Config, ListenerConfig};
+use crate::control::{ClientRegistry, PauseGate};
 use crate::metrics::ListenerMetrics;
 use crate::pool::PoolSet;
 use crate::stop_signal::{StopSignal, StopWaiter};
@@ -45,6 +46,13 @@ pub struct ProxyContext {
     stop: StopSignals,
     /// Bytes held for clients across sessions (resend copies, held replies).
     client_buffers: BufferBudget,
+    /// PAUSE/RESUME and DISABLE/ENABLE (admin console, HTTP API).
+    pause_gate: PauseGate,
+    /// Every client session, for SHOW CLIENTS, KILL and pausing.
+    registry: Arc<ClientRegistry>,
+    /// Cancelled when an operator asked for a graceful shutdown (console SHUTDOWN).
+    stop_requested: CancellationToken,
+    started: std::time::Instant,
 }
 
 /// Client connections across listeners.
@@ -82,6 +90,10 @@ impl ProxyContext {
         let client_buffers = BufferBudget::new(config.client.max_buffered_bytes.0 as usize);
         ProxyContext {
             client_buffers,
+            pause_gate: PauseGate::default(),
+            registry: Arc::new(ClientRegistry::default()),
+            stop_requested: CancellationToken::new(),
+            started: std::time::Instant::now(),
             users: ArcSwap::from_pointee(UserDb::from_config(&config, None)),
             config: ArcSwap::new(config),
             topology,
@@ -198,6 +210,25 @@ impl ProxyContext {
     /// Cancelled when every task must end now.
     pub fn shutdown(&self) -> &CancellationToken {
         &self.stop.shutdown
+    }
+
+    /// When the proxy started (for averages over its life).
+    pub fn started(&self) -> std::time::Instant {
+        self.started
+    }
+
+    pub(crate) fn pause_gate(&self) -> &PauseGate {
+        &self.pause_gate
+    }
+
+    pub(crate) fn client_registry(&self) -> &Arc<ClientRegistry> {
+        &self.registry
+    }
+
+    /// Cancelled when an operator asked for a graceful shutdown (the console's
+    /// SHUTDOWN); whoever runs the proxy then drains and stops it.
+    pub fn stop_requested(&self) -> &CancellationToken {
+        &self.stop_requested
     }
 
     /// Waiters for a session: (draining, shutdown).

@@ -7,9 +7,10 @@
 //! earlier modules of its own layer), which `tests/layers.rs` checks:
 //! - [`proxy`]: wiring only: builds the context, starts the tasks, binds, drains.
 //! - `listener` (accept loops), `reload` (applying a new config), `admin` (HTTP
-//!   /health, /status, /metrics, POST /reload).
+//!   /health, /status, /metrics, POST /reload, /pause, /resume).
 //! - `session`: one client: handshake, authentication, greeting, then the
-//!   session-mode relay or the transaction-mode run loop (attach, resend, fast path).
+//!   session-mode relay or the transaction-mode run loop (attach, resend, fast path),
+//!   or the PgBouncer-style admin console.
 //! - [`context`]: what the running tasks share, behind narrow accessors.
 //! - `router`: a pure function from route and [`topology`] snapshot to a node.
 //! - `pool`: per-(node, database, user) server pools, reacting to the topology.
@@ -17,7 +18,8 @@
 //! - [`server`]: one logged-in PostgreSQL connection, its parameters and statements.
 //! - [`config`], [`auth`] (SCRAM, MD5), `users`, `metrics` (recording), `cancel` (keys).
 //! - `protocol` (the wire vocabulary: message names, framing, builders), and small
-//!   utilities: `keyed_digest`, `buffer_budget`, `stop_signal`, [`http_client`].
+//!   utilities: `keyed_digest`, `buffer_budget`, `stop_signal`, [`http_client`],
+//!   `control` (the pause gate and the client registry the admin console drives).
 //!
 //! The binaries (`switchyard`, `switchyard-demo`) and the tests use only the public
 //! modules.
@@ -28,6 +30,7 @@ pub(crate) mod buffer_budget;
 pub(crate) mod cancel;
 pub mod config;
 pub mod context;
+pub(crate) mod control;
 pub mod http_client;
 pub(crate) mod keyed_digest;
 pub(crate) mod listener;

@@ -164,7 +164,8 @@ fn run(path: PathBuf) -> ExitCode {
     })
 }
 
-/// Reloads on SIGHUP; returns on SIGTERM or SIGINT (a graceful stop follows).
+/// Reloads on SIGHUP; returns on SIGTERM, SIGINT or the admin console's SHUTDOWN
+/// (a graceful stop follows).
 async fn serve_signals(running: &proxy::RunningProxy) -> std::io::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut terminate = signal(SignalKind::terminate())?;
@@ -184,6 +185,10 @@ async fn serve_signals(running: &proxy::RunningProxy) -> std::io::Result<()> {
                 tracing::info!("SIGHUP: reloading the configuration");
                 // The reloader logs the outcome.
                 let _ = running.reload().await;
+            }
+            _ = running.context.stop_requested().cancelled() => {
+                tracing::info!("SHUTDOWN from the admin console: shutting down gracefully");
+                return Ok(());
             }
             _ = running.stopped() => return Ok(()),
         }

@@ -16,7 +16,12 @@ listeners:
     route: primary
     fallback: none
     pool: { mode: transaction, checkout_timeout: 5s, reset_query: "DISCARD ALL" }
-admin: { listen: 127.0.0.1:8080, reload_allowed_from: [10.0.0.0/8] }
+admin:
+  listen: 127.0.0.1:8080
+  reload_allowed_from: [10.0.0.0/8]
+  console_users: [app]
+  console_stats_users: [app]
+  console_allowed_from: [10.0.0.0/8]
 cluster:
   discovery: sql
   probe: { user: monitor, password: pw, database: postgres }

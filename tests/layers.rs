@@ -15,6 +15,7 @@ const LAYERS: &[&[&str]] = &[
         "stop_signal",
         "http_client",
         "protocol",
+        "control",
     ],
     &["auth", "config", "users", "metrics", "cancel"],
     &["server"],

@@ -1,8 +1,9 @@
 //! The admin HTTP server (hyper, HTTP/1.1): `GET /health` for Keepalived and load
 //! balancers (200 when the listeners are up and writes have a primary, else 503 with
 //! the reason; 503 at once when draining), `GET /status` with the topology, listeners
-//! and pools as JSON, `GET /metrics` for Prometheus, and `POST /reload` (loopback and
-//! `admin.reload_allowed_from` only) to re-read the config file.
+//! and pools as JSON, `GET /metrics` for Prometheus, `POST /reload` (loopback and
+//! `admin.reload_allowed_from` only) to re-read the config file, and `POST /pause`
+//! and `POST /resume` (same peers; see [`pause`]) around maintenance.
 
 use std::convert::Infallible;
 use std::net::IpAddr;
@@ -19,6 +20,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
 mod gauges;
+mod pause;
 mod status;
 
 use crate::config::Cidr;
@@ -68,13 +70,29 @@ async fn handle(
         (true, "/status") => status::status(ctx),
         (true, "/metrics") => metrics(ctx),
         (false, "/reload") if request.method() == Method::POST => reload(ctx, peer).await,
-        (true, "/reload") | (false, "/health" | "/status" | "/metrics" | "/reload") => text(
+        (false, "/pause" | "/resume") if request.method() == Method::POST => {
+            if !control_allowed(ctx, peer) {
+                tracing::warn!(%peer, "POST {} refused: peer not in admin.reload_allowed_from", request.uri().path());
+                return text(
+                    StatusCode::FORBIDDEN,
+                    "pause and resume are allowed from loopback and admin.reload_allowed_from only\n".into(),
+                );
+            }
+            let query = request.uri().query();
+            if request.uri().path() == "/pause" {
+                pause::pause(ctx, query).await
+            } else {
+                pause::resume(ctx, query)
+            }
+        }
+        (true, "/reload" | "/pause" | "/resume")
+        | (false, "/health" | "/status" | "/metrics" | "/reload" | "/pause" | "/resume") => text(
             StatusCode::METHOD_NOT_ALLOWED,
             "method not allowed\n".into(),
         ),
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found; try /health, /status, /metrics or POST /reload\n".into(),
+            "not found; try /health, /status, /metrics or POST /reload, /pause, /resume\n".into(),
         ),
     }
 }
@@ -96,8 +114,9 @@ fn metrics(ctx: &ProxyContext) -> Response<Full<Bytes>> {
     }
 }
 
-async fn reload(ctx: &ProxyContext, peer: IpAddr) -> Response<Full<Bytes>> {
-    let allowed = peer.is_loopback()
+/// POST /reload, /pause and /resume: loopback and `admin.reload_allowed_from`.
+fn control_allowed(ctx: &ProxyContext, peer: IpAddr) -> bool {
+    peer.is_loopback()
         || peer_is_mapped_loopback(peer)
         || ctx
             .config()
@@ -105,8 +124,11 @@ async fn reload(ctx: &ProxyContext, peer: IpAddr) -> Response<Full<Bytes>> {
             .reload_allowed_from
             .iter()
             .filter_map(|range| Cidr::parse(range).ok())
-            .any(|range| range.contains(peer));
-    if !allowed {
+            .any(|range| range.contains(peer))
+}
+
+async fn reload(ctx: &ProxyContext, peer: IpAddr) -> Response<Full<Bytes>> {
+    if !control_allowed(ctx, peer) {
         tracing::warn!(%peer, "POST /reload refused: peer not in admin.reload_allowed_from");
         return text(
             StatusCode::FORBIDDEN,

@@ -188,6 +188,16 @@ pub struct AdminConfig {
     /// Networks (CIDR) allowed to POST /reload; loopback is always allowed.
     #[serde(default)]
     pub reload_allowed_from: Vec<String>,
+    /// Users (from `users:`) who may open the PgBouncer-style admin console by
+    /// connecting to the database `pgbouncer` or `switchyard`: every command.
+    #[serde(default)]
+    pub console_users: Vec<String>,
+    /// Users who may open the console for the SHOW commands only.
+    #[serde(default)]
+    pub console_stats_users: Vec<String>,
+    /// Networks (CIDR) the console may be opened from; loopback is always allowed.
+    #[serde(default)]
+    pub console_allowed_from: Vec<String>,
 }
 
 impl Default for AdminConfig {
@@ -195,6 +205,9 @@ impl Default for AdminConfig {
         AdminConfig {
             listen: default_admin_listen(),
             reload_allowed_from: Vec::new(),
+            console_users: Vec::new(),
+            console_stats_users: Vec::new(),
+            console_allowed_from: Vec::new(),
         }
     }
 }

@@ -67,6 +67,26 @@ pub(super) fn validate(config: &mut Config) -> Result<(), ConfigError> {
         super::Cidr::parse(range)
             .map_err(|e| ConfigError::invalid(format!("admin.reload_allowed_from[{i}]"), e))?;
     }
+    for (i, range) in config.admin.console_allowed_from.iter().enumerate() {
+        super::Cidr::parse(range)
+            .map_err(|e| ConfigError::invalid(format!("admin.console_allowed_from[{i}]"), e))?;
+    }
+    for (key, names) in [
+        ("admin.console_users", &config.admin.console_users),
+        (
+            "admin.console_stats_users",
+            &config.admin.console_stats_users,
+        ),
+    ] {
+        if let Some(name) = names.iter().find(|n| config.user(n).is_none()) {
+            return Err(ConfigError::invalid(
+                key,
+                format!(
+                    "\"{name}\" is not in users: (console users log in with a configured password)"
+                ),
+            ));
+        }
+    }
     if let Err(e) = tracing_subscriber::EnvFilter::try_new(&config.log.level) {
         return Err(ConfigError::invalid("log.level", e.to_string()));
     }

@@ -72,6 +72,19 @@ struct Shard {
     transaction_duration: HistogramCells,
 }
 
+/// A listener's figures summed over its shards.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Totals {
+    pub transactions: u64,
+    pub queries: u64,
+    pub received_bytes: u64,
+    pub sent_bytes: u64,
+    /// Time transactions held their servers.
+    pub transaction_micros: u64,
+    /// Time clients waited for a server (including a failover hold).
+    pub wait_micros: u64,
+}
+
 /// One listener's data-path figures.
 pub struct ListenerMetrics {
     listener: String,
@@ -116,6 +129,26 @@ impl ListenerMetrics {
         let shard = self.shard();
         shard.transactions.fetch_add(1, Ordering::Relaxed);
         shard.transaction_duration.record(took);
+    }
+
+    /// The listener's totals so far, for the admin console's SHOW STATS.
+    pub fn totals(&self) -> Totals {
+        Totals {
+            transactions: self.total(|s| &s.transactions),
+            queries: self.total(|s| &s.queries),
+            received_bytes: self.total(|s| &s.received_bytes),
+            sent_bytes: self.total(|s| &s.sent_bytes),
+            transaction_micros: self.sum_micros(|s| &s.transaction_duration),
+            wait_micros: self.sum_micros(|s| &s.checkout_wait),
+        }
+    }
+
+    fn sum_micros(&self, cells: impl Fn(&Shard) -> &HistogramCells) -> u64 {
+        self.shards
+            .iter()
+            .map(|s| cells(s).sum_nanos.load(Ordering::Relaxed))
+            .fold(0u64, u64::wrapping_add)
+            / 1000
     }
 
     fn total(&self, field: impl Fn(&Shard) -> &AtomicU64) -> u64 {

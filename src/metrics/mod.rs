@@ -6,7 +6,7 @@
 
 mod data_path;
 
-pub use data_path::ListenerMetrics;
+pub use data_path::{ListenerMetrics, Totals};
 
 use std::sync::OnceLock;
 use std::time::Duration;

@@ -68,6 +68,14 @@ impl ClientError {
         }
     }
 
+    /// An error that ends the statement, not the session.
+    pub fn error(code: SqlState, message: impl Into<String>) -> ClientError {
+        ClientError {
+            severity: Severity::Error,
+            ..ClientError::fatal(code, message)
+        }
+    }
+
     pub fn with_detail(mut self, detail: impl Into<String>) -> ClientError {
         self.detail = Some(detail.into());
         self

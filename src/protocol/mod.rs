@@ -1,12 +1,14 @@
 //! The PostgreSQL wire protocol as far as a proxy needs it: stream framing for the
 //! relay ([`frame`]), pre-session packets ([`startup`]), the server messages read
-//! during login ([`backend`]), builders for what the proxy writes ([`messages`]) and
+//! during login ([`backend`]), builders for what the proxy writes ([`messages`], and [`result_set`] for
+//! the replies it answers itself) and
 //! named SQLSTATEs ([`sqlstate`]).
 
 pub mod backend;
 pub mod frame;
 pub mod frontend;
 pub mod messages;
+pub mod result_set;
 pub mod sqlstate;
 pub mod startup;
 pub mod tag;

@@ -32,6 +32,16 @@ pub enum SqlState {
     InvalidParameterValue,
     /// XX000: an internal error in the proxy.
     Internal,
+    /// 42601: an admin console command that does not parse.
+    SyntaxError,
+    /// 42501: an admin console command the user may not run.
+    InsufficientPrivilege,
+    /// 55000: an admin command that does not apply now (RESUME when not paused).
+    ObjectNotInPrerequisiteState,
+    /// 42704: an admin command names a database or client that does not exist.
+    UndefinedObject,
+    /// F0000: a reload asked for from the admin console failed.
+    ConfigFileError,
 }
 
 impl SqlState {
@@ -52,6 +62,11 @@ impl SqlState {
             SqlState::InvalidCatalogName => "3D000",
             SqlState::InvalidParameterValue => "22023",
             SqlState::Internal => "XX000",
+            SqlState::SyntaxError => "42601",
+            SqlState::InsufficientPrivilege => "42501",
+            SqlState::ObjectNotInPrerequisiteState => "55000",
+            SqlState::UndefinedObject => "42704",
+            SqlState::ConfigFileError => "F0000",
         }
     }
 }

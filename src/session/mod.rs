@@ -13,6 +13,7 @@ mod abandoned;
 mod checkout;
 pub mod client_auth;
 mod client_params;
+mod console;
 mod counters;
 pub mod handshake;
 mod hold;
@@ -39,6 +40,7 @@ use tracing::Instrument;
 
 use crate::config::{Config, PoolMode, SessionPooling};
 use crate::context::{ListenerState, ProxyContext};
+use crate::control::{ClientInfo, ClientState, Registered};
 use crate::pool::PooledServer;
 use crate::protocol::frame::complete_message_len;
 use crate::protocol::{messages, tag, ClientError, SqlState};
@@ -116,9 +118,40 @@ async fn run_in_span(
     let span = tracing::Span::current();
     span.record("user", params.user.as_str());
     span.record("database", params.database.as_str());
+    if console::is_console_database(&params.database) {
+        return console::serve(&mut socket, peer, &ctx, &params, greeting, unread).await;
+    }
+    if let Some(error) = disabled(&ctx, &params.database) {
+        return refuse(&mut socket, &error).await;
+    }
     let mut session = Session::new(ctx, listener, params, peer, started);
-    let end = session.serve(&mut socket, greeting, unread).await;
+    let kill = session.client.killed().clone();
+    let end = tokio::select! {
+        end = session.serve(&mut socket, greeting, unread) => end,
+        _ = kill.cancelled() => SessionEnd::Refused(killed(&mut socket).await),
+    };
     session.log_end(&end);
+}
+
+/// The refusal for a client of a database the console disabled (DISABLE).
+fn disabled(ctx: &ProxyContext, database: &str) -> Option<ClientError> {
+    ctx.pause_gate().is_disabled(database).then(|| {
+        ClientError::fatal(
+            SqlState::CannotConnectNow,
+            format!("database \"{database}\" is disabled (admin console DISABLE)"),
+        )
+    })
+}
+
+/// Ends a session an operator killed (KILL, KILL_CLIENT); its server connection,
+/// if it held one mid-transaction, was closed when the session's future dropped.
+async fn killed(socket: &mut TcpStream) -> ClientError {
+    let error = ClientError::fatal(
+        SqlState::AdminShutdown,
+        "terminating connection due to an administrator command (KILL)",
+    );
+    refuse(socket, &error).await;
+    error
 }
 
 async fn refuse(socket: &mut TcpStream, error: &ClientError) {
@@ -152,6 +185,8 @@ pub(crate) struct Session {
     statements: ClientStatements,
     counters: SessionCounters,
     signals: StopSignals,
+    /// This session in the client registry (SHOW CLIENTS, KILL, PAUSE).
+    client: Registered,
 }
 
 /// The proxy's drain and shutdown signals, subscribed once per session: a session
@@ -183,7 +218,21 @@ impl Session {
     ) -> Session {
         let config = ctx.config();
         let (draining, shutdown) = ctx.session_stop_waiters();
+        let registered = ctx.client_registry().register(ClientInfo {
+            user: client.user.clone(),
+            database: client.database.clone(),
+            listener: listener.config.name.clone(),
+            addr: peer,
+            local: listener.local_addr,
+            application_name: client
+                .passthrough
+                .iter()
+                .find(|(k, _)| k == "application_name")
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default(),
+        });
         Session {
+            client: registered,
             params: ClientParams::from_startup(&client.passthrough),
             env: SessionEnv {
                 pooling: config.pooling_for(&listener.config),
@@ -301,21 +350,31 @@ impl Session {
     /// A server connection for the next piece of work, parameters synced, with the
     /// wait counted for /status and metrics and the client marked active.
     async fn checkout(&mut self) -> Result<PooledServer, Refusal> {
+        // A paused database holds the transaction here (admin console PAUSE).
+        self.client
+            .enter_transaction(self.env.ctx.pause_gate())
+            .await;
         // One clock read at each end serves the hold deadline, the pool's staleness
         // checks, the wait metric and the transaction's start.
         let started = Instant::now();
+        self.client.mark_request(started);
         let result = self
             .servers
             .checkout(&self.env, self.params.desired(), started)
             .await;
         self.counters
             .checked_out(&self.env.listener, started, result.is_ok());
+        self.client.set_state(match result {
+            Ok(_) => ClientState::Active,
+            Err(_) => ClientState::Idle,
+        });
         result
     }
 
     /// The client holds no server now (transaction mode, between transactions).
     fn mark_idle(&mut self) {
         self.counters.mark_idle(&self.env.listener);
+        self.client.set_state(ClientState::Idle);
     }
 
     /// Waits until the inbox holds a complete message. Ok(false): the client said

@@ -12,6 +12,8 @@
 //! - `proxy`: Switchyard started in-process (`proxy::start`) from a test config
 //!   YAML (listeners `rw` and `ro`, the test users, fast health checks), the node
 //!   lists for it, and the admin API.
+//! - `console`: the admin console: a config with console users and a raw console
+//!   client that sees column names and type OIDs.
 //! - `clients`: tokio-postgres clients (through the proxy or straight to a server),
 //!   readable driver errors, one-value queries, psql as superuser from async code.
 //! - `python`: the Python venv of the driver tests (`target/pyenv`, from
@@ -29,6 +31,7 @@
 #![allow(dead_code)]
 
 pub mod clients;
+pub mod console;
 pub mod fake_patroni;
 pub mod patroni;
 pub mod pg;
