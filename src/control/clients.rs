@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
-use tokio_util::sync::CancellationToken;
+use crate::stop_signal::StopSignal;
 
 use super::pause::{PauseGate, PauseScope};
 
@@ -65,7 +65,9 @@ pub struct ClientEntry {
     /// Microseconds after `connected_instant` of the last transaction start, plus
     /// one (0: none yet).
     request_micros: AtomicU64,
-    kill: CancellationToken,
+    /// Fired by KILL / KILL_CLIENT. A StopSignal, not a CancellationToken: the
+    /// session polls it on every wake-up, and a token's poll takes a lock.
+    kill: Arc<StopSignal>,
 }
 
 impl ClientEntry {
@@ -110,11 +112,11 @@ impl ClientEntry {
 
     /// Ends the session (KILL / KILL_CLIENT).
     pub fn kill(&self) {
-        self.kill.cancel();
+        self.kill.fire();
     }
 
     /// Resolves when the session was killed.
-    pub fn killed(&self) -> &CancellationToken {
+    pub fn killed(&self) -> &Arc<StopSignal> {
         &self.kill
     }
 }
@@ -158,7 +160,7 @@ impl ClientRegistry {
             connected_instant: Instant::now(),
             state: AtomicU8::new(ClientState::Idle as u8),
             request_micros: AtomicU64::new(0),
-            kill: CancellationToken::new(),
+            kill: Arc::new(StopSignal::default()),
         });
         self.clients().insert(id, Arc::clone(&entry));
         Registered {
@@ -225,7 +227,7 @@ mod tests {
         a.set_state(ClientState::Idle);
         assert_eq!(registry.busy_in(&PauseScope::All), 0);
         assert_eq!(registry.kill_database("b"), 1);
-        assert!(b.killed().is_cancelled() && !a.killed().is_cancelled());
+        assert!(b.killed().is_fired() && !a.killed().is_fired());
         drop(b);
         assert_eq!(registry.all().len(), 1);
     }

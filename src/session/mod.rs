@@ -125,10 +125,11 @@ async fn run_in_span(
         return refuse(&mut socket, &error).await;
     }
     let mut session = Session::new(ctx, listener, params, peer, started);
-    let kill = session.client.killed().clone();
+    let kill = session.client.killed().subscribe();
     let end = tokio::select! {
+        biased;
         end = session.serve(&mut socket, greeting, unread) => end,
-        _ = kill.cancelled() => SessionEnd::Refused(killed(&mut socket).await),
+        _ = kill.fired() => SessionEnd::Refused(killed(&mut socket).await),
     };
     session.log_end(&end);
 }

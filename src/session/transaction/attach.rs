@@ -37,7 +37,8 @@ struct Shared<'a> {
     /// request is whole: it may be sent again, and the first replies are held
     /// back until they show whether it ran.
     replayable: bool,
-    shape: RequestShape,
+    /// The copy of the client's messages in this attach, while replayable.
+    replay: &'a mut BytesMut,
     /// What the copy and the held replies take from the proxy-wide budget.
     held: Reservation<'a>,
     /// Client bytes are being written to the server: it must not be released
@@ -49,9 +50,16 @@ struct Shared<'a> {
 }
 
 impl Shared<'_> {
+    /// Whether the copied request may run again (judged only when a server
+    /// ends before answering, so the hot path never reads the SQL for it).
+    fn resendable(&self) -> bool {
+        self.replayable && RequestShape::of(self.replay, self.client).resendable()
+    }
+
     /// The request can no longer be sent again: stop keeping anything for it.
     fn stop_replay(&mut self) {
         self.replayable = false;
+        self.replay.clear();
         self.held.release_all();
     }
 }
@@ -108,7 +116,7 @@ pub(super) async fn attach(
     let shared = Mutex::new(Shared {
         ledger,
         replayable: resend_allowed,
-        shape: RequestShape::default(),
+        replay,
         held: Reservation::new(env.ctx.client_buffers()),
         writing: false,
         client: &mut session.statements,
@@ -123,7 +131,6 @@ pub(super) async fn attach(
         limits,
         inbox,
         out,
-        replay,
         received: Received::default(),
     };
     let mut downstream = Downstream {
@@ -171,7 +178,6 @@ struct Upstream<'s, 'a> {
     limits: Limits,
     inbox: &'s mut BytesMut,
     out: &'s mut BytesMut,
-    replay: &'s mut BytesMut,
     received: Received,
 }
 
@@ -255,36 +261,27 @@ impl Upstream<'_, '_> {
     /// be sent again and the copy stays within its bounds; where the copy starts.
     fn keep_copy(&mut self, state: &mut Shared<'_>) -> Option<usize> {
         if !state.replayable {
-            if !self.replay.is_empty() {
-                self.replay.clear();
-            }
             return None;
         }
         let complete = complete_prefix(self.inbox, self.limits.max_message);
-        let from = self.replay.len();
+        let from = state.replay.len();
         if from + complete > MAX_HELD || !state.held.grow(complete) {
             state.stop_replay();
-            self.replay.clear();
             // Anything held back must go now.
             self.wake.notify_one();
             return None;
         }
-        self.replay.extend_from_slice(&self.inbox[..complete]);
+        state.replay.extend_from_slice(&self.inbox[..complete]);
         Some(from)
     }
 
-    /// Notes what the copied messages are (after translation, so statements they
-    /// name are known); true when a Flush among them ended the replay: the client
-    /// waits for the replies so far.
+    /// True when a Flush among the messages just copied ended the replay: the
+    /// client waits for the replies so far. Only the message types are read.
     fn note_copy(&mut self, state: &mut Shared<'_>, from: usize) -> bool {
-        let mut flushed = false;
-        for message in Messages::new(&self.replay[from..], usize::MAX) {
-            flushed |= message.tag == tag::FLUSH;
-            state.shape.note(&message, state.client);
-        }
+        let flushed = Messages::new(&state.replay[from..], usize::MAX)
+            .any(|message| message.tag == tag::FLUSH);
         if flushed {
             state.stop_replay();
-            self.replay.clear();
         }
         flushed
     }
@@ -379,9 +376,7 @@ impl Downstream<'_, '_> {
                 }))
             }
             Some(Err(e))
-                if state.replayable
-                    && state.shape.resendable()
-                    && resend::reset_before_reply(state.ledger.requests, &e) =>
+                if resend::reset_before_reply(state.ledger.requests, &e) && state.resendable() =>
             {
                 return Ok(Step::Suspect)
             }
@@ -402,7 +397,7 @@ impl Downstream<'_, '_> {
         }
         if state.replayable && !self.buffer.is_empty() {
             match self.judge.judge(self.buffer) {
-                Verdict::GoingAway if state.shape.resendable() => return Ok(Step::Suspect),
+                Verdict::GoingAway if state.resendable() => return Ok(Step::Suspect),
                 Verdict::NeedMore if self.hold(state) => return Ok(Step::Hold),
                 Verdict::GoingAway | Verdict::NeedMore | Verdict::Answer => {}
             }
@@ -476,7 +471,7 @@ impl Downstream<'_, '_> {
         let leaving = resend::node_is_leaving(self.env, self.pool).await;
         let mut guard = lock(self.shared);
         let state = &mut *guard;
-        if leaving && state.replayable && state.shape.resendable() {
+        if leaving && state.resendable() {
             return Err(Detach::Retry);
         }
         state.stop_replay();

@@ -25,7 +25,7 @@
 use crate::config::Route;
 use crate::pool::ServerPool;
 use crate::protocol::backend::parse_error_fields;
-use crate::protocol::frame::{complete_message_len, Message};
+use crate::protocol::frame::{complete_message_len, Message, Messages};
 use crate::protocol::{split_cstr, tag};
 use crate::session::sql_lex::{Kind, Lexer, Splitter};
 use crate::session::statements::ClientStatements;
@@ -120,7 +120,16 @@ pub(super) struct RequestShape {
 }
 
 impl RequestShape {
-    pub(super) fn note(&mut self, message: &Message<'_>, client: &ClientStatements) {
+    /// The shape of a copied request (complete client messages).
+    pub(super) fn of(request: &[u8], client: &ClientStatements) -> RequestShape {
+        let mut shape = RequestShape::default();
+        for message in Messages::new(request, usize::MAX) {
+            shape.note(&message, client);
+        }
+        shape
+    }
+
+    fn note(&mut self, message: &Message<'_>, client: &ClientStatements) {
         match message.tag {
             tag::QUERY => {
                 self.executions += 1;
@@ -235,7 +244,6 @@ pub(super) async fn node_is_leaving(env: &SessionEnv, pool: &ServerPool) -> bool
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::frame::Messages;
     use crate::protocol::test_message as message;
 
     fn going_away(buffer: &[u8]) -> Verdict {
@@ -325,13 +333,7 @@ mod tests {
     #[test]
     fn a_request_is_resendable_only_when_it_runs_one_safe_statement() {
         let client = ClientStatements::default();
-        let shape_of = |bytes: &[u8]| {
-            let mut shape = RequestShape::default();
-            for message in Messages::new(bytes, 1 << 20) {
-                shape.note(&message, &client);
-            }
-            shape.resendable()
-        };
+        let shape_of = |bytes: &[u8]| RequestShape::of(bytes, &client).resendable();
         let query = |sql: &str| message(b'Q', format!("{sql}\0").as_bytes());
         let parse = |sql: &str| message(b'P', format!("\0{sql}\0\0\0").as_bytes());
         let bind = message(b'B', b"\0\0\0\0\0\0\0\0");
