@@ -298,8 +298,9 @@ impl ServerPool {
         }
     }
 
-    async fn connect(&self) -> Result<Box<ServerConnection>, ServerError> {
-        let login = LoginRequest {
+    /// The pool's user and database, with what the user's secret logs in with.
+    fn login_request(&self) -> Result<LoginRequest<'_>, ServerError> {
+        Ok(LoginRequest {
             user: &self.key.user,
             credential: self
                 .secret
@@ -307,7 +308,11 @@ impl ServerPool {
                 .map_err(|e| ServerError::Auth(e.to_string()))?,
             database: &self.key.database,
             params: &[],
-        };
+        })
+    }
+
+    async fn connect(&self) -> Result<Box<ServerConnection>, ServerError> {
+        let login = self.login_request()?;
         let settings = self.settings.load_full();
         let connection = server::connect_with(
             &self.key.node,
@@ -327,15 +332,7 @@ impl ServerPool {
     /// connections (after one of its backends ended with FATAL 57P01). Not counted
     /// as a pool connection; bounded by the connect timeout, at most 2 s.
     pub async fn probe_login(&self) -> Result<(), ServerError> {
-        let login = LoginRequest {
-            user: &self.key.user,
-            credential: self
-                .secret
-                .credential()
-                .map_err(|e| ServerError::Auth(e.to_string()))?,
-            database: &self.key.database,
-            params: &[],
-        };
+        let login = self.login_request()?;
         let timeout = self
             .settings
             .load()
