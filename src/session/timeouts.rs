@@ -17,6 +17,7 @@ use std::io;
 use std::time::Duration;
 
 use tokio::time::Instant;
+use tokio_util::either::Either;
 
 use crate::config::Config;
 use crate::protocol::{tag, ClientError, SqlState};
@@ -86,35 +87,42 @@ impl Timeouts {
     }
 
     /// The client's read, ended with [`Expired::IdleInTransaction`] once
-    /// `idle_in_transaction` has said so for the whole limit.
-    pub async fn client_read<F, T>(
+    /// `idle_in_transaction` has said so for the whole limit. Without a limit it
+    /// is the bare read: this runs for every read of every transaction.
+    pub fn client_read<'a, F, T: 'a>(
         &self,
         read: F,
-        idle_in_transaction: impl FnMut() -> Option<u64>,
-    ) -> io::Result<T>
+        idle_in_transaction: impl FnMut() -> Option<u64> + 'a,
+    ) -> Either<F, impl Future<Output = io::Result<T>> + 'a>
     where
-        F: Future<Output = io::Result<T>>,
+        F: Future<Output = io::Result<T>> + 'a,
     {
-        bounded(
-            read,
-            self.idle_transaction,
-            idle_in_transaction,
-            Expired::IdleInTransaction,
-        )
-        .await
+        match self.idle_transaction {
+            None => Either::Left(read),
+            Some(limit) => Either::Right(bounded(
+                read,
+                limit,
+                idle_in_transaction,
+                Expired::IdleInTransaction,
+            )),
+        }
     }
 
     /// The server's read, ended with [`Expired::Query`] once `owed` has said a
-    /// reply is owed for the whole limit with no byte from the server.
-    pub async fn server_read<F, T>(
+    /// reply is owed for the whole limit with no byte from the server. Without a
+    /// limit it is the bare read.
+    pub fn server_read<'a, F, T: 'a>(
         &self,
         read: F,
-        owed: impl FnMut() -> Option<u64>,
-    ) -> io::Result<T>
+        owed: impl FnMut() -> Option<u64> + 'a,
+    ) -> Either<F, impl Future<Output = io::Result<T>> + 'a>
     where
-        F: Future<Output = io::Result<T>>,
+        F: Future<Output = io::Result<T>> + 'a,
     {
-        bounded(read, self.query, owed, Expired::Query).await
+        match self.query {
+            None => Either::Left(read),
+            Some(limit) => Either::Right(bounded(read, limit, owed, Expired::Query)),
+        }
     }
 }
 
@@ -127,16 +135,13 @@ fn step(limit: Duration) -> Duration {
 /// `limit` (a new mark, such as more client bytes, starts the clock again).
 async fn bounded<F, T>(
     read: F,
-    limit: Option<Duration>,
+    limit: Duration,
     mut waiting: impl FnMut() -> Option<u64>,
     expired: fn(Duration) -> Expired,
 ) -> io::Result<T>
 where
     F: Future<Output = io::Result<T>>,
 {
-    let Some(limit) = limit else {
-        return read.await;
-    };
     let step = step(limit);
     let mut read = std::pin::pin!(read);
     let mut since: Option<(Instant, u64)> = None;
