@@ -73,16 +73,24 @@ const STARTUP_CASES: &[&str] = &[
 /// Issue #14: the pid psycopg2 reports is its server backend's (session mode).
 const PID_CASES: &[&str] = &["pg2_own_backend_pid"];
 
-/// The driver cluster with role `tenant_a`, granted to `app` (idempotent).
+/// The driver cluster with role `tenant_a`, granted to `app`: set up once per test
+/// binary (tests run concurrently, and two concurrent CREATE ROLEs of one name fail
+/// with a unique violation rather than `duplicate_object`).
 async fn cluster_port() -> u16 {
-    let port = driver_cluster().await.port(0);
-    su_sql(
-        port,
-        "DO $$ BEGIN CREATE ROLE tenant_a; EXCEPTION WHEN duplicate_object THEN NULL; END $$; \
-         GRANT tenant_a TO app",
-    )
-    .await;
-    port
+    static PORT: tokio::sync::OnceCell<u16> = tokio::sync::OnceCell::const_new();
+    *PORT
+        .get_or_init(|| async {
+            let port = driver_cluster().await.port(0);
+            su_sql(
+                port,
+                "DO $$ BEGIN CREATE ROLE tenant_a; \
+                 EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$; \
+                 GRANT tenant_a TO app",
+            )
+            .await;
+            port
+        })
+        .await
 }
 
 async fn cases(what: &str, cases: &[&'static str], via: Via) {
