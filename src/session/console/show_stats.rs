@@ -33,6 +33,33 @@ fn averages(totals: &Totals, seconds: u64) -> Averages {
     }
 }
 
+/// The seven total_* columns of SHOW STATS and STATS_TOTALS (query time is the
+/// transaction time: queries are not timed one by one).
+fn total_cells(t: &Totals) -> [Option<String>; 7] {
+    [
+        v(t.transactions),
+        v(t.queries),
+        v(t.received_bytes),
+        v(t.sent_bytes),
+        v(t.transaction_micros),
+        v(t.transaction_micros),
+        v(t.wait_micros),
+    ]
+}
+
+/// The seven avg_* columns of SHOW STATS and STATS_AVERAGES.
+fn average_cells(a: &Averages) -> [Option<String>; 7] {
+    [
+        v(a.xact_count),
+        v(a.query_count),
+        v(a.received),
+        v(a.sent),
+        v(a.xact_time),
+        v(a.query_time),
+        v(a.wait_time),
+    ]
+}
+
 fn per_listener(ctx: &ProxyContext) -> Vec<(String, Totals)> {
     ctx.listeners()
         .iter()
@@ -48,25 +75,12 @@ pub(super) fn stats(ctx: &ProxyContext, started: Instant) -> Table {
     let seconds = uptime_seconds(started);
     let mut table = Table::with_extra(table::STATS, table::STATS_EXTRA);
     for (name, t) in per_listener(ctx) {
-        let a = averages(&t, seconds);
-        table.row(vec![
-            v(name),
-            v(t.transactions),
-            v(t.queries),
-            v(t.received_bytes),
-            v(t.sent_bytes),
-            v(t.transaction_micros),
-            v(t.transaction_micros),
-            v(t.wait_micros),
-            v(a.xact_count),
-            v(a.query_count),
-            v(a.received),
-            v(a.sent),
-            v(a.xact_time),
-            v(a.query_time),
-            v(a.wait_time),
-            v(t.queries),
-        ]);
+        let mut row = vec![v(name)];
+        row.extend(total_cells(&t));
+        row.extend(average_cells(&averages(&t, seconds)));
+        // The exporter's `total_requests` (gone from PgBouncer since 1.8).
+        row.push(v(t.queries));
+        table.row(row);
     }
     table
 }
@@ -74,16 +88,9 @@ pub(super) fn stats(ctx: &ProxyContext, started: Instant) -> Table {
 pub(super) fn stats_totals(ctx: &ProxyContext) -> Table {
     let mut table = Table::new(table::STATS_PARTS);
     for (name, t) in per_listener(ctx) {
-        table.row(vec![
-            v(name),
-            v(t.transactions),
-            v(t.queries),
-            v(t.received_bytes),
-            v(t.sent_bytes),
-            v(t.transaction_micros),
-            v(t.transaction_micros),
-            v(t.wait_micros),
-        ]);
+        let mut row = vec![v(name)];
+        row.extend(total_cells(&t));
+        table.row(row);
     }
     table
 }
@@ -92,17 +99,9 @@ pub(super) fn stats_averages(ctx: &ProxyContext, started: Instant) -> Table {
     let seconds = uptime_seconds(started);
     let mut table = Table::new(table::STATS_PARTS);
     for (name, t) in per_listener(ctx) {
-        let a = averages(&t, seconds);
-        table.row(vec![
-            v(name),
-            v(a.xact_count),
-            v(a.query_count),
-            v(a.received),
-            v(a.sent),
-            v(a.xact_time),
-            v(a.query_time),
-            v(a.wait_time),
-        ]);
+        let mut row = vec![v(name)];
+        row.extend(average_cells(&averages(&t, seconds)));
+        table.row(row);
     }
     table
 }
