@@ -112,6 +112,18 @@ async fn replies_before_a_flush_reach_the_client_without_a_sync() {
     }
 }
 
+/// How many times `nextval('terminated_runs')` has run.
+async fn terminated_runs(client: &tokio_postgres::Client) -> i64 {
+    client
+        .query_one(
+            "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM terminated_runs",
+            &[],
+        )
+        .await
+        .expect("last_value")
+        .get(0)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_terminated_backend_gives_its_client_the_error_once() {
     let cluster = shared_cluster().await;
@@ -119,14 +131,7 @@ async fn a_terminated_backend_gives_its_client_the_error_once() {
     su_appdb(port, "CREATE SEQUENCE IF NOT EXISTS terminated_runs; GRANT ALL ON SEQUENCE terminated_runs TO app").await;
     let (proxy, _api) = proxy_for(port, "pool: { mode: transaction, size: 2 }\n").await;
     let client = connect(proxy.listener_addr("rw").expect("rw"), "app", "app_pw").await;
-    let runs_before: i64 = client
-        .query_one(
-            "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM terminated_runs",
-            &[],
-        )
-        .await
-        .expect("last_value")
-        .get(0);
+    let runs_before = terminated_runs(&client).await;
     let marker = "terminate_me_7731";
     let sql = format!("SELECT nextval('terminated_runs'), pg_sleep(30) /* {marker} */");
     let query = client.simple_query(&sql);
@@ -146,14 +151,7 @@ async fn a_terminated_backend_gives_its_client_the_error_once() {
         "the server's own error: {error:?}"
     );
     let direct = direct(port).await;
-    let runs_after: i64 = direct
-        .query_one(
-            "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM terminated_runs",
-            &[],
-        )
-        .await
-        .expect("last_value")
-        .get(0);
+    let runs_after = terminated_runs(&direct).await;
     assert_eq!(runs_after, runs_before + 1, "the query ran once, not again");
 }
 
