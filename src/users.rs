@@ -26,7 +26,6 @@ pub struct UserEntry {
 
 pub struct UserDb {
     users: HashMap<String, UserEntry>,
-    mock: ScramVerifier,
 }
 
 impl UserDb {
@@ -53,24 +52,11 @@ impl UserDb {
                 (u.name.clone(), entry)
             })
             .collect();
-        let mock_password: String = {
-            use rand::Rng;
-            let bytes: [u8; 24] = rand::thread_rng().gen();
-            bytes.iter().map(|b| format!("{b:02x}")).collect()
-        };
-        UserDb {
-            users,
-            mock: ScramVerifier::generate(&mock_password),
-        }
+        UserDb { users }
     }
 
     pub fn get(&self, name: &str) -> Option<&UserEntry> {
         self.users.get(name)
-    }
-
-    /// A verifier no password matches, for users that do not exist.
-    pub fn mock_verifier(&self) -> &ScramVerifier {
-        &self.mock
     }
 }
 

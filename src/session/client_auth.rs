@@ -4,6 +4,8 @@
 //! to servers). Unknown users run the same exchange against a mock verifier
 //! and get the same 28P01 as a wrong password, so a client cannot probe for names.
 
+use std::borrow::Cow;
+
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -38,22 +40,26 @@ async fn send(socket: &mut TcpStream, bytes: &[u8]) -> Result<(), HandshakeFailu
 
 /// Which exchange checks a user's clients.
 enum Exchange<'a> {
-    Scram(&'a scram::ScramVerifier),
+    Scram(Cow<'a, scram::ScramVerifier>),
     Md5,
 }
 
 /// SCRAM for SCRAM users and for any user stored as a SCRAM secret (PostgreSQL
 /// also answers an `md5` rule with SCRAM when it only has the secret); MD5
 /// otherwise. Unknown users go through SCRAM against the mock verifier.
-fn exchange_for<'u>(users: &'u UserDb, entry: Option<&'u UserEntry>) -> Exchange<'u> {
+fn exchange_for<'u>(user: &str, entry: Option<&'u UserEntry>) -> Exchange<'u> {
     let Some(entry) = entry else {
-        return Exchange::Scram(users.mock_verifier());
+        return Exchange::Scram(Cow::Owned(scram::ScramVerifier::mock_for(user)));
     };
     match (entry.method, entry.secret.stored(), &entry.verifier) {
-        (_, StoredPassword::ScramSecret(verifier), _) => Exchange::Scram(verifier),
-        (ClientAuthMethod::ScramSha256, _, Some(verifier)) => Exchange::Scram(verifier),
+        (_, StoredPassword::ScramSecret(verifier), _) => Exchange::Scram(Cow::Borrowed(verifier)),
+        (ClientAuthMethod::ScramSha256, _, Some(verifier)) => {
+            Exchange::Scram(Cow::Borrowed(verifier))
+        }
         // An MD5 hash cannot check SCRAM (validation refuses that pairing).
-        (ClientAuthMethod::ScramSha256, _, None) => Exchange::Scram(users.mock_verifier()),
+        (ClientAuthMethod::ScramSha256, _, None) => {
+            Exchange::Scram(Cow::Owned(scram::ScramVerifier::mock_for(user)))
+        }
         (ClientAuthMethod::Md5, _, _) => Exchange::Md5,
     }
 }
@@ -68,9 +74,9 @@ pub async fn authenticate<'u>(
     out: &mut BytesMut,
 ) -> Result<&'u UserEntry, HandshakeFailure> {
     let entry = users.get(user);
-    let accepted = match exchange_for(users, entry) {
+    let accepted = match exchange_for(user, entry) {
         Exchange::Scram(verifier) => {
-            let client_key = scram_exchange(socket, reader, verifier.clone(), out).await?;
+            let client_key = scram_exchange(socket, reader, verifier.into_owned(), out).await?;
             if let (Some(key), Some(entry)) = (client_key, entry) {
                 // Kept for logging in to servers when only the secret is known.
                 entry.secret.learn_client_key(key);

@@ -248,6 +248,24 @@ impl ScramVerifier {
         }
     }
 
+    /// A verifier no password matches, for a user that does not exist. Its salt
+    /// is derived from the name under a key drawn once per process, so asking
+    /// twice for one unknown name shows the same salt (as a real user's stored
+    /// secret does) and two unknown names show different ones: the salt does not
+    /// tell a prober which names exist.
+    pub fn mock_for(user: &str) -> ScramVerifier {
+        static KEY: std::sync::OnceLock<Key> = std::sync::OnceLock::new();
+        let key = KEY.get_or_init(rand::random);
+        let digest = hmac_sha256(key, &[b"switchyard mock salt\0", user.as_bytes()]);
+        ScramVerifier {
+            iterations: DEFAULT_ITERATIONS,
+            salt: digest[..SALT_LEN].to_vec(),
+            // Random keys: no proof can match them.
+            stored_key: rand::random(),
+            server_key: rand::random(),
+        }
+    }
+
     /// A fresh verifier with a random 16-byte salt and 4096 iterations.
     pub fn generate(password: &str) -> ScramVerifier {
         let salt: [u8; SALT_LEN] = rand::random();
