@@ -12,6 +12,7 @@ use arc_swap::ArcSwap;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use crate::accept_limits::Admission;
 use crate::buffer_budget::BufferBudget;
 use crate::cancel::CancelRegistry;
 use crate::config::{Config, ListenerConfig};
@@ -46,6 +47,8 @@ pub struct ProxyContext {
     stop: StopSignals,
     /// Bytes held for clients across sessions (resend copies, held replies).
     client_buffers: BufferBudget,
+    /// Places for connections that have not finished logging in.
+    admission: Arc<Admission>,
     /// PAUSE/RESUME and DISABLE/ENABLE (admin console, HTTP API).
     pause_gate: PauseGate,
     /// Every client session, for SHOW CLIENTS, KILL and pausing.
@@ -90,6 +93,7 @@ impl ProxyContext {
         let client_buffers = BufferBudget::new(config.client.max_buffered_bytes.0 as usize);
         ProxyContext {
             client_buffers,
+            admission: Arc::new(Admission::default()),
             pause_gate: PauseGate::default(),
             registry: Arc::new(ClientRegistry::default()),
             stop_requested: CancellationToken::new(),
@@ -129,6 +133,11 @@ impl ProxyContext {
         self.client_buffers
             .set_limit(config.client.max_buffered_bytes.0 as usize);
         self.config.store(config);
+    }
+
+    /// Places for connections still logging in.
+    pub(crate) fn admission(&self) -> &Arc<Admission> {
+        &self.admission
     }
 
     /// The proxy-wide budget for bytes held for clients.

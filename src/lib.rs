@@ -16,14 +16,16 @@
 //! - `pool`: per-(node, database, user) server pools, reacting to the topology.
 //! - [`topology`]: Patroni polling or SQL probes, rise/fall health, snapshots.
 //! - [`server`]: one logged-in PostgreSQL connection, its parameters and statements.
-//! - [`config`], [`auth`] (SCRAM, MD5), `users`, `metrics` (recording), `cancel` (keys).
+//! - [`config`], [`auth`] (SCRAM, MD5), `users`, `metrics` (recording), `cancel` (keys),
+//!   `accept_limits` (the limits on connections still logging in).
 //! - `protocol` (the wire vocabulary: message names, framing, builders), and small
-//!   utilities: `keyed_digest`, `buffer_budget`, `stop_signal`, [`http_client`],
+//!   utilities: `keyed_digest`, `log_text`, `buffer_budget`, `stop_signal`, [`http_client`],
 //!   `control` (the pause gate and the client registry the admin console drives).
 //!
 //! The binaries (`switchyard`, `switchyard-demo`) and the tests use only the public
 //! modules.
 
+pub(crate) mod accept_limits;
 pub(crate) mod admin;
 pub mod auth;
 pub(crate) mod buffer_budget;
@@ -34,6 +36,7 @@ pub(crate) mod control;
 pub mod http_client;
 pub(crate) mod keyed_digest;
 pub(crate) mod listener;
+pub(crate) mod log_text;
 pub(crate) mod metrics;
 pub(crate) mod pool;
 pub(crate) mod protocol;

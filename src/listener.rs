@@ -1,6 +1,8 @@
 //! Accept loops: one per configured listener. Each accepted client gets TCP options
-//! set and its own session task; accept errors (such as running out of file
-//! descriptors) back off instead of spinning. A loop stops (closing its socket) when
+//! set and its own session task, once [`accept_limits`](crate::accept_limits) gives it a
+//! place among the connections still logging in (else FATAL 53300 and close, with
+//! no task); accept errors (such as running out of file descriptors) back off
+//! instead of spinning. A loop stops (closing its socket) when
 //! a reload removes its listener or the proxy starts draining; sessions it started
 //! carry on.
 
@@ -12,8 +14,10 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::accept_limits::Crowded;
 use crate::config::ListenerConfig;
 use crate::context::{ListenerState, ProxyContext};
+use crate::protocol::{ClientError, SqlState};
 use crate::session;
 
 pub async fn accept_loop(
@@ -43,6 +47,13 @@ pub async fn accept_loop(
                 continue;
             }
         };
+        let logging_in = match ctx.admission().admit(peer.ip(), &ctx.config().client) {
+            Ok(place) => place,
+            Err(crowded) => {
+                refuse_crowded(stream, peer, crowded, &state.config.name);
+                continue;
+            }
+        };
         let _ = stream.set_nodelay(true);
         set_keepalive(&stream);
         let guard = ctx.count_client(&state);
@@ -50,10 +61,40 @@ pub async fn accept_loop(
         let state = Arc::clone(&state);
         tasks.spawn(async move {
             let _guard = guard;
-            session::run(stream, peer, ctx, state).await;
+            session::run(stream, peer, ctx, state, logging_in).await;
         });
     }
     tracing::info!(listener = %current.load().config.name, "listener closed");
+}
+
+/// Refuses a connection over the admission limits without a task or a wait: the
+/// FATAL goes out if the socket takes it at once (libpq shows it), and the socket
+/// is closed either way.
+fn refuse_crowded(
+    stream: tokio::net::TcpStream,
+    peer: std::net::SocketAddr,
+    crowded: Crowded,
+    listener: &str,
+) {
+    metrics::counter!(
+        "switchyard_client_refusals_total",
+        "listener" => listener.to_string(),
+        "reason" => crowded.reason()
+    )
+    .increment(1);
+    let error = ClientError::fatal(SqlState::TooManyConnections, crowded.message());
+    crate::metrics::record_error(listener, error.code.code());
+    let _ = stream.try_write(&error.encode());
+    if let Some(left_out) = crate::log_text::refusals().allow() {
+        tracing::warn!(
+            client = %peer,
+            listener,
+            reason = crowded.reason(),
+            refusals_not_logged = left_out,
+            "connection refused at accept: {}",
+            crowded.message()
+        );
+    }
 }
 
 /// Dead clients (a laptop that closed its lid) are noticed by TCP keepalive instead

@@ -124,6 +124,32 @@ fn health(admin: &str, timeout: Duration) -> ExitCode {
     }
 }
 
+/// Every client and server connection is a file descriptor; the usual soft limit
+/// (1024) would cap the proxy far below `max_client_connections`. The soft limit
+/// is raised to the hard one, and what the proxy got is logged.
+fn raise_fd_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let limit = getrlimit(Resource::Nofile);
+    let (Some(soft), hard) = (limit.current, limit.maximum) else {
+        tracing::info!("file descriptor limit: unlimited");
+        return;
+    };
+    // No hard limit: raise to the kernel's per-process cap, fs.nr_open.
+    let target = hard.unwrap_or(1 << 20);
+    if target <= soft {
+        tracing::info!(soft, hard = target, "file descriptor limit");
+        return;
+    }
+    let raised = rustix::process::Rlimit {
+        current: Some(target),
+        maximum: hard,
+    };
+    match setrlimit(Resource::Nofile, raised) {
+        Ok(()) => tracing::info!(from = soft, to = target, "file descriptor limit raised"),
+        Err(e) => tracing::warn!(soft, error = %e, "cannot raise the file descriptor limit"),
+    }
+}
+
 fn run(path: PathBuf) -> ExitCode {
     let config = match Config::load(&path) {
         Ok(config) => config,
@@ -133,6 +159,7 @@ fn run(path: PathBuf) -> ExitCode {
         }
     };
     init_logging(&config.log);
+    raise_fd_limit();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -11,13 +11,21 @@ use std::path::Path;
 const LAYERS: &[&[&str]] = &[
     &[
         "keyed_digest",
+        "log_text",
         "buffer_budget",
         "stop_signal",
         "http_client",
         "protocol",
         "control",
     ],
-    &["auth", "config", "users", "metrics", "cancel"],
+    &[
+        "auth",
+        "config",
+        "users",
+        "metrics",
+        "cancel",
+        "accept_limits",
+    ],
     &["server"],
     &["topology"],
     &["pool"],

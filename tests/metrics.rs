@@ -286,6 +286,8 @@ async fn metrics_describe_a_real_workload() {
         "switchyard_config_reloads_total",
         "switchyard_replica_lag_bytes",
         "switchyard_cancel_requests_total",
+        "switchyard_client_refusals_total",
+        "switchyard_auth_failures_total",
     ];
     for name in &documented {
         assert!(

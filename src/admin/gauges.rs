@@ -38,6 +38,11 @@ fn set_gauges(ctx: &ProxyContext) {
     }
     gauge("switchyard_held_clients", &[], ctx.held_clients() as f64);
     gauge(
+        "switchyard_unauthenticated_clients",
+        &[],
+        ctx.admission().logging_in() as f64,
+    );
+    gauge(
         "switchyard_client_buffered_bytes",
         &[],
         ctx.client_buffers().used() as f64,

@@ -24,6 +24,8 @@ struct Status<'a> {
     nodes: Vec<NodeStatus<'a>>,
     listeners: Vec<ListenerStatus<'a>>,
     clients: usize,
+    /// Connections that have not finished logging in (client.max_unauthenticated).
+    unauthenticated_clients: usize,
     /// Clients waiting for a primary (failover hold).
     held_clients: usize,
     /// Bytes held for clients (resend copies, held replies) and the limit.
@@ -97,6 +99,7 @@ pub(super) fn status(ctx: &ProxyContext) -> Response<Full<Bytes>> {
             })
             .collect(),
         clients: ctx.open_clients(),
+        unauthenticated_clients: ctx.admission().logging_in(),
         held_clients: ctx.held_clients(),
         client_buffered_bytes: ctx.client_buffers().used(),
         client_buffered_limit: ctx.client_buffers().limit(),

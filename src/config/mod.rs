@@ -404,6 +404,19 @@ pub struct ClientConfig {
     /// judge them); past it requests are simply not resendable.
     #[serde(default = "default_max_buffered_bytes")]
     pub max_buffered_bytes: ByteSize,
+    /// Connections that have not finished authentication, all listeners together;
+    /// more are refused at accept (53300), so a flood of idle sockets cannot take
+    /// the proxy's connections or file descriptors from real clients.
+    #[serde(default = "default_max_unauthenticated")]
+    pub max_unauthenticated: u32,
+    /// The same, per client IP address.
+    #[serde(default = "default_max_unauthenticated_per_source")]
+    pub max_unauthenticated_per_source: u32,
+    /// A failed login (28P01) is answered only after this long, holding the
+    /// connection's place under the limits above: password guessing from one
+    /// address is slowed to `max_unauthenticated_per_source` tries per delay.
+    #[serde(default = "default_auth_failure_delay")]
+    pub auth_failure_delay: HumanDuration,
 }
 
 impl Default for ClientConfig {
@@ -412,8 +425,21 @@ impl Default for ClientConfig {
             startup_timeout: default_startup_timeout(),
             max_message_size: default_max_message_size(),
             max_buffered_bytes: default_max_buffered_bytes(),
+            max_unauthenticated: default_max_unauthenticated(),
+            max_unauthenticated_per_source: default_max_unauthenticated_per_source(),
+            auth_failure_delay: default_auth_failure_delay(),
         }
     }
+}
+
+fn default_max_unauthenticated() -> u32 {
+    1_000
+}
+fn default_max_unauthenticated_per_source() -> u32 {
+    100
+}
+fn default_auth_failure_delay() -> HumanDuration {
+    HumanDuration(Duration::from_millis(500))
 }
 
 fn default_startup_timeout() -> HumanDuration {

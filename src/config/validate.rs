@@ -63,6 +63,20 @@ pub(super) fn validate(config: &mut Config) -> Result<(), ConfigError> {
             "must be at least 1kB",
         ));
     }
+    for (key, value) in [
+        (
+            "client.max_unauthenticated",
+            config.client.max_unauthenticated,
+        ),
+        (
+            "client.max_unauthenticated_per_source",
+            config.client.max_unauthenticated_per_source,
+        ),
+    ] {
+        if value == 0 {
+            return Err(ConfigError::invalid(key, "must be at least 1"));
+        }
+    }
     for (i, range) in config.admin.reload_allowed_from.iter().enumerate() {
         super::Cidr::parse(range)
             .map_err(|e| ConfigError::invalid(format!("admin.reload_allowed_from[{i}]"), e))?;

@@ -38,9 +38,11 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tracing::Instrument;
 
+use crate::accept_limits::LoggingIn;
 use crate::config::{Config, PoolMode, SessionPooling};
 use crate::context::{ListenerState, ProxyContext};
 use crate::control::{ClientInfo, ClientState, Registered};
+use crate::log_text::Escaped;
 use crate::pool::PooledServer;
 use crate::protocol::frame::complete_message_len;
 use crate::protocol::{messages, tag, ClientError, SqlState};
@@ -60,6 +62,7 @@ pub async fn run(
     peer: SocketAddr,
     ctx: Arc<ProxyContext>,
     listener: Arc<ListenerState>,
+    logging_in: LoggingIn,
 ) {
     // A DEBUG span: entering a span on every poll costs a few percent of the hot
     // path, so at INFO the session's own log lines carry its fields explicitly.
@@ -71,7 +74,7 @@ pub async fn run(
         database = tracing::field::Empty,
         node = tracing::field::Empty,
     );
-    run_in_span(socket, peer, ctx, listener)
+    run_in_span(socket, peer, ctx, listener, logging_in)
         .instrument(span)
         .await
 }
@@ -81,6 +84,7 @@ async fn run_in_span(
     peer: SocketAddr,
     ctx: Arc<ProxyContext>,
     listener: Arc<ListenerState>,
+    logging_in: LoggingIn,
 ) {
     let started = Instant::now();
     let startup_timeout = ctx.config().client.startup_timeout.0;
@@ -104,6 +108,16 @@ async fn run_in_span(
         }
         Ok(Err(HandshakeFailure::Refuse(error))) => {
             crate::metrics::record_error(&listener.config.name, error.code.code());
+            if error.code == SqlState::InvalidPassword {
+                // Answered late, still holding its admission place: guessing is
+                // slowed per address (auth_delay's idea).
+                metrics::counter!(
+                    "switchyard_auth_failures_total",
+                    "listener" => listener.config.name.clone()
+                )
+                .increment(1);
+                tokio::time::sleep(ctx.config().client.auth_failure_delay.0).await;
+            }
             return refuse(&mut socket, &error).await;
         }
         Err(_) => {
@@ -115,6 +129,8 @@ async fn run_in_span(
             return refuse(&mut socket, &error).await;
         }
     };
+    // Logged in (or a console session): its admission place goes back.
+    drop(logging_in);
     let span = tracing::Span::current();
     span.record("user", params.user.as_str());
     span.record("database", params.database.as_str());
@@ -160,7 +176,12 @@ async fn refuse(socket: &mut TcpStream, error: &ClientError) {
         .peer_addr()
         .map(|a| a.to_string())
         .unwrap_or_default();
-    tracing::info!(%client, %error, "client refused");
+    if let Some(left_out) = crate::log_text::refusals().allow() {
+        // The message may quote names the client chose.
+        let text = error.to_string();
+        let error = Escaped(&text);
+        tracing::info!(%client, refusals_not_logged = left_out, %error, "client refused");
+    }
     let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
         let _ = socket.write_all(&error.encode()).await;
         let _ = socket.shutdown().await;
@@ -507,8 +528,8 @@ impl Session {
         tracing::info!(
             client = %env.peer,
             listener = %env.listener.config.name,
-            user = %env.client.user,
-            database = %env.client.database,
+            user = %Escaped(&env.client.user),
+            database = %Escaped(&env.client.database),
             route = ?env.listener.config.route,
             mode = ?env.pooling.mode,
             node = self.servers.node_name().unwrap_or("-"),
@@ -516,7 +537,8 @@ impl Session {
             transactions = counters.transactions,
             bytes_from_client = counters.stats.client_bytes,
             bytes_from_server = counters.stats.server_bytes,
-            "session ended: {reason}"
+            "session ended: {}",
+            Escaped(&reason)
         );
     }
 }

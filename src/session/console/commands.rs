@@ -66,7 +66,7 @@ pub(super) async fn run(ctx: &ProxyContext, command: Command) -> Result<&'static
             ctx.pause_gate().pause(&scope);
             let killed = ctx.client_registry().kill_database(&db);
             reconnect(ctx, Some(&db));
-            tracing::info!(database = %db, killed, "KILL from the admin console");
+            tracing::info!(database = %crate::log_text::Escaped(&db), killed, "KILL from the admin console");
             Ok("KILL")
         }
         Command::KillClient(id) => kill_client(ctx, &id),

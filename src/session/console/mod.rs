@@ -95,7 +95,7 @@ pub(super) async fn serve(
         Ok(access) => access,
         Err(error) => return super::refuse(socket, &error).await,
     };
-    tracing::info!(client = %peer, user = %params.user, ?access, "admin console session opened");
+    tracing::info!(client = %peer, user = %crate::log_text::Escaped(&params.user), ?access, "admin console session opened");
     for (name, value) in [
         ("server_version", "1.18.0/switchyard"),
         ("client_encoding", "UTF8"),
@@ -120,7 +120,7 @@ pub(super) async fn serve(
         return;
     }
     let end = run(socket, ctx, access, unread).await;
-    tracing::info!(client = %peer, user = %params.user, "admin console session ended: {end}");
+    tracing::info!(client = %peer, user = %crate::log_text::Escaped(&params.user), "admin console session ended: {end}");
 }
 
 /// The query loop; returns why it ended.
