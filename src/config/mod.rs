@@ -15,6 +15,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::auth::require::RequireAuth;
+
 pub use api::{host_port, ApiEndpoint};
 pub use cidr::Cidr;
 pub use peers::{PeerConfig, MAX_PEER_ID};
@@ -298,6 +300,10 @@ pub struct ProbeConfig {
     pub password: Secret,
     #[serde(default = "default_probe_database")]
     pub database: String,
+    /// Authentication methods a server may ask the probe to use (as
+    /// `server.require_auth`, which the cluster section does not see).
+    #[serde(default)]
+    pub require_auth: RequireAuth,
 }
 
 fn default_probe_database() -> String {
@@ -357,6 +363,16 @@ pub struct UserConfig {
     pub password: Secret,
     #[serde(default = "default_client_auth")]
     pub auth: ClientAuthMethod,
+    /// Overrides `server.require_auth` for this user's server logins.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub require_auth: Option<RequireAuth>,
+}
+
+impl UserConfig {
+    /// The methods a server may use to log this user in.
+    pub fn server_require_auth(&self, server: &ServerConfig) -> RequireAuth {
+        self.require_auth.unwrap_or(server.require_auth)
+    }
 }
 
 fn default_client_auth() -> ClientAuthMethod {
@@ -443,6 +459,10 @@ pub struct ServerConfig {
     /// the client gets 57014 and both connections are closed. Off by default.
     #[serde(default)]
     pub query_timeout: Limit,
+    /// Authentication methods a server may ask Switchyard to use (libpq's
+    /// `require_auth`); by default SCRAM-SHA-256 only.
+    #[serde(default)]
+    pub require_auth: RequireAuth,
 }
 
 impl Default for ServerConfig {
@@ -452,6 +472,7 @@ impl Default for ServerConfig {
             cancel_timeout: default_cancel_timeout(),
             keepalive: KeepaliveConfig::default(),
             query_timeout: Limit::default(),
+            require_auth: RequireAuth::default(),
         }
     }
 }
