@@ -22,6 +22,8 @@ admin:
   console_users: [app]
   console_stats_users: [app]
   console_allowed_from: [10.0.0.0/8]
+  token: an-admin-token-of-some-length
+  max_connections: 64
 cluster:
   discovery: sql
   probe: { user: monitor, password: pw, database: postgres, require_auth: "scram-sha-256" }

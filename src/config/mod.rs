@@ -200,6 +200,13 @@ pub struct AdminConfig {
     /// Networks (CIDR) the console may be opened from; loopback is always allowed.
     #[serde(default)]
     pub console_allowed_from: Vec<String>,
+    /// When set, every endpoint but `/health` needs `Authorization: Bearer <token>`.
+    /// `${VAR}` parts come from the environment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<Secret>,
+    /// Admin HTTP connections served at once; more get 503 until one ends.
+    #[serde(default = "default_admin_max_connections")]
+    pub max_connections: u32,
 }
 
 impl Default for AdminConfig {
@@ -210,8 +217,14 @@ impl Default for AdminConfig {
             console_users: Vec::new(),
             console_stats_users: Vec::new(),
             console_allowed_from: Vec::new(),
+            token: None,
+            max_connections: default_admin_max_connections(),
         }
     }
+}
+
+fn default_admin_max_connections() -> u32 {
+    64
 }
 
 fn default_admin_listen() -> SocketAddr {

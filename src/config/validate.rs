@@ -21,6 +21,9 @@ pub(super) fn expand_secrets(
         let expanded = expand(probe.password.expose(), env, "cluster.probe.password")?;
         probe.password = Secret::new(expanded);
     }
+    if let Some(token) = config.admin.token.as_mut() {
+        *token = Secret::new(expand(token.expose(), env, "admin.token")?);
+    }
     Ok(())
 }
 
@@ -66,6 +69,24 @@ pub(super) fn validate(config: &mut Config) -> Result<(), ConfigError> {
     for (i, range) in config.admin.reload_allowed_from.iter().enumerate() {
         super::Cidr::parse(range)
             .map_err(|e| ConfigError::invalid(format!("admin.reload_allowed_from[{i}]"), e))?;
+    }
+    if config
+        .admin
+        .token
+        .as_ref()
+        .is_some_and(|t| t.expose().len() < 16)
+    {
+        // A short token is guessable over the network; the message never shows it.
+        return Err(ConfigError::invalid(
+            "admin.token",
+            "must be at least 16 characters (e.g. `openssl rand -hex 32`)",
+        ));
+    }
+    if config.admin.max_connections == 0 {
+        return Err(ConfigError::invalid(
+            "admin.max_connections",
+            "must be at least 1",
+        ));
     }
     for (i, range) in config.admin.console_allowed_from.iter().enumerate() {
         super::Cidr::parse(range)
@@ -313,9 +334,25 @@ fn validate_probe(cluster: &super::ClusterConfig) -> Result<(), ConfigError> {
     }
 }
 
-/// What `check` tells about a valid configuration that may still surprise: users
-/// whose stored password limits how Switchyard can log in to PostgreSQL.
+/// What `check` tells about a valid configuration that may still surprise: an admin
+/// API open beyond loopback without a token, and users whose stored password limits
+/// how Switchyard can log in to PostgreSQL.
 pub fn notes(config: &Config) -> Vec<String> {
+    let mut notes = Vec::new();
+    let admin = &config.admin;
+    if admin.token.is_none() && !admin.listen.ip().is_loopback() {
+        notes.push(format!(
+            "admin.listen is {} (not loopback) and admin.token is not set: anyone who can \
+             reach it can read /status and /metrics; set admin.token (e.g. \
+             \"${{SWITCHYARD_ADMIN_TOKEN}}\") or listen on 127.0.0.1",
+            admin.listen
+        ));
+    }
+    notes.extend(user_notes(config));
+    notes
+}
+
+fn user_notes(config: &Config) -> impl Iterator<Item = String> + '_ {
     config
         .users
         .iter()
@@ -334,7 +371,6 @@ pub fn notes(config: &Config) -> Vec<String> {
             )),
             _ => None,
         })
-        .collect()
 }
 
 fn validate_users(config: &Config) -> Result<(), ConfigError> {
