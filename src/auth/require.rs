@@ -1,7 +1,7 @@
 //! Which authentication methods a PostgreSQL server may make Switchyard use when it
 //! logs in (`server.require_auth`, libpq's `require_auth`): the list is parsed here
 //! and [`RequireAuth::check`] says whether a method the server asks for is allowed.
-//! The login loop ([`crate::server`]) asks before it sends anything, so a cleartext
+//! The server login loop asks before it sends anything, so a cleartext
 //! or MD5 password never reaches a server that was not allowed to ask for it.
 //!
 //! As in libpq, the list is comma-separated (or a YAML list) of `password`
