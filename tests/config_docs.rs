@@ -31,6 +31,7 @@ cluster:
     - { name: a, host: 127.0.0.1, port: 5432, api: "http://127.0.0.1:8008" }
   health: { interval: 1s, timeout: 1s, rise: 2, fall: 3 }
   max_replica_lag: 16MB
+  allowed_hosts: [10.0.0.0/24]
 users:
   - { name: app, password: pw, auth: md5, require_auth: [md5, scram-sha-256] }
 client: { startup_timeout: 10s, max_message_size: 64MB }

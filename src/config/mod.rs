@@ -259,6 +259,10 @@ pub struct ClusterConfig {
     /// leave the read route; `off` (the default) disables the check.
     #[serde(default)]
     pub max_replica_lag: MaxLag,
+    /// CIDR ranges members learned from Patroni's `/cluster` must be in (their
+    /// host and REST API host); empty: any.
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -219,6 +219,10 @@ fn validate_cluster(config: &mut Config) -> Result<(), ConfigError> {
             "at least one node is needed",
         ));
     }
+    for (i, range) in cluster.allowed_hosts.iter().enumerate() {
+        super::Cidr::parse(range)
+            .map_err(|e| ConfigError::invalid(format!("cluster.allowed_hosts[{i}]"), e))?;
+    }
     let seeds = cluster.nodes.iter().filter(|n| n.is_seed()).count();
     if seeds > 0 {
         return validate_seeds(cluster);
@@ -347,6 +351,13 @@ pub fn notes(config: &Config) -> Vec<String> {
              \"${{SWITCHYARD_ADMIN_TOKEN}}\") or listen on 127.0.0.1",
             admin.listen
         ));
+    }
+    if !config.cluster.allowed_hosts.is_empty() && !config.cluster.members_from_patroni() {
+        notes.push(
+            "cluster.allowed_hosts limits members learned from Patroni's /cluster; with \
+             nodes listed in full it has no effect"
+                .into(),
+        );
     }
     notes.extend(user_notes(config));
     notes
