@@ -5,6 +5,7 @@
 mod api;
 mod cidr;
 mod peers;
+mod redact;
 mod units;
 mod validate;
 pub use validate::notes;
@@ -706,8 +707,8 @@ impl Config {
         text: &str,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
-        let mut config: Config =
-            serde_saphyr::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        let mut config: Config = serde_saphyr::from_str(text)
+            .map_err(|e| ConfigError::Parse(redact::parse_error(text, &e)))?;
         validate::expand_secrets(&mut config, env)?;
         validate::validate(&mut config)?;
         Ok(config)
