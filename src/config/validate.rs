@@ -360,6 +360,20 @@ pub fn notes(config: &Config) -> Vec<String> {
         );
     }
     notes.extend(user_notes(config));
+    notes.extend(config.users.iter().filter_map(|user| {
+        let md5_only = matches!(
+            StoredPassword::parse(user.password.expose()),
+            Ok(StoredPassword::Md5Hash(_))
+        );
+        let allowed = user.server_require_auth(&config.server);
+        (md5_only && !allowed.allows(crate::auth::require::ServerAuthMethod::Md5)).then(|| {
+            format!(
+                "user {:?}: an MD5 hash can only answer a server's MD5 request, and \
+                 require_auth ({allowed}) does not allow md5: it cannot log in to any server",
+                user.name
+            )
+        })
+    }));
     notes
 }
 
@@ -455,7 +469,16 @@ users:
         assert!(!error.to_string().contains("aabbcc"), "{error}");
         let config = Config::from_yaml_str_with_env(&with_password(hash, "md5"), &env)
             .expect("an MD5 hash with MD5 clients");
-        assert!(notes(&config)[0].contains("MD5 cannot pass through"));
+        let said = notes(&config);
+        assert!(said[0].contains("MD5 cannot pass through"), "{said:?}");
+        assert!(
+            said[1].contains("require_auth (scram-sha-256) does not allow md5"),
+            "{said:?}"
+        );
+        let listed =
+            with_password(hash, "md5").replace("auth: md5 }", "auth: md5, require_auth: md5 }");
+        let config = Config::from_yaml_str_with_env(&listed, &env).expect("valid");
+        assert_eq!(notes(&config).len(), 1, "{:?}", notes(&config));
         let broken = "SCRAM-SHA-256$4096:c2FsdA==$bm90LWEta2V5";
         let error = Config::from_yaml_str_with_env(&with_password(broken, "scram-sha-256"), &env)
             .expect_err("not a SCRAM secret");

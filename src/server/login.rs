@@ -1,8 +1,8 @@
 //! Opening a server connection: TCP connect, StartupMessage (protocol 3.0), answering
 //! the authentication the server asks for if `require_auth` allows it
-//! ([`super::authenticate`]), then collecting ParameterStatus and BackendKeyData until ReadyForQuery.
-//! The whole exchange runs under one timeout; the socket gets TCP keepalive
-//! ([`super::socket`]).
+//! ([`super::authenticate`]), then collecting ParameterStatus and BackendKeyData
+//! until ReadyForQuery. The whole exchange runs under one timeout; the socket gets
+//! TCP keepalive ([`super::socket`]).
 
 use std::time::Duration;
 
