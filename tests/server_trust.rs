@@ -234,6 +234,26 @@ async fn authentication_ok_before_the_scram_signature_is_refused() {
 }
 
 #[tokio::test]
+async fn a_switch_to_cleartext_after_scram_began_is_refused_even_when_allowed() {
+    let (address, server) = fake_server(|mut socket| async move {
+        let _nonce = start_sasl(&mut socket).await;
+        socket.write_all(&auth_message(3, &[])).await.expect("ask");
+        rest_of_stream(&mut socket).await
+    })
+    .await;
+    let allowed = RequireAuth::parse("scram-sha-256,password").expect("valid");
+    let result = login_to(&address, allowed).await;
+    match result {
+        Err(ServerError::Protocol(text)) => {
+            assert!(text.contains("second authentication exchange"), "{text}")
+        }
+        other => panic!("expected a protocol error, got {other:?}"),
+    }
+    let sent = server.await.expect("fake server");
+    assert!(sent.is_empty(), "no password was sent: {sent:?}");
+}
+
+#[tokio::test]
 async fn a_wrong_scram_server_signature_is_refused() {
     let (address, _server) = fake_server(|mut socket| async move {
         let nonce = start_sasl(&mut socket).await;

@@ -54,6 +54,7 @@ where
             AuthRequest::Ok => return accept_ok(&progress, login),
             AuthRequest::Cleartext => {
                 allow(login, ServerAuthMethod::Password)?;
+                first_request(&progress)?;
                 progress = Progress::PasswordSent;
                 match login.credential {
                     Credential::Password(password) => messages::password(password),
@@ -62,16 +63,13 @@ where
             }
             AuthRequest::Md5 { salt } => {
                 allow(login, ServerAuthMethod::Md5)?;
+                first_request(&progress)?;
                 progress = Progress::PasswordSent;
                 md5_reply(login, salt)?
             }
             AuthRequest::Sasl { mechanisms } => {
                 allow(login, ServerAuthMethod::ScramSha256)?;
-                if !matches!(progress, Progress::Nothing) {
-                    return Err(ServerError::Protocol(
-                        "the server started a second authentication exchange".into(),
-                    ));
-                }
+                first_request(&progress)?;
                 let (client, reply) = start_scram(login, &mechanisms)?;
                 progress = Progress::Scram(Some(client));
                 reply
@@ -139,6 +137,17 @@ async fn read_auth_request<S: AsyncRead + Unpin>(
             "expected an authentication request, got message type {:?}",
             other as char
         ))),
+    }
+}
+
+/// A password or SASL request must be the server's first: one that switches
+/// methods mid-exchange (say, to cleartext after SCRAM began) is refused.
+fn first_request(progress: &Progress) -> Result<(), ServerError> {
+    match progress {
+        Progress::Nothing => Ok(()),
+        _ => Err(ServerError::Protocol(
+            "the server asked for a second authentication exchange".into(),
+        )),
     }
 }
 
