@@ -42,27 +42,31 @@ fn auth_message(code: u32, payload: &[u8]) -> BytesMut {
 }
 
 async fn read_startup(socket: &mut TcpStream) {
-    let len = tokio::time::timeout(WAIT, socket.read_u32())
+    let read = async {
+        let len = socket.read_u32().await?;
+        let mut rest = vec![0u8; (len as usize).saturating_sub(4)];
+        socket.read_exact(&mut rest).await?;
+        Ok::<_, std::io::Error>(())
+    };
+    tokio::time::timeout(WAIT, read)
         .await
         .expect("startup within the wait")
-        .expect("startup length");
-    let mut rest = vec![0u8; len as usize - 4];
-    tokio::time::timeout(WAIT, socket.read_exact(&mut rest))
-        .await
-        .expect("startup within the wait")
-        .expect("startup body");
+        .expect("a whole startup packet");
 }
 
 /// Reads one frontend message (type byte, body).
 async fn read_message(socket: &mut TcpStream) -> (u8, Vec<u8>) {
-    let tag = tokio::time::timeout(WAIT, socket.read_u8())
+    let read = async {
+        let tag = socket.read_u8().await?;
+        let len = socket.read_u32().await?;
+        let mut body = vec![0u8; (len as usize).saturating_sub(4)];
+        socket.read_exact(&mut body).await?;
+        Ok::<_, std::io::Error>((tag, body))
+    };
+    tokio::time::timeout(WAIT, read)
         .await
         .expect("a message within the wait")
-        .expect("message type");
-    let len = socket.read_u32().await.expect("message length");
-    let mut body = vec![0u8; len as usize - 4];
-    socket.read_exact(&mut body).await.expect("message body");
-    (tag, body)
+        .expect("a whole message")
 }
 
 /// Everything the client sends until it closes the connection.
