@@ -125,11 +125,11 @@ impl ProxyContext {
         self.users.load_full()
     }
 
-    /// Puts a new configuration (and the users it lists) in force.
-    pub(crate) fn set_config(&self, config: Arc<Config>) {
-        let previous = self.users.load();
-        self.users
-            .store(Arc::new(UserDb::from_config(&config, Some(&previous))));
+    /// Puts a new configuration in force with its users, built by
+    /// [`UserDb::from_config`] (off the async workers: it derives SCRAM keys for
+    /// plaintext passwords) from `config` and the current [`Self::users`].
+    pub(crate) fn set_config(&self, config: Arc<Config>, users: UserDb) {
+        self.users.store(Arc::new(users));
         self.client_buffers
             .set_limit(config.client.max_buffered_bytes.0 as usize);
         self.config.store(config);

@@ -160,6 +160,10 @@ fn run(path: PathBuf) -> ExitCode {
     };
     init_logging(&config.log);
     raise_fd_limit();
+    // What `check` notes (an admin API open without a token, ...) is logged too.
+    for note in switchyard::config::notes(&config) {
+        tracing::warn!("configuration note: {note}");
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -16,11 +16,13 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::auth::kdf;
 use crate::config::{Config, ListenerConfig};
 use crate::context::{ListenerCounters, ListenerState, ProxyContext, ReloadOutcome, ReloadRequest};
 use crate::listener;
 use crate::pool::PoolSettings;
 use crate::topology::{monitor, reconfigure};
+use crate::users::UserDb;
 
 /// One open listener: the socket lives in its accept loop task.
 struct ListenerSlot {
@@ -139,7 +141,13 @@ impl Reloader {
         let old = self.ctx.config();
         let mut changes = describe_changes(&old, &config);
         let config = Arc::new(config);
-        self.ctx.set_config(Arc::clone(&config));
+        let users = {
+            let (config, previous) = (Arc::clone(&config), self.ctx.users());
+            kdf::run(move || UserDb::from_config(&config, Some(&previous)))
+                .await
+                .map_err(|e| e.to_string())?
+        };
+        self.ctx.set_config(Arc::clone(&config), users);
         self.ctx
             .pools()
             .reconfigure(PoolSettings::from_config(&config), &self.ctx.users());

@@ -22,21 +22,25 @@ admin:
   console_users: [app]
   console_stats_users: [app]
   console_allowed_from: [10.0.0.0/8]
+  token: an-admin-token-of-some-length
+  max_connections: 64
 cluster:
   discovery: sql
-  probe: { user: monitor, password: pw, database: postgres }
+  probe: { user: monitor, password: pw, database: postgres, require_auth: "scram-sha-256" }
   nodes:
     - { name: a, host: 127.0.0.1, port: 5432, api: "http://127.0.0.1:8008" }
   health: { interval: 1s, timeout: 1s, rise: 2, fall: 3 }
   max_replica_lag: 16MB
+  allowed_hosts: [10.0.0.0/24]
 users:
-  - { name: app, password: pw, auth: md5 }
+  - { name: app, password: pw, auth: md5, require_auth: [md5, scram-sha-256] }
 client: { startup_timeout: 10s, max_message_size: 64MB }
 server:
   connect_timeout: 5s
   cancel_timeout: 3s
   keepalive: { idle: 10s, interval: 5s, count: 3 }
   query_timeout: 1m
+  require_auth: scram-sha-256,md5
 pool:
   mode: session
   size: 20

@@ -26,9 +26,11 @@ async fn follows_a_real_patroni_cluster_through_switchover() {
         .iter()
         .map(|n| format!("    - {{ api: \"{}\" }}\n", n.api))
         .collect();
-    let seeded = start_proxy(
-        &config_yaml(&[], "primary", "").replace("  nodes:\n", &format!("  nodes:\n{seeds}")),
-    )
+    // allowed_hosts admits what real Patroni reports (host and api_url on loopback).
+    let seeded = start_proxy(&config_yaml(&[], "primary", "").replace(
+        "  nodes:\n",
+        &format!("  allowed_hosts: [127.0.0.0/8]\n  nodes:\n{seeds}"),
+    ))
     .await;
     let seeded_rw = seeded.listener_addr("rw").expect("rw");
     let learned = eventually(
@@ -41,6 +43,8 @@ async fn follows_a_real_patroni_cluster_through_switchover() {
         },
     )
     .await;
+    let status = admin_status(&seeded).await;
+    assert_eq!(status["ignored_members"], serde_json::json!([]), "{status}");
     println!("members and primary learned from /cluster within {learned:?}");
     let seeded_writer = connect(seeded_rw, "app", "app_pw").await;
     assert_eq!(server_port(&seeded_writer).await, cluster.pg_port(leader));

@@ -80,6 +80,7 @@ async fn server_connections_carry_the_configured_keepalive() {
         credential: Credential::Password("app_pw"),
         database: "appdb",
         params: &[],
+        require_auth: Default::default(),
     };
     let connection = server::connect_with(
         "node1",

@@ -92,8 +92,8 @@ async fn an_md5_hash_checks_md5_clients_and_answers_the_servers_md5_challenge() 
     assert!(hash.starts_with("md5") && hash.len() == 35, "{hash}");
     let (yaml, _api) = config_with_stored(
         port,
-        "{ name: app_md5, password: app_md5_pw, auth: md5 }",
-        &format!("{{ name: app_md5, password: \"{hash}\", auth: md5 }}"),
+        "{ name: app_md5, password: app_md5_pw, auth: md5, require_auth: md5 }",
+        &format!("{{ name: app_md5, password: \"{hash}\", auth: md5, require_auth: md5 }}"),
     )
     .await;
     let proxy = start_proxy(&yaml).await;

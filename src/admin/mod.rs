@@ -3,7 +3,9 @@
 //! the reason; 503 at once when draining), `GET /status` with the topology, listeners
 //! and pools as JSON, `GET /metrics` for Prometheus, `POST /reload` (loopback and
 //! `admin.reload_allowed_from` only) to re-read the config file, and `POST /pause`
-//! and `POST /resume` (same peers; see [`pause`]) around maintenance.
+//! and `POST /resume` (same peers; see [`pause`]) around maintenance. Who may ask is
+//! [`access`] (`admin.token`, JSON-only POSTs); how many connections at once,
+//! [`slots`].
 
 use std::convert::Infallible;
 use std::net::IpAddr;
@@ -19,14 +21,18 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
+mod access;
 mod gauges;
 mod pause;
+mod slots;
 mod status;
 
 use crate::config::Cidr;
 use crate::context::ProxyContext;
+use slots::{Admission, Slots};
 
 pub async fn serve(socket: TcpListener, ctx: Arc<ProxyContext>) {
+    let slots = Arc::new(Slots::default());
     loop {
         let accepted = tokio::select! {
             accepted = socket.accept() => accepted,
@@ -40,20 +46,52 @@ pub async fn serve(socket: TcpListener, ctx: Arc<ProxyContext>) {
                 continue;
             }
         };
+        let limit = ctx.config().admin.max_connections as usize;
         let ctx = Arc::clone(&ctx);
-        tokio::spawn(async move {
-            let service = service_fn(move |request| {
-                let ctx = Arc::clone(&ctx);
-                async move { Ok::<_, Infallible>(handle(&request, &ctx, peer.ip()).await) }
-            });
-            let connection = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(5))
-                .keep_alive(false)
-                .serve_connection(TokioIo::new(stream), service);
-            let _ = tokio::time::timeout(Duration::from_secs(30), connection).await;
-        });
+        match slots.admit(limit) {
+            Admission::Serve(slot) => {
+                tokio::spawn(async move {
+                    let service = service_fn(move |request| {
+                        let ctx = Arc::clone(&ctx);
+                        async move { Ok::<_, Infallible>(handle(&request, &ctx, peer.ip()).await) }
+                    });
+                    serve_connection(stream, service, Duration::from_secs(30)).await;
+                    drop(slot);
+                });
+            }
+            Admission::Refuse(slot) => {
+                tracing::debug!(%peer, limit, "admin connection refused: admin.max_connections reached");
+                tokio::spawn(async move {
+                    let service = service_fn(move |_request| async move {
+                        Ok::<_, Infallible>(text(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            format!("too many admin connections (admin.max_connections is {limit}); try again\n"),
+                        ))
+                    });
+                    serve_connection(stream, service, Duration::from_secs(5)).await;
+                    drop(slot);
+                });
+            }
+            Admission::Drop => drop(stream),
+        }
     }
+}
+
+/// Serves one HTTP/1.1 connection (one request, no keep-alive) within `limit`.
+async fn serve_connection<S>(stream: tokio::net::TcpStream, service: S, limit: Duration)
+where
+    S: hyper::service::Service<
+        Request<Incoming>,
+        Response = Response<Full<Bytes>>,
+        Error = Infallible,
+    >,
+{
+    let connection = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(5))
+        .keep_alive(false)
+        .serve_connection(TokioIo::new(stream), service);
+    let _ = tokio::time::timeout(limit, connection).await;
 }
 
 async fn handle(
@@ -61,6 +99,10 @@ async fn handle(
     ctx: &ProxyContext,
     peer: IpAddr,
 ) -> Response<Full<Bytes>> {
+    if let Some(refusal) = access::refusal(request, ctx.config().admin.token.as_ref()) {
+        tracing::info!(%peer, path = request.uri().path(), status = %refusal.status(), "admin request refused");
+        return refusal;
+    }
     let readable = matches!(
         *request.method(),
         Method::GET | Method::HEAD | Method::OPTIONS

@@ -22,6 +22,8 @@ struct Status<'a> {
     #[serde(serialize_with = "crate::topology::snapshot::serialize_time")]
     topology_changed_at: Option<std::time::SystemTime>,
     nodes: Vec<NodeStatus<'a>>,
+    /// Members Patroni's `/cluster` names that `cluster.allowed_hosts` keeps out.
+    ignored_members: &'a [crate::topology::admission::IgnoredMember],
     listeners: Vec<ListenerStatus<'a>>,
     clients: usize,
     /// Connections that have not finished logging in (client.max_unauthenticated).
@@ -66,6 +68,7 @@ struct ListenerStatus<'a> {
 
 pub(super) fn status(ctx: &ProxyContext) -> Response<Full<Bytes>> {
     let topology: Arc<Topology> = ctx.topology().load();
+    let ignored_members = ctx.topology().ignored_members();
     let listeners = ctx.listeners();
     let config = ctx.config();
     let status = Status {
@@ -85,6 +88,7 @@ pub(super) fn status(ctx: &ProxyContext) -> Response<Full<Bytes>> {
                 state: node,
             })
             .collect(),
+        ignored_members: &ignored_members,
         listeners: listeners
             .iter()
             .map(|l| ListenerStatus {

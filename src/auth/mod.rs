@@ -4,10 +4,14 @@
 //! MD5 challenge/response ([`md5`]) and SCRAM-SHA-256 ([`scram`]) for both
 //! directions (the proxy authenticating a connecting client, and the proxy
 //! authenticating itself to a PostgreSQL server), plus the shared
-//! [`AuthError`] type. Every byte handed to these functions is treated as
-//! untrusted: malformed input yields an error, never a panic.
+//! [`AuthError`] type; which methods a server may ask for ([`require`]); and
+//! where key derivation runs ([`kdf`], the one part that touches the runtime).
+//! Every byte handed to these functions is treated as untrusted: malformed
+//! input yields an error, never a panic.
 
+pub mod kdf;
 pub mod md5;
+pub mod require;
 pub mod scram;
 pub mod stored;
 
@@ -41,7 +45,10 @@ pub enum AuthError {
     #[error("invalid SCRAM server signature")]
     InvalidServerSignature,
     /// The server sent an iteration count that is zero or unreasonably large.
-    #[error("unacceptable SCRAM iteration count {0}")]
+    #[error(
+        "unacceptable SCRAM iteration count {0} (Switchyard accepts 1 to {max})",
+        max = scram::MAX_ITERATIONS
+    )]
     BadIterationCount(u32),
     /// The server ended the exchange with `e=<error>`.
     #[error("SCRAM server error: {0}")]

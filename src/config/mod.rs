@@ -5,6 +5,7 @@
 mod api;
 mod cidr;
 mod peers;
+mod redact;
 mod units;
 mod validate;
 pub use validate::notes;
@@ -14,6 +15,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+
+use crate::auth::require::RequireAuth;
 
 pub use api::{host_port, ApiEndpoint};
 pub use cidr::Cidr;
@@ -198,6 +201,13 @@ pub struct AdminConfig {
     /// Networks (CIDR) the console may be opened from; loopback is always allowed.
     #[serde(default)]
     pub console_allowed_from: Vec<String>,
+    /// When set, every endpoint but `/health` needs `Authorization: Bearer <token>`.
+    /// `${VAR}` parts come from the environment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<Secret>,
+    /// Admin HTTP connections served at once; more get 503 until one ends.
+    #[serde(default = "default_admin_max_connections")]
+    pub max_connections: u32,
 }
 
 impl Default for AdminConfig {
@@ -208,8 +218,14 @@ impl Default for AdminConfig {
             console_users: Vec::new(),
             console_stats_users: Vec::new(),
             console_allowed_from: Vec::new(),
+            token: None,
+            max_connections: default_admin_max_connections(),
         }
     }
+}
+
+fn default_admin_max_connections() -> u32 {
+    64
 }
 
 fn default_admin_listen() -> SocketAddr {
@@ -244,6 +260,10 @@ pub struct ClusterConfig {
     /// leave the read route; `off` (the default) disables the check.
     #[serde(default)]
     pub max_replica_lag: MaxLag,
+    /// CIDR ranges members learned from Patroni's `/cluster` must be in (their
+    /// host and REST API host); empty: any.
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -298,6 +318,10 @@ pub struct ProbeConfig {
     pub password: Secret,
     #[serde(default = "default_probe_database")]
     pub database: String,
+    /// Authentication methods a server may ask the probe to use (as
+    /// `server.require_auth`, which the cluster section does not see).
+    #[serde(default)]
+    pub require_auth: RequireAuth,
 }
 
 fn default_probe_database() -> String {
@@ -357,6 +381,16 @@ pub struct UserConfig {
     pub password: Secret,
     #[serde(default = "default_client_auth")]
     pub auth: ClientAuthMethod,
+    /// Overrides `server.require_auth` for this user's server logins.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub require_auth: Option<RequireAuth>,
+}
+
+impl UserConfig {
+    /// The methods a server may use to log this user in.
+    pub fn server_require_auth(&self, server: &ServerConfig) -> RequireAuth {
+        self.require_auth.unwrap_or(server.require_auth)
+    }
 }
 
 fn default_client_auth() -> ClientAuthMethod {
@@ -469,6 +503,10 @@ pub struct ServerConfig {
     /// the client gets 57014 and both connections are closed. Off by default.
     #[serde(default)]
     pub query_timeout: Limit,
+    /// Authentication methods a server may ask Switchyard to use (libpq's
+    /// `require_auth`); by default SCRAM-SHA-256 only.
+    #[serde(default)]
+    pub require_auth: RequireAuth,
 }
 
 impl Default for ServerConfig {
@@ -478,6 +516,7 @@ impl Default for ServerConfig {
             cancel_timeout: default_cancel_timeout(),
             keepalive: KeepaliveConfig::default(),
             query_timeout: Limit::default(),
+            require_auth: RequireAuth::default(),
         }
     }
 }
@@ -694,8 +733,8 @@ impl Config {
         text: &str,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
-        let mut config: Config =
-            serde_saphyr::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        let mut config: Config = serde_saphyr::from_str(text)
+            .map_err(|e| ConfigError::Parse(redact::parse_error(text, &e)))?;
         validate::expand_secrets(&mut config, env)?;
         validate::validate(&mut config)?;
         Ok(config)

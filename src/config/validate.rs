@@ -21,6 +21,9 @@ pub(super) fn expand_secrets(
         let expanded = expand(probe.password.expose(), env, "cluster.probe.password")?;
         probe.password = Secret::new(expanded);
     }
+    if let Some(token) = config.admin.token.as_mut() {
+        *token = Secret::new(expand(token.expose(), env, "admin.token")?);
+    }
     Ok(())
 }
 
@@ -80,6 +83,24 @@ pub(super) fn validate(config: &mut Config) -> Result<(), ConfigError> {
     for (i, range) in config.admin.reload_allowed_from.iter().enumerate() {
         super::Cidr::parse(range)
             .map_err(|e| ConfigError::invalid(format!("admin.reload_allowed_from[{i}]"), e))?;
+    }
+    if config
+        .admin
+        .token
+        .as_ref()
+        .is_some_and(|t| t.expose().len() < 16)
+    {
+        // A short token is guessable over the network; the message never shows it.
+        return Err(ConfigError::invalid(
+            "admin.token",
+            "must be at least 16 characters (e.g. `openssl rand -hex 32`)",
+        ));
+    }
+    if config.admin.max_connections == 0 {
+        return Err(ConfigError::invalid(
+            "admin.max_connections",
+            "must be at least 1",
+        ));
     }
     for (i, range) in config.admin.console_allowed_from.iter().enumerate() {
         super::Cidr::parse(range)
@@ -212,6 +233,10 @@ fn validate_cluster(config: &mut Config) -> Result<(), ConfigError> {
             "at least one node is needed",
         ));
     }
+    for (i, range) in cluster.allowed_hosts.iter().enumerate() {
+        super::Cidr::parse(range)
+            .map_err(|e| ConfigError::invalid(format!("cluster.allowed_hosts[{i}]"), e))?;
+    }
     let seeds = cluster.nodes.iter().filter(|n| n.is_seed()).count();
     if seeds > 0 {
         return validate_seeds(cluster);
@@ -327,9 +352,46 @@ fn validate_probe(cluster: &super::ClusterConfig) -> Result<(), ConfigError> {
     }
 }
 
-/// What `check` tells about a valid configuration that may still surprise: users
-/// whose stored password limits how Switchyard can log in to PostgreSQL.
+/// What `check` tells about a valid configuration that may still surprise: an admin
+/// API open beyond loopback without a token, and users whose stored password limits
+/// how Switchyard can log in to PostgreSQL.
 pub fn notes(config: &Config) -> Vec<String> {
+    let mut notes = Vec::new();
+    let admin = &config.admin;
+    if admin.token.is_none() && !admin.listen.ip().is_loopback() {
+        notes.push(format!(
+            "admin.listen is {} (not loopback) and admin.token is not set: anyone who can \
+             reach it can read /status and /metrics; set admin.token (e.g. \
+             \"${{SWITCHYARD_ADMIN_TOKEN}}\") or listen on 127.0.0.1",
+            admin.listen
+        ));
+    }
+    if !config.cluster.allowed_hosts.is_empty() && !config.cluster.members_from_patroni() {
+        notes.push(
+            "cluster.allowed_hosts limits members learned from Patroni's /cluster; with \
+             nodes listed in full it has no effect"
+                .into(),
+        );
+    }
+    notes.extend(user_notes(config));
+    notes.extend(config.users.iter().filter_map(|user| {
+        let md5_only = matches!(
+            StoredPassword::parse(user.password.expose()),
+            Ok(StoredPassword::Md5Hash(_))
+        );
+        let allowed = user.server_require_auth(&config.server);
+        (md5_only && !allowed.allows(crate::auth::require::ServerAuthMethod::Md5)).then(|| {
+            format!(
+                "user {:?}: an MD5 hash can only answer a server's MD5 request, and \
+                 require_auth ({allowed}) does not allow md5: it cannot log in to any server",
+                user.name
+            )
+        })
+    }));
+    notes
+}
+
+fn user_notes(config: &Config) -> impl Iterator<Item = String> + '_ {
     config
         .users
         .iter()
@@ -348,7 +410,6 @@ pub fn notes(config: &Config) -> Vec<String> {
             )),
             _ => None,
         })
-        .collect()
 }
 
 fn validate_users(config: &Config) -> Result<(), ConfigError> {
@@ -422,7 +483,16 @@ users:
         assert!(!error.to_string().contains("aabbcc"), "{error}");
         let config = Config::from_yaml_str_with_env(&with_password(hash, "md5"), &env)
             .expect("an MD5 hash with MD5 clients");
-        assert!(notes(&config)[0].contains("MD5 cannot pass through"));
+        let said = notes(&config);
+        assert!(said[0].contains("MD5 cannot pass through"), "{said:?}");
+        assert!(
+            said[1].contains("require_auth (scram-sha-256) does not allow md5"),
+            "{said:?}"
+        );
+        let listed =
+            with_password(hash, "md5").replace("auth: md5 }", "auth: md5, require_auth: md5 }");
+        let config = Config::from_yaml_str_with_env(&listed, &env).expect("valid");
+        assert_eq!(notes(&config).len(), 1, "{:?}", notes(&config));
         let broken = "SCRAM-SHA-256$4096:c2FsdA==$bm90LWEta2V5";
         let error = Config::from_yaml_str_with_env(&with_password(broken, "scram-sha-256"), &env)
             .expect_err("not a SCRAM secret");

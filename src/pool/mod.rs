@@ -185,6 +185,8 @@ mod tests {
             idle_timeout,
             lifetime: Duration::from_secs(3600),
             max_pools,
+            require_auth: Default::default(),
+            require_auth_by_user: Default::default(),
         })
     }
 

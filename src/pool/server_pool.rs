@@ -16,6 +16,7 @@ use std::collections::HashMap;
 
 use super::welcome::Welcomes;
 use super::PoolKey;
+use crate::auth::require::RequireAuth;
 use crate::auth::stored::ServerSecret;
 use crate::server::params::ParamSet;
 use crate::server::statements::StatementDef;
@@ -32,6 +33,9 @@ pub struct PoolSettings {
     pub lifetime: Duration,
     /// Pools that may exist at once (see [`super::PoolSet::get`]).
     pub max_pools: usize,
+    /// `server.require_auth`, and the users that override it.
+    pub require_auth: RequireAuth,
+    pub require_auth_by_user: Arc<HashMap<String, RequireAuth>>,
 }
 
 impl PoolSettings {
@@ -44,7 +48,23 @@ impl PoolSettings {
             idle_timeout: config.pool.server_idle_timeout.0,
             lifetime: config.pool.server_lifetime.0,
             max_pools: config.pool.max_pools as usize,
+            require_auth: config.server.require_auth,
+            require_auth_by_user: Arc::new(
+                config
+                    .users
+                    .iter()
+                    .filter_map(|u| u.require_auth.map(|r| (u.name.clone(), r)))
+                    .collect(),
+            ),
         }
+    }
+
+    /// The methods a server may ask `user`'s logins to use.
+    pub fn require_auth_for(&self, user: &str) -> RequireAuth {
+        self.require_auth_by_user
+            .get(user)
+            .copied()
+            .unwrap_or(self.require_auth)
     }
 }
 
@@ -308,6 +328,7 @@ impl ServerPool {
                 .map_err(|e| ServerError::Auth(e.to_string()))?,
             database: &self.key.database,
             params: &[],
+            require_auth: self.settings.load().require_auth_for(&self.key.user),
         })
     }
 

@@ -1,8 +1,8 @@
 //! Opening a server connection: TCP connect, StartupMessage (protocol 3.0), answering
-//! whatever authentication the server asks for (SCRAM-SHA-256, MD5, cleartext,
-//! trust), then collecting ParameterStatus and BackendKeyData until ReadyForQuery.
-//! The whole exchange runs under one timeout; the socket gets TCP keepalive
-//! ([`super::socket`]).
+//! the authentication the server asks for if `require_auth` allows it
+//! ([`super::authenticate`]), then collecting ParameterStatus and BackendKeyData
+//! until ReadyForQuery. The whole exchange runs under one timeout; the socket gets
+//! TCP keepalive ([`super::socket`]).
 
 use std::time::Duration;
 
@@ -10,14 +10,15 @@ use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
+use crate::auth::require::RequireAuth;
 use crate::auth::stored::Credential;
-use crate::auth::{md5, scram};
 use crate::config::KeepaliveConfig;
-use crate::protocol::backend::{self, AuthRequest};
+use crate::protocol::backend;
 use crate::protocol::messages;
 use crate::protocol::startup::{read_message, StartupError};
 use crate::protocol::tag;
 
+use super::authenticate::authenticate;
 use super::{ServerConnection, ServerError};
 
 /// Server messages during login are small, but an ErrorResponse or a NoticeResponse
@@ -32,6 +33,8 @@ pub struct LoginRequest<'a> {
     pub database: &'a str,
     /// Extra startup parameters (application_name, options, ...), not user/database.
     pub params: &'a [(String, String)],
+    /// The authentication methods the server may ask for (`server.require_auth`).
+    pub require_auth: RequireAuth,
 }
 
 /// [`connect_with`] the default TCP keepalive.
@@ -126,100 +129,6 @@ pub(super) async fn read(
         return Err(ServerError::rejected(&body));
     }
     Ok((tag, body))
-}
-
-/// The server asks for a method the configured credential cannot answer.
-fn cannot_answer(method: &str) -> ServerError {
-    ServerError::Auth(format!(
-        "the server asks for {method}, which the stored form of this user's password \
-         cannot answer (a SCRAM secret answers only SCRAM, an MD5 hash only MD5)"
-    ))
-}
-
-async fn authenticate(
-    stream: &mut TcpStream,
-    address: &str,
-    login: &LoginRequest<'_>,
-) -> Result<(), ServerError> {
-    let mut scram: Option<scram::ScramClient> = None;
-    loop {
-        let (tag, body) = read(stream, address).await?;
-        if tag != tag::AUTHENTICATION {
-            return Err(ServerError::Protocol(format!(
-                "expected an authentication request, got message type {:?}",
-                tag as char
-            )));
-        }
-        let request =
-            backend::parse_auth_request(&body).map_err(|e| ServerError::Protocol(e.to_string()))?;
-        let reply = match request {
-            AuthRequest::Ok => return Ok(()),
-            AuthRequest::Cleartext => match login.credential {
-                Credential::Password(password) => messages::password(password),
-                _ => return Err(cannot_answer("a cleartext password")),
-            },
-            AuthRequest::Md5 { salt } => match login.credential {
-                Credential::Password(password) => {
-                    messages::password(&md5::md5_response(login.user, password, salt))
-                }
-                Credential::Md5Hash(hash) => {
-                    messages::password(&md5::md5_response_from_hash(hash, salt))
-                }
-                Credential::ScramKeys { .. } => return Err(cannot_answer("MD5")),
-            },
-            AuthRequest::Sasl { mechanisms } => {
-                if !mechanisms
-                    .iter()
-                    .any(|m| *m == scram::SCRAM_SHA_256.as_bytes())
-                {
-                    return Err(ServerError::Auth(
-                        "server offers no SASL mechanism we support (need SCRAM-SHA-256)".into(),
-                    ));
-                }
-                let client = match login.credential {
-                    Credential::Password(password) => scram::ScramClient::new(password),
-                    Credential::ScramKeys {
-                        client_key,
-                        verifier,
-                    } => scram::ScramClient::from_client_key(client_key, verifier),
-                    Credential::Md5Hash(_) => return Err(cannot_answer("SCRAM-SHA-256")),
-                };
-                let first = client.client_first();
-                scram = Some(client);
-                messages::sasl_initial_response(scram::SCRAM_SHA_256, first)
-            }
-            AuthRequest::SaslContinue(data) => {
-                let client = scram.as_mut().ok_or_else(|| {
-                    ServerError::Protocol("SASL continue before SASL start".into())
-                })?;
-                let final_message = client
-                    .handle_server_first(data)
-                    .map_err(|e| ServerError::Auth(e.to_string()))?;
-                messages::sasl_response(final_message)
-            }
-            AuthRequest::SaslFinal(data) => {
-                let client = scram
-                    .as_ref()
-                    .ok_or_else(|| ServerError::Protocol("SASL final before SASL start".into()))?;
-                client
-                    .verify_server_final(data)
-                    .map_err(|e| ServerError::Auth(format!("server signature: {e}")))?;
-                continue;
-            }
-            AuthRequest::Unsupported(code) => {
-                return Err(ServerError::Auth(format!(
-                    "server asks for authentication method {code}, which a proxy cannot use"
-                )))
-            }
-        };
-        stream
-            .write_all(&reply)
-            .await
-            .map_err(|source| ServerError::Io {
-                address: address.to_string(),
-                source,
-            })?;
-    }
 }
 
 async fn collect_until_ready(connection: &mut ServerConnection) -> Result<(), ServerError> {

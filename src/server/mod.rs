@@ -2,6 +2,7 @@
 //! handed to a session for relaying. The session owns it while it uses it; this is
 //! the seam a pool takes over (check out a logged-in connection, give it back).
 
+mod authenticate;
 mod login;
 pub mod params;
 mod query;

@@ -61,6 +61,15 @@ pub struct RoleHealth {
 }
 
 impl RoleHealth {
+    /// A role that, unlike [`RoleHealth::default`], is not trusted on its first
+    /// "yes": it takes `rise` of them (members learned from Patroni's `/cluster`).
+    pub fn needing_rise() -> RoleHealth {
+        RoleHealth {
+            observed: true,
+            ..RoleHealth::default()
+        }
+    }
+
     pub fn observe(&mut self, check: &Check, rise: u32, fall: u32) {
         match check {
             Check::Yes => {
@@ -140,5 +149,14 @@ mod tests {
         for (name, checks, expected) in cases {
             assert_eq!(run(&checks), expected, "{name}");
         }
+    }
+
+    #[test]
+    fn a_role_needing_rise_is_not_trusted_on_its_first_yes() {
+        let mut health = RoleHealth::needing_rise();
+        health.observe(&Check::Yes, 2, 3);
+        assert!(!health.up);
+        health.observe(&Check::Yes, 2, 3);
+        assert!(health.up);
     }
 }

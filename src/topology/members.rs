@@ -123,13 +123,15 @@ pub async fn fetch(
     Err(format!("no seed answered /cluster ({})", errors.join("; ")))
 }
 
-/// Fresh (unknown) node states for the members.
+/// Fresh node states for the members, each needing `rise` checks before it is
+/// trusted in a role (a node already known keeps its state, see
+/// [`super::reconfigure::carry_over`]).
 pub fn nodes_from(members: &[Member]) -> Vec<NodeState> {
     members
         .iter()
         .map(|m| {
             let address = crate::config::host_port(&m.host, m.port);
-            NodeState::unknown(m.name.clone(), address, m.api.clone())
+            NodeState::learned(m.name.clone(), address, m.api.clone())
         })
         .collect()
 }

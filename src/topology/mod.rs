@@ -4,6 +4,7 @@
 //! a [`TopologyHandle`]: sessions read the latest with one atomic load (arc-swap) and
 //! can wait for routing changes on a watch channel.
 
+pub mod admission;
 pub mod health;
 pub mod members;
 pub mod monitor;
@@ -26,6 +27,8 @@ pub struct TopologyHandle {
     changes: watch::Sender<u64>,
     /// Count of finished health rounds, so starters can wait for the first.
     rounds: watch::Sender<u64>,
+    /// Members `/cluster` names that `cluster.allowed_hosts` keeps out (for `/status`).
+    ignored: ArcSwap<Vec<admission::IgnoredMember>>,
 }
 
 impl TopologyHandle {
@@ -34,6 +37,7 @@ impl TopologyHandle {
             current: ArcSwap::from_pointee(initial),
             changes: watch::channel(0).0,
             rounds: watch::channel(0).0,
+            ignored: ArcSwap::from_pointee(Vec::new()),
         })
     }
 
@@ -57,6 +61,17 @@ impl TopologyHandle {
             *g = generation;
             changed
         });
+    }
+
+    /// The members the last `/cluster` answer named that are not used.
+    pub fn ignored_members(&self) -> Arc<Vec<admission::IgnoredMember>> {
+        self.ignored.load_full()
+    }
+
+    pub fn set_ignored_members(&self, ignored: Vec<admission::IgnoredMember>) {
+        if **self.ignored.load() != ignored {
+            self.ignored.store(Arc::new(ignored));
+        }
     }
 
     /// Resolves at each routing change.

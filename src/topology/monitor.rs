@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{ApiEndpoint, ClusterConfig, Discovery, HealthConfig};
 
+use super::admission::MemberAdmission;
 use super::health::Check;
 use super::patroni;
 use super::probe::{refuse_lagging, replica_lags, Probe};
@@ -150,6 +151,7 @@ struct Membership {
     /// Which seed to ask first: the one that answered last time.
     next_seed: usize,
     failing: bool,
+    admission: MemberAdmission,
 }
 
 impl Membership {
@@ -162,6 +164,7 @@ impl Membership {
                 .collect(),
             next_seed: 0,
             failing: false,
+            admission: MemberAdmission::new(&cluster.allowed_hosts),
         })
     }
 
@@ -184,6 +187,8 @@ impl Membership {
             tracing::info!("membership: /cluster answers again");
             self.failing = false;
         }
+        let (members, ignored) = self.admission.admit(members, std::time::Instant::now());
+        handle.set_ignored_members(ignored);
         let fresh = members::nodes_from(&members);
         let current = handle.load();
         if members::same_nodes(&current.nodes, &fresh) {

@@ -86,6 +86,16 @@ impl NodeState {
         }
     }
 
+    /// A member learned from Patroni's `/cluster`: like [`NodeState::unknown`], but
+    /// each role takes `rise` successful checks before it carries traffic.
+    pub fn learned(name: String, address: String, api: Option<String>) -> NodeState {
+        NodeState {
+            primary: RoleHealth::needing_rise(),
+            replica: RoleHealth::needing_rise(),
+            ..NodeState::unknown(name, address, api)
+        }
+    }
+
     pub fn role(&self) -> &'static str {
         if self.primary.up {
             "primary"

@@ -42,6 +42,7 @@ struct Login {
     password: String,
     database: String,
     params: Vec<(String, String)>,
+    require_auth: crate::auth::require::RequireAuth,
 }
 
 /// The persistent probe connections of one cluster, aligned with its nodes by index.
@@ -68,6 +69,7 @@ impl SqlProber {
                 password: probe.password.expose().to_string(),
                 database: probe.database.clone(),
                 params: vec![("application_name".into(), APPLICATION_NAME.into())],
+                require_auth: probe.require_auth,
             })
         });
         SqlProber {
@@ -179,6 +181,7 @@ async fn query(
                 credential: crate::auth::stored::Credential::Password(&login.password),
                 database: &login.database,
                 params: &login.params,
+                require_auth: login.require_auth,
             };
             let fresh = server::connect(&target.name, &target.address, &request, timeout).await?;
             connection.insert(fresh)

@@ -432,11 +432,33 @@ pub async fn http_request(
     path: &str,
     timeout: Duration,
 ) -> std::io::Result<HttpResponse> {
+    // Switchyard's admin API takes a POST only with a JSON content type (or its
+    // token), as a script sends it; a browser form cannot.
+    let headers: &[(&str, &str)] = if method == "POST" {
+        &[("Content-Type", "application/json")]
+    } else {
+        &[]
+    };
+    http_request_with(addr, method, path, headers, timeout).await
+}
+
+/// [`http_request`] with exactly the extra `headers` given.
+pub async fn http_request_with(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    timeout: Duration,
+) -> std::io::Result<HttpResponse> {
     use std::io::{Error, ErrorKind};
+    let extra: String = headers
+        .iter()
+        .map(|(name, value)| format!("{name}: {value}\r\n"))
+        .collect();
     let fut = async {
         let mut s = TcpStream::connect(addr).await?;
         let req = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: */*\r\nConnection: close\r\n\r\n"
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: */*\r\n{extra}Connection: close\r\n\r\n"
         );
         s.write_all(req.as_bytes()).await?;
         let mut buf = Vec::new();

@@ -213,6 +213,14 @@ impl PatroniCluster {
                     },
                     "rewind": {"username": REWIND_USER, "password": REWIND_PASSWORD}
                 },
+                // Patroni writes pg_hba.conf from this on every node. Without it,
+                // initdb's own `trust` lines come first and decide, and the proxy
+                // (server.require_auth: scram-sha-256 by default) refuses the nodes.
+                "pg_hba": [
+                    "local all all trust",
+                    "host replication replicator 127.0.0.1/32 scram-sha-256",
+                    "host all all 127.0.0.1/32 scram-sha-256"
+                ],
                 "basebackup": [{"checkpoint": "fast"}],
                 "parameters": {"unix_socket_directories": base}
             },

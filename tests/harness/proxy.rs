@@ -22,12 +22,15 @@ pub struct NodeSpec {
     pub api: String,
 }
 
+/// The test users. The servers ask `app_md5` for MD5, `app_clear` for a cleartext
+/// password and `app_trust` for nothing (see `pg::PG_HBA`), so each allows just
+/// that method in `require_auth`; `app` logs in with SCRAM, the default.
 pub const USERS_YAML: &str = r#"
 users:
   - { name: app, password: app_pw }
-  - { name: app_md5, password: app_md5_pw, auth: md5 }
-  - { name: app_clear, password: app_clear_pw }
-  - { name: app_trust, password: trust_pw }
+  - { name: app_md5, password: app_md5_pw, auth: md5, require_auth: md5 }
+  - { name: app_clear, password: app_clear_pw, require_auth: password }
+  - { name: app_trust, password: trust_pw, require_auth: none }
 "#;
 
 /// Health checks of [`config_yaml`]: fast, so tests do not wait for roles.

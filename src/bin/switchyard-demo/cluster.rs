@@ -284,6 +284,7 @@ impl Cluster {
             credential: Credential::Password(&self.superuser_password),
             database,
             params: &[],
+            require_auth: Default::default(),
         };
         server::connect(&node.name, &node.address(), &login, SQL_TIMEOUT)
             .await

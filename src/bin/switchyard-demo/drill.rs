@@ -260,6 +260,7 @@ async fn client(
                     credential: Credential::Password(DEMO_PASSWORD),
                     database: DEMO_DB,
                     params: &params,
+                    require_auth: Default::default(),
                 };
                 match server::connect(kind, &address, &login, CONNECT_TIMEOUT).await {
                     Ok(fresh) => connection.insert(fresh),
