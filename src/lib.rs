@@ -16,7 +16,9 @@
 //! - `pool`: per-(node, database, user) server pools, reacting to the topology.
 //! - [`topology`]: Patroni polling or SQL probes, rise/fall health, snapshots.
 //! - [`server`]: one logged-in PostgreSQL connection, its parameters and statements.
-//! - [`config`], [`auth`] (SCRAM, MD5), `users`, `metrics` (recording), `cancel` (keys).
+//! - [`config`], [`auth`] (SCRAM, MD5), [`tls`] (client TLS: certificates, the
+//!   acceptor, the plain-or-TLS client stream), `users`, `metrics` (recording),
+//!   `cancel` (keys).
 //! - `protocol` (the wire vocabulary: message names, framing, builders), and small
 //!   utilities: `keyed_digest`, `buffer_budget`, `stop_signal`, [`http_client`],
 //!   `control` (the pause gate and the client registry the admin console drives).
@@ -43,5 +45,6 @@ pub(crate) mod router;
 pub mod server;
 pub(crate) mod session;
 pub(crate) mod stop_signal;
+pub mod tls;
 pub mod topology;
 pub(crate) mod users;

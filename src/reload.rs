@@ -20,6 +20,7 @@ use crate::config::{Config, ListenerConfig};
 use crate::context::{ListenerCounters, ListenerState, ProxyContext, ReloadOutcome, ReloadRequest};
 use crate::listener;
 use crate::pool::PoolSettings;
+use crate::tls::ClientTls;
 use crate::topology::{monitor, reconfigure};
 
 /// One open listener: the socket lives in its accept loop task.
@@ -84,12 +85,14 @@ impl Reloader {
         socket: TcpListener,
         config: ListenerConfig,
         counters: Option<Arc<ListenerCounters>>,
+        tls: Option<Arc<ClientTls>>,
     ) {
         let local_addr = socket.local_addr().unwrap_or(config.listen);
         let state = Arc::new(ArcSwap::from_pointee(ListenerState {
             counters: counters.unwrap_or_else(|| Arc::new(ListenerCounters::new(&config.name))),
             config: config.clone(),
             local_addr,
+            tls,
         }));
         tracing::info!(listener = %config.name, address = %local_addr, route = ?config.route, "listening");
         let stop = self.ctx.shutdown().child_token();
@@ -118,6 +121,11 @@ impl Reloader {
             return Err("this instance was started without a config file".into());
         };
         let config = Config::load(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        // Certificates and keys are read again on every reload, changed or not: a
+        // renewed certificate is picked up by SIGHUP alone. A bad one refuses the
+        // whole reload and the running ones stay.
+        let tls = crate::tls::load_for_listeners(&config)
+            .map_err(|e| format!("{}: TLS: {e}", path.display()))?;
         if self.ctx.draining().is_cancelled() {
             return Err("the proxy is shutting down".into());
         }
@@ -146,7 +154,7 @@ impl Reloader {
         if cluster_changed(&old, &config) {
             self.restart_monitor(&config);
         }
-        self.apply_listeners(&config, bound);
+        self.apply_listeners(&config, bound, tls);
         if old.admin.listen != config.admin.listen {
             changes.push(format!(
                 "admin.listen stays {} until a restart",
@@ -185,7 +193,12 @@ impl Reloader {
         ));
     }
 
-    fn apply_listeners(&mut self, config: &Config, mut bound: HashMap<String, TcpListener>) {
+    fn apply_listeners(
+        &mut self,
+        config: &Config,
+        mut bound: HashMap<String, TcpListener>,
+        mut tls: HashMap<String, Arc<ClientTls>>,
+    ) {
         let old_slots = std::mem::take(&mut self.slots);
         let mut counters_by_name = HashMap::new();
         for slot in old_slots {
@@ -201,6 +214,7 @@ impl Reloader {
                         config: listener.clone(),
                         local_addr: current.local_addr,
                         counters: Arc::clone(&current.counters),
+                        tls: tls.remove(&listener.name),
                     }));
                     self.slots.push(ListenerSlot {
                         config: listener.clone(),
@@ -221,7 +235,8 @@ impl Reloader {
         for listener in &config.listeners {
             if let Some(socket) = bound.remove(&listener.name) {
                 let counters = counters_by_name.remove(&listener.name);
-                self.open_listener(socket, listener.clone(), counters);
+                let listener_tls = tls.remove(&listener.name);
+                self.open_listener(socket, listener.clone(), counters, listener_tls);
             }
         }
         // Keep the configured order for /status.

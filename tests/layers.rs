@@ -17,7 +17,7 @@ const LAYERS: &[&[&str]] = &[
         "protocol",
         "control",
     ],
-    &["auth", "config", "users", "metrics", "cancel"],
+    &["auth", "config", "tls", "users", "metrics", "cancel"],
     &["server"],
     &["topology"],
     &["pool"],

@@ -286,6 +286,8 @@ async fn metrics_describe_a_real_workload() {
         "switchyard_config_reloads_total",
         "switchyard_replica_lag_bytes",
         "switchyard_cancel_requests_total",
+        // Only listeners with TLS export it (tests/tls_clients.rs reads it).
+        "switchyard_tls_certificate_expiry_timestamp_seconds",
     ];
     for name in &documented {
         assert!(

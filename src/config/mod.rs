@@ -5,6 +5,7 @@
 mod api;
 mod cidr;
 mod peers;
+mod tls;
 mod units;
 mod validate;
 pub use validate::notes;
@@ -18,6 +19,7 @@ use serde::{Deserialize, Serialize};
 pub use api::{host_port, ApiEndpoint};
 pub use cidr::Cidr;
 pub use peers::{PeerConfig, MAX_PEER_ID};
+pub use tls::{ClientTlsConfig, ClientTlsMode, TlsVersion};
 pub use units::{ByteSize, HumanDuration, Limit, MaxLag};
 
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +52,9 @@ pub struct Config {
     pub admin: AdminConfig,
     pub cluster: ClusterConfig,
     pub users: Vec<UserConfig>,
+    /// TLS towards clients; each listener may replace it with its own `tls:`.
+    #[serde(default)]
+    pub tls: ClientTlsConfig,
     #[serde(default)]
     pub client: ClientConfig,
     #[serde(default)]
@@ -173,6 +178,9 @@ pub struct ListenerConfig {
     /// Overrides of the global `pool:` settings for this listener's sessions.
     #[serde(default, skip_serializing_if = "PoolOverride::is_empty")]
     pub pool: PoolOverride,
+    /// Replaces the top-level `tls:` for this listener.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ClientTlsConfig>,
 }
 
 fn default_fallback() -> Fallback {
@@ -347,6 +355,10 @@ pub enum ClientAuthMethod {
     ScramSha256,
     #[serde(rename = "md5")]
     Md5,
+    /// A TLS client certificate, verified against `tls.client_ca`, whose common
+    /// name (CN) is the user name. The password is still used for server logins.
+    #[serde(rename = "cert")]
+    Cert,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

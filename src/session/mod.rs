@@ -43,8 +43,10 @@ use crate::context::{ListenerState, ProxyContext};
 use crate::control::{ClientInfo, ClientState, Registered};
 use crate::pool::PooledServer;
 use crate::protocol::frame::complete_message_len;
+use crate::protocol::startup::StartupReader;
 use crate::protocol::{messages, tag, ClientError, SqlState};
 use crate::stop_signal::StopWaiter;
+use crate::tls::{ClientStream, TlsInfo};
 
 use checkout::ServerSource;
 use client_params::ClientParams;
@@ -77,42 +79,48 @@ pub async fn run(
 }
 
 async fn run_in_span(
-    mut socket: TcpStream,
+    tcp: TcpStream,
     peer: SocketAddr,
     ctx: Arc<ProxyContext>,
     listener: Arc<ListenerState>,
 ) {
     let started = Instant::now();
-    let startup_timeout = ctx.config().client.startup_timeout.0;
+    let deadline = tokio::time::Instant::now() + ctx.config().client.startup_timeout.0;
+    let mut reader = StartupReader::default();
+    let mut socket = match &listener.tls {
+        Some(tls) => match handshake::start_tls(tcp, tls, &mut reader, deadline).await {
+            Some(socket) => socket,
+            None => return,
+        },
+        None => ClientStream::Plain(tcp),
+    };
     // Startup and checkout futures are boxed so that their state (SCRAM, login,
     // hold) is only allocated while they run: an idle client's task stays small.
-    let opened = tokio::time::timeout(
-        startup_timeout,
-        Box::pin(handshake::open(&mut socket, &ctx)),
+    let opened = tokio::time::timeout_at(
+        deadline,
+        Box::pin(handshake::open(
+            &mut socket,
+            &ctx,
+            listener.tls.as_ref(),
+            reader,
+        )),
     )
     .await;
     let Opened {
         params,
         greeting,
         unread,
+        tls,
     } = match opened {
         Ok(Ok(Some(opened))) => opened,
         Ok(Ok(None)) => return, // a cancel request, already handled
-        Ok(Err(HandshakeFailure::Gone(reason))) => {
-            tracing::debug!(%reason, "client left during startup");
-            return;
-        }
-        Ok(Err(HandshakeFailure::Refuse(error))) => {
-            crate::metrics::record_error(&listener.config.name, error.code.code());
-            return refuse(&mut socket, &error).await;
+        Ok(Err(failure)) => {
+            crate::metrics::record_error(&listener.config.name, failure_code(&failure));
+            return handshake_failed(&mut socket, failure).await;
         }
         Err(_) => {
-            let error = ClientError::fatal(
-                SqlState::ProtocolViolation,
-                format!("startup did not finish within {startup_timeout:?}"),
-            );
-            crate::metrics::record_error(&listener.config.name, error.code.code());
-            return refuse(&mut socket, &error).await;
+            crate::metrics::record_error(&listener.config.name, SqlState::ProtocolViolation.code());
+            return startup_timed_out(&mut socket).await;
         }
     };
     let span = tracing::Span::current();
@@ -124,7 +132,7 @@ async fn run_in_span(
     if let Some(error) = disabled(&ctx, &params.database) {
         return refuse(&mut socket, &error).await;
     }
-    let mut session = Session::new(ctx, listener, params, peer, started);
+    let mut session = Session::new(ctx, listener, params, peer, started, tls);
     let kill = session.client.killed().subscribe();
     let end = tokio::select! {
         biased;
@@ -132,6 +140,40 @@ async fn run_in_span(
         _ = kill.fired() => SessionEnd::Refused(killed(&mut socket).await),
     };
     session.log_end(&end);
+}
+
+/// The SQLSTATE a failed handshake counts under in the error metric.
+fn failure_code(failure: &HandshakeFailure) -> &'static str {
+    match failure {
+        HandshakeFailure::Refuse(error) => error.code.code(),
+        HandshakeFailure::Gone(_) | HandshakeFailure::Close(_) => {
+            SqlState::ProtocolViolation.code()
+        }
+    }
+}
+
+/// Ends a connection whose handshake failed: tells the client why when there is
+/// something to tell, logs it otherwise.
+async fn handshake_failed(socket: &mut ClientStream, failure: HandshakeFailure) {
+    match failure {
+        HandshakeFailure::Gone(reason) => tracing::debug!(%reason, "client left during startup"),
+        HandshakeFailure::Close(reason) => {
+            let client = socket
+                .peer_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_default();
+            tracing::info!(%client, "connection closed during startup: {reason}");
+        }
+        HandshakeFailure::Refuse(error) => refuse(socket, &error).await,
+    }
+}
+
+async fn startup_timed_out(socket: &mut ClientStream) {
+    let error = ClientError::fatal(
+        SqlState::ProtocolViolation,
+        "startup did not finish within client.startup_timeout",
+    );
+    refuse(socket, &error).await;
 }
 
 /// The refusal for a client of a database the console disabled (DISABLE).
@@ -146,7 +188,7 @@ fn disabled(ctx: &ProxyContext, database: &str) -> Option<ClientError> {
 
 /// Ends a session an operator killed (KILL, KILL_CLIENT); its server connection,
 /// if it held one mid-transaction, was closed when the session's future dropped.
-async fn killed(socket: &mut TcpStream) -> ClientError {
+async fn killed(socket: &mut ClientStream) -> ClientError {
     let error = ClientError::fatal(
         SqlState::AdminShutdown,
         "terminating connection due to an administrator command (KILL)",
@@ -155,7 +197,13 @@ async fn killed(socket: &mut TcpStream) -> ClientError {
     error
 }
 
-async fn refuse(socket: &mut TcpStream, error: &ClientError) {
+/// Writes `bytes` to the client and flushes them (which only TLS needs).
+async fn send_all(socket: &mut ClientStream, bytes: &[u8]) -> std::io::Result<()> {
+    socket.write_all(bytes).await?;
+    socket.flush().await
+}
+
+async fn refuse(socket: &mut ClientStream, error: &ClientError) {
     let client = socket
         .peer_addr()
         .map(|a| a.to_string())
@@ -177,6 +225,8 @@ pub(crate) struct SessionEnv {
     client: SessionParams,
     peer: SocketAddr,
     pooling: SessionPooling,
+    /// The client's TLS version and cipher suite; None in plaintext.
+    tls: Option<TlsInfo>,
 }
 
 pub(crate) struct Session {
@@ -216,6 +266,7 @@ impl Session {
         client: SessionParams,
         peer: SocketAddr,
         started: Instant,
+        tls: Option<TlsInfo>,
     ) -> Session {
         let config = ctx.config();
         let (draining, shutdown) = ctx.session_stop_waiters();
@@ -231,6 +282,10 @@ impl Session {
                 .find(|(k, _)| k == "application_name")
                 .map(|(_, v)| v.clone())
                 .unwrap_or_default(),
+            tls: tls
+                .as_ref()
+                .map(|t| format!("{}/{}", t.version, t.cipher))
+                .unwrap_or_default(),
         });
         Session {
             client: registered,
@@ -242,6 +297,7 @@ impl Session {
                 listener,
                 client,
                 peer,
+                tls,
             },
             servers: ServerSource::default(),
             statements: ClientStatements::default(),
@@ -254,7 +310,7 @@ impl Session {
     /// during authentication, the first input.
     async fn serve(
         &mut self,
-        socket: &mut TcpStream,
+        socket: &mut ClientStream,
         mut out: BytesMut,
         unread: BytesMut,
     ) -> SessionEnd {
@@ -286,7 +342,7 @@ impl Session {
             .register(self.env.config.peer_id, backend_pid);
         messages::backend_key_data(&mut out, registration.pid, registration.secret);
         messages::ready_for_query_idle(&mut out);
-        if let Err(e) = socket.write_all(&out).await {
+        if let Err(e) = send_all(socket, &out).await {
             if let Some(server) = first_server {
                 server.release();
             }
@@ -383,7 +439,7 @@ impl Session {
     /// A draining proxy ends the session here, at a transaction boundary.
     async fn wait_for_request(
         &mut self,
-        socket: &mut TcpStream,
+        socket: &mut ClientStream,
         inbox: &mut BytesMut,
     ) -> Result<bool, RelayEnd> {
         let max_message = self.env.config.client.max_message_size.0 as usize;
@@ -429,7 +485,7 @@ impl Session {
     }
 
     /// Tells the client why the session ended when the proxy ended it.
-    async fn finish(&self, socket: &mut TcpStream, end: &RelayEnd) {
+    async fn finish(&self, socket: &mut ClientStream, end: &RelayEnd) {
         let to_client = match end {
             RelayEnd::ClientGone(Some(e)) | RelayEnd::ServerGone { error: Some(e), .. }
                 if timeouts::expired(e).is_some() =>
@@ -511,6 +567,7 @@ impl Session {
             database = %env.client.database,
             route = ?env.listener.config.route,
             mode = ?env.pooling.mode,
+            tls = %env.tls.as_ref().map_or_else(|| "off".to_string(), TlsInfo::to_string),
             node = self.servers.node_name().unwrap_or("-"),
             duration_ms = counters.started.elapsed().as_millis() as u64,
             transactions = counters.transactions,
@@ -528,11 +585,11 @@ pub(crate) struct Refusal {
 }
 
 impl Refusal {
-    async fn send(&self, socket: &mut TcpStream) {
+    async fn send(&self, socket: &mut ClientStream) {
         match &self.raw {
             Some(raw) => {
                 let _ =
-                    tokio::time::timeout(std::time::Duration::from_secs(1), socket.write_all(raw))
+                    tokio::time::timeout(std::time::Duration::from_secs(1), send_all(socket, raw))
                         .await;
             }
             None => refuse(socket, &self.error).await,
