@@ -1,27 +1,22 @@
-//! The pre-session phase of a client connection: TLS negotiation where the
-//! listener offers it ([`start_tls`]: SSLRequest answered 'S', or a direct TLS
-//! ClientHello as PostgreSQL 17 clients send with `sslnegotiation=direct`), else
-//! SSLRequest/GSSENCRequest answered 'N'; then a CancelRequest (passed on to
-//! whoever owns the key) or a StartupMessage, the startup parameters a session
-//! needs, and client authentication.
+//! The pre-session phase of a client connection after any TLS negotiation
+//! (`super::negotiate`): SSLRequest/GSSENCRequest answered 'N' where the listener
+//! offers no TLS, then a CancelRequest (passed on to whoever owns the key) or a
+//! StartupMessage, the startup parameters a session needs, and client
+//! authentication (with `tls: require`, only over TLS).
 
 use std::sync::Arc;
 
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
-use tokio::time::Instant;
 
 use super::client_auth::{self, TlsFacts};
 use crate::cancel::{self, CancelRoute};
 use crate::config::ClientTlsMode;
 use crate::context::ProxyContext;
 use crate::protocol::messages;
-use crate::protocol::startup::{
-    FirstPacket, Negotiation, StartupError, StartupParams, StartupReader,
-};
+use crate::protocol::startup::{FirstPacket, StartupError, StartupParams, StartupReader};
 use crate::protocol::{ClientError, SqlState};
-use crate::tls::{ClientStream, ClientTls, TlsInfo, ALPN_POSTGRESQL};
+use crate::tls::{ClientStream, ClientTls, TlsInfo};
 
 /// What a client connection turned out to be.
 pub enum Opening {
@@ -58,7 +53,7 @@ impl From<StartupError> for HandshakeFailure {
 
 /// Reads packets until a StartupMessage or CancelRequest. Each of SSLRequest and
 /// GSSENCRequest is answered 'N' at most once, as PostgreSQL does; `negotiated`:
-/// TLS negotiation already took place ([`start_tls`]), so neither may come now.
+/// TLS negotiation already took place (`super::negotiate`), so neither may come now.
 pub async fn read_opening(
     socket: &mut ClientStream,
     reader: &mut StartupReader,
@@ -87,7 +82,7 @@ pub async fn read_opening(
     }
 }
 
-async fn write_byte<W: AsyncWriteExt + Unpin>(
+pub(super) async fn write_byte<W: tokio::io::AsyncWrite + Unpin>(
     socket: &mut W,
     byte: u8,
 ) -> Result<(), HandshakeFailure> {
@@ -96,143 +91,6 @@ async fn write_byte<W: AsyncWriteExt + Unpin>(
     socket.flush().await.map_err(gone)
 }
 
-/// How a client on a TLS listener opened.
-enum Start {
-    /// Plaintext: its first packet (or its start) is in the reader.
-    Plain,
-    /// SSLRequest, answered 'S': the handshake follows.
-    SslRequest,
-    /// The first byte is a TLS record (a ClientHello): direct TLS negotiation.
-    Direct,
-}
-
-/// The first byte of a TLS handshake record.
-const TLS_HANDSHAKE_RECORD: u8 = 0x16;
-
-/// On a listener with TLS: negotiates, then runs the TLS handshake when the client
-/// asked for it, all before `deadline`. None when the connection ended here; the
-/// reason was logged or told to the client.
-pub(super) async fn start_tls(
-    mut tcp: TcpStream,
-    tls: &ClientTls,
-    reader: &mut StartupReader,
-    deadline: Instant,
-) -> Option<ClientStream> {
-    let client = tcp.peer_addr().map(|a| a.to_string()).unwrap_or_default();
-    let start = match tokio::time::timeout_at(deadline, negotiate(&mut tcp, reader)).await {
-        Ok(Ok(start)) => start,
-        Ok(Err(failure)) => {
-            super::handshake_failed(&mut ClientStream::Plain(tcp), failure).await;
-            return None;
-        }
-        Err(_) => {
-            super::startup_timed_out(&mut ClientStream::Plain(tcp)).await;
-            return None;
-        }
-    };
-    let direct = match start {
-        Start::Plain => return Some(ClientStream::Plain(tcp)),
-        Start::SslRequest => false,
-        Start::Direct => true,
-    };
-    match tokio::time::timeout_at(deadline, accept(tcp, tls, direct)).await {
-        Ok(Ok(stream)) => Some(ClientStream::Tls(Box::new(stream))),
-        Ok(Err(reason)) => {
-            tracing::info!(%client, "TLS refused: {reason}");
-            None
-        }
-        Err(_) => {
-            tracing::info!(%client, "TLS handshake did not finish within client.startup_timeout");
-            None
-        }
-    }
-}
-
-/// Reads the client's negotiation requests: GSSENCRequest gets 'N' (once),
-/// SSLRequest gets 'S', a ClientHello is direct TLS; anything else is plaintext.
-async fn negotiate(
-    tcp: &mut TcpStream,
-    reader: &mut StartupReader,
-) -> Result<Start, HandshakeFailure> {
-    let mut gss_answered = false;
-    loop {
-        let mut first = [0u8; 1];
-        let peeked = tcp
-            .peek(&mut first)
-            .await
-            .map_err(|e| HandshakeFailure::Gone(e.to_string()))?;
-        if peeked == 0 {
-            return Err(HandshakeFailure::Gone(
-                "connection closed during startup".into(),
-            ));
-        }
-        if first[0] == TLS_HANDSHAKE_RECORD {
-            return Ok(Start::Direct);
-        }
-        match reader.negotiation_request(tcp).await? {
-            Some(Negotiation::Ssl) => {
-                if bytes_waiting(tcp) {
-                    // Whatever came with the SSLRequest was sent in the clear and
-                    // must not be read as if it came over TLS (CVE-2021-23214).
-                    return Err(HandshakeFailure::Close(
-                        "client sent data after its SSLRequest before TLS started; \
-                         refusing TLS and closing"
-                            .into(),
-                    ));
-                }
-                write_byte(tcp, b'S').await?;
-                return Ok(Start::SslRequest);
-            }
-            Some(Negotiation::GssEnc) if !gss_answered => {
-                gss_answered = true;
-                write_byte(tcp, b'N').await?;
-            }
-            Some(Negotiation::GssEnc) => {
-                return Err(HandshakeFailure::Refuse(ClientError::fatal(
-                    SqlState::ProtocolViolation,
-                    "duplicate GSS negotiation request",
-                )))
-            }
-            None => return Ok(Start::Plain),
-        }
-    }
-}
-
-/// Whether the client's socket holds unread bytes now (a non-blocking peek).
-fn bytes_waiting(tcp: &TcpStream) -> bool {
-    let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
-    matches!(socket2::SockRef::from(tcp).peek(&mut probe), Ok(n) if n > 0)
-}
-
-/// The TLS handshake. Direct negotiation requires the client to offer ALPN
-/// `postgresql`, as PostgreSQL 17 does; it is checked on the ClientHello, before
-/// any key exchange.
-async fn accept(
-    tcp: TcpStream,
-    tls: &ClientTls,
-    direct: bool,
-) -> Result<tokio_rustls::server::TlsStream<TcpStream>, String> {
-    let failed = |e: std::io::Error| format!("TLS handshake failed: {e}");
-    if !direct {
-        return tokio_rustls::TlsAcceptor::from(tls.server_config())
-            .accept(tcp)
-            .await
-            .map_err(failed);
-    }
-    let start = tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp)
-        .await
-        .map_err(failed)?;
-    let offers_postgresql = start
-        .client_hello()
-        .alpn()
-        .is_some_and(|mut protocols| protocols.any(|p| p == ALPN_POSTGRESQL));
-    if !offers_postgresql {
-        return Err(
-            "direct TLS negotiation without ALPN \"postgresql\" (PostgreSQL requires it)".into(),
-        );
-    }
-    start.into_stream(tls.server_config()).await.map_err(failed)
-}
 /// The parameters a session needs from a StartupMessage.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionParams {
@@ -335,7 +193,8 @@ pub(super) struct Opened {
     pub tls: Option<TlsInfo>,
 }
 
-/// Startup and client authentication, after any TLS negotiation ([`start_tls`]);
+/// Startup and client authentication, after any TLS negotiation
+/// (`super::negotiate::start_tls`);
 /// None when the connection was a cancel request. `tls`: the listener's TLS, if
 /// it offers any.
 pub(super) async fn open(

@@ -1,7 +1,8 @@
-//! One client connection from accept to close: the handshake and authentication
-//! ([`handshake`], [`client_auth`]), then the greeting and one of the two pool-mode
-//! relays ([`session_mode`], [`transaction`]). Each session runs in its own task under
-//! a tracing span, and logs exactly one line when it ends.
+//! One client connection from accept to close: TLS negotiation (`negotiate`),
+//! the handshake and authentication ([`handshake`], [`client_auth`]), then the
+//! greeting and one of the two pool-mode relays ([`session_mode`],
+//! [`transaction`]). Each session runs in its own task under a tracing span, and
+//! logs exactly one line when it ends.
 //!
 //! The parts a session is made of, each in its own file: what it was started with
 //! ([`SessionEnv`], here), where its servers come from ([`checkout`]: routing, the
@@ -18,6 +19,7 @@ mod counters;
 pub mod handshake;
 mod hold;
 pub mod ledger;
+mod negotiate;
 pub mod relay;
 mod session_mode;
 pub mod settings;
@@ -85,13 +87,17 @@ async fn run_in_span(
     listener: Arc<ListenerState>,
 ) {
     let started = Instant::now();
-    let deadline = tokio::time::Instant::now() + ctx.config().client.startup_timeout.0;
+    let startup_timeout = ctx.config().client.startup_timeout.0;
+    // TLS negotiation, startup and authentication share one deadline.
+    let deadline = tokio::time::Instant::now() + startup_timeout;
     let mut reader = StartupReader::default();
     let mut socket = match &listener.tls {
-        Some(tls) => match handshake::start_tls(tcp, tls, &mut reader, deadline).await {
-            Some(socket) => socket,
-            None => return,
-        },
+        Some(tls) => {
+            match negotiate::start_tls(tcp, tls, &mut reader, deadline, startup_timeout).await {
+                Some(socket) => socket,
+                None => return,
+            }
+        }
         None => ClientStream::Plain(tcp),
     };
     // Startup and checkout futures are boxed so that their state (SCRAM, login,
@@ -115,12 +121,14 @@ async fn run_in_span(
         Ok(Ok(Some(opened))) => opened,
         Ok(Ok(None)) => return, // a cancel request, already handled
         Ok(Err(failure)) => {
-            crate::metrics::record_error(&listener.config.name, failure_code(&failure));
+            if let Some(code) = failure_code(&failure) {
+                crate::metrics::record_error(&listener.config.name, code);
+            }
             return handshake_failed(&mut socket, failure).await;
         }
         Err(_) => {
             crate::metrics::record_error(&listener.config.name, SqlState::ProtocolViolation.code());
-            return startup_timed_out(&mut socket).await;
+            return startup_timed_out(&mut socket, startup_timeout).await;
         }
     };
     let span = tracing::Span::current();
@@ -142,13 +150,13 @@ async fn run_in_span(
     session.log_end(&end);
 }
 
-/// The SQLSTATE a failed handshake counts under in the error metric.
-fn failure_code(failure: &HandshakeFailure) -> &'static str {
+/// The SQLSTATE a failed handshake counts under in the error metric; a client
+/// that simply left is no error.
+fn failure_code(failure: &HandshakeFailure) -> Option<&'static str> {
     match failure {
-        HandshakeFailure::Refuse(error) => error.code.code(),
-        HandshakeFailure::Gone(_) | HandshakeFailure::Close(_) => {
-            SqlState::ProtocolViolation.code()
-        }
+        HandshakeFailure::Refuse(error) => Some(error.code.code()),
+        HandshakeFailure::Close(_) => Some(SqlState::ProtocolViolation.code()),
+        HandshakeFailure::Gone(_) => None,
     }
 }
 
@@ -168,10 +176,10 @@ async fn handshake_failed(socket: &mut ClientStream, failure: HandshakeFailure) 
     }
 }
 
-async fn startup_timed_out(socket: &mut ClientStream) {
+async fn startup_timed_out(socket: &mut ClientStream, timeout: std::time::Duration) {
     let error = ClientError::fatal(
         SqlState::ProtocolViolation,
-        "startup did not finish within client.startup_timeout",
+        format!("startup did not finish within {timeout:?}"),
     );
     refuse(socket, &error).await;
 }
