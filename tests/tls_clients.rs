@@ -43,6 +43,7 @@ impl TlsProxy {
             &format!("client: {{ startup_timeout: 2s }}\n{tls_yaml}"),
         )
         .await;
+        let yaml = harness::console::with_console(&yaml);
         // `auth: cert` needs a listener that verifies client certificates.
         let yaml = if tls_yaml.contains("client_ca") {
             yaml.replace(
@@ -732,6 +733,28 @@ async fn tokio_postgres_sslmodes_and_transaction_mode_over_tls() {
     )
     .await;
     assert_eq!(tls_clients(&proxy.proxy).await, 4);
+
+    // SHOW CLIENTS fills PgBouncer's tls column; a plaintext console client sees
+    // the TLS sessions' version and suite, and the console itself works over TLS.
+    let mut console = harness::console::RawConsole::login(proxy.rw()).await;
+    let reply = console.query("SHOW CLIENTS").await;
+    let on_tls = reply
+        .column("tls")
+        .into_iter()
+        .flatten()
+        .filter(|tls| tls.starts_with("TLSv1.3/TLS13_"))
+        .count();
+    assert_eq!(on_tls, 4, "{:?}", reply.rows);
+    let out = psql(
+        proxy
+            .conninfo("app", "localhost", "sslmode=require")
+            .replace("dbname=appdb", "dbname=pgbouncer"),
+        "app_pw",
+        "SHOW VERSION",
+    )
+    .await
+    .expect("console over TLS");
+    assert!(out.to_lowercase().contains("switchyard"), "{out}");
 }
 
 /// Reads messages until ReadyForQuery; returns how many bytes came before it.
