@@ -88,6 +88,9 @@ impl Reloader {
         tls: Option<Arc<ClientTls>>,
     ) {
         let local_addr = socket.local_addr().unwrap_or(config.listen);
+        if let Some(tls) = &tls {
+            crate::tls::record_expiry(&config.name, tls);
+        }
         let state = Arc::new(ArcSwap::from_pointee(ListenerState {
             counters: counters.unwrap_or_else(|| Arc::new(ListenerCounters::new(&config.name))),
             config: config.clone(),
@@ -95,6 +98,7 @@ impl Reloader {
             tls,
         }));
         tracing::info!(listener = %config.name, address = %local_addr, route = ?config.route, "listening");
+
         let stop = self.ctx.shutdown().child_token();
         spawn_accept_loop(
             socket,
@@ -210,11 +214,15 @@ impl Reloader {
                 Some(listener) => {
                     // Same socket; new sessions get the new settings.
                     let current = slot.state.load_full();
+                    let listener_tls = tls.remove(&listener.name);
+                    if let Some(tls) = &listener_tls {
+                        crate::tls::record_expiry(&listener.name, tls);
+                    }
                     slot.state.store(Arc::new(ListenerState {
                         config: listener.clone(),
                         local_addr: current.local_addr,
                         counters: Arc::clone(&current.counters),
-                        tls: tls.remove(&listener.name),
+                        tls: listener_tls,
                     }));
                     self.slots.push(ListenerSlot {
                         config: listener.clone(),

@@ -399,6 +399,47 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn negotiation_requests_are_read_exactly() {
+        // SSLRequest followed by bytes: only the 8 request bytes are taken.
+        let mut flight = 8u32.to_be_bytes().to_vec();
+        flight.extend_from_slice(&SSL_REQUEST.to_be_bytes());
+        flight.extend_from_slice(b"\x16\x03\x01 after");
+        let mut client = &flight[..];
+        let mut reader = StartupReader::default();
+        assert_eq!(
+            reader.negotiation_request(&mut client).await.ok(),
+            Some(Some(Negotiation::Ssl))
+        );
+        assert_eq!(client, b"\x16\x03\x01 after", "the rest stays unread");
+        assert!(reader.into_unread().is_empty());
+        // A StartupMessage: its first 8 bytes stay buffered for first_packet.
+        let packet = startup_packet(b"user\0app\0\0");
+        let mut client = &packet[..];
+        let mut reader = StartupReader::default();
+        assert_eq!(
+            reader.negotiation_request(&mut client).await.ok(),
+            Some(None)
+        );
+        assert!(matches!(
+            reader.first_packet(&mut client).await,
+            Ok(FirstPacket::Startup(p)) if p.get("user") == Some("app")
+        ));
+        // GSSENCRequest, and a connection that ends early.
+        let mut gss = 8u32.to_be_bytes().to_vec();
+        gss.extend_from_slice(&GSSENC_REQUEST.to_be_bytes());
+        let mut reader = StartupReader::default();
+        assert_eq!(
+            reader.negotiation_request(&mut &gss[..]).await.ok(),
+            Some(Some(Negotiation::GssEnc))
+        );
+        let mut reader = StartupReader::default();
+        assert!(matches!(
+            reader.negotiation_request(&mut &gss[..5]).await,
+            Err(StartupError::Closed)
+        ));
+    }
+
+    #[tokio::test]
     async fn reads_packets_that_arrive_in_pieces() {
         let flight = [startup_packet(b"user\0app\0\0"), password(b"pw\0")].concat();
         let (mut client, mut server) = tokio::io::duplex(64);

@@ -156,15 +156,20 @@ pub fn load_for_listeners(
             None => "tls".to_string(),
         };
         if let Some(tls) = ClientTls::load(config.tls_for(listener), &key)? {
-            metrics::gauge!(
-                "switchyard_tls_certificate_expiry_timestamp_seconds",
-                "listener" => listener.name.clone()
-            )
-            .set(tls.expires_at as f64);
             loaded.insert(listener.name.clone(), Arc::new(tls));
         }
     }
     Ok(loaded)
+}
+
+/// Publishes the certificate expiry of each listener's TLS now in force (after a
+/// start or a reload went through, not when files were merely loaded).
+pub fn record_expiry(listener: &str, tls: &ClientTls) {
+    metrics::gauge!(
+        "switchyard_tls_certificate_expiry_timestamp_seconds",
+        "listener" => listener.to_string()
+    )
+    .set(tls.expires_at as f64);
 }
 
 static TLS12_AND_UP: [&rustls::SupportedProtocolVersion; 2] =
@@ -204,9 +209,11 @@ fn load_certificates(path: &Path, key: &str) -> Result<Vec<CertificateDer<'stati
 fn load_key(path: &Path, key: &str) -> Result<PrivateKeyDer<'static>, TlsError> {
     let pem = read(path, key)?;
     PrivateKeyDer::from_pem_slice(&pem).map_err(|e| match e {
-        rustls_pki_types::pem::Error::NoItemsFound => {
-            error(key, path, "no PRIVATE KEY block in the file")
-        }
+        rustls_pki_types::pem::Error::NoItemsFound => error(
+            key,
+            path,
+            "no unencrypted private key (PKCS#8, PKCS#1 or SEC1 PEM block) in the file",
+        ),
         e => error(key, path, format!("not a valid PEM private key: {e}")),
     })
 }
