@@ -150,6 +150,14 @@ impl Reloader {
         }
         let old = self.ctx.config();
         let mut changes = describe_changes(&old, &config);
+        if !tls.is_empty() {
+            let mut names: Vec<&str> = tls.keys().map(String::as_str).collect();
+            names.sort_unstable();
+            changes.push(format!(
+                "TLS certificates loaded for listeners: {}",
+                names.join(", ")
+            ));
+        }
         let config = Arc::new(config);
         self.ctx.set_config(Arc::clone(&config));
         self.ctx
@@ -360,6 +368,11 @@ fn describe_changes(old: &Config, new: &Config) -> Vec<String> {
             "failover",
             serde_json::to_value(&old.failover).ok(),
             serde_json::to_value(&new.failover).ok(),
+        ),
+        (
+            "tls",
+            serde_json::to_value(&old.tls).ok(),
+            serde_json::to_value(&new.tls).ok(),
         ),
     ] {
         if a != b {

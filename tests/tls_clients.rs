@@ -544,6 +544,10 @@ async fn certificate_reload_keeps_clients_and_refuses_bad_pairs() {
     assert_ne!(first, second);
     let summary = proxy.proxy.reload().await.expect("reload with a new pair");
     assert!(
+        summary.contains("TLS certificates loaded for listeners: ro, rw"),
+        "{summary}"
+    );
+    assert!(
         status_expiry(&proxy.proxy).await.contains("2091-06-01"),
         "{summary}"
     );

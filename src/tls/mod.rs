@@ -38,7 +38,7 @@ pub fn provider() -> Arc<CryptoProvider> {
 
 /// A file that cannot serve as the listener's TLS material, and why.
 #[derive(Debug, thiserror::Error)]
-#[error("{key} ({path}): {reason}")]
+#[error("{key}{}: {reason}", if path.is_empty() { String::new() } else { format!(" ({path})") })]
 pub struct TlsError {
     /// The config key that names the file (`tls.cert`, `listeners[0].tls.key`).
     pub key: String,
