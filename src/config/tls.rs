@@ -1,7 +1,7 @@
 //! The client-side TLS settings (`tls:` at the top level, overridable per
 //! listener) and their shape checks. Whether the files exist and hold a usable
-//! certificate and key is checked where they are loaded (`crate::tls`), by
-//! `switchyard check`, at start and on every reload.
+//! certificate and key is checked where they are loaded (the top-level `tls`
+//! module): by `switchyard check`, at start and on every reload.
 
 use std::path::PathBuf;
 

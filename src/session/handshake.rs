@@ -15,7 +15,7 @@ use crate::config::ClientTlsMode;
 use crate::context::ProxyContext;
 use crate::protocol::messages;
 use crate::protocol::startup::{FirstPacket, StartupError, StartupParams, StartupReader};
-use crate::protocol::{ClientError, SqlState};
+use crate::protocol::{tag, ClientError, SqlState};
 use crate::tls::{ClientStream, ClientTls, TlsInfo};
 
 /// What a client connection turned out to be.
@@ -64,11 +64,11 @@ pub async fn read_opening(
         match reader.first_packet(socket).await? {
             FirstPacket::SslRequest if !ssl_answered => {
                 ssl_answered = true;
-                write_byte(socket, b'N').await?;
+                write_byte(socket, tag::ENCRYPTION_REFUSED).await?;
             }
             FirstPacket::GssEncRequest if !gss_answered => {
                 gss_answered = true;
-                write_byte(socket, b'N').await?;
+                write_byte(socket, tag::ENCRYPTION_REFUSED).await?;
             }
             FirstPacket::SslRequest | FirstPacket::GssEncRequest => {
                 return Err(HandshakeFailure::Refuse(ClientError::fatal(

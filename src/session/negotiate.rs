@@ -9,7 +9,7 @@ use tokio::time::Instant;
 
 use super::handshake::{write_byte, HandshakeFailure};
 use crate::protocol::startup::{Negotiation, StartupReader};
-use crate::protocol::{ClientError, SqlState};
+use crate::protocol::{tag, ClientError, SqlState};
 use crate::tls::{ClientStream, ClientTls, ALPN_POSTGRESQL};
 
 /// How a client on a TLS listener opened.
@@ -97,12 +97,12 @@ async fn negotiate(
                             .into(),
                     ));
                 }
-                write_byte(tcp, b'S').await?;
+                write_byte(tcp, tag::ENCRYPTION_ACCEPTED).await?;
                 return Ok(Start::SslRequest);
             }
             Some(Negotiation::GssEnc) if !gss_answered => {
                 gss_answered = true;
-                write_byte(tcp, b'N').await?;
+                write_byte(tcp, tag::ENCRYPTION_REFUSED).await?;
             }
             Some(Negotiation::GssEnc) => {
                 return Err(HandshakeFailure::Refuse(ClientError::fatal(
