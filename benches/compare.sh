@@ -27,6 +27,10 @@
 #     without pooling; builds with it then use their defaults)
 #   SY_POOL_MODE [transaction]  transaction | session
 #   SKIP_BUILD [0]  1 = use the existing target/release/switchyard
+#   CLIENT_TLS [0]  1 = clients reach Switchyard and PgBouncer over TLS
+#     (sslmode=require; Switchyard `tls: mode: require`, PgBouncer
+#     `client_tls_sslmode = require`, one self-signed ECDSA P-256 certificate);
+#     targets then default to switchyard,pgbouncer and the idle test is skipped
 #   KEEP_TMP [kept only on failure, without the data dir]  1 = always keep, 0 = never
 #   RESULTS [benches/results/latest.md]
 #   PG_BIN [/usr/lib/postgresql/15/bin, else `pg_config --bindir`]
@@ -44,6 +48,11 @@ ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-10}
 WARMUP=${WARMUP:-2}
 IDLE_CLIENTS=${IDLE_CLIENTS:-5000}
+CLIENT_TLS=${CLIENT_TLS:-0}
+if [[ $CLIENT_TLS == 1 ]]; then
+    TARGETS=${TARGETS:-switchyard,pgbouncer}
+    IDLE_CLIENTS=0
+fi
 TARGETS=${TARGETS:-direct,switchyard,pgbouncer,haproxy}
 WORKLOADS=${WORKLOADS:-select,prepared,c500,connect}
 SCALE=${SCALE:-10}
@@ -274,6 +283,17 @@ wait_sql() {
 }
 wait_sql "$PG_PORT" direct || die "cannot log in to PostgreSQL as bench over TCP"
 
+# Client TLS: one certificate for both proxies, and what pgbench adds to its
+# connection string for them (PostgreSQL itself is reached without TLS).
+TLS_CONN=""
+if [[ $CLIENT_TLS == 1 ]]; then
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+        -subj /CN=localhost -days 2 -keyout "$TMP/pgbouncer/tls.key" \
+        -out "$TMP/pgbouncer/tls.pem" >"$TMP/logs/openssl.log" 2>&1 \
+        || { cat "$TMP/logs/openssl.log" >&2; die "cannot make a certificate"; }
+    TLS_CONN=" sslmode=require"
+fi
+
 # ---------------------------------------------------------------- switchyard
 SY_CONF=$TMP/switchyard.yaml
 SY_POOL_USED="no pool: block (the build's defaults)"
@@ -306,6 +326,10 @@ cluster:
 users:
   - { name: bench, password: bench_pw }
 EOF
+        if [[ $CLIENT_TLS == 1 ]]; then
+            printf 'tls: { mode: require, cert: %s, key: %s }\n' \
+                "$TMP/pgbouncer/tls.pem" "$TMP/pgbouncer/tls.key" >>"$SY_CONF"
+        fi
         if [[ $1 == 1 ]]; then
             cat >>"$SY_CONF" <<EOF
 pool:
@@ -358,6 +382,10 @@ logfile = $dir/pgbouncer.log
 pidfile = $dir/pgbouncer.pid
 EOF
     [[ $PGB_PREPARED == 1 ]] && echo "max_prepared_statements = 200" >>"$dir/pgbouncer.ini"
+    if [[ $CLIENT_TLS == 1 ]]; then
+        printf 'client_tls_sslmode = require\nclient_tls_cert_file = %s\nclient_tls_key_file = %s\n' \
+            "$dir/tls.pem" "$dir/tls.key" >>"$dir/pgbouncer.ini"
+    fi
     chown -R "$PG_OWNER" "$dir"
     chmod 600 "$dir/userlist.txt"
     rm -f "$dir/pgbouncer.pid"
@@ -456,7 +484,7 @@ CLK_TCK=$(getconf CLK_TCK)
 # run_pgbench ROUND WORKLOAD TARGET SECONDS [record=1]
 run_pgbench() {
     local round=$1 workload=$2 target=$3 secs=$4 record=${5:-1}
-    local port out args rc peak b tps failed note cpu_before cpu_after processed cpu_us="" procs p pid
+    local port out args rc peak b tps failed note cpu_before cpu_after processed cpu_us="" procs p pid tls_conn
     port=$(target_port "$target")
     if [[ $target == pgbouncer && $workload == prepared && $PGB_PREPARED != 1 ]]; then
         ((record)) && printf '%s\t%s\t%s\t\t\t\t\t%s\t\n' "$round" "$workload" "$target" "n/a: PgBouncer $PGB_VERSION < 1.21 has no prepared statements in transaction mode" >>"$RAW"
@@ -469,9 +497,11 @@ run_pgbench() {
     [[ $workload == c500 ]] && secs=$((secs + C500_EXTRA))
     [[ $target == direct ]] || cpu_before=$(cpu_ticks "$(target_pid "$target")")
     procs=$(workload_procs "$workload")
+    tls_conn=$TLS_CONN
+    [[ $target == direct ]] && tls_conn=""
     RUN_PIDS=()
     for ((p = 1; p <= procs; p++)); do
-        "$PGBENCH" -n $args -T "$secs" "host=127.0.0.1 port=$port user=bench dbname=bench" >"$out.$p" 2>&1 &
+        "$PGBENCH" -n $args -T "$secs" "host=127.0.0.1 port=$port user=bench dbname=bench$tls_conn" >"$out.$p" 2>&1 &
         RUN_PIDS+=($!)
     done
     peak=0
@@ -609,6 +639,7 @@ command -v haproxy >/dev/null && REPORT_HAP=$(haproxy -v 2>/dev/null | awk 'NR =
 REPORT_SY="$sy_commit, pool: $SY_POOL_USED"
 REPORT_PARAMS="pgbench scale $SCALE, $ROUNDS round(s) x ${DURATION}s per workload and target (500 clients: +${C500_EXTRA}s for their logins), target order rotating each round; pool size $POOL_SIZE; fd limit $FD_LIMIT, HAProxy maxconn $HAP_MAXCONN"
 [[ $QUICK == 1 ]] && REPORT_PARAMS+="; QUICK smoke-test mode, numbers not meaningful"
+[[ $CLIENT_TLS == 1 ]] && REPORT_PARAMS+="; clients over TLS (sslmode=require) to Switchyard and PgBouncer, ECDSA P-256 certificate"
 
 "$PYTHON" "$BENCH_DIR/report.py" --raw "$RAW" --idle "$IDLE" --targets "$TARGETS" \
     --workloads "$WORKLOADS" --idle-clients "$IDLE_CLIENTS" >"$RESULTS.tmp"

@@ -281,6 +281,9 @@ pub struct ListenerState {
     pub config: ListenerConfig,
     pub local_addr: SocketAddr,
     pub counters: Arc<ListenerCounters>,
+    /// The TLS acceptor when the listener offers TLS; a reload that re-reads the
+    /// certificate makes a new state with a new one.
+    pub tls: Option<Arc<crate::tls::ClientTls>>,
 }
 
 impl ListenerState {

@@ -16,8 +16,9 @@
 //! - `pool`: per-(node, database, user) server pools, reacting to the topology.
 //! - [`topology`]: Patroni polling or SQL probes, rise/fall health, snapshots.
 //! - [`server`]: one logged-in PostgreSQL connection, its parameters and statements.
-//! - [`config`], [`auth`] (SCRAM, MD5), `users`, `metrics` (recording), `cancel` (keys),
-//!   `accept_limits` (the limits on connections still logging in).
+//! - [`config`], [`auth`] (SCRAM, MD5), [`tls`] (client TLS: certificates, the
+//!   acceptor, the plain-or-TLS client stream), `users`, `metrics` (recording),
+//!   `cancel` (keys), `accept_limits` (the limits on connections still logging in).
 //! - `protocol` (the wire vocabulary: message names, framing, builders), and small
 //!   utilities: `keyed_digest`, `log_text`, `buffer_budget`, `stop_signal`, [`http_client`],
 //!   `control` (the pause gate and the client registry the admin console drives).
@@ -46,5 +47,6 @@ pub(crate) mod router;
 pub mod server;
 pub(crate) mod session;
 pub(crate) mod stop_signal;
+pub mod tls;
 pub mod topology;
 pub(crate) mod users;

@@ -79,6 +79,11 @@ fn init_logging(log: &LogConfig) {
 fn check(path: PathBuf) -> ExitCode {
     match Config::load(&path) {
         Ok(config) => {
+            // The certificate, key and CA files are read as a start would read them.
+            if let Err(e) = switchyard::tls::load_for_listeners(&config) {
+                eprintln!("{}: TLS: {e}", path.display());
+                return ExitCode::FAILURE;
+            }
             print!("{}", config.to_effective_yaml());
             for note in switchyard::config::notes(&config) {
                 eprintln!("{}: note: {note}", path.display());

@@ -29,6 +29,8 @@ pub enum StartError {
         address: SocketAddr,
         source: std::io::Error,
     },
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 impl From<BindError> for StartError {
@@ -121,6 +123,8 @@ pub async fn start_with_source(
     source: Option<PathBuf>,
 ) -> Result<RunningProxy, StartError> {
     metrics::install();
+    // Certificates first: a bad one stops the start before any task runs.
+    let mut tls = crate::tls::load_for_listeners(&config)?;
     let config = Arc::new(config);
     let topology = TopologyHandle::new(Topology::unknown(monitor::initial_nodes(&config.cluster)));
     let shutdown = CancellationToken::new();
@@ -170,7 +174,8 @@ pub async fn start_with_source(
 
     let mut reloader = Reloader::new(Arc::clone(&context), tasks.clone(), source, monitor_token);
     for (socket, listener_config) in sockets {
-        reloader.open_listener(socket, listener_config.clone(), None);
+        let listener_tls = tls.remove(&listener_config.name);
+        reloader.open_listener(socket, listener_config.clone(), None, listener_tls);
     }
     tasks.spawn(reload::serve(reloader, reload_inbox));
     tasks.spawn(admin::serve(admin_socket, Arc::clone(&context)));

@@ -21,6 +21,7 @@ use crate::config::{Config, ListenerConfig};
 use crate::context::{ListenerCounters, ListenerState, ProxyContext, ReloadOutcome, ReloadRequest};
 use crate::listener;
 use crate::pool::PoolSettings;
+use crate::tls::ClientTls;
 use crate::topology::{monitor, reconfigure};
 use crate::users::UserDb;
 
@@ -86,14 +87,20 @@ impl Reloader {
         socket: TcpListener,
         config: ListenerConfig,
         counters: Option<Arc<ListenerCounters>>,
+        tls: Option<Arc<ClientTls>>,
     ) {
         let local_addr = socket.local_addr().unwrap_or(config.listen);
+        if let Some(tls) = &tls {
+            crate::tls::record_expiry(&config.name, tls);
+        }
         let state = Arc::new(ArcSwap::from_pointee(ListenerState {
             counters: counters.unwrap_or_else(|| Arc::new(ListenerCounters::new(&config.name))),
             config: config.clone(),
             local_addr,
+            tls,
         }));
         tracing::info!(listener = %config.name, address = %local_addr, route = ?config.route, "listening");
+
         let stop = self.ctx.shutdown().child_token();
         spawn_accept_loop(
             socket,
@@ -120,6 +127,11 @@ impl Reloader {
             return Err("this instance was started without a config file".into());
         };
         let config = Config::load(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        // Certificates and keys are read again on every reload, changed or not: a
+        // renewed certificate is picked up by SIGHUP alone. A bad one refuses the
+        // whole reload and the running ones stay.
+        let tls = crate::tls::load_for_listeners(&config)
+            .map_err(|e| format!("{}: TLS: {e}", path.display()))?;
         if self.ctx.draining().is_cancelled() {
             return Err("the proxy is shutting down".into());
         }
@@ -140,6 +152,14 @@ impl Reloader {
         }
         let old = self.ctx.config();
         let mut changes = describe_changes(&old, &config);
+        if !tls.is_empty() {
+            let mut names: Vec<&str> = tls.keys().map(String::as_str).collect();
+            names.sort_unstable();
+            changes.push(format!(
+                "TLS certificates loaded for listeners: {}",
+                names.join(", ")
+            ));
+        }
         let config = Arc::new(config);
         let users = {
             let (config, previous) = (Arc::clone(&config), self.ctx.users());
@@ -154,7 +174,7 @@ impl Reloader {
         if cluster_changed(&old, &config) {
             self.restart_monitor(&config);
         }
-        self.apply_listeners(&config, bound);
+        self.apply_listeners(&config, bound, tls);
         if old.admin.listen != config.admin.listen {
             changes.push(format!(
                 "admin.listen stays {} until a restart",
@@ -193,7 +213,12 @@ impl Reloader {
         ));
     }
 
-    fn apply_listeners(&mut self, config: &Config, mut bound: HashMap<String, TcpListener>) {
+    fn apply_listeners(
+        &mut self,
+        config: &Config,
+        mut bound: HashMap<String, TcpListener>,
+        mut tls: HashMap<String, Arc<ClientTls>>,
+    ) {
         let old_slots = std::mem::take(&mut self.slots);
         let mut counters_by_name = HashMap::new();
         for slot in old_slots {
@@ -205,10 +230,15 @@ impl Reloader {
                 Some(listener) => {
                     // Same socket; new sessions get the new settings.
                     let current = slot.state.load_full();
+                    let listener_tls = tls.remove(&listener.name);
+                    if let Some(tls) = &listener_tls {
+                        crate::tls::record_expiry(&listener.name, tls);
+                    }
                     slot.state.store(Arc::new(ListenerState {
                         config: listener.clone(),
                         local_addr: current.local_addr,
                         counters: Arc::clone(&current.counters),
+                        tls: listener_tls,
                     }));
                     self.slots.push(ListenerSlot {
                         config: listener.clone(),
@@ -229,7 +259,8 @@ impl Reloader {
         for listener in &config.listeners {
             if let Some(socket) = bound.remove(&listener.name) {
                 let counters = counters_by_name.remove(&listener.name);
-                self.open_listener(socket, listener.clone(), counters);
+                let listener_tls = tls.remove(&listener.name);
+                self.open_listener(socket, listener.clone(), counters, listener_tls);
             }
         }
         // Keep the configured order for /status.
@@ -345,6 +376,11 @@ fn describe_changes(old: &Config, new: &Config) -> Vec<String> {
             "failover",
             serde_json::to_value(&old.failover).ok(),
             serde_json::to_value(&new.failover).ok(),
+        ),
+        (
+            "tls",
+            serde_json::to_value(&old.tls).ok(),
+            serde_json::to_value(&new.tls).ok(),
         ),
     ] {
         if a != b {

@@ -120,3 +120,51 @@ async fn health_follows_the_write_route() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stdout).contains("cannot reach switchyard admin"));
 }
+
+#[test]
+fn check_reads_the_tls_files_and_names_the_bad_one() {
+    use harness::tls::Pki;
+    let mut pki = Pki::new();
+    let example =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/conf/switchyard.yaml"))
+            .expect("example");
+    let path = pki.dir.path().join("switchyard.yaml");
+    let check = |text: String| {
+        std::fs::write(&path, text).expect("write");
+        switchyard(&["check", "--config", path.to_str().expect("utf8 path")])
+    };
+    let with_tls = |pki: &Pki| format!("{example}\n{}", pki.tls_yaml("require", true));
+    let output = check(with_tls(&pki));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // An expired certificate: the key, the file and the reason.
+    pki.write_server_cert(Some((2001, 1, 1)));
+    let output = check(with_tls(&pki));
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("tls.cert") && stderr.contains("server.pem") && stderr.contains("expired"),
+        "{stderr}"
+    );
+    // A CA file that is not PEM.
+    pki.write_server_cert(None);
+    std::fs::write(&pki.ca_file, "not a certificate\n").expect("break the CA");
+    let output = check(with_tls(&pki));
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("tls.client_ca") && stderr.contains("no CERTIFICATE"),
+        "{stderr}"
+    );
+    // Shape errors come from the config itself: require without a key.
+    let output = check(format!(
+        "{example}\ntls:\n  mode: require\n  cert: {}\n",
+        pki.server_cert.display()
+    ));
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("tls.key: required"), "{stderr}");
+}

@@ -16,6 +16,13 @@ listeners:
     route: primary
     fallback: none
     pool: { mode: transaction, checkout_timeout: 5s, reset_query: "DISCARD ALL" }
+    tls: { mode: require, cert: /etc/switchyard/rw.pem, key: /etc/switchyard/rw.key, client_ca: /etc/switchyard/ca.pem, min_version: TLSv1.3 }
+tls:
+  mode: allow
+  cert: /etc/switchyard/server.pem
+  key: /etc/switchyard/server.key
+  client_ca: /etc/switchyard/client-ca.pem
+  min_version: TLSv1.2
 admin:
   listen: 127.0.0.1:8080
   reload_allowed_from: [10.0.0.0/8]

@@ -21,6 +21,7 @@ const LAYERS: &[&[&str]] = &[
     &[
         "auth",
         "config",
+        "tls",
         "users",
         "metrics",
         "cancel",

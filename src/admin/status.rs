@@ -64,6 +64,39 @@ struct ListenerStatus<'a> {
     clients: usize,
     active: usize,
     waiting: usize,
+    /// Absent when the listener offers no TLS.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tls: Option<ListenerTls>,
+}
+
+#[derive(Serialize)]
+struct ListenerTls {
+    mode: crate::config::ClientTlsMode,
+    certificate_expires_at: String,
+    certificate_expires_in_seconds: i64,
+    verifies_client_certificates: bool,
+    /// Clients of this listener on TLS now, by version and cipher suite.
+    clients_on_tls: std::collections::BTreeMap<String, usize>,
+}
+
+fn listener_tls(
+    ctx: &ProxyContext,
+    listener: &crate::context::ListenerState,
+) -> Option<ListenerTls> {
+    let tls = listener.tls.as_ref()?;
+    let mut clients_on_tls = std::collections::BTreeMap::new();
+    for client in ctx.client_registry().all() {
+        if client.info.listener == listener.config.name && !client.info.tls.is_empty() {
+            *clients_on_tls.entry(client.info.tls.clone()).or_insert(0) += 1;
+        }
+    }
+    Some(ListenerTls {
+        mode: tls.mode(),
+        certificate_expires_at: crate::tls::describe_time(tls.expires_at()),
+        certificate_expires_in_seconds: tls.expires_in(),
+        verifies_client_certificates: tls.verifies_clients(),
+        clients_on_tls,
+    })
 }
 
 pub(super) fn status(ctx: &ProxyContext) -> Response<Full<Bytes>> {
@@ -100,6 +133,7 @@ pub(super) fn status(ctx: &ProxyContext) -> Response<Full<Bytes>> {
                 clients: l.clients(),
                 active: l.counters.active.load(Ordering::Relaxed),
                 waiting: l.counters.waiting.load(Ordering::Relaxed),
+                tls: listener_tls(ctx, l),
             })
             .collect(),
         clients: ctx.open_clients(),

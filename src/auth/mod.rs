@@ -24,9 +24,15 @@ pub enum AuthError {
     /// A SCRAM message did not follow the RFC 5802 grammar.
     #[error("malformed SCRAM message: {0}")]
     Malformed(&'static str),
-    /// The client asked for channel binding (`p=...`), which we never offer.
-    #[error("SCRAM channel binding is not supported")]
+    /// The client asked for channel binding (`p=...`) where it is not offered
+    /// (not on TLS) or of a type other than `tls-server-end-point`.
+    #[error("SCRAM channel binding is not supported here")]
     UnsupportedChannelBinding,
+    /// The client said it supports channel binding but believes the server does
+    /// not (`y`), on a connection where SCRAM-SHA-256-PLUS was offered: the offer
+    /// was removed on the way (RFC 5802 section 6, a downgrade attack).
+    #[error("SCRAM channel binding negotiation error: the client supports channel binding but thinks the server does not, and this server does")]
+    ChannelBindingDowngrade,
     /// The client's `c=` attribute did not match the GS2 header it sent first.
     #[error("SCRAM channel binding check failed")]
     ChannelBindingMismatch,

@@ -6,6 +6,7 @@ mod api;
 mod cidr;
 mod peers;
 mod redact;
+mod tls;
 mod units;
 mod validate;
 pub use validate::notes;
@@ -21,6 +22,7 @@ use crate::auth::require::RequireAuth;
 pub use api::{host_port, ApiEndpoint};
 pub use cidr::Cidr;
 pub use peers::{PeerConfig, MAX_PEER_ID};
+pub use tls::{ClientTlsConfig, ClientTlsMode, TlsVersion};
 pub use units::{ByteSize, HumanDuration, Limit, MaxLag};
 
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +55,9 @@ pub struct Config {
     pub admin: AdminConfig,
     pub cluster: ClusterConfig,
     pub users: Vec<UserConfig>,
+    /// TLS towards clients; each listener may replace it with its own `tls:`.
+    #[serde(default)]
+    pub tls: ClientTlsConfig,
     #[serde(default)]
     pub client: ClientConfig,
     #[serde(default)]
@@ -176,6 +181,9 @@ pub struct ListenerConfig {
     /// Overrides of the global `pool:` settings for this listener's sessions.
     #[serde(default, skip_serializing_if = "PoolOverride::is_empty")]
     pub pool: PoolOverride,
+    /// Replaces the top-level `tls:` for this listener.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ClientTlsConfig>,
 }
 
 fn default_fallback() -> Fallback {
@@ -371,6 +379,10 @@ pub enum ClientAuthMethod {
     ScramSha256,
     #[serde(rename = "md5")]
     Md5,
+    /// A TLS client certificate, verified against `tls.client_ca`, whose common
+    /// name (CN) is the user name. The password is still used for server logins.
+    #[serde(rename = "cert")]
+    Cert,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

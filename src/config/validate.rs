@@ -59,6 +59,7 @@ pub(super) fn validate(config: &mut Config) -> Result<(), ConfigError> {
     validate_cluster(config)?;
     validate_users(config)?;
     validate_pool(config)?;
+    super::tls::validate_tls(config)?;
     super::peers::validate_peers(config)?;
     if config.client.max_message_size.0 < 1024 {
         return Err(ConfigError::invalid(
@@ -440,6 +441,14 @@ fn validate_users(config: &Config) -> Result<(), ConfigError> {
                     format!("users[{i}].password"),
                     "an MD5 hash can only check MD5 logins: set `auth: md5`, or configure \
                      the password or its SCRAM-SHA-256 secret",
+                ))
+            }
+            Ok(StoredPassword::ScramSecret(_)) if user.auth == super::ClientAuthMethod::Cert => {
+                return Err(ConfigError::invalid(
+                    format!("users[{i}].password"),
+                    "a `cert` user's password logs in to PostgreSQL, and a SCRAM secret \
+                     can only do that after a client proved the password: configure the \
+                     password itself",
                 ))
             }
             Ok(_) => {}

@@ -53,6 +53,9 @@ pub struct ClientInfo {
     pub addr: SocketAddr,
     pub local: SocketAddr,
     pub application_name: String,
+    /// `TLSv1.3/TLS13_AES_256_GCM_SHA384` on TLS, empty in plaintext (SHOW CLIENTS'
+    /// `tls` column, as PgBouncer fills it).
+    pub tls: String,
 }
 
 pub struct ClientEntry {
@@ -211,6 +214,7 @@ mod tests {
             addr,
             local: addr,
             application_name: String::new(),
+            tls: String::new(),
         }
     }
 

@@ -39,6 +39,13 @@ pub enum FirstPacket {
     Startup(StartupParams),
 }
 
+/// An encryption request a client may open with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Negotiation {
+    Ssl,
+    GssEnc,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct StartupParams {
     pub minor_version: u16,
@@ -66,8 +73,8 @@ const STARTUP_READ: usize = 1024;
 /// `into_unread` hands the rest to the session as its first input.
 ///
 /// With TLS refused ('N'), bytes a client sent after its SSLRequest are simply its
-/// next packet. (A TLS upgrade would have to refuse a client with bytes buffered at
-/// that point: they were sent in the clear before the handshake.)
+/// next packet. Where TLS is offered, [`StartupReader::negotiation_request`] reads
+/// the request exactly, so nothing sent in the clear is buffered when TLS starts.
 #[derive(Debug, Default)]
 pub struct StartupReader {
     buffer: BytesMut,
@@ -92,6 +99,41 @@ impl StartupReader {
         self.fill(reader, len as usize).await?;
         let packet = self.buffer.split_to(len as usize);
         parse_first_packet(&packet[4..])
+    }
+
+    /// On a listener offering TLS: reads exactly 8 bytes, never more, and says
+    /// whether they are an SSLRequest or GSSENCRequest (then consumed). Anything
+    /// else stays buffered as the start of the client's next packet. Reading no
+    /// further keeps bytes a client sent after its SSLRequest in the socket, where
+    /// the caller can see them and refuse TLS (CVE-2021-23214). Call with nothing
+    /// buffered.
+    pub async fn negotiation_request<R: AsyncRead + Unpin>(
+        &mut self,
+        reader: &mut R,
+    ) -> Result<Option<Negotiation>, StartupError> {
+        while self.buffer.len() < 8 {
+            let budget = (8 - self.buffer.len()) as u64;
+            self.buffer.reserve(STARTUP_READ);
+            if (&mut *reader)
+                .take(budget)
+                .read_buf(&mut self.buffer)
+                .await?
+                == 0
+            {
+                return Err(StartupError::Closed);
+            }
+        }
+        let head = &self.buffer[..8];
+        if head[..4] != 8u32.to_be_bytes() {
+            return Ok(None);
+        }
+        let request = match u32::from_be_bytes([head[4], head[5], head[6], head[7]]) {
+            SSL_REQUEST => Negotiation::Ssl,
+            GSSENC_REQUEST => Negotiation::GssEnc,
+            _ => return Ok(None),
+        };
+        self.buffer.advance(8);
+        Ok(Some(request))
     }
 
     /// Reads the client's next 'p' message (password, SASL initial or SASL
@@ -354,6 +396,47 @@ mod tests {
             .expect("password");
         assert_eq!(&body[..], b"secret\0");
         assert_eq!(&reader.into_unread()[..], b"Q\0\0\0\x0dselect 1\0");
+    }
+
+    #[tokio::test]
+    async fn negotiation_requests_are_read_exactly() {
+        // SSLRequest followed by bytes: only the 8 request bytes are taken.
+        let mut flight = 8u32.to_be_bytes().to_vec();
+        flight.extend_from_slice(&SSL_REQUEST.to_be_bytes());
+        flight.extend_from_slice(b"\x16\x03\x01 after");
+        let mut client = &flight[..];
+        let mut reader = StartupReader::default();
+        assert_eq!(
+            reader.negotiation_request(&mut client).await.ok(),
+            Some(Some(Negotiation::Ssl))
+        );
+        assert_eq!(client, b"\x16\x03\x01 after", "the rest stays unread");
+        assert!(reader.into_unread().is_empty());
+        // A StartupMessage: its first 8 bytes stay buffered for first_packet.
+        let packet = startup_packet(b"user\0app\0\0");
+        let mut client = &packet[..];
+        let mut reader = StartupReader::default();
+        assert_eq!(
+            reader.negotiation_request(&mut client).await.ok(),
+            Some(None)
+        );
+        assert!(matches!(
+            reader.first_packet(&mut client).await,
+            Ok(FirstPacket::Startup(p)) if p.get("user") == Some("app")
+        ));
+        // GSSENCRequest, and a connection that ends early.
+        let mut gss = 8u32.to_be_bytes().to_vec();
+        gss.extend_from_slice(&GSSENC_REQUEST.to_be_bytes());
+        let mut reader = StartupReader::default();
+        assert_eq!(
+            reader.negotiation_request(&mut &gss[..]).await.ok(),
+            Some(Some(Negotiation::GssEnc))
+        );
+        let mut reader = StartupReader::default();
+        assert!(matches!(
+            reader.negotiation_request(&mut &gss[..5]).await,
+            Err(StartupError::Closed)
+        ));
     }
 
     #[tokio::test]

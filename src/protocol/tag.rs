@@ -20,6 +20,12 @@ pub const COPY_FAIL: u8 = b'f';
 /// PasswordMessage, SASLInitialResponse and SASLResponse share it.
 pub const PASSWORD_MESSAGE: u8 = b'p';
 
+// The one-byte answers to SSLRequest and GSSENCRequest (not messages: no length).
+/// Encryption accepted: the TLS handshake follows.
+pub const ENCRYPTION_ACCEPTED: u8 = b'S';
+/// Encryption refused: the client goes on in plaintext (or gives up).
+pub const ENCRYPTION_REFUSED: u8 = b'N';
+
 // Both directions.
 pub const COPY_DATA: u8 = b'd';
 pub const COPY_DONE: u8 = b'c';

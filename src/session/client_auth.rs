@@ -1,14 +1,15 @@
 //! Authenticating a connecting client against the configured users, with
 //! SCRAM-SHA-256 or MD5 (against a plaintext password, a SCRAM secret or an MD5
 //! hash; a client that proves a SCRAM secret leaves its ClientKey for logging in
-//! to servers). Unknown users run the same exchange against a mock verifier
-//! and get the same 28P01 as a wrong password, so a client cannot probe for names.
+//! to servers), or with its TLS client certificate (`auth: cert`). On TLS, SCRAM
+//! also offers SCRAM-SHA-256-PLUS with channel binding. Unknown users run the same
+//! exchange against a mock verifier and get the same 28P01 as a wrong password, so
+//! a client cannot probe for names.
 
 use std::borrow::Cow;
 
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 
 use crate::auth::stored::StoredPassword;
 use crate::auth::{md5, scram};
@@ -16,6 +17,7 @@ use crate::config::ClientAuthMethod;
 use crate::protocol::messages;
 use crate::protocol::startup::{parse_password, parse_sasl_initial, StartupReader};
 use crate::protocol::{ClientError, SqlState};
+use crate::tls::{x509, ClientStream};
 use crate::users::{UserDb, UserEntry};
 
 use super::handshake::HandshakeFailure;
@@ -31,17 +33,26 @@ fn protocol_violation(message: impl Into<String>) -> HandshakeFailure {
     HandshakeFailure::Refuse(ClientError::fatal(SqlState::ProtocolViolation, message))
 }
 
-async fn send(socket: &mut TcpStream, bytes: &[u8]) -> Result<(), HandshakeFailure> {
-    socket
-        .write_all(bytes)
-        .await
-        .map_err(|e| HandshakeFailure::Gone(e.to_string()))
+async fn send(socket: &mut ClientStream, bytes: &[u8]) -> Result<(), HandshakeFailure> {
+    let gone = |e: std::io::Error| HandshakeFailure::Gone(e.to_string());
+    socket.write_all(bytes).await.map_err(gone)?;
+    socket.flush().await.map_err(gone)
+}
+
+/// What the TLS layer tells authentication: the channel-binding data of the
+/// certificate the client saw (SCRAM-SHA-256-PLUS is offered only with it), and
+/// whether client certificates were verified on this connection.
+#[derive(Clone, Copy, Default)]
+pub struct TlsFacts<'a> {
+    pub end_point: Option<&'a [u8]>,
+    pub verifies_clients: bool,
 }
 
 /// Which exchange checks a user's clients.
 enum Exchange<'a> {
     Scram(Cow<'a, scram::ScramVerifier>),
     Md5,
+    Cert,
 }
 
 /// SCRAM for SCRAM users and for any user stored as a SCRAM secret (PostgreSQL
@@ -61,22 +72,29 @@ fn exchange_for<'u>(user: &str, entry: Option<&'u UserEntry>) -> Exchange<'u> {
             Exchange::Scram(Cow::Owned(scram::ScramVerifier::mock_for(user)))
         }
         (ClientAuthMethod::Md5, _, _) => Exchange::Md5,
+        (ClientAuthMethod::Cert, _, _) => Exchange::Cert,
     }
 }
 
 /// Runs the exchange; on success AuthenticationOk has been written to `out` (not yet
 /// sent, so it goes out together with the session's first messages).
 pub async fn authenticate<'u>(
-    socket: &mut TcpStream,
+    socket: &mut ClientStream,
     reader: &mut StartupReader,
     users: &'u UserDb,
     user: &str,
+    tls: TlsFacts<'_>,
     out: &mut BytesMut,
 ) -> Result<&'u UserEntry, HandshakeFailure> {
     let entry = users.get(user);
     let accepted = match exchange_for(user, entry) {
+        Exchange::Cert => {
+            check_certificate(socket, user, tls)?;
+            true
+        }
         Exchange::Scram(verifier) => {
-            let client_key = scram_exchange(socket, reader, verifier.into_owned(), out).await?;
+            let client_key =
+                scram_exchange(socket, reader, verifier.into_owned(), tls.end_point, out).await?;
             if let (Some(key), Some(entry)) = (client_key, entry) {
                 // Kept for logging in to servers when only the secret is known.
                 entry.secret.learn_client_key(key);
@@ -94,29 +112,69 @@ pub async fn authenticate<'u>(
     }
 }
 
+/// `auth: cert`: the client presented a certificate that rustls verified against
+/// the listener's `client_ca`, and its common name is the user name (PostgreSQL's
+/// `cert` method without a user map).
+fn check_certificate(
+    socket: &ClientStream,
+    user: &str,
+    tls: TlsFacts<'_>,
+) -> Result<(), HandshakeFailure> {
+    let failed = |why: &str| {
+        HandshakeFailure::Refuse(ClientError::fatal(
+            SqlState::InvalidAuthorization,
+            format!("certificate authentication failed for user \"{user}\": {why}"),
+        ))
+    };
+    if !tls.verifies_clients {
+        return Err(failed(
+            "this listener does not verify client certificates (no tls.client_ca)",
+        ));
+    }
+    let Some(certificate) = socket.peer_certificate() else {
+        return Err(failed("the client presented no certificate"));
+    };
+    match x509::common_name(certificate) {
+        Ok(Some(name)) if name == user => Ok(()),
+        Ok(Some(name)) => Err(failed(&format!(
+            "the certificate's common name is \"{name}\""
+        ))),
+        Ok(None) => Err(failed("the certificate has no common name")),
+        Err(e) => Err(failed(&e.to_string())),
+    }
+}
+
 /// The client's ClientKey when it proved the password, None when it did not.
+/// `end_point`: on TLS, the channel-binding data; SCRAM-SHA-256-PLUS is then
+/// offered too.
 async fn scram_exchange(
-    socket: &mut TcpStream,
+    socket: &mut ClientStream,
     reader: &mut StartupReader,
     verifier: scram::ScramVerifier,
+    end_point: Option<&[u8]>,
     out: &mut BytesMut,
 ) -> Result<Option<[u8; 32]>, HandshakeFailure> {
-    send(
-        socket,
-        &messages::authentication_sasl(&[scram::SCRAM_SHA_256]),
-    )
-    .await?;
+    let offered: &[&str] = match end_point {
+        // PostgreSQL lists the PLUS variant first.
+        Some(_) => &[scram::SCRAM_SHA_256_PLUS, scram::SCRAM_SHA_256],
+        None => &[scram::SCRAM_SHA_256],
+    };
+    send(socket, &messages::authentication_sasl(offered)).await?;
     let initial = reader.password_message(socket).await?;
     let (mechanism, data) = parse_sasl_initial(&initial)?;
-    if mechanism != scram::SCRAM_SHA_256.as_bytes() {
+    if !offered.iter().any(|m| m.as_bytes() == mechanism) {
         return Err(protocol_violation(
             "client selected an invalid SASL authentication mechanism",
         ));
     }
     let mut server = scram::ScramServer::new(verifier);
+    if let Some(end_point) = end_point {
+        let plus = mechanism == scram::SCRAM_SHA_256_PLUS.as_bytes();
+        server.bind_channel(end_point.to_vec(), plus);
+    }
     let server_first = server
         .handle_client_first(data)
-        .map_err(|e| protocol_violation(format!("malformed SCRAM message: {e}")))?;
+        .map_err(|e| protocol_violation(e.to_string()))?;
     send(
         socket,
         &messages::authentication_sasl_continue(server_first),
@@ -129,12 +187,12 @@ async fn scram_exchange(
             Ok(server.client_key())
         }
         Err(crate::auth::AuthError::InvalidProof) => Ok(None),
-        Err(e) => Err(protocol_violation(format!("malformed SCRAM message: {e}"))),
+        Err(e) => Err(protocol_violation(e.to_string())),
     }
 }
 
 async fn md5_exchange(
-    socket: &mut TcpStream,
+    socket: &mut ClientStream,
     reader: &mut StartupReader,
     user: &str,
     entry: Option<&UserEntry>,

@@ -1,18 +1,22 @@
-//! The pre-session phase of a client connection: answer SSLRequest/GSSENCRequest
-//! (with 'N': this build has no TLS on the client side), then take a CancelRequest
-//! (passed on to whoever owns the key) or a StartupMessage, check the startup
-//! parameters a session needs, and authenticate the client.
+//! The pre-session phase of a client connection after any TLS negotiation
+//! (`super::negotiate`): SSLRequest/GSSENCRequest answered 'N' where the listener
+//! offers no TLS, then a CancelRequest (passed on to whoever owns the key) or a
+//! StartupMessage, the startup parameters a session needs, and client
+//! authentication (with `tls: require`, only over TLS).
+
+use std::sync::Arc;
 
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 
-use super::client_auth;
+use super::client_auth::{self, TlsFacts};
 use crate::cancel::{self, CancelRoute};
+use crate::config::ClientTlsMode;
 use crate::context::ProxyContext;
 use crate::protocol::messages;
 use crate::protocol::startup::{FirstPacket, StartupError, StartupParams, StartupReader};
-use crate::protocol::{ClientError, SqlState};
+use crate::protocol::{tag, ClientError, SqlState};
+use crate::tls::{ClientStream, ClientTls, TlsInfo};
 
 /// What a client connection turned out to be.
 pub enum Opening {
@@ -26,6 +30,8 @@ pub enum HandshakeFailure {
     Gone(String),
     /// Tell the client this, then close.
     Refuse(ClientError),
+    /// Close without a word (nothing can be said safely), logging why.
+    Close(String),
 }
 
 impl From<StartupError> for HandshakeFailure {
@@ -46,21 +52,23 @@ impl From<StartupError> for HandshakeFailure {
 }
 
 /// Reads packets until a StartupMessage or CancelRequest. Each of SSLRequest and
-/// GSSENCRequest is answered 'N' at most once, as PostgreSQL does.
+/// GSSENCRequest is answered 'N' at most once, as PostgreSQL does; `negotiated`:
+/// TLS negotiation already took place (`super::negotiate`), so neither may come now.
 pub async fn read_opening(
-    socket: &mut TcpStream,
+    socket: &mut ClientStream,
     reader: &mut StartupReader,
+    negotiated: bool,
 ) -> Result<Opening, HandshakeFailure> {
-    let (mut ssl_answered, mut gss_answered) = (false, false);
+    let (mut ssl_answered, mut gss_answered) = (negotiated, negotiated);
     loop {
         match reader.first_packet(socket).await? {
             FirstPacket::SslRequest if !ssl_answered => {
                 ssl_answered = true;
-                write_refusal(socket).await?;
+                write_byte(socket, tag::ENCRYPTION_REFUSED).await?;
             }
             FirstPacket::GssEncRequest if !gss_answered => {
                 gss_answered = true;
-                write_refusal(socket).await?;
+                write_byte(socket, tag::ENCRYPTION_REFUSED).await?;
             }
             FirstPacket::SslRequest | FirstPacket::GssEncRequest => {
                 return Err(HandshakeFailure::Refuse(ClientError::fatal(
@@ -74,11 +82,13 @@ pub async fn read_opening(
     }
 }
 
-async fn write_refusal(socket: &mut TcpStream) -> Result<(), HandshakeFailure> {
-    socket
-        .write_all(b"N")
-        .await
-        .map_err(|e| HandshakeFailure::Gone(e.to_string()))
+pub(super) async fn write_byte<W: tokio::io::AsyncWrite + Unpin>(
+    socket: &mut W,
+    byte: u8,
+) -> Result<(), HandshakeFailure> {
+    let gone = |e: std::io::Error| HandshakeFailure::Gone(e.to_string());
+    socket.write_all(&[byte]).await.map_err(gone)?;
+    socket.flush().await.map_err(gone)
 }
 
 /// The parameters a session needs from a StartupMessage.
@@ -179,17 +189,24 @@ pub(super) struct Opened {
     /// What the client sent after its last authentication message, without waiting
     /// for the answer: the session's first input.
     pub unread: BytesMut,
+    /// The client's TLS version and cipher suite; None in plaintext.
+    pub tls: Option<TlsInfo>,
 }
 
-/// Handshake and client authentication; None when the connection was a cancel
-/// request.
+/// Startup and client authentication, after any TLS negotiation
+/// (`super::negotiate::start_tls`);
+/// None when the connection was a cancel request. `tls`: the listener's TLS, if
+/// it offers any.
 pub(super) async fn open(
-    socket: &mut TcpStream,
+    socket: &mut ClientStream,
     ctx: &ProxyContext,
+    tls: Option<&Arc<ClientTls>>,
+    mut reader: StartupReader,
 ) -> Result<Option<Opened>, HandshakeFailure> {
-    let mut reader = StartupReader::default();
-    let startup = match read_opening(socket, &mut reader).await? {
+    let startup = match read_opening(socket, &mut reader, tls.is_some()).await? {
         Opening::Cancel { pid, secret } => {
+            // Plaintext cancels are taken even where TLS is required, as PostgreSQL
+            // does: libpq before 17 always sends them in the clear.
             let from = socket
                 .peer_addr()
                 .map(|a| a.to_string())
@@ -199,6 +216,15 @@ pub(super) async fn open(
         }
         Opening::Startup(startup) => startup,
     };
+    if tls.is_some_and(|t| t.mode() == ClientTlsMode::Require) && !socket.is_tls() {
+        return Err(HandshakeFailure::Refuse(
+            ClientError::fatal(
+                SqlState::InvalidAuthorization,
+                "TLS is required: this listener refuses unencrypted connections",
+            )
+            .with_hint("Connect with sslmode=require (or verify-ca, verify-full)."),
+        ));
+    }
     let params = session_params(&startup).map_err(HandshakeFailure::Refuse)?;
     if let Some(negotiation) = protocol_negotiation(&startup, &params) {
         socket
@@ -206,12 +232,20 @@ pub(super) async fn open(
             .await
             .map_err(|e| HandshakeFailure::Gone(e.to_string()))?;
     }
+    let facts = match tls {
+        Some(tls) if socket.is_tls() => TlsFacts {
+            end_point: Some(tls.end_point()),
+            verifies_clients: tls.verifies_clients(),
+        },
+        _ => TlsFacts::default(),
+    };
     let mut greeting = BytesMut::with_capacity(512);
     client_auth::authenticate(
         socket,
         &mut reader,
         &ctx.users(),
         &params.user,
+        facts,
         &mut greeting,
     )
     .await?;
@@ -219,6 +253,7 @@ pub(super) async fn open(
         params,
         greeting,
         unread: reader.into_unread(),
+        tls: socket.tls_info(),
     }))
 }
 

@@ -1,7 +1,8 @@
-//! One client connection from accept to close: the handshake and authentication
-//! ([`handshake`], [`client_auth`]), then the greeting and one of the two pool-mode
-//! relays ([`session_mode`], [`transaction`]). Each session runs in its own task under
-//! a tracing span, and logs exactly one line when it ends.
+//! One client connection from accept to close: TLS negotiation (`negotiate`),
+//! the handshake and authentication ([`handshake`], [`client_auth`]), then the
+//! greeting and one of the two pool-mode relays ([`session_mode`],
+//! [`transaction`]). Each session runs in its own task under a tracing span, and
+//! logs exactly one line when it ends.
 //!
 //! The parts a session is made of, each in its own file: what it was started with
 //! ([`SessionEnv`], here), where its servers come from ([`checkout`]: routing, the
@@ -18,6 +19,7 @@ mod counters;
 pub mod handshake;
 mod hold;
 pub mod ledger;
+mod negotiate;
 pub mod relay;
 mod session_mode;
 pub mod settings;
@@ -45,8 +47,10 @@ use crate::control::{ClientInfo, ClientState, Registered};
 use crate::log_text::Escaped;
 use crate::pool::PooledServer;
 use crate::protocol::frame::complete_message_len;
+use crate::protocol::startup::StartupReader;
 use crate::protocol::{messages, tag, ClientError, SqlState};
 use crate::stop_signal::StopWaiter;
+use crate::tls::{ClientStream, TlsInfo};
 
 use checkout::ServerSource;
 use client_params::ClientParams;
@@ -80,7 +84,7 @@ pub async fn run(
 }
 
 async fn run_in_span(
-    mut socket: TcpStream,
+    tcp: TcpStream,
     peer: SocketAddr,
     ctx: Arc<ProxyContext>,
     listener: Arc<ListenerState>,
@@ -88,27 +92,44 @@ async fn run_in_span(
 ) {
     let started = Instant::now();
     let startup_timeout = ctx.config().client.startup_timeout.0;
+    // TLS negotiation, startup and authentication share one deadline.
+    let deadline = tokio::time::Instant::now() + startup_timeout;
+    let mut reader = StartupReader::default();
+    let mut socket = match &listener.tls {
+        Some(tls) => {
+            match negotiate::start_tls(tcp, tls, &mut reader, deadline, startup_timeout).await {
+                Some(socket) => socket,
+                None => return,
+            }
+        }
+        None => ClientStream::Plain(tcp),
+    };
     // Startup and checkout futures are boxed so that their state (SCRAM, login,
     // hold) is only allocated while they run: an idle client's task stays small.
-    let opened = tokio::time::timeout(
-        startup_timeout,
-        Box::pin(handshake::open(&mut socket, &ctx)),
+    let opened = tokio::time::timeout_at(
+        deadline,
+        Box::pin(handshake::open(
+            &mut socket,
+            &ctx,
+            listener.tls.as_ref(),
+            reader,
+        )),
     )
     .await;
     let Opened {
         params,
         greeting,
         unread,
+        tls,
     } = match opened {
         Ok(Ok(Some(opened))) => opened,
         Ok(Ok(None)) => return, // a cancel request, already handled
-        Ok(Err(HandshakeFailure::Gone(reason))) => {
-            tracing::debug!(%reason, "client left during startup");
-            return;
-        }
-        Ok(Err(HandshakeFailure::Refuse(error))) => {
-            crate::metrics::record_error(&listener.config.name, error.code.code());
-            if error.code == SqlState::InvalidPassword {
+        Ok(Err(failure)) => {
+            if let Some(code) = failure_code(&failure) {
+                crate::metrics::record_error(&listener.config.name, code);
+            }
+            if matches!(&failure, HandshakeFailure::Refuse(error) if error.code == SqlState::InvalidPassword)
+            {
                 // Answered late, still holding its admission place: guessing is
                 // slowed per address (auth_delay's idea).
                 metrics::counter!(
@@ -118,15 +139,11 @@ async fn run_in_span(
                 .increment(1);
                 tokio::time::sleep(ctx.config().client.auth_failure_delay.0).await;
             }
-            return refuse(&mut socket, &error).await;
+            return handshake_failed(&mut socket, failure).await;
         }
         Err(_) => {
-            let error = ClientError::fatal(
-                SqlState::ProtocolViolation,
-                format!("startup did not finish within {startup_timeout:?}"),
-            );
-            crate::metrics::record_error(&listener.config.name, error.code.code());
-            return refuse(&mut socket, &error).await;
+            crate::metrics::record_error(&listener.config.name, SqlState::ProtocolViolation.code());
+            return startup_timed_out(&mut socket, startup_timeout).await;
         }
     };
     // Logged in (or a console session): its admission place goes back.
@@ -140,7 +157,7 @@ async fn run_in_span(
     if let Some(error) = disabled(&ctx, &params.database) {
         return refuse(&mut socket, &error).await;
     }
-    let mut session = Session::new(ctx, listener, params, peer, started);
+    let mut session = Session::new(ctx, listener, params, peer, started, tls);
     let kill = session.client.killed().subscribe();
     let end = tokio::select! {
         biased;
@@ -148,6 +165,43 @@ async fn run_in_span(
         _ = kill.fired() => SessionEnd::Refused(killed(&mut socket).await),
     };
     session.log_end(&end);
+}
+
+/// The SQLSTATE a failed handshake counts under in the error metric; a client
+/// that simply left is no error.
+fn failure_code(failure: &HandshakeFailure) -> Option<&'static str> {
+    match failure {
+        HandshakeFailure::Refuse(error) => Some(error.code.code()),
+        HandshakeFailure::Close(_) => Some(SqlState::ProtocolViolation.code()),
+        HandshakeFailure::Gone(_) => None,
+    }
+}
+
+/// Ends a connection whose handshake failed: tells the client why when there is
+/// something to tell, logs it otherwise.
+async fn handshake_failed(socket: &mut ClientStream, failure: HandshakeFailure) {
+    match failure {
+        HandshakeFailure::Gone(reason) => tracing::debug!(%reason, "client left during startup"),
+        HandshakeFailure::Close(reason) => {
+            let client = socket
+                .peer_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_default();
+            // A flood of garbage connections must not flood the log.
+            if let Some(left_out) = crate::log_text::refusals().allow() {
+                tracing::info!(%client, refusals_not_logged = left_out, "connection closed during startup: {reason}");
+            }
+        }
+        HandshakeFailure::Refuse(error) => refuse(socket, &error).await,
+    }
+}
+
+async fn startup_timed_out(socket: &mut ClientStream, timeout: std::time::Duration) {
+    let error = ClientError::fatal(
+        SqlState::ProtocolViolation,
+        format!("startup did not finish within {timeout:?}"),
+    );
+    refuse(socket, &error).await;
 }
 
 /// The refusal for a client of a database the console disabled (DISABLE).
@@ -162,7 +216,7 @@ fn disabled(ctx: &ProxyContext, database: &str) -> Option<ClientError> {
 
 /// Ends a session an operator killed (KILL, KILL_CLIENT); its server connection,
 /// if it held one mid-transaction, was closed when the session's future dropped.
-async fn killed(socket: &mut TcpStream) -> ClientError {
+async fn killed(socket: &mut ClientStream) -> ClientError {
     let error = ClientError::fatal(
         SqlState::AdminShutdown,
         "terminating connection due to an administrator command (KILL)",
@@ -171,7 +225,13 @@ async fn killed(socket: &mut TcpStream) -> ClientError {
     error
 }
 
-async fn refuse(socket: &mut TcpStream, error: &ClientError) {
+/// Writes `bytes` to the client and flushes them (which only TLS needs).
+async fn send_all(socket: &mut ClientStream, bytes: &[u8]) -> std::io::Result<()> {
+    socket.write_all(bytes).await?;
+    socket.flush().await
+}
+
+async fn refuse(socket: &mut ClientStream, error: &ClientError) {
     let client = socket
         .peer_addr()
         .map(|a| a.to_string())
@@ -198,6 +258,8 @@ pub(crate) struct SessionEnv {
     client: SessionParams,
     peer: SocketAddr,
     pooling: SessionPooling,
+    /// The client's TLS version and cipher suite; None in plaintext.
+    tls: Option<TlsInfo>,
 }
 
 pub(crate) struct Session {
@@ -237,6 +299,7 @@ impl Session {
         client: SessionParams,
         peer: SocketAddr,
         started: Instant,
+        tls: Option<TlsInfo>,
     ) -> Session {
         let config = ctx.config();
         let (draining, shutdown) = ctx.session_stop_waiters();
@@ -252,6 +315,10 @@ impl Session {
                 .find(|(k, _)| k == "application_name")
                 .map(|(_, v)| v.clone())
                 .unwrap_or_default(),
+            tls: tls
+                .as_ref()
+                .map(|t| format!("{}/{}", t.version, t.cipher))
+                .unwrap_or_default(),
         });
         Session {
             client: registered,
@@ -263,6 +330,7 @@ impl Session {
                 listener,
                 client,
                 peer,
+                tls,
             },
             servers: ServerSource::default(),
             statements: ClientStatements::default(),
@@ -275,7 +343,7 @@ impl Session {
     /// during authentication, the first input.
     async fn serve(
         &mut self,
-        socket: &mut TcpStream,
+        socket: &mut ClientStream,
         mut out: BytesMut,
         unread: BytesMut,
     ) -> SessionEnd {
@@ -307,7 +375,7 @@ impl Session {
             .register(self.env.config.peer_id, backend_pid);
         messages::backend_key_data(&mut out, registration.pid, registration.secret);
         messages::ready_for_query_idle(&mut out);
-        if let Err(e) = socket.write_all(&out).await {
+        if let Err(e) = send_all(socket, &out).await {
             if let Some(server) = first_server {
                 server.release();
             }
@@ -404,7 +472,7 @@ impl Session {
     /// A draining proxy ends the session here, at a transaction boundary.
     async fn wait_for_request(
         &mut self,
-        socket: &mut TcpStream,
+        socket: &mut ClientStream,
         inbox: &mut BytesMut,
     ) -> Result<bool, RelayEnd> {
         let max_message = self.env.config.client.max_message_size.0 as usize;
@@ -450,7 +518,7 @@ impl Session {
     }
 
     /// Tells the client why the session ended when the proxy ended it.
-    async fn finish(&self, socket: &mut TcpStream, end: &RelayEnd) {
+    async fn finish(&self, socket: &mut ClientStream, end: &RelayEnd) {
         let to_client = match end {
             RelayEnd::ClientGone(Some(e)) | RelayEnd::ServerGone { error: Some(e), .. }
                 if timeouts::expired(e).is_some() =>
@@ -532,6 +600,7 @@ impl Session {
             database = %Escaped(&env.client.database),
             route = ?env.listener.config.route,
             mode = ?env.pooling.mode,
+            tls = %env.tls.as_ref().map_or_else(|| "off".to_string(), TlsInfo::to_string),
             node = self.servers.node_name().unwrap_or("-"),
             duration_ms = counters.started.elapsed().as_millis() as u64,
             transactions = counters.transactions,
@@ -550,11 +619,11 @@ pub(crate) struct Refusal {
 }
 
 impl Refusal {
-    async fn send(&self, socket: &mut TcpStream) {
+    async fn send(&self, socket: &mut ClientStream) {
         match &self.raw {
             Some(raw) => {
                 let _ =
-                    tokio::time::timeout(std::time::Duration::from_secs(1), socket.write_all(raw))
+                    tokio::time::timeout(std::time::Duration::from_secs(1), send_all(socket, raw))
                         .await;
             }
             None => refuse(socket, &self.error).await,

@@ -298,7 +298,12 @@ where
         }
         let terminate_at = watch.terminate_at;
         let upto = terminate_at.unwrap_or(buffer.len());
-        if let Err(e) = writer.write_all(&buffer[..upto]).await {
+        // A flush is free on plain TCP and sends what TLS may hold back.
+        let written = match writer.write_all(&buffer[..upto]).await {
+            Ok(()) => writer.flush().await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = written {
             return server_gone(Some(e), false);
         }
         counters.bytes += upto as u64;
@@ -365,7 +370,11 @@ where
             return server_gone(None, false);
         }
         counters.at_boundary = scanner.at_boundary();
-        if let Err(e) = writer.write_all(&buffer).await {
+        let written = match writer.write_all(&buffer).await {
+            Ok(()) => writer.flush().await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = written {
             return RelayEnd::ClientGone(Some(e));
         }
         counters.bytes += buffer.len() as u64;

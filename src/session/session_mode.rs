@@ -8,8 +8,8 @@
 
 use std::time::Duration;
 
+use crate::tls::ClientStream;
 use bytes::BytesMut;
-use tokio::net::TcpStream;
 
 use super::abandoned;
 use super::relay::{self, RelayEnd};
@@ -30,7 +30,7 @@ const TERMINATE_GRACE: Duration = Duration::from_millis(100);
 
 pub(super) async fn run(
     session: &mut Session,
-    socket: &mut TcpStream,
+    socket: &mut ClientStream,
     mut server: PooledServer,
     pending: BytesMut,
     registration: &Registration,

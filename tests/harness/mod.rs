@@ -22,6 +22,8 @@
 //!   `tests/python/` with a deadline.
 //! - `raw_client`: the wire protocol as bytes, for what drivers cannot do: message
 //!   builders, reading and parsing replies, a raw MD5 login and a `RawClient`.
+//! - `tls`: a throwaway CA and certificates (rcgen), psql with a connection string,
+//!   a tokio-postgres connector on rustls with channel binding.
 //! - `wait`: async waiting (`eventually`, `within`) and blocking calls off the
 //!   runtime (`blocking`).
 //! - `write_load`: a write load for the failover tests and the failover benchmark.
@@ -39,5 +41,6 @@ pub mod proc;
 pub mod proxy;
 pub mod python;
 pub mod raw_client;
+pub mod tls;
 pub mod wait;
 pub mod write_load;

@@ -7,10 +7,12 @@
 //! machines: the caller moves the SASL payloads in and out of
 //! `AuthenticationSASL*` / `SASLInitialResponse` / `SASLResponse` messages.
 //!
-//! Channel binding is never offered (we only advertise [`SCRAM_SHA_256`],
-//! never `SCRAM-SHA-256-PLUS`), and authorization identities are rejected,
-//! exactly like PostgreSQL. Every error puts the exchange into a terminal
-//! failed state; a failed exchange cannot be resumed.
+//! On a TLS connection the server side also offers `SCRAM-SHA-256-PLUS` with
+//! `tls-server-end-point` channel binding ([`ScramServer::bind_channel`]) and
+//! checks the GS2 flags as RFC 5802 section 6 says; the client side never asks for
+//! channel binding. Authorization identities are rejected, exactly like
+//! PostgreSQL. Every error puts the exchange into a terminal failed state; a
+//! failed exchange cannot be resumed.
 
 use std::fmt;
 
@@ -25,6 +27,10 @@ use super::AuthError;
 
 /// The SASL mechanism name to advertise and to expect.
 pub const SCRAM_SHA_256: &str = "SCRAM-SHA-256";
+/// The channel-binding variant, offered on TLS connections only.
+pub const SCRAM_SHA_256_PLUS: &str = "SCRAM-SHA-256-PLUS";
+/// The one channel-binding type offered (RFC 5929), as PostgreSQL.
+pub const TLS_SERVER_END_POINT: &str = "tls-server-end-point";
 
 /// Iteration count used by [`ScramVerifier::generate`] (PostgreSQL's default).
 pub const DEFAULT_ITERATIONS: u32 = 4096;
@@ -329,8 +335,9 @@ impl ScramVerifier {
 enum ServerState {
     AwaitingClientFirst,
     AwaitingClientFinal {
-        /// The GS2 header the client sent, which `c=` must echo.
-        gs2_header: &'static str,
+        /// What `c=` must decode to: the GS2 header the client sent, followed by
+        /// the channel-binding data when it chose channel binding.
+        binding: Vec<u8>,
         client_first_bare: String,
         server_first: String,
         /// Client nonce followed by our nonce.
@@ -353,6 +360,15 @@ pub struct ScramServer {
     verifier: ScramVerifier,
     server_nonce: String,
     state: ServerState,
+    channel: Channel,
+}
+
+/// Channel binding as far as this exchange is concerned.
+enum Channel {
+    /// Not on TLS: only `SCRAM-SHA-256` was offered.
+    Unavailable,
+    /// On TLS: both mechanisms were offered; `plus` says which one the client chose.
+    Offered { end_point: Vec<u8>, plus: bool },
 }
 
 impl fmt::Debug for ScramServer {
@@ -382,7 +398,15 @@ impl ScramServer {
             verifier,
             server_nonce: server_nonce.to_owned(),
             state: ServerState::AwaitingClientFirst,
+            channel: Channel::Unavailable,
         }
+    }
+
+    /// On a TLS connection, where both mechanisms were offered: `end_point` is the
+    /// `tls-server-end-point` data of the certificate the client saw, `plus` whether
+    /// the client selected `SCRAM-SHA-256-PLUS`.
+    pub fn bind_channel(&mut self, end_point: Vec<u8>, plus: bool) {
+        self.channel = Channel::Offered { end_point, plus };
     }
 
     /// Consumes the client-first-message and returns the server-first-message
@@ -412,14 +436,7 @@ impl ScramServer {
         let (cbind_flag, rest) = text
             .split_once(',')
             .ok_or(AuthError::Malformed("missing GS2 header"))?;
-        let gs2_header = match cbind_flag {
-            "n" => "n,,",
-            // The client supports channel binding but believes we do not:
-            // correct, since we never advertise SCRAM-SHA-256-PLUS.
-            "y" => "y,,",
-            f if f.starts_with("p=") => return Err(AuthError::UnsupportedChannelBinding),
-            _ => return Err(AuthError::Malformed("invalid channel binding flag")),
-        };
+        let binding = self.check_binding_flag(cbind_flag)?;
         let (authzid, bare) = rest
             .split_once(',')
             .ok_or(AuthError::Malformed("missing GS2 header"))?;
@@ -453,7 +470,7 @@ impl ScramServer {
         Ok((
             reply,
             ServerState::AwaitingClientFinal {
-                gs2_header,
+                binding,
                 client_first_bare: bare.to_owned(),
                 server_first,
                 nonce,
@@ -461,18 +478,51 @@ impl ScramServer {
         ))
     }
 
+    /// The GS2 channel-binding flag against what was offered and chosen (RFC 5802
+    /// section 6); returns what the client's `c=` must decode to.
+    fn check_binding_flag(&self, flag: &str) -> Result<Vec<u8>, AuthError> {
+        let plus = matches!(self.channel, Channel::Offered { plus: true, .. });
+        match (flag, &self.channel) {
+            ("n" | "y", _) if plus => Err(AuthError::Malformed(
+                "SCRAM-SHA-256-PLUS was selected but the message has no channel binding",
+            )),
+            ("n", _) => Ok(b"n,,".to_vec()),
+            // The client can bind but believes we cannot; on TLS we offered
+            // SCRAM-SHA-256-PLUS, so someone removed it on the way.
+            ("y", Channel::Offered { .. }) => Err(AuthError::ChannelBindingDowngrade),
+            ("y", Channel::Unavailable) => Ok(b"y,,".to_vec()),
+            (flag, channel) if flag.starts_with("p=") => {
+                let Channel::Offered { end_point, .. } = channel else {
+                    return Err(AuthError::UnsupportedChannelBinding);
+                };
+                if !plus {
+                    return Err(AuthError::Malformed(
+                        "SCRAM-SHA-256 was selected but the message asks for channel binding",
+                    ));
+                }
+                if &flag[2..] != TLS_SERVER_END_POINT {
+                    return Err(AuthError::UnsupportedChannelBinding);
+                }
+                let mut binding = format!("{flag},,").into_bytes();
+                binding.extend_from_slice(end_point);
+                Ok(binding)
+            }
+            _ => Err(AuthError::Malformed("invalid channel binding flag")),
+        }
+    }
+
     /// Consumes the client-final-message, verifies the client's proof and
     /// returns the server-final-message `v=<b64 ServerSignature>`.
     pub fn handle_client_final(&mut self, client_final: &[u8]) -> Result<Vec<u8>, AuthError> {
         let result = match &self.state {
             ServerState::AwaitingClientFinal {
-                gs2_header,
+                binding,
                 client_first_bare,
                 server_first,
                 nonce,
             } => Self::client_final_inner(
                 &self.verifier,
-                gs2_header,
+                binding,
                 client_first_bare,
                 server_first,
                 nonce,
@@ -502,7 +552,7 @@ impl ScramServer {
 
     fn client_final_inner(
         verifier: &ScramVerifier,
-        gs2_header: &str,
+        expected_binding: &[u8],
         client_first_bare: &str,
         server_first: &str,
         nonce: &str,
@@ -527,7 +577,7 @@ impl ScramServer {
         let binding = BASE64
             .decode(binding)
             .map_err(|_| AuthError::Malformed("channel binding is not valid base64"))?;
-        if binding != gs2_header.as_bytes() {
+        if !ct_eq(&binding, expected_binding) {
             return Err(AuthError::ChannelBindingMismatch);
         }
         let final_nonce = attr(fields.next(), ATTR_NONCE, "expected nonce attribute (r=)")?;

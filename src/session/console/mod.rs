@@ -16,9 +16,9 @@ mod table;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
+use crate::tls::ClientStream;
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::AsyncReadExt;
 
 use super::handshake::SessionParams;
 use crate::config::Cidr;
@@ -84,7 +84,7 @@ fn access(ctx: &ProxyContext, user: &str, peer: IpAddr) -> Result<Access, Client
 /// Runs a console session for an authenticated client; `greeting` holds
 /// AuthenticationOk, `unread` what the client sent after authenticating.
 pub(super) async fn serve(
-    socket: &mut TcpStream,
+    socket: &mut ClientStream,
     peer: SocketAddr,
     ctx: &Arc<ProxyContext>,
     params: &SessionParams,
@@ -116,7 +116,7 @@ pub(super) async fn serve(
         rand::random(),
     );
     messages::ready_for_query_idle(&mut greeting);
-    if socket.write_all(&greeting).await.is_err() {
+    if super::send_all(socket, &greeting).await.is_err() {
         return;
     }
     let end = run(socket, ctx, access, unread).await;
@@ -125,7 +125,7 @@ pub(super) async fn serve(
 
 /// The query loop; returns why it ended.
 async fn run(
-    socket: &mut TcpStream,
+    socket: &mut ClientStream,
     ctx: &Arc<ProxyContext>,
     access: Access,
     mut inbox: BytesMut,
@@ -170,7 +170,7 @@ async fn run(
             }
         }
         if !out.is_empty() {
-            if let Err(e) = socket.write_all(&out).await {
+            if let Err(e) = super::send_all(socket, &out).await {
                 return format!("client connection error: {e}");
             }
             out.clear();

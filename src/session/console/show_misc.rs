@@ -42,7 +42,7 @@ pub(super) fn clients(ctx: &ProxyContext) -> Table {
             v(format!("0x{:x}", client.id)),
             v(""),
             v(0),
-            v(""),
+            v(&info.tls),
             v(&info.application_name),
             v(client.id),
             v(&info.listener),

@@ -10,10 +10,11 @@
 
 use std::sync::Mutex;
 
+use crate::tls::stream::{ClientReader, ClientWriter};
+use crate::tls::ClientStream;
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{ReadHalf, WriteHalf};
-use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
 use super::resend::{self, Judge, RequestShape, Verdict, MAX_HELD};
@@ -88,7 +89,7 @@ struct Limits {
 /// `resend_allowed`: the run loop allows one more resend of this request.
 pub(super) async fn attach(
     session: &mut Session,
-    socket: &mut TcpStream,
+    socket: &mut ClientStream,
     server: &mut PooledServer,
     inbox: &mut BytesMut,
     buffers: &mut Buffers,
@@ -184,7 +185,7 @@ struct Upstream<'s, 'a> {
 impl Upstream<'_, '_> {
     async fn run(
         &mut self,
-        mut client_reader: ReadHalf<'_>,
+        mut client_reader: ClientReader<'_>,
         mut server_writer: WriteHalf<'_>,
     ) -> RelayEnd {
         loop {
@@ -320,7 +321,7 @@ impl Downstream<'_, '_> {
     async fn run(
         &mut self,
         mut server_reader: ReadHalf<'_>,
-        mut client_writer: WriteHalf<'_>,
+        mut client_writer: ClientWriter<'_>,
     ) -> Result<(), Detach> {
         self.buffer.clear();
         // One waiter for the whole attach, renewed only after it fires: a fresh one
@@ -525,6 +526,8 @@ async fn write_segments<W: tokio::io::AsyncWrite + Unpin>(
         [] => Ok(0),
         [Segment::Forward(start, end)] => {
             writer.write_all(&chunk[*start..*end]).await?;
+            // TLS may hold ciphertext back until a flush; plain TCP returns at once.
+            writer.flush().await?;
             Ok(end - start)
         }
         _ => {
@@ -536,6 +539,7 @@ async fn write_segments<W: tokio::io::AsyncWrite + Unpin>(
                 }
             }
             writer.write_all(&out).await?;
+            writer.flush().await?;
             Ok(out.len())
         }
     }

@@ -9,9 +9,8 @@ mod attach;
 mod fast_path;
 mod resend;
 
+use crate::tls::ClientStream;
 use bytes::BytesMut;
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 
 use super::abandoned;
 use super::ledger::{self, Event, Ledger, Segment};
@@ -87,7 +86,7 @@ impl Default for Buffers {
 /// `inbox`: what the client already sent (read during authentication).
 pub(super) async fn run(
     session: &mut Session,
-    socket: &mut TcpStream,
+    socket: &mut ClientStream,
     mut inbox: BytesMut,
     registration: &Registration,
 ) -> SessionEnd {
@@ -103,7 +102,7 @@ pub(super) async fn run(
             }
         }
         if let Some(replies) = fast_path::answer_without_server(session, &mut inbox) {
-            if let Err(e) = socket.write_all(&replies).await {
+            if let Err(e) = super::send_all(socket, &replies).await {
                 return SessionEnd::Relay(RelayEnd::ClientGone(Some(e)));
             }
             continue;
@@ -117,7 +116,7 @@ pub(super) async fn run(
         };
         let mut updates = BytesMut::new();
         session.params.parameter_updates(&server, &mut updates);
-        if !updates.is_empty() && socket.write_all(&updates).await.is_err() {
+        if !updates.is_empty() && super::send_all(socket, &updates).await.is_err() {
             return SessionEnd::Relay(RelayEnd::ClientGone(None));
         }
         registration.set_target(Some(server.cancel_target()));
