@@ -5,6 +5,8 @@
 mod api;
 mod cidr;
 mod peers;
+mod tls;
+mod tls_files;
 mod units;
 mod validate;
 pub use validate::notes;
@@ -15,9 +17,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-pub use api::{host_port, ApiEndpoint};
+pub use api::{host_port, split_host, ApiEndpoint};
 pub use cidr::Cidr;
 pub use peers::{PeerConfig, MAX_PEER_ID};
+pub use tls::{ApiTls, ApiTlsConfig, ServerTls, ServerTlsMode, TlsPolicy};
 pub use units::{ByteSize, HumanDuration, Limit, MaxLag};
 
 #[derive(Debug, thiserror::Error)]
@@ -244,6 +247,13 @@ pub struct ClusterConfig {
     /// leave the read route; `off` (the default) disables the check.
     #[serde(default)]
     pub max_replica_lag: MaxLag,
+    /// TLS for `https://` Patroni API URLs: the CA, and a client certificate for
+    /// Patroni's `restapi.verify_client`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_tls: Option<ApiTlsConfig>,
+    /// `api_tls` loaded, filled in by validation.
+    #[serde(skip)]
+    pub api_tls_loaded: Option<ApiTls>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -263,12 +273,30 @@ pub struct NodeConfig {
     /// Parsed form of `api`, filled in by validation.
     #[serde(skip)]
     pub api_endpoint: Option<ApiEndpoint>,
+    /// This node's own `server.tls` (and `tls_ca`, `tls_cert`, `tls_key`); unset
+    /// ones come from `server:`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ServerTlsMode>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_ca: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<String>,
 }
 
 impl NodeConfig {
     /// `host:port` of the PostgreSQL server, as used to connect.
     pub fn pg_address(&self) -> String {
         host_port(&self.host, self.port)
+    }
+
+    /// Sets any of its own TLS settings.
+    pub fn overrides_tls(&self) -> bool {
+        self.tls.is_some()
+            || self.tls_ca.is_some()
+            || self.tls_cert.is_some()
+            || self.tls_key.is_some()
     }
 
     /// Listed only by its Patroni API: a seed for membership discovery.
@@ -443,6 +471,20 @@ pub struct ServerConfig {
     /// the client gets 57014 and both connections are closed. Off by default.
     #[serde(default)]
     pub query_timeout: Limit,
+    /// TLS to PostgreSQL servers, with libpq's `sslmode` meanings.
+    #[serde(default)]
+    pub tls: ServerTlsMode,
+    /// CA certificate(s) (PEM) the servers' certificates must be signed by.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_ca: Option<String>,
+    /// Client certificate and key (PEM) for servers that ask for one (`cert` auth).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<String>,
+    /// The above (and the nodes' overrides) loaded, filled in by validation.
+    #[serde(skip)]
+    pub tls_loaded: ServerTls,
 }
 
 impl Default for ServerConfig {
@@ -452,6 +494,11 @@ impl Default for ServerConfig {
             cancel_timeout: default_cancel_timeout(),
             keepalive: KeepaliveConfig::default(),
             query_timeout: Limit::default(),
+            tls: ServerTlsMode::default(),
+            tls_ca: None,
+            tls_cert: None,
+            tls_key: None,
+            tls_loaded: ServerTls::default(),
         }
     }
 }

@@ -57,6 +57,13 @@ pub(super) fn validate(config: &mut Config) -> Result<(), ConfigError> {
     validate_users(config)?;
     validate_pool(config)?;
     super::peers::validate_peers(config)?;
+    config.server.tls_loaded = super::tls::resolve_server_tls(config)?;
+    let https = config
+        .cluster
+        .nodes
+        .iter()
+        .any(|n| n.api_endpoint.as_ref().is_some_and(|e| e.https));
+    config.cluster.api_tls_loaded = super::tls::resolve_api_tls(config, https)?;
     if config.client.max_message_size.0 < 1024 {
         return Err(ConfigError::invalid(
             "client.max_message_size",
@@ -466,7 +473,7 @@ users:
             (
                 "http://10.0.0.3:8008",
                 "https://10.0.0.3:8008",
-                "cluster.nodes[0].api",
+                "cluster.api_tls.ca: required for https://",
             ),
             (
                 "http://10.0.0.3:8008",

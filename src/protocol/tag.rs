@@ -52,6 +52,10 @@ pub const NEGOTIATE_PROTOCOL_VERSION: u8 = b'v';
 pub const TARGET_STATEMENT: u8 = b'S';
 pub const TARGET_PORTAL: u8 = b'P';
 
+/// The one-byte answer to an SSLRequest: go ahead with the TLS handshake, or not.
+pub const ENCRYPTION_ACCEPTED: u8 = b'S';
+pub const ENCRYPTION_REFUSED: u8 = b'N';
+
 /// ReadyForQuery's transaction status byte.
 pub const STATUS_IDLE: u8 = b'I';
 pub const STATUS_IN_TRANSACTION: u8 = b'T';

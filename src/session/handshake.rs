@@ -233,21 +233,24 @@ async fn forward_cancel(ctx: &ProxyContext, pid: i32, secret: &[u8], from: &str)
     };
     let timeout = config.server.cancel_timeout.0;
     let outcome = match ctx.cancels().route(pid, secret, &peering) {
-        CancelRoute::Local(target) => match cancel::send_cancel(&target, timeout).await {
-            Ok(()) => {
-                tracing::info!(%from, server = %target.address, "cancel request forwarded");
-                "forwarded"
+        CancelRoute::Local(target) => {
+            let tls = &config.server.tls_loaded;
+            match crate::server::cancel::send_cancel(&target, tls, timeout).await {
+                Ok(()) => {
+                    tracing::info!(%from, server = %target.address, "cancel request forwarded");
+                    "forwarded"
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        %from,
+                        server = %target.address,
+                        error = %e,
+                        "cannot forward cancel request"
+                    );
+                    "failed"
+                }
             }
-            Err(e) => {
-                tracing::warn!(
-                    %from,
-                    server = %target.address,
-                    error = %e,
-                    "cannot forward cancel request"
-                );
-                "failed"
-            }
-        },
+        }
         CancelRoute::Peer { peer, target } => match cancel::send_cancel(&target, timeout).await {
             Ok(()) => {
                 tracing::info!(

@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use switchyard::auth::stored::Credential;
+use switchyard::config::TlsPolicy;
 
 use tokio_util::sync::CancellationToken;
 
@@ -261,7 +262,15 @@ async fn client(
                     database: DEMO_DB,
                     params: &params,
                 };
-                match server::connect(kind, &address, &login, CONNECT_TIMEOUT).await {
+                match server::connect(
+                    kind,
+                    &address,
+                    &login,
+                    CONNECT_TIMEOUT,
+                    &TlsPolicy::plaintext(),
+                )
+                .await
+                {
                     Ok(fresh) => connection.insert(fresh),
                     Err(e) => {
                         log.failures.push(format!("login: {e}"));
@@ -297,7 +306,7 @@ async fn client(
         }
         tokio::time::sleep(PACE).await;
     }
-    if let Some(open) = connection {
+    if let Some(mut open) = connection {
         open.say_goodbye();
     }
     log

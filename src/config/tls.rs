@@ -1,0 +1,311 @@
+//! TLS toward PostgreSQL servers (`server.tls`, `server.tls_ca`, `server.tls_cert`,
+//! `server.tls_key`, overridable per node) and toward Patroni's REST API
+//! (`cluster.api_tls`): the settings' vocabulary and their resolution, at load time,
+//! into ready rustls client configurations held by the config snapshot. Loading the
+//! files here means `check` and a reload refuse a bad file before anything uses it,
+//! and a connection never reads a file. The TLS exchange itself is `server::tls`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use rustls::ClientConfig;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::tls_files::{client_config, TlsFiles, Verify};
+use super::{Config, ConfigError};
+
+/// libpq's `sslmode` values, with libpq's meanings.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ServerTlsMode {
+    /// Plaintext; no SSLRequest is sent.
+    Disable,
+    /// TLS when the server offers it, plaintext when it answers 'N'.
+    #[default]
+    Prefer,
+    /// TLS or no connection.
+    Require,
+    /// TLS with a certificate signed by `tls_ca`.
+    VerifyCa,
+    /// TLS with a certificate signed by `tls_ca` and naming the node's host.
+    VerifyFull,
+}
+
+impl ServerTlsMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServerTlsMode::Disable => "disable",
+            ServerTlsMode::Prefer => "prefer",
+            ServerTlsMode::Require => "require",
+            ServerTlsMode::VerifyCa => "verify-ca",
+            ServerTlsMode::VerifyFull => "verify-full",
+        }
+    }
+
+    /// Whether a server answering 'N' is acceptable.
+    pub fn allows_plaintext(self) -> bool {
+        matches!(self, ServerTlsMode::Disable | ServerTlsMode::Prefer)
+    }
+}
+
+/// `cluster.api_tls`: the CA that signed Patroni's REST API certificate, and the
+/// client certificate Patroni's `restapi.verify_client` asks for.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiTlsConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+}
+
+/// How connections to one server are made.
+pub struct TlsPolicy {
+    pub mode: ServerTlsMode,
+    /// `None` exactly when `mode` is `disable`.
+    pub connector: Option<Arc<ClientConfig>>,
+}
+
+impl TlsPolicy {
+    /// `disable`: plain TCP, no SSLRequest.
+    pub fn plaintext() -> TlsPolicy {
+        TlsPolicy {
+            mode: ServerTlsMode::Disable,
+            connector: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for TlsPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.mode.as_str())
+    }
+}
+
+/// The resolved server TLS settings of one config snapshot: a policy per node
+/// address with an override, the global one for every other (discovered) node.
+#[derive(Clone)]
+pub struct ServerTls {
+    default: Arc<TlsPolicy>,
+    by_address: Arc<HashMap<String, Arc<TlsPolicy>>>,
+    /// Modes and file contents: equal fingerprints mean nothing changed.
+    fingerprint: [u8; 32],
+}
+
+impl ServerTls {
+    /// The policy for the server at `address` (`host:port`).
+    pub fn for_address(&self, address: &str) -> &Arc<TlsPolicy> {
+        self.by_address.get(address).unwrap_or(&self.default)
+    }
+
+    pub fn fingerprint(&self) -> [u8; 32] {
+        self.fingerprint
+    }
+}
+
+impl Default for ServerTls {
+    /// `prefer` without files: what a config that says nothing about TLS gets.
+    fn default() -> Self {
+        let mut digest = Sha256::new();
+        let files = TlsFiles {
+            ca: None,
+            cert: None,
+            key: None,
+        };
+        let connector = client_config(&files, Verify::Nothing, &mut digest)
+            .ok()
+            .map(Arc::new);
+        ServerTls {
+            default: Arc::new(TlsPolicy {
+                mode: ServerTlsMode::Prefer,
+                connector,
+            }),
+            by_address: Arc::default(),
+            fingerprint: digest.finalize().into(),
+        }
+    }
+}
+
+impl std::fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerTls")
+            .field("default", &self.default)
+            .field("by_address", &self.by_address)
+            .finish()
+    }
+}
+
+/// A built client configuration for Patroni's REST API.
+#[derive(Clone)]
+pub struct ApiTls {
+    pub connector: Arc<ClientConfig>,
+    pub fingerprint: [u8; 32],
+}
+
+impl std::fmt::Debug for ApiTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ApiTls")
+    }
+}
+
+/// One set of server TLS settings (global or a node's, overrides applied).
+struct Settings<'a> {
+    mode: ServerTlsMode,
+    ca: Option<(&'a str, String)>,
+    cert: Option<(&'a str, String)>,
+    key: Option<(&'a str, String)>,
+}
+
+fn policy(
+    settings: Settings<'_>,
+    mode_key: &str,
+    digest: &mut Sha256,
+) -> Result<TlsPolicy, ConfigError> {
+    digest.update(settings.mode.as_str().as_bytes());
+    let verify = match (settings.mode, &settings.ca) {
+        (ServerTlsMode::Disable, _) => {
+            return Ok(TlsPolicy {
+                mode: ServerTlsMode::Disable,
+                connector: None,
+            })
+        }
+        (ServerTlsMode::VerifyFull, Some(_)) => Verify::ChainAndName,
+        // libpq: with a root certificate, even prefer and require check the chain.
+        (_, Some(_)) => Verify::Chain,
+        (ServerTlsMode::VerifyCa | ServerTlsMode::VerifyFull, None) => {
+            return Err(ConfigError::invalid(
+                mode_key,
+                format!(
+                    "{} needs tls_ca (the CA certificate that signed the servers' certificates)",
+                    settings.mode.as_str()
+                ),
+            ))
+        }
+        (_, None) => Verify::Nothing,
+    };
+    let files = TlsFiles {
+        ca: settings.ca,
+        cert: settings.cert,
+        key: settings.key,
+    };
+    let config = client_config(&files, verify, digest)?;
+    Ok(TlsPolicy {
+        mode: settings.mode,
+        connector: Some(Arc::new(config)),
+    })
+}
+
+/// Resolves `server.tls*` and the nodes' overrides; errors name the key and file.
+pub(super) fn resolve_server_tls(config: &Config) -> Result<ServerTls, ConfigError> {
+    let server = &config.server;
+    let mut digest = Sha256::new();
+    let global = |key: &'static str, value: &Option<String>| value.clone().map(|v| (key, v));
+    let default = Arc::new(policy(
+        Settings {
+            mode: server.tls,
+            ca: global("server.tls_ca", &server.tls_ca),
+            cert: global("server.tls_cert", &server.tls_cert),
+            key: global("server.tls_key", &server.tls_key),
+        },
+        "server.tls",
+        &mut digest,
+    )?);
+    let mut by_address = HashMap::new();
+    for (i, node) in config.cluster.nodes.iter().enumerate() {
+        if !node.overrides_tls() {
+            continue;
+        }
+        let keys = NodeKeys::new(i);
+        let pick =
+            |key: &str, own: &Option<String>, global: &Option<(&'static str, String)>| match own {
+                Some(path) => Some((key.to_string(), path.clone())),
+                None => global.clone().map(|(k, p)| (k.to_string(), p)),
+            };
+        let ca = pick(
+            &keys.ca,
+            &node.tls_ca,
+            &global("server.tls_ca", &server.tls_ca),
+        );
+        let cert = pick(
+            &keys.cert,
+            &node.tls_cert,
+            &global("server.tls_cert", &server.tls_cert),
+        );
+        let key = pick(
+            &keys.key,
+            &node.tls_key,
+            &global("server.tls_key", &server.tls_key),
+        );
+        digest.update(node.pg_address().as_bytes());
+        let resolved = policy(
+            Settings {
+                mode: node.tls.unwrap_or(server.tls),
+                ca: ca.as_ref().map(|(k, p)| (k.as_str(), p.clone())),
+                cert: cert.as_ref().map(|(k, p)| (k.as_str(), p.clone())),
+                key: key.as_ref().map(|(k, p)| (k.as_str(), p.clone())),
+            },
+            &keys.mode,
+            &mut digest,
+        )?;
+        by_address.insert(node.pg_address(), Arc::new(resolved));
+    }
+    Ok(ServerTls {
+        default,
+        by_address: Arc::new(by_address),
+        fingerprint: digest.finalize().into(),
+    })
+}
+
+/// The config keys of one node's TLS overrides, for error messages.
+struct NodeKeys {
+    mode: String,
+    ca: String,
+    cert: String,
+    key: String,
+}
+
+impl NodeKeys {
+    fn new(i: usize) -> NodeKeys {
+        let key = |name: &str| format!("cluster.nodes[{i}].{name}");
+        NodeKeys {
+            mode: key("tls"),
+            ca: key("tls_ca"),
+            cert: key("tls_cert"),
+            key: key("tls_key"),
+        }
+    }
+}
+
+/// Builds `cluster.api_tls`; `https` says whether any `api:` URL needs it.
+pub(super) fn resolve_api_tls(config: &Config, https: bool) -> Result<Option<ApiTls>, ConfigError> {
+    let Some(api) = &config.cluster.api_tls else {
+        if https {
+            return Err(ConfigError::invalid(
+                "cluster.api_tls.ca",
+                "required for https:// api URLs (the CA that signed Patroni's REST API \
+                 certificate)",
+            ));
+        }
+        return Ok(None);
+    };
+    let Some(ca) = &api.ca else {
+        return Err(ConfigError::invalid(
+            "cluster.api_tls.ca",
+            "required: the CA that signed Patroni's REST API certificate",
+        ));
+    };
+    let mut digest = Sha256::new();
+    let files = TlsFiles {
+        ca: Some(("cluster.api_tls.ca", ca.clone())),
+        cert: api.cert.clone().map(|p| ("cluster.api_tls.cert", p)),
+        key: api.key.clone().map(|p| ("cluster.api_tls.key", p)),
+    };
+    let connector = client_config(&files, Verify::ChainAndName, &mut digest)?;
+    Ok(Some(ApiTls {
+        connector: Arc::new(connector),
+        fingerprint: digest.finalize().into(),
+    }))
+}
