@@ -77,6 +77,19 @@ async fn get_inner(
     exchange(stream, authority, path).await
 }
 
+/// An error with its causes: hyper's own message ("connection error") hides the
+/// one that matters, such as a TLS alert from a server wanting a client certificate.
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 /// The host part of `host:port`, IPv6 brackets removed.
 fn host_of(authority: &str) -> &str {
     match authority.strip_prefix('[') {
@@ -93,7 +106,7 @@ where
 {
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
-        .map_err(|e| HttpError::Protocol(e.to_string()))?;
+        .map_err(|e| HttpError::Protocol(with_causes(&e)))?;
     // The connection task ends when the response is read or the timeout drops us.
     let driver = tokio::spawn(async move {
         let _ = connection.await;
@@ -102,17 +115,17 @@ where
         .header(hyper::header::HOST, authority)
         .header(hyper::header::USER_AGENT, "switchyard")
         .body(Empty::<Bytes>::new())
-        .map_err(|e| HttpError::Protocol(e.to_string()))?;
+        .map_err(|e| HttpError::Protocol(with_causes(&e)))?;
     let result = async {
         let response = sender
             .send_request(request)
             .await
-            .map_err(|e| HttpError::Protocol(e.to_string()))?;
+            .map_err(|e| HttpError::Protocol(with_causes(&e)))?;
         let status = response.status().as_u16();
         let body = Limited::new(response.into_body(), MAX_BODY)
             .collect()
             .await
-            .map_err(|e| HttpError::Protocol(e.to_string()))?
+            .map_err(|e| HttpError::Protocol(with_causes(&*e)))?
             .to_bytes();
         Ok(Response { status, body })
     }
