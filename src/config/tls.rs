@@ -309,3 +309,167 @@ pub(super) fn resolve_api_tls(config: &Config, https: bool) -> Result<Option<Api
         fingerprint: digest.finalize().into(),
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#"
+listeners:
+  - { name: rw, listen: "127.0.0.1:5000", route: primary }
+cluster:
+  nodes:
+    - { name: a, host: db1.example.net, api: "http://10.0.0.3:8008" NODE }
+    - { name: b, host: 10.0.0.4, api: "http://10.0.0.4:8008" }
+users:
+  - { name: app, password: pw }
+server:
+SERVER"#;
+
+    fn load(node: &str, server: &str) -> Result<Config, ConfigError> {
+        let text = BASE.replace("NODE", node).replace("SERVER", server);
+        Config::from_yaml_str_with_env(&text, &|_| None)
+    }
+
+    /// A CA certificate, a client certificate and key it signed, and a key that
+    /// belongs to neither, written to a temp dir.
+    struct Files {
+        dir: tempfile::TempDir,
+    }
+
+    impl Files {
+        fn new() -> Files {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let ca_key = rcgen::KeyPair::generate().expect("key");
+            let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+            params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+            let ca = params.self_signed(&ca_key).expect("CA");
+            let key = rcgen::KeyPair::generate().expect("key");
+            let client = rcgen::CertificateParams::new(vec!["app".to_string()])
+                .expect("params")
+                .signed_by(&key, &ca, &ca_key)
+                .expect("client cert");
+            let other = rcgen::KeyPair::generate().expect("key");
+            let write = |name: &str, text: String| {
+                std::fs::write(dir.path().join(name), text).expect("write");
+            };
+            write("ca.crt", ca.pem());
+            write("client.crt", client.pem());
+            write("client.key", key.serialize_pem());
+            write("other.key", other.serialize_pem());
+            write("garbage.crt", "not a certificate\n".to_string());
+            Files { dir }
+        }
+
+        fn path(&self, name: &str) -> String {
+            self.dir.path().join(name).to_string_lossy().into_owned()
+        }
+    }
+
+    fn error(node: &str, server: &str) -> String {
+        load(node, server).expect_err("refused").to_string()
+    }
+
+    #[test]
+    fn the_default_is_prefer_without_files() {
+        let config = load("", "  connect_timeout: 5s\n").expect("valid");
+        let policy = config.server.tls_loaded.for_address("10.0.0.4:5432");
+        assert_eq!(policy.mode, ServerTlsMode::Prefer);
+        assert!(policy.connector.is_some());
+    }
+
+    #[test]
+    fn verification_needs_a_ca() {
+        let message = error("", "  tls: verify-full\n");
+        assert!(
+            message.starts_with("server.tls: verify-full needs tls_ca"),
+            "{message}"
+        );
+        let message = error(", tls: verify-ca", "  tls: disable\n");
+        assert!(
+            message.starts_with("cluster.nodes[0].tls: verify-ca needs tls_ca"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn file_errors_name_the_key_the_file_and_the_reason() {
+        let files = Files::new();
+        let missing = files.path("missing.crt");
+        let message = error("", &format!("  tls: require\n  tls_ca: {missing}\n"));
+        assert!(
+            message.starts_with("server.tls_ca: cannot read"),
+            "{message}"
+        );
+        assert!(
+            message.contains("missing.crt") && message.contains("No such file"),
+            "{message}"
+        );
+
+        let garbage = files.path("garbage.crt");
+        let message = error("", &format!("  tls: verify-ca\n  tls_ca: {garbage}\n"));
+        assert!(message.contains("holds no PEM certificate"), "{message}");
+
+        let (cert, other) = (files.path("client.crt"), files.path("other.key"));
+        let message = error("", &format!("  tls_cert: {cert}\n  tls_key: {other}\n"));
+        assert!(message.starts_with("server.tls_key:"), "{message}");
+        assert!(message.contains("does not go with"), "{message}");
+
+        let message = error("", &format!("  tls_cert: {cert}\n"));
+        assert!(message.contains("needs both"), "{message}");
+    }
+
+    #[test]
+    fn a_node_overrides_what_it_sets_and_inherits_the_rest() {
+        let files = Files::new();
+        let server = format!(
+            "  tls: disable\n  tls_ca: {}\n  tls_cert: {}\n  tls_key: {}\n",
+            files.path("ca.crt"),
+            files.path("client.crt"),
+            files.path("client.key")
+        );
+        let config = load(", tls: verify-full", &server).expect("valid");
+        let tls = &config.server.tls_loaded;
+        let own = tls.for_address("db1.example.net:5432");
+        assert_eq!(own.mode, ServerTlsMode::VerifyFull);
+        assert!(own
+            .connector
+            .as_ref()
+            .is_some_and(|c| c.client_auth_cert_resolver.has_certs()));
+        let other = tls.for_address("10.0.0.4:5432");
+        assert_eq!(other.mode, ServerTlsMode::Disable);
+        assert!(other.connector.is_none());
+    }
+
+    #[test]
+    fn https_apis_need_api_tls_and_changed_files_change_the_fingerprint() {
+        let files = Files::new();
+        let https = ", api: \"https://10.0.0.3:8008\"";
+        let text = BASE
+            .replace("api: \"http://10.0.0.3:8008\" NODE", &https[2..])
+            .replace("SERVER", "  tls: disable\n");
+        let message = Config::from_yaml_str_with_env(&text, &|_| None)
+            .expect_err("no api_tls")
+            .to_string();
+        assert!(
+            message.starts_with("cluster.api_tls.ca: required"),
+            "{message}"
+        );
+
+        let with_tls = text.replace(
+            "cluster:\n",
+            &format!("cluster:\n  api_tls: {{ ca: {} }}\n", files.path("ca.crt")),
+        );
+        let fingerprint = |text: &str| {
+            Config::from_yaml_str_with_env(text, &|_| None)
+                .expect("valid")
+                .cluster
+                .api_tls_loaded
+                .map(|t| t.fingerprint)
+        };
+        let before = fingerprint(&with_tls);
+        assert!(before.is_some());
+        std::fs::copy(files.path("client.crt"), files.path("ca.crt")).expect("replace file");
+        assert_ne!(before, fingerprint(&with_tls), "a file changed in place");
+    }
+}

@@ -119,3 +119,98 @@ fn tls_error(address: &str, reason: impl Into<String>) -> ServerError {
         reason: reason.into(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{ServerTls, ServerTlsMode};
+    use tokio::net::TcpListener;
+
+    /// A server that reads the 8-byte SSLRequest and answers `reply`.
+    async fn answering(reply: &'static [u8]) -> (String, tokio::task::JoinHandle<Vec<u8>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("addr").to_string();
+        let server = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.expect("accept");
+            let mut request = vec![0u8; 8];
+            socket.read_exact(&mut request).await.expect("SSLRequest");
+            socket.write_all(reply).await.expect("reply");
+            // Keep the socket open until the client is done with it.
+            let mut rest = Vec::new();
+            let _ = socket.read_to_end(&mut rest).await;
+            request
+        });
+        (address, server)
+    }
+
+    fn policy(mode: ServerTlsMode) -> TlsPolicy {
+        let prefer = ServerTls::default();
+        TlsPolicy {
+            mode,
+            connector: prefer.for_address("x:1").connector.clone(),
+        }
+    }
+
+    async fn outcome(reply: &'static [u8], mode: ServerTlsMode) -> Result<bool, ServerError> {
+        let (address, server) = answering(reply).await;
+        let tcp = TcpStream::connect(&address).await.expect("connect");
+        let result = negotiate(tcp, &policy(mode), &address)
+            .await
+            .map(|stream| matches!(stream, ServerStream::Tls(_)));
+        server.abort();
+        result
+    }
+
+    #[tokio::test]
+    async fn prefer_falls_back_on_n_and_require_refuses() {
+        assert!(!outcome(b"N", ServerTlsMode::Prefer)
+            .await
+            .expect("plaintext"));
+        match outcome(b"N", ServerTlsMode::Require).await {
+            Err(ServerError::Tls { reason, .. }) => {
+                assert!(reason.contains("does not accept TLS"), "{reason}")
+            }
+            other => panic!("expected a TLS error, got {:?}", other.map(|_| ())),
+        }
+    }
+
+    #[tokio::test]
+    async fn bytes_after_s_before_the_handshake_are_refused() {
+        // 'S' followed at once by bytes that did not come over TLS.
+        let (address, server) = answering(b"SE\0\0\0\x08junk").await;
+        let tcp = TcpStream::connect(&address).await.expect("connect");
+        // The answer and the junk go out in one write, so they arrive together.
+        let result = negotiate(tcp, &policy(ServerTlsMode::Require), &address).await;
+        server.abort();
+        match result {
+            Err(ServerError::Tls { reason, .. }) => {
+                assert!(reason.contains("CVE-2021-23222"), "{reason}")
+            }
+            other => panic!("expected a refusal, got {:?}", other.map(|_| ())),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_answer_other_than_s_or_n_is_a_protocol_error() {
+        assert!(matches!(
+            outcome(b"X", ServerTlsMode::Prefer).await,
+            Err(ServerError::Protocol(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn disable_sends_nothing() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("addr").to_string();
+        let tcp = TcpStream::connect(&address).await.expect("connect");
+        let (mut accepted, _) = listener.accept().await.expect("accept");
+        let stream = negotiate(tcp, &TlsPolicy::plaintext(), &address)
+            .await
+            .expect("plain");
+        assert!(matches!(stream, ServerStream::Plain(_)));
+        drop(stream);
+        let mut sent = Vec::new();
+        accepted.read_to_end(&mut sent).await.expect("read");
+        assert!(sent.is_empty(), "no SSLRequest: {sent:?}");
+    }
+}
