@@ -3,6 +3,8 @@
 //! "Configuration reference" and appears in the annotated conf/switchyard.yaml,
 //! and every option the README documents exists in the code.
 
+// Only the CA and client certificates are needed here.
+#[allow(dead_code)]
 #[path = "harness/certs.rs"]
 mod certs;
 
