@@ -406,3 +406,46 @@ async fn reload_turns_tls_on_and_refuses_a_missing_file() {
     let client = connect(rw(&proxy), "app", "app_pw").await;
     assert_eq!(server_side_ssl(&client).await, "t", "the old settings stay");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn transaction_mode_moves_large_requests_and_replies_over_tls() {
+    let server = blocking(tls_server).await;
+    let settings = format!(
+        "  tls: verify-full\n  tls_ca: {}\npool:\n  mode: transaction\n  size: 2\n",
+        server.file("ca.crt")
+    );
+    let (proxy, _api) = start_for("localhost", server.port(), "", &settings).await;
+    let client = connect(rw(&proxy), "app", "app_pw").await;
+    // A request larger than any socket buffer goes out whole (it is flushed
+    // through TLS), and a reply of several megabytes comes back whole.
+    let big = "y".repeat(4 << 20);
+    let row = within(
+        30,
+        "a 4 MB parameter round trip",
+        client.query_one("SELECT length($1::text)", &[&big]),
+    )
+    .await
+    .expect("large parameter");
+    assert_eq!(row.get::<_, i32>(0), 4 << 20);
+    let rows = within(
+        30,
+        "a large result",
+        client.query(
+            "SELECT i, repeat('x', 100) FROM generate_series(1, 50000) AS i",
+            &[],
+        ),
+    )
+    .await
+    .expect("large result");
+    assert_eq!(rows.len(), 50000);
+    // Many short transactions reuse the pooled TLS connections.
+    let statement = client.prepare("SELECT $1::int + 1").await.expect("prepare");
+    for i in 0..200 {
+        let row = client
+            .query_one(&statement, &[&i])
+            .await
+            .expect("prepared query");
+        assert_eq!(row.get::<_, i32>(0), i + 1);
+    }
+    assert_eq!(server_side_ssl(&client).await, "t");
+}
