@@ -13,6 +13,7 @@ use crate::context::ProxyContext;
 use crate::protocol::messages;
 use crate::protocol::startup::{FirstPacket, StartupError, StartupParams, StartupReader};
 use crate::protocol::{ClientError, SqlState};
+use crate::server::cancel::send_cancel as cancel_on_server;
 
 /// What a client connection turned out to be.
 pub enum Opening {
@@ -232,25 +233,23 @@ async fn forward_cancel(ctx: &ProxyContext, pid: i32, secret: &[u8], from: &str)
         peers: &config.peers,
     };
     let timeout = config.server.cancel_timeout.0;
+    let tls = &config.server.tls_loaded;
     let outcome = match ctx.cancels().route(pid, secret, &peering) {
-        CancelRoute::Local(target) => {
-            let tls = &config.server.tls_loaded;
-            match crate::server::cancel::send_cancel(&target, tls, timeout).await {
-                Ok(()) => {
-                    tracing::info!(%from, server = %target.address, "cancel request forwarded");
-                    "forwarded"
-                }
-                Err(e) => {
-                    tracing::warn!(
-                        %from,
-                        server = %target.address,
-                        error = %e,
-                        "cannot forward cancel request"
-                    );
-                    "failed"
-                }
+        CancelRoute::Local(target) => match cancel_on_server(&target, tls, timeout).await {
+            Ok(()) => {
+                tracing::info!(%from, server = %target.address, "cancel request forwarded");
+                "forwarded"
             }
-        }
+            Err(e) => {
+                tracing::warn!(
+                    %from,
+                    server = %target.address,
+                    error = %e,
+                    "cannot forward cancel request"
+                );
+                "failed"
+            }
+        },
         CancelRoute::Peer { peer, target } => match cancel::send_cancel(&target, timeout).await {
             Ok(()) => {
                 tracing::info!(
