@@ -449,3 +449,27 @@ async fn transaction_mode_moves_large_requests_and_replies_over_tls() {
     }
     assert_eq!(server_side_ssl(&client).await, "t");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_sql_probe_logs_in_over_tls() {
+    let server = blocking(tls_server).await;
+    let yaml = format!(
+        "listeners:\n  - {{ name: rw, listen: \"127.0.0.1:0\", route: primary }}\n\
+         admin:\n  listen: \"127.0.0.1:0\"\n\
+         cluster:\n  discovery: sql\n  probe: {{ user: app, password: app_pw, database: appdb }}\n  \
+         health: {FAST_HEALTH}\n  nodes:\n    - {{ name: node1, host: localhost, port: {} }}\n\
+         {USERS_YAML}server:\n  tls: verify-full\n  tls_ca: {}\n",
+        server.port(),
+        server.file("ca.crt")
+    );
+    let proxy = start_proxy(&yaml).await;
+    // The server takes only TLS logins: a primary found means the probe used TLS.
+    eventually(
+        Duration::from_secs(10),
+        "the SQL probe finds the primary",
+        || async { admin_status(&proxy).await["primary"] == "node1" },
+    )
+    .await;
+    let client = connect(rw(&proxy), "app", "app_pw").await;
+    assert_eq!(server_side_ssl(&client).await, "t");
+}
