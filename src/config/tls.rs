@@ -151,27 +151,29 @@ impl std::fmt::Debug for ApiTls {
     }
 }
 
+/// A file setting with the config key it came from (for error messages).
+type KeyedPath = Option<(String, String)>;
+
+fn keyed(key: &str, path: &Option<String>) -> KeyedPath {
+    path.clone().map(|path| (key.to_string(), path))
+}
+
 /// One set of server TLS settings (global or a node's, overrides applied).
-struct Settings<'a> {
+struct Settings {
     mode: ServerTlsMode,
-    ca: Option<(&'a str, String)>,
-    cert: Option<(&'a str, String)>,
-    key: Option<(&'a str, String)>,
+    ca: KeyedPath,
+    cert: KeyedPath,
+    key: KeyedPath,
 }
 
 fn policy(
-    settings: Settings<'_>,
+    settings: &Settings,
     mode_key: &str,
     digest: &mut Sha256,
 ) -> Result<TlsPolicy, ConfigError> {
     digest.update(settings.mode.as_str().as_bytes());
     let verify = match (settings.mode, &settings.ca) {
-        (ServerTlsMode::Disable, _) => {
-            return Ok(TlsPolicy {
-                mode: ServerTlsMode::Disable,
-                connector: None,
-            })
-        }
+        (ServerTlsMode::Disable, _) => return Ok(TlsPolicy::plaintext()),
         (ServerTlsMode::VerifyFull, Some(_)) => Verify::ChainAndName,
         // libpq: with a root certificate, even prefer and require check the chain.
         (_, Some(_)) => Verify::Chain,
@@ -187,9 +189,9 @@ fn policy(
         (_, None) => Verify::Nothing,
     };
     let files = TlsFiles {
-        ca: settings.ca,
-        cert: settings.cert,
-        key: settings.key,
+        ca: settings.ca.clone(),
+        cert: settings.cert.clone(),
+        key: settings.key.clone(),
     };
     let config = client_config(&files, verify, digest)?;
     Ok(TlsPolicy {
@@ -202,54 +204,27 @@ fn policy(
 pub(super) fn resolve_server_tls(config: &Config) -> Result<ServerTls, ConfigError> {
     let server = &config.server;
     let mut digest = Sha256::new();
-    let global = |key: &'static str, value: &Option<String>| value.clone().map(|v| (key, v));
-    let default = Arc::new(policy(
-        Settings {
-            mode: server.tls,
-            ca: global("server.tls_ca", &server.tls_ca),
-            cert: global("server.tls_cert", &server.tls_cert),
-            key: global("server.tls_key", &server.tls_key),
-        },
-        "server.tls",
-        &mut digest,
-    )?);
+    let global = Settings {
+        mode: server.tls,
+        ca: keyed("server.tls_ca", &server.tls_ca),
+        cert: keyed("server.tls_cert", &server.tls_cert),
+        key: keyed("server.tls_key", &server.tls_key),
+    };
+    let default = Arc::new(policy(&global, "server.tls", &mut digest)?);
     let mut by_address = HashMap::new();
     for (i, node) in config.cluster.nodes.iter().enumerate() {
         if !node.overrides_tls() {
             continue;
         }
-        let keys = NodeKeys::new(i);
-        let pick =
-            |key: &str, own: &Option<String>, global: &Option<(&'static str, String)>| match own {
-                Some(path) => Some((key.to_string(), path.clone())),
-                None => global.clone().map(|(k, p)| (k.to_string(), p)),
-            };
-        let ca = pick(
-            &keys.ca,
-            &node.tls_ca,
-            &global("server.tls_ca", &server.tls_ca),
-        );
-        let cert = pick(
-            &keys.cert,
-            &node.tls_cert,
-            &global("server.tls_cert", &server.tls_cert),
-        );
-        let key = pick(
-            &keys.key,
-            &node.tls_key,
-            &global("server.tls_key", &server.tls_key),
-        );
+        let key = |name: &str| format!("cluster.nodes[{i}].{name}");
+        let own = Settings {
+            mode: node.tls.unwrap_or(server.tls),
+            ca: keyed(&key("tls_ca"), &node.tls_ca).or_else(|| global.ca.clone()),
+            cert: keyed(&key("tls_cert"), &node.tls_cert).or_else(|| global.cert.clone()),
+            key: keyed(&key("tls_key"), &node.tls_key).or_else(|| global.key.clone()),
+        };
         digest.update(node.pg_address().as_bytes());
-        let resolved = policy(
-            Settings {
-                mode: node.tls.unwrap_or(server.tls),
-                ca: ca.as_ref().map(|(k, p)| (k.as_str(), p.clone())),
-                cert: cert.as_ref().map(|(k, p)| (k.as_str(), p.clone())),
-                key: key.as_ref().map(|(k, p)| (k.as_str(), p.clone())),
-            },
-            &keys.mode,
-            &mut digest,
-        )?;
+        let resolved = policy(&own, &key("tls"), &mut digest)?;
         by_address.insert(node.pg_address(), Arc::new(resolved));
     }
     Ok(ServerTls {
@@ -257,26 +232,6 @@ pub(super) fn resolve_server_tls(config: &Config) -> Result<ServerTls, ConfigErr
         by_address: Arc::new(by_address),
         fingerprint: digest.finalize().into(),
     })
-}
-
-/// The config keys of one node's TLS overrides, for error messages.
-struct NodeKeys {
-    mode: String,
-    ca: String,
-    cert: String,
-    key: String,
-}
-
-impl NodeKeys {
-    fn new(i: usize) -> NodeKeys {
-        let key = |name: &str| format!("cluster.nodes[{i}].{name}");
-        NodeKeys {
-            mode: key("tls"),
-            ca: key("tls_ca"),
-            cert: key("tls_cert"),
-            key: key("tls_key"),
-        }
-    }
 }
 
 /// Builds `cluster.api_tls`; `https` says whether any `api:` URL needs it.
@@ -299,9 +254,9 @@ pub(super) fn resolve_api_tls(config: &Config, https: bool) -> Result<Option<Api
     };
     let mut digest = Sha256::new();
     let files = TlsFiles {
-        ca: Some(("cluster.api_tls.ca", ca.clone())),
-        cert: api.cert.clone().map(|p| ("cluster.api_tls.cert", p)),
-        key: api.key.clone().map(|p| ("cluster.api_tls.key", p)),
+        ca: keyed("cluster.api_tls.ca", &Some(ca.clone())),
+        cert: keyed("cluster.api_tls.cert", &api.cert),
+        key: keyed("cluster.api_tls.key", &api.key),
     };
     let connector = client_config(&files, Verify::ChainAndName, &mut digest)?;
     Ok(Some(ApiTls {

@@ -29,11 +29,12 @@ pub enum Verify {
     ChainAndName,
 }
 
-/// What one client configuration is built from, with the config keys to name in errors.
-pub struct TlsFiles<'a> {
-    pub ca: Option<(&'a str, String)>,
-    pub cert: Option<(&'a str, String)>,
-    pub key: Option<(&'a str, String)>,
+/// What one client configuration is built from: (config key, path) of each file,
+/// the key for error messages.
+pub struct TlsFiles {
+    pub ca: Option<(String, String)>,
+    pub cert: Option<(String, String)>,
+    pub key: Option<(String, String)>,
 }
 
 pub fn provider() -> Arc<CryptoProvider> {
@@ -43,7 +44,7 @@ pub fn provider() -> Arc<CryptoProvider> {
 /// Builds a client configuration; `digest` is fed every file's bytes so a reload
 /// can tell that a file changed in place.
 pub fn client_config(
-    files: &TlsFiles<'_>,
+    files: &TlsFiles,
     verify: Verify,
     digest: &mut Sha256,
 ) -> Result<ClientConfig, ConfigError> {
@@ -64,7 +65,7 @@ pub fn client_config(
             let webpki =
                 WebPkiServerVerifier::builder_with_provider(Arc::new(roots), Arc::clone(&provider))
                     .build()
-                    .map_err(|e| ConfigError::invalid(*key, format!("{path}: {e}")))?;
+                    .map_err(|e| ConfigError::invalid(key, format!("{path}: {e}")))?;
             Arc::new(ChainVerifier {
                 webpki,
                 check_name: verify == Verify::ChainAndName,
@@ -81,13 +82,13 @@ pub fn client_config(
             let key = load_key(key_key, key_path, digest)?;
             builder.with_client_auth_cert(certs, key).map_err(|e| {
                 ConfigError::invalid(
-                    *key_key,
+                    key_key,
                     format!("{key_path} does not go with {cert_path}: {e}"),
                 )
             })
         }
         (Some((cert_key, _)), None) | (None, Some((cert_key, _))) => Err(ConfigError::invalid(
-            *cert_key,
+            cert_key,
             "a client certificate needs both the certificate and the key file",
         )),
     }

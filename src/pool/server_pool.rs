@@ -335,7 +335,7 @@ impl ServerPool {
         self.failures.clear(&self.key.node);
         self.open.fetch_add(1, Ordering::Relaxed);
         self.welcomes.note_login(&connection.params);
-        tracing::debug!(node = %self.key.node, database = %self.key.database, user = %self.key.user, "server connection opened");
+        tracing::debug!(node = %self.key.node, database = %self.key.database, user = %self.key.user, tls = ?connection.stream.tls_description(), "server connection opened");
         Ok(Box::new(connection))
     }
 
