@@ -80,8 +80,7 @@ impl ServerConnection {
     /// bytes (an idle server has nothing to say; anything it says, such as a FATAL
     /// before closing, makes the connection unusable).
     pub fn looks_healthy(&mut self) -> bool {
-        let mut probe = [0u8; 1];
-        self.stream.poll_idle_read(&mut probe).is_pending()
+        self.stream.is_quiet()
     }
 
     /// Sends Terminate without waiting (best effort) so the server logs a clean exit.

@@ -71,23 +71,22 @@ impl ServerStream {
         }
     }
 
-    /// Reads without waiting: `Pending` when nothing is there. With TLS, records
-    /// that carry no data (session tickets, key updates) are consumed and leave
-    /// `Pending`. The waker is a no-op: nobody waits on this read.
-    pub fn poll_idle_read(&mut self, probe: &mut [u8]) -> Poll<io::Result<usize>> {
+    /// True when a read without waiting finds nothing (no data, no EOF, no
+    /// error). With TLS, records that carry no data (session tickets, key updates)
+    /// are consumed on the way; the waker is a no-op, nobody waits on this read.
+    /// Whatever it finds is consumed: a connection that is not quiet is closed.
+    pub fn is_quiet(&mut self) -> bool {
+        let mut probe = [0u8; 1];
         match self {
-            ServerStream::Plain(stream) => match stream.try_read(probe) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Poll::Pending,
-                other => Poll::Ready(other),
-            },
+            ServerStream::Plain(stream) => {
+                matches!(stream.try_read(&mut probe), Err(ref e) if e.kind() == io::ErrorKind::WouldBlock)
+            }
             ServerStream::Tls(stream) => {
                 let mut cx = Context::from_waker(Waker::noop());
-                let mut buf = ReadBuf::new(probe);
-                match Pin::new(&mut **stream).poll_read(&mut cx, &mut buf) {
-                    Poll::Ready(Ok(())) => Poll::Ready(Ok(buf.filled().len())),
-                    Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-                    Poll::Pending => Poll::Pending,
-                }
+                let mut buf = ReadBuf::new(&mut probe);
+                Pin::new(&mut **stream)
+                    .poll_read(&mut cx, &mut buf)
+                    .is_pending()
             }
         }
     }
@@ -186,6 +185,21 @@ pub enum ServerReadHalf<'a> {
 pub enum ServerWriteHalf<'a> {
     Plain(tcp::WriteHalf<'a>),
     Tls(tokio::io::WriteHalf<&'a mut Tls>),
+}
+
+impl ServerWriteHalf<'_> {
+    /// Writes all of `bytes`; with TLS also flushes (written bytes can wait in the
+    /// TLS layer until a flush). Plain TCP writes exactly as before.
+    pub async fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
+        use tokio::io::AsyncWriteExt;
+        match self {
+            ServerWriteHalf::Plain(write) => write.write_all(bytes).await,
+            ServerWriteHalf::Tls(write) => {
+                write.write_all(bytes).await?;
+                write.flush().await
+            }
+        }
+    }
 }
 
 delegate_read!(ServerReadHalf<'_>);

@@ -227,8 +227,7 @@ impl Upstream<'_, '_> {
                 self.wake.notify_one();
             }
             if !self.out.is_empty() {
-                if let Err(e) = crate::session::relay::send_all(&mut server_writer, self.out).await
-                {
+                if let Err(e) = server_writer.send(self.out).await {
                     return RelayEnd::ServerGone {
                         error: Some(e),
                         sent_error: false,
