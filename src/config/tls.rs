@@ -334,6 +334,27 @@ SERVER"#;
     }
 
     #[test]
+    fn check_notes_unauthenticated_servers() {
+        let unauthenticated = |config: &Config| {
+            crate::config::notes(config)
+                .iter()
+                .any(|n| n.contains("servers are not authenticated"))
+        };
+        assert!(unauthenticated(
+            &load("", "  connect_timeout: 5s\n").expect("valid")
+        ));
+        assert!(unauthenticated(
+            &load("", "  tls: require\n").expect("valid")
+        ));
+        assert!(!unauthenticated(
+            &load("", "  tls: disable\n").expect("valid")
+        ));
+        let files = Files::new();
+        let verified = format!("  tls: verify-full\n  tls_ca: {}\n", files.path("ca.crt"));
+        assert!(!unauthenticated(&load("", &verified).expect("valid")));
+    }
+
+    #[test]
     fn verification_needs_a_ca() {
         let message = error("", "  tls: verify-full\n");
         assert!(

@@ -323,6 +323,22 @@ fn validate_probe(cluster: &super::ClusterConfig) -> Result<(), ConfigError> {
 /// What `check` tells about a valid configuration that may still surprise: users
 /// whose stored password limits how Switchyard can log in to PostgreSQL.
 pub fn notes(config: &Config) -> Vec<String> {
+    let mut notes = user_notes(config);
+    let server = &config.server;
+    let unverified = match (server.tls, &server.tls_ca) {
+        (super::ServerTlsMode::Prefer, None) => "TLS when a server offers it, else plaintext",
+        (super::ServerTlsMode::Require, None) => "TLS",
+        _ => return notes,
+    };
+    notes.push(format!(
+        "server.tls is {}: {unverified}, but servers are not authenticated; in production \
+         set server.tls: verify-full with server.tls_ca",
+        server.tls.as_str()
+    ));
+    notes
+}
+
+fn user_notes(config: &Config) -> Vec<String> {
     config
         .users
         .iter()
