@@ -25,23 +25,44 @@ impl ConnectFailures {
         self.by_node.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn record(&self, node: &str, error: String) {
+    /// Records a failed login; true when it differs from the node's last one (so
+    /// the caller logs a repeated failure once, not at every attempt).
+    pub fn record(&self, node: &str, error: String) -> bool {
         let failure = ConnectFailure {
             at: Some(SystemTime::now()),
             error,
         };
-        self.nodes().insert(node.to_string(), failure);
+        let previous = self.nodes().insert(node.to_string(), failure.clone());
+        previous.is_none_or(|p| p.error != failure.error)
     }
 
-    /// A login to `node` succeeded. Cheap when nothing was recorded.
-    pub fn clear(&self, node: &str) {
+    /// A login to `node` succeeded; true when a failure was recorded until now.
+    /// Cheap when nothing was recorded.
+    pub fn clear(&self, node: &str) -> bool {
         let mut nodes = self.nodes();
-        if !nodes.is_empty() {
-            nodes.remove(node);
-        }
+        !nodes.is_empty() && nodes.remove(node).is_some()
     }
 
     pub fn last(&self, node: &str) -> Option<ConnectFailure> {
         self.nodes().get(node).cloned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_repeated_failure_is_new_once_and_a_success_clears_it() {
+        let failures = ConnectFailures::default();
+        assert!(!failures.clear("a"), "nothing recorded yet");
+        assert!(failures.record("a", "TLS failed".into()));
+        assert!(!failures.record("a", "TLS failed".into()), "the same again");
+        assert!(failures.record("a", "refused".into()), "a different one");
+        assert!(failures.record("b", "refused".into()), "another node");
+        assert_eq!(failures.last("a").map(|f| f.error), Some("refused".into()));
+        assert!(failures.clear("a"));
+        assert!(failures.last("a").is_none());
+        assert!(failures.last("b").is_some());
     }
 }

@@ -332,7 +332,9 @@ impl ServerPool {
         )
         .await
         .inspect_err(|e| self.login_failed(e))?;
-        self.failures.clear(&self.key.node);
+        if self.failures.clear(&self.key.node) {
+            tracing::info!(node = %self.key.node, "server logins succeed again");
+        }
         self.open.fetch_add(1, Ordering::Relaxed);
         self.welcomes.note_login(&connection.params);
         tracing::debug!(node = %self.key.node, database = %self.key.database, user = %self.key.user, tls = ?connection.stream.tls_description(), "server connection opened");
@@ -358,15 +360,18 @@ impl ServerPool {
         Ok(())
     }
 
-    /// Logs a failed login and keeps it for /status. A TLS failure is an error (a
-    /// configuration or certificate problem that will not go away by itself).
+    /// Keeps a failed login for /status and logs it when it is not the same
+    /// failure again. A TLS failure is an error (a configuration or certificate
+    /// problem that will not go away by itself).
     fn login_failed(&self, error: &ServerError) {
+        if !self.failures.record(&self.key.node, error.to_string()) {
+            return;
+        }
         if matches!(error, ServerError::Tls { .. }) {
             tracing::error!(node = %self.key.node, address = %self.address, error = %error, "server TLS failed");
         } else {
             tracing::warn!(node = %self.key.node, database = %self.key.database, user = %self.key.user, error = %error, "server login failed");
         }
-        self.failures.record(&self.key.node, error.to_string());
     }
 
     fn is_fresh(&self, connection: &ServerConnection, now: Instant) -> bool {
