@@ -473,3 +473,39 @@ async fn the_sql_probe_logs_in_over_tls() {
     let client = connect(rw(&proxy), "app", "app_pw").await;
     assert_eq!(server_side_ssl(&client).await, "t");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_tls_connection_the_server_closed_is_not_reused() {
+    let server = blocking(tls_server).await;
+    let settings = format!(
+        "  tls: verify-full\n  tls_ca: {}\npool:\n  mode: transaction\n  size: 1\n",
+        server.file("ca.crt")
+    );
+    let (proxy, _api) = start_for("localhost", server.port(), "", &settings).await;
+    let client = connect(rw(&proxy), "app", "app_pw").await;
+    let first = simple_value(&client, "SELECT pg_backend_pid()", "pid")
+        .await
+        .unwrap_or_default();
+    // The pooled connection is idle now; the server ends it (FATAL 57P01 over TLS,
+    // then close).
+    let port = server.port();
+    let sql = format!("SELECT pg_terminate_backend({first})");
+    let terminated = blocking(move || psql_over_tls(port, &sql)).await;
+    assert_eq!(terminated.as_deref(), Ok("t"));
+    let port = server.port();
+    eventually(Duration::from_secs(10), "the backend is gone", || {
+        let sql = format!("SELECT count(*) FROM pg_stat_activity WHERE pid = {first}");
+        async move {
+            blocking(move || psql_over_tls(port, &sql))
+                .await
+                .is_ok_and(|n| n == "0")
+        }
+    })
+    .await;
+    // The next transaction gets a fresh connection instead of the dead one.
+    let second = simple_value(&client, "SELECT pg_backend_pid()", "pid")
+        .await
+        .unwrap_or_default();
+    assert!(!second.is_empty() && second != first, "{first} -> {second}");
+    assert_eq!(server_side_ssl(&client).await, "t");
+}
