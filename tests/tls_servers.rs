@@ -274,6 +274,19 @@ async fn require_refuses_a_plaintext_server_and_prefer_falls_back() {
         "t",
         "prefer uses TLS when offered"
     );
+
+    // As libpq does, prefer tries again without TLS when TLS fails (here: a CA that
+    // did not sign the server's certificate); this server refuses plaintext.
+    let other = format!("  tls: prefer\n  tls_ca: {}\n", server.file("other-ca.crt"));
+    let (proxy, _api) = start_for("localhost", server.port(), "", &other).await;
+    let error = try_connect(rw(&proxy), "app", "app_pw")
+        .await
+        .expect_err("the plaintext retry is refused by the hostssl-only server");
+    assert!(
+        describe(&error).contains("no encryption"),
+        "{}",
+        describe(&error)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

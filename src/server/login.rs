@@ -3,12 +3,11 @@
 //! trust), then collecting ParameterStatus and BackendKeyData until ReadyForQuery.
 //! The whole exchange runs under one timeout; the socket gets TCP keepalive
 //! ([`super::socket`]) and, before the StartupMessage, TLS as the node's policy
-//! says ([`super::tls`]).
+//! says ([`super::tls::open`]).
 
 use std::time::Duration;
 
 use bytes::BytesMut;
-use tokio::net::TcpStream;
 
 use crate::auth::stored::Credential;
 use crate::auth::{md5, scram};
@@ -81,15 +80,7 @@ async fn connect_inner(
     keepalive: &KeepaliveConfig,
     tls: &TlsPolicy,
 ) -> Result<ServerConnection, ServerError> {
-    let tcp = TcpStream::connect(address)
-        .await
-        .map_err(|source| ServerError::Connect {
-            address: address.to_string(),
-            source,
-        })?;
-    let _ = tcp.set_nodelay(true);
-    super::socket::apply_keepalive(&tcp, keepalive, address);
-    let mut stream = super::tls::negotiate(tcp, tls, address).await?;
+    let mut stream = super::tls::open(address, keepalive, tls).await?;
     let io_error = |source| ServerError::Io {
         address: address.to_string(),
         source,

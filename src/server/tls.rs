@@ -4,7 +4,8 @@
 //! (`config::ServerTls`). Exactly one byte is read before the handshake and
 //! anything the server sent beyond it refuses the connection (CVE-2021-23222: a
 //! man in the middle must not get bytes accepted as if they came over TLS).
-//! Used for logins and for cancel requests alike.
+//! Used for logins and for cancel requests alike; for logins, `prefer` falls back
+//! to a plaintext connection when the TLS attempt fails, as libpq does.
 
 use std::sync::Arc;
 
@@ -13,11 +14,41 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use crate::config::TlsPolicy;
+use crate::config::{KeepaliveConfig, ServerTlsMode, TlsPolicy};
 use crate::protocol::{messages, tag};
 
 use super::stream::ServerStream;
 use super::ServerError;
+
+/// Connects to `address` (TCP_NODELAY, `keepalive`) and negotiates TLS as `policy`
+/// says. As libpq does for `prefer`, a failed TLS attempt is followed by a second,
+/// plaintext connection. The caller bounds the time.
+pub async fn open(
+    address: &str,
+    keepalive: &KeepaliveConfig,
+    policy: &TlsPolicy,
+) -> Result<ServerStream, ServerError> {
+    let tcp = connect_tcp(address, keepalive).await?;
+    match negotiate(tcp, policy, address).await {
+        Err(ServerError::Tls { reason, .. }) if policy.mode == ServerTlsMode::Prefer => {
+            tracing::warn!(%address, %reason, "TLS failed; server.tls is prefer, so connecting again without TLS");
+            Ok(ServerStream::Plain(connect_tcp(address, keepalive).await?))
+        }
+        other => other,
+    }
+}
+
+async fn connect_tcp(address: &str, keepalive: &KeepaliveConfig) -> Result<TcpStream, ServerError> {
+    let tcp = TcpStream::connect(address)
+        .await
+        .map_err(|source| ServerError::Connect {
+            address: address.to_string(),
+            source,
+        })?;
+    let _ = tcp.set_nodelay(true);
+    super::socket::apply_keepalive(&tcp, keepalive, address);
+    Ok(tcp)
+}
 
 /// Negotiates TLS on a fresh connection to `address` (`host:port`) as `policy` says.
 /// The caller bounds the time.
