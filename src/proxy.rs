@@ -141,6 +141,7 @@ pub async fn start_with_source(
     let monitor_token = shutdown.child_token();
     tasks.spawn(monitor::run(
         config.cluster.clone(),
+        config.server.tls_loaded.clone(),
         Arc::clone(&topology),
         monitor_token.clone(),
     ));

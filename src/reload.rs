@@ -208,6 +208,7 @@ impl Reloader {
         self.monitor = self.ctx.shutdown().child_token();
         self.tasks.spawn(monitor::run(
             config.cluster.clone(),
+            config.server.tls_loaded.clone(),
             Arc::clone(topology),
             self.monitor.clone(),
         ));
@@ -280,6 +281,15 @@ fn cluster_changed(old: &Config, new: &Config) -> bool {
     let probe_password = |c: &Config| c.cluster.probe.as_ref().map(|p| p.password.clone());
     serde_json::to_value(&old.cluster).ok() != serde_json::to_value(&new.cluster).ok()
         || probe_password(old) != probe_password(new)
+        || tls_changed(old, new)
+}
+
+/// TLS settings or the files behind them (a certificate renewed in place) changed:
+/// new server connections, SQL probes and Patroni polls use the new ones.
+fn tls_changed(old: &Config, new: &Config) -> bool {
+    let api = |c: &Config| c.cluster.api_tls_loaded.as_ref().map(|t| t.fingerprint);
+    old.server.tls_loaded.fingerprint() != new.server.tls_loaded.fingerprint()
+        || api(old) != api(new)
 }
 
 /// One phrase per kind of change, for the reload log line.
@@ -343,6 +353,9 @@ fn describe_changes(old: &Config, new: &Config) -> Vec<String> {
     }
     if !removed.is_empty() {
         changes.push(format!("nodes removed: {}", join(&removed)));
+    }
+    if tls_changed(old, new) {
+        changes.push("TLS settings or files changed (new connections use them)".into());
     }
     if cluster_changed(old, new) && added.is_empty() && removed.is_empty() {
         changes.push("cluster settings changed".into());

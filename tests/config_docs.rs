@@ -3,6 +3,11 @@
 //! "Configuration reference" and appears in the annotated conf/switchyard.yaml,
 //! and every option the README documents exists in the code.
 
+// Only the CA and client certificates are needed here.
+#[allow(dead_code)]
+#[path = "harness/certs.rs"]
+mod certs;
+
 use std::collections::BTreeSet;
 
 use serde_json::Value;
@@ -35,7 +40,8 @@ cluster:
   discovery: sql
   probe: { user: monitor, password: pw, database: postgres, require_auth: "scram-sha-256" }
   nodes:
-    - { name: a, host: 127.0.0.1, port: 5432, api: "http://127.0.0.1:8008" }
+    - { name: a, host: 127.0.0.1, port: 5432, api: "https://127.0.0.1:8008", tls: verify-full, tls_ca: "@CA@", tls_cert: "@CERT@", tls_key: "@KEY@" }
+  api_tls: { ca: "@CA@", cert: "@CERT@", key: "@KEY@" }
   health: { interval: 1s, timeout: 1s, rise: 2, fall: 3 }
   max_replica_lag: 16MB
   allowed_hosts: [10.0.0.0/24]
@@ -48,6 +54,10 @@ server:
   keepalive: { idle: 10s, interval: 5s, count: 3 }
   query_timeout: 1m
   require_auth: scram-sha-256,md5
+  tls: verify-ca
+  tls_ca: "@CA@"
+  tls_cert: "@CERT@"
+  tls_key: "@KEY@"
 pool:
   mode: session
   size: 20
@@ -91,8 +101,23 @@ fn leaf_paths(value: &Value, prefix: &str, out: &mut BTreeSet<String>) {
     }
 }
 
+/// EVERYTHING with its TLS file names pointing at real PEM files (a CA, and a
+/// certificate and key it signed), which loading the config reads.
+fn everything() -> (String, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ca = certs::TestCa::new("config docs CA");
+    let ca_path = ca.write(dir.path(), "ca.crt");
+    let client = ca.client("app").write(dir.path(), "client");
+    let yaml = EVERYTHING
+        .replace("@CA@", &ca_path.to_string_lossy())
+        .replace("@CERT@", &client.cert.to_string_lossy())
+        .replace("@KEY@", &client.key.to_string_lossy());
+    (yaml, dir)
+}
+
 fn options() -> BTreeSet<String> {
-    let config = Config::from_yaml_str(EVERYTHING).unwrap_or_else(|e| panic!("{e}"));
+    let (yaml, _files) = everything();
+    let config = Config::from_yaml_str(&yaml).unwrap_or_else(|e| panic!("{e}"));
     let value = serde_json::to_value(&config).expect("config serializes");
     let mut paths = BTreeSet::new();
     leaf_paths(&value, "", &mut paths);

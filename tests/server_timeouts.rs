@@ -88,10 +88,11 @@ async fn server_connections_carry_the_configured_keepalive() {
         &login,
         Duration::from_secs(10),
         &keepalive,
+        &switchyard::config::TlsPolicy::plaintext(),
     )
     .await
     .expect("login to PostgreSQL");
-    let socket = socket2::SockRef::from(&connection.stream);
+    let socket = socket2::SockRef::from(connection.stream.tcp());
     assert!(socket.keepalive().expect("SO_KEEPALIVE"), "keepalive is on");
     assert_eq!(
         socket.tcp_keepalive_time().expect("TCP_KEEPIDLE"),

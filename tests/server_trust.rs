@@ -7,6 +7,8 @@
 
 mod harness;
 
+use switchyard::config::TlsPolicy;
+
 use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
@@ -106,7 +108,7 @@ async fn login_to(address: &str, require_auth: RequireAuth) -> Result<(), Server
         params: &[],
         require_auth,
     };
-    server::connect("fake", address, &login, WAIT)
+    server::connect("fake", address, &login, WAIT, &TlsPolicy::plaintext())
         .await
         .map(drop)
 }
@@ -324,14 +326,14 @@ async fn real_postgres_md5_cleartext_and_trust_logins_need_their_method_listed()
             params: &[],
             require_auth: RequireAuth::default(),
         };
-        match server::connect("node1", &address, &login, WAIT).await {
+        match server::connect("node1", &address, &login, WAIT, &TlsPolicy::plaintext()).await {
             Err(e @ ServerError::Auth(_)) => {
                 assert!(e.to_string().contains(asked), "{user}: {e}")
             }
             other => panic!("{user}: expected a refusal, got {:?}", other.map(drop)),
         }
         login.require_auth = RequireAuth::parse(method).expect("valid");
-        let connection = server::connect("node1", &address, &login, WAIT)
+        let connection = server::connect("node1", &address, &login, WAIT, &TlsPolicy::plaintext())
             .await
             .unwrap_or_else(|e| panic!("{user} with require_auth {method}: {e}"));
         drop(connection);
@@ -344,7 +346,7 @@ async fn real_postgres_md5_cleartext_and_trust_logins_need_their_method_listed()
         params: &[],
         require_auth: RequireAuth::default(),
     };
-    server::connect("node1", &address, &login, WAIT)
+    server::connect("node1", &address, &login, WAIT, &TlsPolicy::plaintext())
         .await
         .expect("SCRAM login with the default require_auth");
 }
@@ -500,7 +502,7 @@ async fn other_connections_are_served_while_logins_derive_keys() {
         params: &[],
         require_auth: RequireAuth::default(),
     };
-    let mut busy = server::connect("node1", &address, &other, WAIT)
+    let mut busy = server::connect("node1", &address, &other, WAIT, &TlsPolicy::plaintext())
         .await
         .expect("the other connection logs in");
 
@@ -516,9 +518,15 @@ async fn other_connections_are_served_while_logins_derive_keys() {
                     params: &[],
                     require_auth: RequireAuth::default(),
                 };
-                server::connect("slow", &address, &login, Duration::from_secs(120))
-                    .await
-                    .map(drop)
+                server::connect(
+                    "slow",
+                    &address,
+                    &login,
+                    Duration::from_secs(120),
+                    &TlsPolicy::plaintext(),
+                )
+                .await
+                .map(drop)
             })
         })
         .collect();

@@ -50,6 +50,9 @@ struct ReloadInfo {
 struct NodeStatus<'a> {
     role: &'static str,
     sessions: u32,
+    /// The last failed server login to the node (a TLS certificate that does not
+    /// verify, a refused connection), until a login succeeds again.
+    last_connect_error: Option<crate::pool::ConnectFailure>,
     #[serde(flatten)]
     state: &'a NodeState,
 }
@@ -118,6 +121,7 @@ pub(super) fn status(ctx: &ProxyContext) -> Response<Full<Bytes>> {
             .map(|node| NodeStatus {
                 role: node.role(),
                 sessions: node.sessions.load(Ordering::Relaxed),
+                last_connect_error: ctx.pools().last_connect_failure(&node.name),
                 state: node,
             })
             .collect(),

@@ -8,19 +8,17 @@ pub struct ApiEndpoint {
     pub port: u16,
     /// Path prefix without a trailing slash ("" for the root).
     pub base_path: String,
+    /// `https://`: TLS with `cluster.api_tls`.
+    pub https: bool,
 }
 
 impl ApiEndpoint {
     pub fn parse(url: &str) -> Result<ApiEndpoint, String> {
-        let rest = url.strip_prefix("http://").ok_or_else(|| {
-            if url.starts_with("https://") {
-                "https API endpoints are not supported; expose Patroni's REST API over http \
-                 on a trusted network"
-                    .to_string()
-            } else {
-                format!("{url:?} is not an http:// URL")
-            }
-        })?;
+        let (rest, https) = match (url.strip_prefix("http://"), url.strip_prefix("https://")) {
+            (Some(rest), _) => (rest, false),
+            (None, Some(rest)) => (rest, true),
+            (None, None) => return Err(format!("{url:?} is not an http:// or https:// URL")),
+        };
         let (authority, path) = match rest.find('/') {
             Some(i) => rest.split_at(i),
             None => (rest, ""),
@@ -31,6 +29,7 @@ impl ApiEndpoint {
             host,
             port,
             base_path: path.trim_end_matches('/').to_string(),
+            https,
         })
     }
 
@@ -61,6 +60,14 @@ pub(crate) fn split_host_port(authority: &str) -> Option<(String, u16)> {
     }
     let port: u16 = port.parse().ok()?;
     (port != 0).then(|| (host.to_string(), port))
+}
+
+/// The host part of `host:port` (brackets of an IPv6 literal removed).
+pub fn split_host(address: &str) -> Option<&str> {
+    if let Some(rest) = address.strip_prefix('[') {
+        return rest.split_once(']').map(|(host, _)| host);
+    }
+    address.rsplit_once(':').map(|(host, _)| host)
 }
 
 /// `host:port`, with IPv6 literals bracketed.

@@ -6,7 +6,9 @@ mod api;
 mod cidr;
 mod peers;
 mod redact;
+mod server_tls;
 mod tls;
+mod tls_files;
 mod units;
 mod validate;
 pub use validate::notes;
@@ -19,9 +21,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::auth::require::RequireAuth;
 
-pub use api::{host_port, ApiEndpoint};
+pub use api::{host_port, split_host, ApiEndpoint};
 pub use cidr::Cidr;
 pub use peers::{PeerConfig, MAX_PEER_ID};
+pub use server_tls::{ApiTls, ApiTlsConfig, ServerTls, ServerTlsMode, TlsPolicy};
 pub use tls::{ClientTlsConfig, ClientTlsMode, TlsVersion};
 pub use units::{ByteSize, HumanDuration, Limit, MaxLag};
 
@@ -272,6 +275,13 @@ pub struct ClusterConfig {
     /// host and REST API host); empty: any.
     #[serde(default)]
     pub allowed_hosts: Vec<String>,
+    /// TLS for `https://` Patroni API URLs: the CA, and a client certificate for
+    /// Patroni's `restapi.verify_client`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_tls: Option<ApiTlsConfig>,
+    /// `api_tls` loaded, filled in by validation.
+    #[serde(skip)]
+    pub api_tls_loaded: Option<ApiTls>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -291,12 +301,30 @@ pub struct NodeConfig {
     /// Parsed form of `api`, filled in by validation.
     #[serde(skip)]
     pub api_endpoint: Option<ApiEndpoint>,
+    /// This node's own `server.tls` (and `tls_ca`, `tls_cert`, `tls_key`); unset
+    /// ones come from `server:`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ServerTlsMode>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_ca: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<String>,
 }
 
 impl NodeConfig {
     /// `host:port` of the PostgreSQL server, as used to connect.
     pub fn pg_address(&self) -> String {
         host_port(&self.host, self.port)
+    }
+
+    /// Sets any of its own TLS settings.
+    pub fn overrides_tls(&self) -> bool {
+        self.tls.is_some()
+            || self.tls_ca.is_some()
+            || self.tls_cert.is_some()
+            || self.tls_key.is_some()
     }
 
     /// Listed only by its Patroni API: a seed for membership discovery.
@@ -519,6 +547,20 @@ pub struct ServerConfig {
     /// `require_auth`); by default SCRAM-SHA-256 only.
     #[serde(default)]
     pub require_auth: RequireAuth,
+    /// TLS to PostgreSQL servers, with libpq's `sslmode` meanings.
+    #[serde(default)]
+    pub tls: ServerTlsMode,
+    /// CA certificate(s) (PEM) the servers' certificates must be signed by.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_ca: Option<String>,
+    /// Client certificate and key (PEM) for servers that ask for one (`cert` auth).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<String>,
+    /// The above (and the nodes' overrides) loaded, filled in by validation.
+    #[serde(skip)]
+    pub tls_loaded: ServerTls,
 }
 
 impl Default for ServerConfig {
@@ -529,6 +571,11 @@ impl Default for ServerConfig {
             keepalive: KeepaliveConfig::default(),
             query_timeout: Limit::default(),
             require_auth: RequireAuth::default(),
+            tls: ServerTlsMode::default(),
+            tls_ca: None,
+            tls_cert: None,
+            tls_key: None,
+            tls_loaded: ServerTls::default(),
         }
     }
 }

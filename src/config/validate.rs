@@ -61,6 +61,13 @@ pub(super) fn validate(config: &mut Config) -> Result<(), ConfigError> {
     validate_pool(config)?;
     super::tls::validate_tls(config)?;
     super::peers::validate_peers(config)?;
+    config.server.tls_loaded = super::server_tls::resolve_server_tls(config)?;
+    let https = config
+        .cluster
+        .nodes
+        .iter()
+        .any(|n| n.api_endpoint.as_ref().is_some_and(|e| e.https));
+    config.cluster.api_tls_loaded = super::server_tls::resolve_api_tls(config, https)?;
     if config.client.max_message_size.0 < 1024 {
         return Err(ConfigError::invalid(
             "client.max_message_size",
@@ -389,7 +396,23 @@ pub fn notes(config: &Config) -> Vec<String> {
             )
         })
     }));
+    notes.extend(server_tls_note(config));
     notes
+}
+
+/// Servers reached over TLS without authenticating them.
+fn server_tls_note(config: &Config) -> Option<String> {
+    let server = &config.server;
+    let unverified = match (server.tls, &server.tls_ca) {
+        (super::ServerTlsMode::Prefer, None) => "TLS when a server offers it, else plaintext",
+        (super::ServerTlsMode::Require, None) => "TLS",
+        _ => return None,
+    };
+    Some(format!(
+        "server.tls is {}: {unverified}, but servers are not authenticated; in production \
+         set server.tls: verify-full with server.tls_ca",
+        server.tls.as_str()
+    ))
 }
 
 fn user_notes(config: &Config) -> impl Iterator<Item = String> + '_ {
@@ -501,7 +524,11 @@ users:
         let listed =
             with_password(hash, "md5").replace("auth: md5 }", "auth: md5, require_auth: md5 }");
         let config = Config::from_yaml_str_with_env(&listed, &env).expect("valid");
-        assert_eq!(notes(&config).len(), 1, "{:?}", notes(&config));
+        let about_users: Vec<String> = notes(&config)
+            .into_iter()
+            .filter(|note| note.starts_with("user "))
+            .collect();
+        assert_eq!(about_users.len(), 1, "{about_users:?}");
         let broken = "SCRAM-SHA-256$4096:c2FsdA==$bm90LWEta2V5";
         let error = Config::from_yaml_str_with_env(&with_password(broken, "scram-sha-256"), &env)
             .expect_err("not a SCRAM secret");
@@ -559,7 +586,7 @@ users:
             (
                 "http://10.0.0.3:8008",
                 "https://10.0.0.3:8008",
-                "cluster.nodes[0].api",
+                "cluster.api_tls.ca: required for https://",
             ),
             (
                 "http://10.0.0.3:8008",

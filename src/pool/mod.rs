@@ -4,6 +4,7 @@
 //! choose database names, so pools must not pile up); [`maintenance`] keeps pools
 //! tidy (idle timeouts, lifetimes, `min_idle`, draining nodes that left the topology).
 
+mod failures;
 pub mod maintenance;
 mod server_pool;
 mod welcome;
@@ -14,6 +15,7 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 
+pub use failures::{ConnectFailure, ConnectFailures};
 pub use server_pool::{CheckoutError, PoolSettings, PoolStats, PooledServer, ServerPool};
 
 use crate::auth::stored::ServerSecret;
@@ -40,6 +42,7 @@ pub struct TooManyPools {
 pub struct PoolSet {
     pools: Mutex<HashMap<PoolKey, Arc<ServerPool>>>,
     settings: ArcSwap<PoolSettings>,
+    failures: Arc<ConnectFailures>,
 }
 
 impl PoolSet {
@@ -47,7 +50,13 @@ impl PoolSet {
         PoolSet {
             pools: Mutex::new(HashMap::new()),
             settings: ArcSwap::from_pointee(settings),
+            failures: Arc::default(),
         }
+    }
+
+    /// The last failed login to `node`, if none succeeded since (for /status).
+    pub fn last_connect_failure(&self, node: &str) -> Option<ConnectFailure> {
+        self.failures.last(node)
     }
 
     fn pools(&self) -> MutexGuard<'_, HashMap<PoolKey, Arc<ServerPool>>> {
@@ -87,6 +96,7 @@ impl PoolSet {
             address.to_string(),
             Arc::clone(secret),
             PoolSettings::clone(&self.settings.load()),
+            Arc::clone(&self.failures),
         ));
         pools.insert(key, Arc::clone(&pool));
         Ok(pool)
@@ -187,6 +197,7 @@ mod tests {
             max_pools,
             require_auth: Default::default(),
             require_auth_by_user: Default::default(),
+            tls: Default::default(),
         })
     }
 

@@ -14,6 +14,7 @@ use tokio::sync::Semaphore;
 
 use std::collections::HashMap;
 
+use super::failures::ConnectFailures;
 use super::welcome::Welcomes;
 use super::PoolKey;
 use crate::auth::require::RequireAuth;
@@ -36,6 +37,8 @@ pub struct PoolSettings {
     /// `server.require_auth`, and the users that override it.
     pub require_auth: RequireAuth,
     pub require_auth_by_user: Arc<HashMap<String, RequireAuth>>,
+    /// TLS toward each node (`server.tls` and the nodes' overrides).
+    pub tls: crate::config::ServerTls,
 }
 
 impl PoolSettings {
@@ -56,6 +59,7 @@ impl PoolSettings {
                     .filter_map(|u| u.require_auth.map(|r| (u.name.clone(), r)))
                     .collect(),
             ),
+            tls: config.server.tls_loaded.clone(),
         }
     }
 
@@ -111,6 +115,8 @@ pub struct ServerPool {
     known: Mutex<HashMap<String, Arc<StatementDef>>>,
     /// Since when the pool has been seen unused (no clients, no connections).
     unused_since: Mutex<Option<Instant>>,
+    /// Where failed logins are reported (shared by the pool set, for /status).
+    failures: Arc<ConnectFailures>,
 }
 
 /// Bound on remembered statements per pool; past it the memory starts over.
@@ -135,6 +141,7 @@ impl ServerPool {
         address: String,
         secret: Arc<ServerSecret>,
         settings: PoolSettings,
+        failures: Arc<ConnectFailures>,
     ) -> ServerPool {
         ServerPool {
             key,
@@ -151,6 +158,7 @@ impl ServerPool {
             welcomes: Welcomes::default(),
             known: Mutex::new(HashMap::new()),
             unused_since: Mutex::new(None),
+            failures,
         }
     }
 
@@ -306,7 +314,7 @@ impl ServerPool {
     fn take_idle(&self, now: Instant) -> Option<(Box<ServerConnection>, u64)> {
         let current = self.epoch.load(Ordering::Relaxed);
         loop {
-            let (connection, epoch) = self.idle().pop()?;
+            let (mut connection, epoch) = self.idle().pop()?;
             // Checked every time (one non-blocking read): during a failover a
             // connection idle for milliseconds may already hold the server's FATAL,
             // and once a request is written after it, a TCP reset can discard that
@@ -341,11 +349,16 @@ impl ServerPool {
             &login,
             settings.connect_timeout,
             &settings.keepalive,
+            settings.tls.for_address(&self.address),
         )
-        .await?;
+        .await
+        .inspect_err(|e| self.login_failed(e))?;
+        if self.failures.clear(&self.key.node) {
+            tracing::info!(node = %self.key.node, "server logins succeed again");
+        }
         self.open.fetch_add(1, Ordering::Relaxed);
         self.welcomes.note_login(&connection.params);
-        tracing::debug!(node = %self.key.node, database = %self.key.database, user = %self.key.user, "server connection opened");
+        tracing::debug!(node = %self.key.node, database = %self.key.database, user = %self.key.user, tls = ?connection.stream.tls_description(), "server connection opened");
         Ok(Box::new(connection))
     }
 
@@ -359,9 +372,27 @@ impl ServerPool {
             .load()
             .connect_timeout
             .min(std::time::Duration::from_secs(2));
-        let connection = server::connect(&self.key.node, &self.address, &login, timeout).await?;
+        let settings = self.settings.load();
+        let tls = settings.tls.for_address(&self.address);
+        let mut connection = server::connect(&self.key.node, &self.address, &login, timeout, tls)
+            .await
+            .inspect_err(|e| self.login_failed(e))?;
         connection.say_goodbye();
         Ok(())
+    }
+
+    /// Keeps a failed login for /status and logs it when it is not the same
+    /// failure again. A TLS failure is an error (a configuration or certificate
+    /// problem that will not go away by itself).
+    fn login_failed(&self, error: &ServerError) {
+        if !self.failures.record(&self.key.node, error.to_string()) {
+            return;
+        }
+        if matches!(error, ServerError::Tls { .. }) {
+            tracing::error!(node = %self.key.node, address = %self.address, error = %error, "server TLS failed");
+        } else {
+            tracing::warn!(node = %self.key.node, database = %self.key.database, user = %self.key.user, error = %error, "server login failed");
+        }
     }
 
     fn is_fresh(&self, connection: &ServerConnection, now: Instant) -> bool {
@@ -380,7 +411,7 @@ impl ServerPool {
         self.idle().push((connection, epoch));
     }
 
-    fn close(&self, connection: Box<ServerConnection>) {
+    fn close(&self, mut connection: Box<ServerConnection>) {
         connection.say_goodbye();
         self.open.fetch_sub(1, Ordering::Relaxed);
         drop(connection);

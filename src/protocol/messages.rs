@@ -242,6 +242,17 @@ pub fn cancel_request(pid: i32, secret: i32) -> Bytes {
     encoded(&CancelRequest::new(pid, SecretKey::I32(secret)))
 }
 
+/// SSLRequest: asks a server to switch to TLS before the StartupMessage.
+pub fn ssl_request() -> [u8; 8] {
+    let mut out = [0u8; 8];
+    out[..4].copy_from_slice(&8u32.to_be_bytes());
+    out[4..].copy_from_slice(&SSL_REQUEST_CODE.to_be_bytes());
+    out
+}
+
+/// The request code of an SSLRequest (1234 in the high half, 5679 in the low).
+const SSL_REQUEST_CODE: u32 = 80_877_103;
+
 /// Query (simple protocol) of `sql`, which must not contain a NUL.
 pub fn query(out: &mut BytesMut, sql: &str) {
     put_header(out, tag::QUERY, sql.len() + 1);

@@ -2,23 +2,23 @@
 //! the authentication the server asks for if `require_auth` allows it
 //! ([`super::authenticate`]), then collecting ParameterStatus and BackendKeyData
 //! until ReadyForQuery. The whole exchange runs under one timeout; the socket gets
-//! TCP keepalive ([`super::socket`]).
+//! TCP keepalive ([`super::socket`]) and, before the StartupMessage, TLS as the
+//! node's policy says ([`super::tls::open`]).
 
 use std::time::Duration;
 
 use bytes::BytesMut;
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 
 use crate::auth::require::RequireAuth;
 use crate::auth::stored::Credential;
-use crate::config::KeepaliveConfig;
+use crate::config::{KeepaliveConfig, TlsPolicy};
 use crate::protocol::backend;
 use crate::protocol::messages;
 use crate::protocol::startup::{read_message, StartupError};
 use crate::protocol::tag;
 
 use super::authenticate::authenticate;
+use super::stream::ServerStream;
 use super::{ServerConnection, ServerError};
 
 /// Server messages during login are small, but an ErrorResponse or a NoticeResponse
@@ -43,19 +43,31 @@ pub async fn connect(
     address: &str,
     login: &LoginRequest<'_>,
     timeout: Duration,
+    tls: &TlsPolicy,
 ) -> Result<ServerConnection, ServerError> {
-    connect_with(node, address, login, timeout, &KeepaliveConfig::default()).await
+    connect_with(
+        node,
+        address,
+        login,
+        timeout,
+        &KeepaliveConfig::default(),
+        tls,
+    )
+    .await
 }
 
-/// Connects and logs in within `timeout`; the socket gets `keepalive`.
+/// Connects and logs in within `timeout`; the socket gets `keepalive`, then TLS as
+/// `tls` says.
 pub async fn connect_with(
     node: &str,
     address: &str,
     login: &LoginRequest<'_>,
     timeout: Duration,
     keepalive: &KeepaliveConfig,
+    tls: &TlsPolicy,
 ) -> Result<ServerConnection, ServerError> {
-    match tokio::time::timeout(timeout, connect_inner(node, address, login, keepalive)).await {
+    let attempt = connect_inner(node, address, login, keepalive, tls);
+    match tokio::time::timeout(timeout, attempt).await {
         Ok(result) => result,
         Err(_) => Err(ServerError::Timeout {
             address: address.to_string(),
@@ -69,15 +81,9 @@ async fn connect_inner(
     address: &str,
     login: &LoginRequest<'_>,
     keepalive: &KeepaliveConfig,
+    tls: &TlsPolicy,
 ) -> Result<ServerConnection, ServerError> {
-    let mut stream = TcpStream::connect(address)
-        .await
-        .map_err(|source| ServerError::Connect {
-            address: address.to_string(),
-            source,
-        })?;
-    let _ = stream.set_nodelay(true);
-    super::socket::apply_keepalive(&stream, keepalive, address);
+    let mut stream = super::tls::open(address, keepalive, tls).await?;
     let io_error = |source| ServerError::Io {
         address: address.to_string(),
         source,
@@ -88,7 +94,7 @@ async fn connect_inner(
     ];
     params.extend(login.params.iter().cloned());
     stream
-        .write_all(&messages::startup(&params))
+        .send(&messages::startup(&params))
         .await
         .map_err(io_error)?;
     authenticate(&mut stream, address, login).await?;
@@ -113,7 +119,7 @@ async fn connect_inner(
 }
 
 pub(super) async fn read(
-    stream: &mut TcpStream,
+    stream: &mut ServerStream,
     address: &str,
 ) -> Result<(u8, BytesMut), ServerError> {
     let (tag, body) = read_message(stream, MAX_LOGIN_MESSAGE)

@@ -3,16 +3,18 @@
 //! the seam a pool takes over (check out a logged-in connection, give it back).
 
 mod authenticate;
+pub mod cancel;
 mod login;
 pub mod params;
 mod query;
 pub mod socket;
 pub mod statements;
+pub mod stream;
+pub mod tls;
 
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::net::TcpStream;
 
 use crate::cancel::CancelTarget;
 use crate::protocol::backend::ErrorFields;
@@ -22,6 +24,7 @@ use statements::ServerStatements;
 
 pub use login::{connect, connect_with, LoginRequest};
 pub use query::Row;
+pub use stream::ServerStream;
 
 fn params_digest(params: &[(String, String)]) -> u128 {
     crate::keyed_digest::keyed_digest(params)
@@ -29,7 +32,7 @@ fn params_digest(params: &[(String, String)]) -> u128 {
 
 /// A logged-in server connection, idle (ReadyForQuery seen).
 pub struct ServerConnection {
-    pub stream: TcpStream,
+    pub stream: ServerStream,
     pub node: String,
     pub address: String,
     /// ParameterStatus values as the server last reported them, in order.
@@ -77,16 +80,14 @@ impl ServerConnection {
     /// True when the idle socket shows no sign of trouble: no EOF and no unexpected
     /// bytes (an idle server has nothing to say; anything it says, such as a FATAL
     /// before closing, makes the connection unusable).
-    pub fn looks_healthy(&self) -> bool {
-        let mut probe = [0u8; 1];
-        matches!(self.stream.try_read(&mut probe), Err(ref e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    pub fn looks_healthy(&mut self) -> bool {
+        self.stream.is_quiet()
     }
 
     /// Sends Terminate without waiting (best effort) so the server logs a clean exit.
-    pub fn say_goodbye(&self) {
-        let _ = self
-            .stream
-            .try_write(&crate::protocol::messages::terminate());
+    pub fn say_goodbye(&mut self) {
+        self.stream
+            .write_now(&crate::protocol::messages::terminate());
     }
 
     pub fn cancel_target(&self) -> &CancelTarget {
@@ -111,6 +112,10 @@ pub enum ServerError {
     /// The server refused the login with an ErrorResponse (kept raw for the client).
     #[error("server refused login: {} {}", fields.code, fields.message)]
     Rejected { fields: ErrorFields, raw: Bytes },
+    /// TLS was required and failed: refused, a handshake error, or a certificate
+    /// that does not verify (`reason` says which).
+    #[error("TLS to {address} failed: {reason}")]
+    Tls { address: String, reason: String },
     #[error("cannot authenticate to the server: {0}")]
     Auth(String),
     #[error("protocol error from server: {0}")]
@@ -155,7 +160,7 @@ impl ServerError {
                 matches!(fields.code.as_str(), "57P01" | "57P02" | "57P03")
                     || fields.code.starts_with("08")
             }
-            ServerError::Auth(_) | ServerError::Protocol(_) => false,
+            ServerError::Auth(_) | ServerError::Protocol(_) | ServerError::Tls { .. } => false,
         }
     }
 

@@ -6,7 +6,6 @@
 use std::time::Duration;
 
 use bytes::BytesMut;
-use tokio::io::AsyncWriteExt;
 
 use crate::protocol::startup::read_message;
 use crate::protocol::{backend, messages, tag};
@@ -51,7 +50,7 @@ impl ServerConnection {
             let mut message = BytesMut::with_capacity(sql.len() + 6);
             messages::query(&mut message, sql);
             self.stream
-                .write_all(&message)
+                .send(&message)
                 .await
                 .map_err(|source| ServerError::Io {
                     address: self.address.clone(),

@@ -31,7 +31,8 @@ pub(super) fn leaves_work_behind(end: &RelayEnd) -> bool {
 pub(super) async fn cancel(env: &SessionEnv, server: &ServerConnection, end: &RelayEnd) {
     let target = server.cancel_target();
     let timeout = env.config.server.cancel_timeout.0;
-    match crate::cancel::send_cancel(target, timeout).await {
+    let tls = &env.config.server.tls_loaded;
+    match crate::server::cancel::send_cancel(target, tls, timeout).await {
         Ok(()) => tracing::info!(
             client = %env.peer,
             node = %server.node,

@@ -16,6 +16,7 @@ use crate::context::ProxyContext;
 use crate::protocol::messages;
 use crate::protocol::startup::{FirstPacket, StartupError, StartupParams, StartupReader};
 use crate::protocol::{tag, ClientError, SqlState};
+use crate::server::cancel::send_cancel as cancel_on_server;
 use crate::tls::{ClientStream, ClientTls, TlsInfo};
 
 /// What a client connection turned out to be.
@@ -267,8 +268,9 @@ async fn forward_cancel(ctx: &ProxyContext, pid: i32, secret: &[u8], from: &str)
         peers: &config.peers,
     };
     let timeout = config.server.cancel_timeout.0;
+    let tls = &config.server.tls_loaded;
     let outcome = match ctx.cancels().route(pid, secret, &peering) {
-        CancelRoute::Local(target) => match cancel::send_cancel(&target, timeout).await {
+        CancelRoute::Local(target) => match cancel_on_server(&target, tls, timeout).await {
             Ok(()) => {
                 tracing::info!(%from, server = %target.address, "cancel request forwarded");
                 "forwarded"

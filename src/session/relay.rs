@@ -22,6 +22,16 @@ use crate::session::timeouts::Timeouts;
 /// Read buffer per direction; reads larger than this just take another round.
 const BUFFER_SIZE: usize = 16 * 1024;
 
+/// Writes `bytes` and flushes: a TLS server stream may hold written bytes until
+/// it is flushed; for plain TCP the flush is a no-op.
+pub(crate) async fn send_all<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    bytes: &[u8],
+) -> std::io::Result<()> {
+    writer.write_all(bytes).await?;
+    writer.flush().await
+}
+
 /// Why the relay stopped.
 #[derive(Debug)]
 pub enum RelayEnd {
@@ -298,12 +308,7 @@ where
         }
         let terminate_at = watch.terminate_at;
         let upto = terminate_at.unwrap_or(buffer.len());
-        // A flush is free on plain TCP and sends what TLS may hold back.
-        let written = match writer.write_all(&buffer[..upto]).await {
-            Ok(()) => writer.flush().await,
-            Err(e) => Err(e),
-        };
-        if let Err(e) = written {
+        if let Err(e) = send_all(writer, &buffer[..upto]).await {
             return server_gone(Some(e), false);
         }
         counters.bytes += upto as u64;

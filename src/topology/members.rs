@@ -97,15 +97,25 @@ pub fn parse_cluster(body: &[u8]) -> Result<Vec<Member>, String> {
 }
 
 /// Asks the seeds in turn, starting at `start`, until one answers `/cluster`.
+/// `tls` is `cluster.api_tls`, used for `https://` seeds.
 pub async fn fetch(
     seeds: &[ApiEndpoint],
     start: usize,
     timeout: Duration,
+    tls: Option<&std::sync::Arc<rustls::ClientConfig>>,
 ) -> Result<Vec<Member>, String> {
     let mut errors = Vec::new();
     for k in 0..seeds.len() {
         let seed = &seeds[(start + k) % seeds.len()];
-        let answer = http_client::get(&seed.authority(), &seed.path("/cluster"), timeout).await;
+        let tls = match super::patroni::tls_for(seed, tls) {
+            Ok(tls) => tls,
+            Err(e) => {
+                errors.push(e);
+                continue;
+            }
+        };
+        let answer =
+            http_client::get_over(&seed.authority(), &seed.path("/cluster"), timeout, tls).await;
         match answer {
             Ok(response) if response.status == 200 => match parse_cluster(&response.body) {
                 Ok(members) if !members.is_empty() => return Ok(members),

@@ -10,7 +10,7 @@ use tokio::task::JoinSet;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{ApiEndpoint, ClusterConfig, Discovery, HealthConfig};
+use crate::config::{ApiEndpoint, ClusterConfig, Discovery, HealthConfig, ServerTls};
 
 use super::admission::MemberAdmission;
 use super::health::Check;
@@ -36,14 +36,18 @@ pub fn initial_nodes(cluster: &ClusterConfig) -> Vec<NodeState> {
 
 /// Asks every node for its role, one probe per node, in node order.
 enum Prober {
-    /// Patroni REST APIs (`None` for a node without `api`, which validation refuses).
-    Patroni(Vec<Option<ApiEndpoint>>),
+    /// Patroni REST APIs (`None` for a node without `api`, which validation refuses),
+    /// with `cluster.api_tls` for the https ones.
+    Patroni(Vec<Option<ApiEndpoint>>, Option<ApiTlsConfig>),
     Sql(SqlProber),
 }
 
+/// A built `cluster.api_tls`, as the HTTP client takes it.
+type ApiTlsConfig = Arc<rustls::ClientConfig>;
+
 impl Prober {
     /// Patroni probes for the nodes of a learned member list.
-    fn for_nodes(nodes: &[NodeState]) -> Prober {
+    fn for_nodes(nodes: &[NodeState], tls: Option<ApiTlsConfig>) -> Prober {
         Prober::Patroni(
             nodes
                 .iter()
@@ -53,10 +57,11 @@ impl Prober {
                         .and_then(|url| ApiEndpoint::parse(url).ok())
                 })
                 .collect(),
+            tls,
         )
     }
 
-    fn new(cluster: &ClusterConfig) -> Prober {
+    fn new(cluster: &ClusterConfig, server_tls: &ServerTls) -> Prober {
         match cluster.discovery {
             Discovery::Patroni => Prober::Patroni(
                 cluster
@@ -64,8 +69,9 @@ impl Prober {
                     .iter()
                     .map(|n| n.api_endpoint.clone())
                     .collect(),
+                api_tls(cluster),
             ),
-            Discovery::Sql => Prober::Sql(SqlProber::new(cluster)),
+            Discovery::Sql => Prober::Sql(SqlProber::new(cluster, server_tls)),
         }
     }
 
@@ -76,8 +82,8 @@ impl Prober {
         max_lag: Option<u64>,
     ) -> (Vec<Probe>, Vec<Duration>) {
         match self {
-            Prober::Patroni(endpoints) => {
-                let (mut probes, took) = probe_patroni(endpoints, timeout, max_lag).await;
+            Prober::Patroni(endpoints, tls) => {
+                let (mut probes, took) = probe_patroni(endpoints, tls, timeout, max_lag).await;
                 if let Some(max) = max_lag {
                     refuse_lagging(&mut probes, max);
                 }
@@ -88,14 +94,27 @@ impl Prober {
     }
 }
 
-/// Probes all nodes until `shutdown`. The first round runs at once.
-pub async fn run(cluster: ClusterConfig, handle: Arc<TopologyHandle>, shutdown: CancellationToken) {
+fn api_tls(cluster: &ClusterConfig) -> Option<ApiTlsConfig> {
+    cluster
+        .api_tls_loaded
+        .as_ref()
+        .map(|t| Arc::clone(&t.connector))
+}
+
+/// Probes all nodes until `shutdown`. The first round runs at once. `server_tls` is
+/// how the SQL probe connects (`server.tls`).
+pub async fn run(
+    cluster: ClusterConfig,
+    server_tls: ServerTls,
+    handle: Arc<TopologyHandle>,
+    shutdown: CancellationToken,
+) {
     let mut membership = Membership::new(&cluster);
     // With learned members, probes follow the published node list (which a reload
     // carries over), not the seeds.
     let mut prober = match membership {
-        Some(_) => Prober::for_nodes(&handle.load().nodes),
-        None => Prober::new(&cluster),
+        Some(_) => Prober::for_nodes(&handle.load().nodes, api_tls(&cluster)),
+        None => Prober::new(&cluster, &server_tls),
     };
     let mut ticker = tokio::time::interval(cluster.health.interval.0);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -112,7 +131,7 @@ pub async fn run(cluster: ClusterConfig, handle: Arc<TopologyHandle>, shutdown: 
                 _ = shutdown.cancelled() => return,
             };
             if updated {
-                prober = Prober::for_nodes(&handle.load().nodes);
+                prober = Prober::for_nodes(&handle.load().nodes, api_tls(&cluster));
             }
         }
         let (probes, took) = tokio::select! {
@@ -148,6 +167,7 @@ pub async fn run(cluster: ClusterConfig, handle: Arc<TopologyHandle>, shutdown: 
 /// Membership learned from Patroni's `/cluster` (API seeds configured).
 struct Membership {
     seeds: Vec<ApiEndpoint>,
+    tls: Option<ApiTlsConfig>,
     /// Which seed to ask first: the one that answered last time.
     next_seed: usize,
     failing: bool,
@@ -162,6 +182,7 @@ impl Membership {
                 .iter()
                 .filter_map(|n| n.api_endpoint.clone())
                 .collect(),
+            tls: api_tls(cluster),
             next_seed: 0,
             failing: false,
             admission: MemberAdmission::new(&cluster.allowed_hosts),
@@ -172,17 +193,18 @@ impl Membership {
     /// the new node list (known nodes keep their state). Returns whether it changed.
     /// When no seed answers, the last known members stay.
     async fn refresh(&mut self, handle: &TopologyHandle, timeout: Duration) -> bool {
-        let members = match members::fetch(&self.seeds, self.next_seed, timeout).await {
-            Ok(members) => members,
-            Err(e) => {
-                if !self.failing {
-                    tracing::warn!(error = %e, "membership: keeping the last known members");
+        let members =
+            match members::fetch(&self.seeds, self.next_seed, timeout, self.tls.as_ref()).await {
+                Ok(members) => members,
+                Err(e) => {
+                    if !self.failing {
+                        tracing::warn!(error = %e, "membership: keeping the last known members");
+                    }
+                    self.failing = true;
+                    self.next_seed = (self.next_seed + 1) % self.seeds.len().max(1);
+                    return false;
                 }
-                self.failing = true;
-                self.next_seed = (self.next_seed + 1) % self.seeds.len().max(1);
-                return false;
-            }
-        };
+            };
         if self.failing {
             tracing::info!("membership: /cluster answers again");
             self.failing = false;
@@ -215,6 +237,7 @@ impl Membership {
 
 async fn probe_patroni(
     endpoints: &[Option<ApiEndpoint>],
+    tls: &Option<ApiTlsConfig>,
     timeout: Duration,
     max_lag: Option<u64>,
 ) -> (Vec<Probe>, Vec<Duration>) {
@@ -223,9 +246,10 @@ async fn probe_patroni(
         let Some(endpoint) = endpoint.clone() else {
             continue;
         };
+        let tls = tls.clone();
         set.spawn(async move {
             let started = std::time::Instant::now();
-            let probe = patroni::probe(&endpoint, timeout, max_lag).await;
+            let probe = patroni::probe(&endpoint, tls.as_ref(), timeout, max_lag).await;
             (i, probe, started.elapsed())
         });
     }
@@ -524,7 +548,8 @@ health: { interval: 1s, timeout: 1s, rise: 2, fall: 3 }
 
     #[tokio::test]
     async fn patroni_probes_stay_aligned_with_nodes() {
-        let (probes, _) = probe_patroni(&[None, None], Duration::from_millis(200), None).await;
+        let (probes, _) =
+            probe_patroni(&[None, None], &None, Duration::from_millis(200), None).await;
         assert_eq!(probes.len(), 2);
         for probe in probes {
             let error = probe.error().unwrap_or_default();

@@ -4,7 +4,10 @@
 //! positions for replica lag come from the bodies of the first two answers, which
 //! carry the same document as `/patroni`, so lag costs no extra request.
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use rustls::ClientConfig;
 
 use crate::config::ApiEndpoint;
 use crate::http_client;
@@ -14,7 +17,17 @@ use super::probe::{Probe, Wal};
 
 /// Probes one node. With `max_lag`, the replica check is Patroni's
 /// `/replica?lag=<bytes>`, which answers 503 for a replica further behind than that.
-pub async fn probe(api: &ApiEndpoint, timeout: Duration, max_lag: Option<u64>) -> Probe {
+/// `tls` is `cluster.api_tls`, used for `https://` endpoints.
+pub async fn probe(
+    api: &ApiEndpoint,
+    tls: Option<&Arc<ClientConfig>>,
+    timeout: Duration,
+    max_lag: Option<u64>,
+) -> Probe {
+    let tls = match tls_for(api, tls) {
+        Ok(tls) => tls,
+        Err(reason) => return Probe::failed(reason),
+    };
     let authority = api.authority();
     let replica_path = match max_lag {
         Some(bytes) => api.path(&format!("/replica?lag={bytes}")),
@@ -22,11 +35,11 @@ pub async fn probe(api: &ApiEndpoint, timeout: Duration, max_lag: Option<u64>) -
     };
     let primary_path = api.path("/primary");
     let ((primary, primary_wal), (replica, replica_wal)) = tokio::join!(
-        check(&authority, &primary_path, timeout),
-        check(&authority, &replica_path, timeout),
+        check(&authority, &primary_path, timeout, tls),
+        check(&authority, &replica_path, timeout, tls),
     );
     let timeline = if primary == Check::Yes {
-        timeline(&authority, &api.path("/patroni"), timeout).await
+        timeline(&authority, &api.path("/patroni"), timeout, tls).await
     } else {
         None
     };
@@ -44,8 +57,29 @@ pub async fn probe(api: &ApiEndpoint, timeout: Duration, max_lag: Option<u64>) -
     }
 }
 
-async fn check(authority: &str, path: &str, timeout: Duration) -> (Check, Wal) {
-    match http_client::get(authority, path, timeout).await {
+/// The TLS configuration an endpoint needs: none for `http://`, `cluster.api_tls`
+/// for `https://` (an https URL learned from `/cluster` without it cannot be used).
+pub fn tls_for<'a>(
+    api: &ApiEndpoint,
+    tls: Option<&'a Arc<ClientConfig>>,
+) -> Result<Option<&'a Arc<ClientConfig>>, String> {
+    match (api.https, tls) {
+        (false, _) => Ok(None),
+        (true, Some(tls)) => Ok(Some(tls)),
+        (true, None) => Err(format!(
+            "{} is an https:// API, and cluster.api_tls is not configured",
+            api.authority()
+        )),
+    }
+}
+
+async fn check(
+    authority: &str,
+    path: &str,
+    timeout: Duration,
+    tls: Option<&Arc<ClientConfig>>,
+) -> (Check, Wal) {
+    match http_client::get_over(authority, path, timeout, tls).await {
         Ok(response) => {
             let wal = parse_wal(&response.body);
             if response.status == 200 {
@@ -58,8 +92,15 @@ async fn check(authority: &str, path: &str, timeout: Duration) -> (Check, Wal) {
     }
 }
 
-async fn timeline(authority: &str, path: &str, timeout: Duration) -> Option<u64> {
-    let response = http_client::get(authority, path, timeout).await.ok()?;
+async fn timeline(
+    authority: &str,
+    path: &str,
+    timeout: Duration,
+    tls: Option<&Arc<ClientConfig>>,
+) -> Option<u64> {
+    let response = http_client::get_over(authority, path, timeout, tls)
+        .await
+        .ok()?;
     if response.status != 200 {
         return None;
     }

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use tokio::task::JoinSet;
 
-use crate::config::ClusterConfig;
+use crate::config::{ClusterConfig, ServerTls, TlsPolicy};
 use crate::server::{self, LoginRequest, Row, ServerConnection, ServerError};
 
 use super::health::{Check, Refusal};
@@ -35,6 +35,7 @@ const APPLICATION_NAME: &str = "switchyard-probe";
 struct Target {
     name: String,
     address: String,
+    tls: Arc<TlsPolicy>,
 }
 
 struct Login {
@@ -54,13 +55,15 @@ pub struct SqlProber {
 }
 
 impl SqlProber {
-    pub fn new(cluster: &ClusterConfig) -> SqlProber {
+    /// `tls` is `server.tls` with the nodes' overrides.
+    pub fn new(cluster: &ClusterConfig, tls: &ServerTls) -> SqlProber {
         let targets: Arc<[Target]> = cluster
             .nodes
             .iter()
             .map(|n| Target {
                 name: n.name.clone(),
                 address: n.pg_address(),
+                tls: Arc::clone(tls.for_address(&n.pg_address())),
             })
             .collect();
         let login = cluster.probe.as_ref().map(|probe| {
@@ -132,7 +135,7 @@ impl SqlProber {
 impl Drop for SqlProber {
     fn drop(&mut self) {
         // So the servers log a clean disconnect rather than an unexpected EOF.
-        for connection in self.connections.iter().flatten() {
+        for connection in self.connections.iter_mut().flatten() {
             connection.say_goodbye();
         }
     }
@@ -170,7 +173,7 @@ async fn query(
 ) -> Result<Option<Row>, ServerError> {
     // A connection the server closed while idle (restart, idle_session_timeout)
     // is replaced now rather than counted as a failed check.
-    if connection.as_ref().is_some_and(|c| !c.looks_healthy()) {
+    if connection.as_mut().is_some_and(|c| !c.looks_healthy()) {
         *connection = None;
     }
     let open = match connection {
@@ -183,7 +186,14 @@ async fn query(
                 params: &login.params,
                 require_auth: login.require_auth,
             };
-            let fresh = server::connect(&target.name, &target.address, &request, timeout).await?;
+            let fresh = server::connect(
+                &target.name,
+                &target.address,
+                &request,
+                timeout,
+                &target.tls,
+            )
+            .await?;
             connection.insert(fresh)
         }
     };

@@ -14,6 +14,8 @@
 //!   lists for it, and the admin API.
 //! - `console`: the admin console: a config with console users and a raw console
 //!   client that sees column names and type OIDs.
+//! - `certs`: a throwaway CA (rcgen) and the server and client certificates it
+//!   signs, written as PEM files.
 //! - `clients`: tokio-postgres clients (through the proxy or straight to a server),
 //!   readable driver errors, one-value queries, psql as superuser from async code.
 //! - `python`: the Python venv of the driver tests (`target/pyenv`, from
@@ -32,6 +34,7 @@
 // unused items are expected in each binary.
 #![allow(dead_code)]
 
+pub mod certs;
 pub mod clients;
 pub mod console;
 pub mod fake_patroni;

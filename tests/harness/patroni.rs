@@ -1,7 +1,9 @@
 //! Owns the real Patroni harness: one etcd plus three Patroni-managed
 //! PostgreSQL nodes on loopback ports (REST API and PostgreSQL on free
 //! ports), with helpers to find the leader, switch over, kill nodes and run
-//! SQL. Every process runs as the `postgres` OS user under `proc.rs`
+//! SQL; and a one-node variant whose REST API serves HTTPS only and requires a
+//! client certificate (`restapi.certfile`/`keyfile`/`cafile`, `verify_client:
+//! required`). Every process runs as the `postgres` OS user under `proc.rs`
 //! supervision, so it dies (and its files are removed) with the test process.
 
 use std::fs;
@@ -34,11 +36,20 @@ struct Node {
     proc: Option<Supervised>,
 }
 
+/// Patroni's REST API over HTTPS: its certificate and key, and the CA client
+/// certificates must be signed by (`verify_client: required`).
+pub struct RestApiTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: PathBuf,
+}
+
 /// etcd + 3 Patroni nodes (node1..node3, indices 0..2) on 127.0.0.1.
 pub struct PatroniCluster {
     pub base_dir: PathBuf,
     pub etcd_port: u16,
     nodes: Vec<Node>,
+    api_tls: Option<RestApiTls>,
     etcd: Option<Supervised>,
     etcd_log: PathBuf,
     janitor: Option<Janitor>,
@@ -57,6 +68,49 @@ impl PatroniCluster {
     /// there is a leader and two streaming replicas.
     pub fn start() -> PatroniCluster {
         let t0 = Instant::now();
+        let mut cluster = Self::boot(NODES, |_| None);
+        let t_etcd = t0.elapsed();
+        cluster.spawn_node(0);
+        cluster.wait_leader(0, START_TIMEOUT);
+        cluster.wait_pg_ready(0);
+        pg::create_app_db(cluster.pg_port(0));
+        let t_leader = t0.elapsed();
+
+        cluster.spawn_node(1);
+        cluster.spawn_node(2);
+        cluster.wait_streaming_replicas(&[1, 2], START_TIMEOUT);
+        eprintln!(
+            "[harness] PatroniCluster::start ({}): etcd ready in {:.2?}, node1 leader in {:.2?}, \
+             2 streaming replicas in {:.2?} ({})",
+            dcs_kind(),
+            t_etcd,
+            t_leader,
+            t0.elapsed(),
+            cluster.base_dir.display()
+        );
+        cluster
+    }
+
+    /// etcd and one Patroni node whose REST API serves only HTTPS with the files
+    /// `tls` writes into the cluster's directory (readable by the postgres user).
+    /// Returns once PostgreSQL is up and out of recovery (the REST API is not used
+    /// to wait: it wants a client certificate).
+    pub fn start_one_with_api_tls(tls: impl FnOnce(&Path) -> RestApiTls) -> PatroniCluster {
+        let mut cluster = Self::boot(1, |base| Some(tls(base)));
+        cluster.spawn_node(0);
+        cluster.wait_pg_ready(0);
+        proc::wait_for(
+            "node1 to be out of recovery",
+            START_TIMEOUT,
+            || (cluster.psql(0, "SELECT pg_is_in_recovery()") == "f").then_some(()),
+            || cluster.log_tails(),
+        );
+        pg::create_app_db(cluster.pg_port(0));
+        cluster
+    }
+
+    /// Starts etcd and writes the configs of `count` nodes (none started yet).
+    fn boot(count: usize, api_tls: impl FnOnce(&Path) -> Option<RestApiTls>) -> PatroniCluster {
         let base = proc::postgres_temp_dir("switchyard-patroni-");
         let janitor = Janitor::new(&base);
         let etcd_port = proc::free_port();
@@ -99,7 +153,8 @@ impl PatroniCluster {
             },
         );
 
-        let nodes = (1..=NODES)
+        let api_tls = api_tls(&base);
+        let nodes = (1..=count)
             .map(|n| {
                 let name = format!("node{n}");
                 Node {
@@ -113,10 +168,11 @@ impl PatroniCluster {
                 }
             })
             .collect();
-        let mut cluster = PatroniCluster {
+        let cluster = PatroniCluster {
             base_dir: base,
             etcd_port,
             nodes,
+            api_tls,
             etcd: Some(etcd),
             etcd_log,
             janitor: Some(janitor),
@@ -130,29 +186,9 @@ impl PatroniCluster {
             },
             || cluster.log_tails(),
         );
-        let t_etcd = t0.elapsed();
-        for i in 0..NODES {
+        for i in 0..count {
             cluster.write_config(i);
         }
-
-        cluster.spawn_node(0);
-        cluster.wait_leader(0, START_TIMEOUT);
-        cluster.wait_pg_ready(0);
-        pg::create_app_db(cluster.pg_port(0));
-        let t_leader = t0.elapsed();
-
-        cluster.spawn_node(1);
-        cluster.spawn_node(2);
-        cluster.wait_streaming_replicas(&[1, 2], START_TIMEOUT);
-        eprintln!(
-            "[harness] PatroniCluster::start ({}): etcd ready in {:.2?}, node1 leader in {:.2?}, \
-             2 streaming replicas in {:.2?} ({})",
-            dcs_kind(),
-            t_etcd,
-            t_leader,
-            t0.elapsed(),
-            cluster.base_dir.display()
-        );
         cluster
     }
 
@@ -167,7 +203,7 @@ impl PatroniCluster {
             "namespace": "/service/",
             "name": n.name,
             "log": {"level": "INFO"},
-            "restapi": {"listen": api, "connect_address": api},
+            "restapi": self.restapi(&api),
             (dcs_key): {"hosts": format!("127.0.0.1:{}", self.etcd_port)},
             "bootstrap": {
                 "dcs": {
@@ -231,6 +267,21 @@ impl PatroniCluster {
         fs::write(&n.config, text).expect("write patroni config");
     }
 
+    /// The `restapi` section: plain HTTP, or HTTPS requiring a client certificate.
+    fn restapi(&self, address: &str) -> Value {
+        match &self.api_tls {
+            None => json!({"listen": address, "connect_address": address}),
+            Some(tls) => json!({
+                "listen": address,
+                "connect_address": address,
+                "certfile": tls.cert,
+                "keyfile": tls.key,
+                "cafile": tls.ca,
+                "verify_client": "required"
+            }),
+        }
+    }
+
     fn spawn_node(&mut self, i: usize) {
         let n = &mut self.nodes[i];
         let config = n.config.to_string_lossy().into_owned();
@@ -257,9 +308,14 @@ impl PatroniCluster {
         proc::tails(&logs, 40)
     }
 
-    /// "http://127.0.0.1:PORT" of node `i`'s REST API.
+    /// "http://127.0.0.1:PORT" of node `i`'s REST API ("https://" with TLS).
     pub fn api_url(&self, i: usize) -> String {
-        format!("http://127.0.0.1:{}", self.nodes[i].api_port)
+        let scheme = if self.api_tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://127.0.0.1:{}", self.nodes[i].api_port)
     }
 
     pub fn pg_port(&self, i: usize) -> u16 {

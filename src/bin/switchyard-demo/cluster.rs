@@ -11,6 +11,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use switchyard::auth::stored::Credential;
+use switchyard::config::TlsPolicy;
 
 use rand::distributions::Alphanumeric;
 use rand::Rng;
@@ -286,9 +287,15 @@ impl Cluster {
             params: &[],
             require_auth: Default::default(),
         };
-        server::connect(&node.name, &node.address(), &login, SQL_TIMEOUT)
-            .await
-            .map_err(|e| setup_error(&format!("connecting to {}", node.name), e))
+        server::connect(
+            &node.name,
+            &node.address(),
+            &login,
+            SQL_TIMEOUT,
+            &TlsPolicy::plaintext(),
+        )
+        .await
+        .map_err(|e| setup_error(&format!("connecting to {}", node.name), e))
     }
 
     /// Runs `sql` on node `i` as the superuser.

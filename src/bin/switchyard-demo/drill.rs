@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use switchyard::auth::stored::Credential;
+use switchyard::config::TlsPolicy;
 
 use tokio_util::sync::CancellationToken;
 
@@ -262,7 +263,15 @@ async fn client(
                     params: &params,
                     require_auth: Default::default(),
                 };
-                match server::connect(kind, &address, &login, CONNECT_TIMEOUT).await {
+                match server::connect(
+                    kind,
+                    &address,
+                    &login,
+                    CONNECT_TIMEOUT,
+                    &TlsPolicy::plaintext(),
+                )
+                .await
+                {
                     Ok(fresh) => connection.insert(fresh),
                     Err(e) => {
                         log.failures.push(format!("login: {e}"));
@@ -298,7 +307,7 @@ async fn client(
         }
         tokio::time::sleep(PACE).await;
     }
-    if let Some(open) = connection {
+    if let Some(mut open) = connection {
         open.say_goodbye();
     }
     log

@@ -14,7 +14,6 @@ use crate::tls::stream::{ClientReader, ClientWriter};
 use crate::tls::ClientStream;
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::sync::Notify;
 
 use super::resend::{self, Judge, RequestShape, Verdict, MAX_HELD};
@@ -24,6 +23,7 @@ use crate::pool::{PooledServer, ServerPool};
 use crate::protocol::frame::{complete_prefix, FrameError, FrameScanner, Messages};
 use crate::protocol::tag;
 use crate::server::statements::ServerStatements;
+use crate::server::stream::{ServerReadHalf, ServerWriteHalf};
 use crate::session::ledger::{Event, Ledger, Segment};
 use crate::session::relay::RelayEnd;
 use crate::session::statements::ClientStatements;
@@ -186,7 +186,7 @@ impl Upstream<'_, '_> {
     async fn run(
         &mut self,
         mut client_reader: ClientReader<'_>,
-        mut server_writer: WriteHalf<'_>,
+        mut server_writer: ServerWriteHalf<'_>,
     ) -> RelayEnd {
         loop {
             self.out.clear();
@@ -227,7 +227,7 @@ impl Upstream<'_, '_> {
                 self.wake.notify_one();
             }
             if !self.out.is_empty() {
-                if let Err(e) = server_writer.write_all(self.out).await {
+                if let Err(e) = server_writer.send(self.out).await {
                     return RelayEnd::ServerGone {
                         error: Some(e),
                         sent_error: false,
@@ -320,7 +320,7 @@ struct Downstream<'s, 'a> {
 impl Downstream<'_, '_> {
     async fn run(
         &mut self,
-        mut server_reader: ReadHalf<'_>,
+        mut server_reader: ServerReadHalf<'_>,
         mut client_writer: ClientWriter<'_>,
     ) -> Result<(), Detach> {
         self.buffer.clear();
