@@ -34,6 +34,8 @@ pub(crate) mod cancel;
 pub mod config;
 pub mod context;
 pub(crate) mod control;
+#[cfg(test)]
+mod fuzz;
 pub mod http_client;
 pub(crate) mod keyed_digest;
 pub(crate) mod listener;

@@ -35,6 +35,8 @@ const LAYERS: &[&[&str]] = &[
     &["session"],
     &["listener", "reload", "admin"],
     &["proxy"],
+    // Test builds only: the fuzz targets drive parsers of every layer.
+    &["fuzz"],
 ];
 
 fn rank(module: &str) -> Option<(usize, usize)> {
