@@ -47,6 +47,8 @@ cluster:
   allowed_hosts: [10.0.0.0/24]
 users:
   - { name: app, password: pw, auth: md5, require_auth: [md5, scram-sha-256] }
+access:
+  - { source: 10.0.0.0/8, user: app, database: appdb, listener: rw, tls: any, method: md5 }
 client: { startup_timeout: 10s, max_message_size: 64MB }
 server:
   connect_timeout: 5s

@@ -1,5 +1,6 @@
 //! Network ranges in CIDR notation (`10.0.0.0/8`, `fd00::/8`, or a bare address),
-//! for deciding which peers may use the admin API's write endpoints.
+//! for deciding which peers may use the admin API's write endpoints, which members
+//! may be learned, and which clients an `access:` rule applies to.
 
 use std::net::IpAddr;
 
@@ -46,6 +47,15 @@ impl Cidr {
             }
             _ => false,
         }
+    }
+}
+
+impl Cidr {
+    /// Whether every address of `other` is in this range.
+    pub fn covers(&self, other: &Cidr) -> bool {
+        self.prefix <= other.prefix
+            && self.network.is_ipv4() == other.network.is_ipv4()
+            && self.contains(other.network)
     }
 }
 

@@ -2,6 +2,7 @@
 //! in secrets) and validation. A `Config` is an immutable snapshot; nothing in the
 //! proxy reads configuration from anywhere else.
 
+mod access;
 mod api;
 mod cidr;
 mod peers;
@@ -21,6 +22,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::auth::require::RequireAuth;
 
+pub use access::{
+    decide as decide_access, AccessDecision, AccessMethod, AccessRequest, AccessRule, AccessTls,
+};
 pub use api::{host_port, split_host, ApiEndpoint};
 pub use cidr::Cidr;
 pub use peers::{PeerConfig, MAX_PEER_ID};
@@ -58,6 +62,11 @@ pub struct Config {
     pub admin: AdminConfig,
     pub cluster: ClusterConfig,
     pub users: Vec<UserConfig>,
+    /// Who may connect and how they authenticate, tried in order before
+    /// authentication (pg_hba.conf's idea); none: anyone may try, each user with
+    /// its own `auth`.
+    #[serde(default)]
+    pub access: Vec<AccessRule>,
     /// TLS towards clients; each listener may replace it with its own `tls:`.
     #[serde(default)]
     pub tls: ClientTlsConfig,

@@ -58,6 +58,7 @@ pub(super) fn validate(config: &mut Config) -> Result<(), ConfigError> {
     validate_listeners(config)?;
     validate_cluster(config)?;
     validate_users(config)?;
+    super::access::validate(config)?;
     validate_pool(config)?;
     super::tls::validate_tls(config)?;
     super::peers::validate_peers(config)?;
@@ -397,6 +398,7 @@ pub fn notes(config: &Config) -> Vec<String> {
         })
     }));
     notes.extend(server_tls_note(config));
+    notes.extend(super::access::notes(config));
     notes
 }
 

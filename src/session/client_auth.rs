@@ -57,22 +57,33 @@ enum Exchange<'a> {
 
 /// SCRAM for SCRAM users and for any user stored as a SCRAM secret (PostgreSQL
 /// also answers an `md5` rule with SCRAM when it only has the secret); MD5
-/// otherwise. Unknown users go through SCRAM against the mock verifier.
-fn exchange_for<'u>(user: &str, entry: Option<&'u UserEntry>) -> Exchange<'u> {
+/// otherwise. `method` is the user's `auth`, or the matching `access:` rule's
+/// method, which overrides it. An unknown user goes through the same exchange
+/// its method would give a real one (SCRAM against a mock verifier, or MD5 that
+/// cannot succeed), so the first message does not tell that the name is unknown.
+fn exchange_for<'u>(
+    user: &str,
+    entry: Option<&'u UserEntry>,
+    method: ClientAuthMethod,
+) -> Exchange<'u> {
+    let mock = || Exchange::Scram(Cow::Owned(scram::ScramVerifier::mock_for(user)));
     let Some(entry) = entry else {
-        return Exchange::Scram(Cow::Owned(scram::ScramVerifier::mock_for(user)));
+        return match method {
+            ClientAuthMethod::ScramSha256 => mock(),
+            ClientAuthMethod::Md5 => Exchange::Md5,
+            ClientAuthMethod::Cert => Exchange::Cert,
+        };
     };
-    match (entry.method, entry.secret.stored(), &entry.verifier) {
+    match (method, entry.secret.stored(), &entry.verifier) {
+        (ClientAuthMethod::Cert, _, _) => Exchange::Cert,
         (_, StoredPassword::ScramSecret(verifier), _) => Exchange::Scram(Cow::Borrowed(verifier)),
         (ClientAuthMethod::ScramSha256, _, Some(verifier)) => {
             Exchange::Scram(Cow::Borrowed(verifier))
         }
-        // An MD5 hash cannot check SCRAM (validation refuses that pairing).
-        (ClientAuthMethod::ScramSha256, _, None) => {
-            Exchange::Scram(Cow::Owned(scram::ScramVerifier::mock_for(user)))
-        }
+        // An MD5 hash cannot check SCRAM (validation refuses that pairing for a
+        // user's own `auth`; an access rule may still ask for it).
+        (ClientAuthMethod::ScramSha256, _, None) => mock(),
         (ClientAuthMethod::Md5, _, _) => Exchange::Md5,
-        (ClientAuthMethod::Cert, _, _) => Exchange::Cert,
     }
 }
 
@@ -83,11 +94,15 @@ pub async fn authenticate<'u>(
     reader: &mut StartupReader,
     users: &'u UserDb,
     user: &str,
+    rule_method: Option<ClientAuthMethod>,
     tls: TlsFacts<'_>,
     out: &mut BytesMut,
 ) -> Result<&'u UserEntry, HandshakeFailure> {
     let entry = users.get(user);
-    let accepted = match exchange_for(user, entry) {
+    let method = rule_method
+        .or(entry.map(|entry| entry.method))
+        .unwrap_or(ClientAuthMethod::ScramSha256);
+    let accepted = match exchange_for(user, entry, method) {
         Exchange::Cert => {
             check_certificate(socket, user, tls)?;
             true

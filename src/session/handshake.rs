@@ -11,8 +11,11 @@ use tokio::io::AsyncWriteExt;
 
 use super::client_auth::{self, TlsFacts};
 use crate::cancel::{self, CancelRoute};
-use crate::config::ClientTlsMode;
+use crate::config::{
+    decide_access, AccessDecision, AccessMethod, AccessRequest, ClientAuthMethod, ClientTlsMode,
+};
 use crate::context::ProxyContext;
+use crate::log_text::Escaped;
 use crate::protocol::messages;
 use crate::protocol::startup::{FirstPacket, StartupError, StartupParams, StartupReader};
 use crate::protocol::{tag, ClientError, SqlState};
@@ -202,6 +205,7 @@ pub(super) async fn open(
     socket: &mut ClientStream,
     ctx: &ProxyContext,
     tls: Option<&Arc<ClientTls>>,
+    listener: &str,
     mut reader: StartupReader,
 ) -> Result<Option<Opened>, HandshakeFailure> {
     let startup = match read_opening(socket, &mut reader, tls.is_some()).await? {
@@ -233,6 +237,7 @@ pub(super) async fn open(
             .await
             .map_err(|e| HandshakeFailure::Gone(e.to_string()))?;
     }
+    let rule_method = access_method(ctx, socket, &params, listener)?;
     let facts = match tls {
         Some(tls) if socket.is_tls() => TlsFacts {
             end_point: Some(tls.end_point()),
@@ -246,6 +251,7 @@ pub(super) async fn open(
         &mut reader,
         &ctx.users(),
         &params.user,
+        rule_method,
         facts,
         &mut greeting,
     )
@@ -256,6 +262,54 @@ pub(super) async fn open(
         unread: reader.into_unread(),
         tls: socket.tls_info(),
     }))
+}
+
+/// Tries the `access:` rules: the method the matching rule asks for (None: no
+/// rules, the user's own `auth` applies), or the refusal. Console connections
+/// are subject to them too, as pg_hba.conf applies to every database.
+fn access_method(
+    ctx: &ProxyContext,
+    socket: &ClientStream,
+    params: &SessionParams,
+    listener: &str,
+) -> Result<Option<ClientAuthMethod>, HandshakeFailure> {
+    let config = ctx.config();
+    let Ok(peer) = socket.peer_addr() else {
+        return Err(HandshakeFailure::Gone("no peer address".into()));
+    };
+    let request = AccessRequest {
+        source: peer.ip(),
+        user: &params.user,
+        database: &params.database,
+        listener,
+        tls: socket.is_tls(),
+    };
+    let who = || {
+        format!(
+            "host \"{}\", user \"{}\", database \"{}\", {}",
+            peer.ip(),
+            Escaped(&params.user),
+            Escaped(&params.database),
+            if request.tls { "TLS" } else { "no TLS" }
+        )
+    };
+    let refuse = |message: String| {
+        HandshakeFailure::Refuse(ClientError::fatal(SqlState::InvalidAuthorization, message))
+    };
+    match decide_access(&config.access, &request) {
+        AccessDecision::Unrestricted => Ok(None),
+        AccessDecision::NoRule => Err(refuse(format!("no access rule for {}", who()))),
+        AccessDecision::Method(i, AccessMethod::Reject) => Err(refuse(format!(
+            "access rule {} rejects the connection for {}",
+            i + 1,
+            who()
+        ))),
+        AccessDecision::Method(_, AccessMethod::ScramSha256) => {
+            Ok(Some(ClientAuthMethod::ScramSha256))
+        }
+        AccessDecision::Method(_, AccessMethod::Md5) => Ok(Some(ClientAuthMethod::Md5)),
+        AccessDecision::Method(_, AccessMethod::Cert) => Ok(Some(ClientAuthMethod::Cert)),
+    }
 }
 
 /// Sends a CancelRequest where it belongs: the server one of our clients uses, or

@@ -112,6 +112,7 @@ async fn run_in_span(
             &mut socket,
             &ctx,
             listener.tls.as_ref(),
+            &listener.config.name,
             reader,
         )),
     )
