@@ -101,6 +101,26 @@ fn counter(metrics: &str, series: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// Raises this process's soft file-descriptor limit to `wanted` (or the hard
+/// limit, whichever is lower), failing clearly when that is too low.
+fn raise_fd_limit(wanted: u64) {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let target = limit.maximum.map_or(wanted, |hard| hard.min(wanted));
+    if limit.current.is_some_and(|soft| soft < target) {
+        let raised = Rlimit {
+            current: Some(target),
+            maximum: limit.maximum,
+        };
+        setrlimit(Resource::Nofile, raised).expect("raise the soft fd limit");
+    }
+    assert!(
+        target >= 6_000,
+        "this test needs 6,000 file descriptors; the hard limit is {:?}",
+        limit.maximum
+    );
+}
+
 fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").map_or(0, |dir| dir.count())
 }
@@ -128,6 +148,9 @@ async fn five_thousand_idle_sockets_from_one_address_do_not_lock_others_out() {
     // In batches the listen backlog holds; each batch is answered before the next.
     let mut flood = Vec::new();
     let mut answered = Vec::new();
+    // The test process holds all 5,000 client ends (and the proxy, in-process,
+    // its own): a soft limit of 1,024 would not do.
+    raise_fd_limit(12_000);
     for batch in 0..20 {
         let connects = (0..250).map(|_| connect_from(loopback(1), rw));
         for stream in futures_util::future::join_all(connects).await {
