@@ -81,23 +81,8 @@ async fn pause_switchover_resume_under_write_load_fails_nothing() {
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     let report = load.stop().await;
-    let errors: Vec<String> = report
-        .failures()
-        .map(|f| format!("{}: {}", f.kind, f.message))
-        .collect();
-    assert!(errors.is_empty(), "clients saw errors: {errors:?}");
+    report.assert_held_without_errors(paused_at, resumed_at);
     let acknowledged = report.acknowledged();
-    let during_pause = report
-        .clients
-        .iter()
-        .flat_map(|c| c.acknowledged.iter().map(|&(_, at)| at))
-        .filter(|at| *at > paused_at + Duration::from_millis(100) && *at < resumed_at)
-        .count();
-    assert_eq!(during_pause, 0, "nothing is acknowledged while paused");
-    assert!(
-        report.first_ack_after(resumed_at).is_some(),
-        "writes go on after RESUME"
-    );
     let (pause, _) = report.longest_pause();
     println!(
         "pause + switchover + resume: {} writes acknowledged, 0 failed, longest write pause {pause:?}",

@@ -14,14 +14,9 @@ use crate::auth::stored::Credential;
 use crate::auth::{kdf, md5, scram};
 use crate::protocol::backend::{self, AuthRequest};
 use crate::protocol::messages;
-use crate::protocol::startup::{read_message, StartupError};
 use crate::protocol::tag;
 
 use super::{LoginRequest, ServerError};
-
-/// Server messages during authentication are small, but an ErrorResponse can carry
-/// a long detail; this bounds what a broken server can make us allocate.
-const MAX_AUTH_MESSAGE: usize = 1 << 20;
 
 /// How far the exchange has come.
 enum Progress {
@@ -121,19 +116,9 @@ async fn read_auth_request<S: AsyncRead + Unpin>(
     stream: &mut S,
     address: &str,
 ) -> Result<BytesMut, ServerError> {
-    let (tag, body) = read_message(stream, MAX_AUTH_MESSAGE)
-        .await
-        .map_err(|e| match e {
-            StartupError::Io(source) => ServerError::Io {
-                address: address.to_string(),
-                source,
-            },
-            other => ServerError::Protocol(other.to_string()),
-        })?;
-    match tag {
-        tag::AUTHENTICATION => Ok(body),
-        tag::ERROR_RESPONSE => Err(ServerError::rejected(&body)),
-        other => Err(ServerError::Protocol(format!(
+    match super::login::read(stream, address).await? {
+        (tag::AUTHENTICATION, body) => Ok(body),
+        (other, _) => Err(ServerError::Protocol(format!(
             "expected an authentication request, got message type {:?}",
             other as char
         ))),

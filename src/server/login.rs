@@ -8,6 +8,7 @@
 use std::time::Duration;
 
 use bytes::BytesMut;
+use tokio::io::AsyncRead;
 
 use crate::auth::require::RequireAuth;
 use crate::auth::stored::Credential;
@@ -18,7 +19,6 @@ use crate::protocol::startup::{read_message, StartupError};
 use crate::protocol::tag;
 
 use super::authenticate::authenticate;
-use super::stream::ServerStream;
 use super::{ServerConnection, ServerError};
 
 /// Server messages during login are small, but an ErrorResponse or a NoticeResponse
@@ -118,8 +118,10 @@ async fn connect_inner(
     Ok(connection)
 }
 
-pub(super) async fn read(
-    stream: &mut ServerStream,
+/// Reads one message of the login (at most 1 MiB); an ErrorResponse becomes
+/// [`ServerError::Rejected`].
+pub(super) async fn read<S: AsyncRead + Unpin>(
+    stream: &mut S,
     address: &str,
 ) -> Result<(u8, BytesMut), ServerError> {
     let (tag, body) = read_message(stream, MAX_LOGIN_MESSAGE)

@@ -24,6 +24,7 @@ pub mod relay;
 mod session_mode;
 pub mod settings;
 pub mod sql_lex;
+mod sql_prefilter;
 pub mod sql_scan;
 pub mod statements;
 pub(crate) mod timeouts;

@@ -404,3 +404,28 @@ fn classify(e: &tokio_postgres::Error) -> (String, String, bool) {
     // trusted again.
     (kind, e.to_string(), true)
 }
+
+impl LoadReport {
+    /// After PAUSE at `paused_at` and RESUME at `resumed_at` under this load: no
+    /// client saw an error, nothing was acknowledged while paused (after 100 ms for
+    /// the acknowledgements of transactions that finished as PAUSE returned), and
+    /// writes went on after RESUME.
+    pub fn assert_held_without_errors(&self, paused_at: Instant, resumed_at: Instant) {
+        let errors: Vec<String> = self
+            .failures()
+            .map(|f| format!("{}: {}", f.kind, f.message))
+            .collect();
+        assert!(errors.is_empty(), "clients saw errors: {errors:?}");
+        let during_pause = self
+            .clients
+            .iter()
+            .flat_map(|c| c.acknowledged.iter().map(|&(_, at)| at))
+            .filter(|at| *at > paused_at + Duration::from_millis(100) && *at < resumed_at)
+            .count();
+        assert_eq!(during_pause, 0, "nothing is acknowledged while paused");
+        assert!(
+            self.first_ack_after(resumed_at).is_some(),
+            "writes go on after RESUME"
+        );
+    }
+}
