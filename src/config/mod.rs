@@ -32,6 +32,7 @@ pub use client::ClientConfig;
 pub use peers::{PeerConfig, MAX_PEER_ID};
 pub use server_tls::{ApiTls, ApiTlsConfig, ServerTls, ServerTlsMode, TlsPolicy};
 pub use tls::{ClientTlsConfig, ClientTlsMode, TlsVersion};
+pub use tls_files::provider as tls_provider;
 pub use units::{ByteSize, HumanDuration, Limit, MaxLag};
 
 #[derive(Debug, thiserror::Error)]

@@ -37,6 +37,8 @@ pub struct TlsFiles {
     pub key: Option<(String, String)>,
 }
 
+/// The one crypto provider of the whole tree, client and server side: ring (builds
+/// quickly and without cmake or a C++ toolchain; see README "TLS").
 pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }

@@ -30,12 +30,6 @@ pub use stream::{ClientStream, TlsInfo};
 /// The ALPN protocol PostgreSQL 17 requires with direct TLS negotiation.
 pub const ALPN_POSTGRESQL: &[u8] = b"postgresql";
 
-/// The one crypto provider of the whole tree: ring (builds quickly and without
-/// cmake or a C++ toolchain; see README "TLS").
-pub fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
 /// A file that cannot serve as the listener's TLS material, and why.
 #[derive(Debug, thiserror::Error)]
 #[error("{key}{}: {reason}", if path.is_empty() { String::new() } else { format!(" ({path})") })]
@@ -77,7 +71,7 @@ impl ClientTls {
         let cert_key = format!("{key}.cert");
         let chain = load_certificates(cert_path, &cert_key)?;
         let private_key = load_key(key_path, &format!("{key}.key"))?;
-        let provider = provider();
+        let provider = crate::config::tls_provider();
         check_key_matches(&chain, &private_key, &provider, cert_path, key_path, key)?;
         let leaf = &chain[0];
         let expires_at = x509::not_after(leaf).map_err(|e| error(&cert_key, cert_path, e))?;
