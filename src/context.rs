@@ -22,6 +22,7 @@ use crate::pool::PoolSet;
 use crate::stop_signal::{StopSignal, StopWaiter};
 use crate::topology::TopologyHandle;
 use crate::users::UserDb;
+use crate::workers::Workers;
 
 /// What a reload did (a summary line) or why it did nothing.
 pub type ReloadOutcome = Result<String, String>;
@@ -56,6 +57,8 @@ pub struct ProxyContext {
     /// Cancelled when an operator asked for a graceful shutdown (console SHUTDOWN).
     stop_requested: CancellationToken,
     started: std::time::Instant,
+    /// The threads that serve clients.
+    workers: Arc<Workers>,
 }
 
 /// Client connections across listeners.
@@ -88,6 +91,7 @@ impl ProxyContext {
         pools: Arc<PoolSet>,
         shutdown: CancellationToken,
         reload_requests: mpsc::Sender<ReloadRequest>,
+        workers: Arc<Workers>,
     ) -> ProxyContext {
         let draining = shutdown.child_token();
         let client_buffers = BufferBudget::new(config.client.max_buffered_bytes.0 as usize);
@@ -98,6 +102,7 @@ impl ProxyContext {
             registry: Arc::new(ClientRegistry::default()),
             stop_requested: CancellationToken::new(),
             started: std::time::Instant::now(),
+            workers,
             users: ArcSwap::from_pointee(UserDb::from_config(&config, None)),
             config: ArcSwap::new(config),
             topology,
@@ -115,6 +120,10 @@ impl ProxyContext {
                 shutdown,
             },
         }
+    }
+
+    pub fn workers(&self) -> &Arc<Workers> {
+        &self.workers
     }
 
     pub fn config(&self) -> Arc<Config> {
