@@ -20,6 +20,9 @@
 #   TARGETS [direct,switchyard,pgbouncer,haproxy]  (also: tokio-relay; baseline)
 #   BASELINE_BIN  another switchyard binary (an older build) run as target
 #     "baseline" with the same config on other ports: before/after in one run
+#   SY_WORKERS  runtime.workers for switchyard [its default: the CPUs]
+#   BASELINE_WORKERS  runtime.workers for the baseline [none: builds before the
+#     option had no runtime: section]
 #   WORKLOADS [select,prepared,c500,connect]
 #   IDLE_CLIENTS [5000]  idle connections for the memory test (0 = skip it)
 #   C500_EXTRA [15] seconds added to -T of the 500-client runs: pgbench's -T clock
@@ -74,6 +77,8 @@ PGBENCH=$PG_BIN/pgbench
 PSQL=$(command -v psql || echo "$PG_BIN/psql")
 SY_BIN=${SY_BIN:-$REPO/target/release/switchyard}
 BASELINE_BIN=${BASELINE_BIN:-}
+SY_WORKERS=${SY_WORKERS:-}
+BASELINE_WORKERS=${BASELINE_WORKERS:-}
 PYTHON=${PYTHON:-python3}
 
 log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
@@ -202,7 +207,7 @@ EOF
 }
 
 # ---------------------------------------------------------------- build
-TR_BIN=$REPO/target/release/examples/tokio_relay
+TR_BIN=${TR_BIN:-$REPO/target/release/examples/tokio_relay}
 if [[ $SKIP_BUILD != 1 ]]; then
     log "building switchyard (cargo build --release)"
     (cd "$REPO" && cargo build --release) >&2 || die "cargo build --release failed"
@@ -319,7 +324,8 @@ stop_switchyard() { stop_pid "$SY_PID" 15; SY_PID=""; }
 # The baseline: the same config with its own ports, another binary.
 start_baseline() {
     sed -e "s/127.0.0.1:$SY_PORT\"/127.0.0.1:$BL_PORT\"/" -e "s/127.0.0.1:$SY_ADMIN\"/127.0.0.1:$BL_ADMIN\"/" \
-        "$SY_CONF" >"$TMP/baseline.yaml"
+        -e '/^runtime:/d' "$SY_CONF" >"$TMP/baseline.yaml"
+    [[ -z $BASELINE_WORKERS ]] || printf 'runtime: { workers: %s }\n' "$BASELINE_WORKERS" >>"$TMP/baseline.yaml"
     "$BASELINE_BIN" run --config "$TMP/baseline.yaml" >>"$TMP/logs/baseline.log" 2>&1 &
     BL_PID=$!
     local i
@@ -351,6 +357,7 @@ EOF
             printf 'tls: { mode: require, cert: %s, key: %s }\n' \
                 "$TMP/pgbouncer/tls.pem" "$TMP/pgbouncer/tls.key" >>"$SY_CONF"
         fi
+        [[ -z $SY_WORKERS ]] || printf 'runtime: { workers: %s }\n' "$SY_WORKERS" >>"$SY_CONF"
         if [[ $1 == 1 ]]; then
             cat >>"$SY_CONF" <<EOF
 pool:
@@ -369,6 +376,7 @@ EOF
         die "switchyard check rejected the generated config"
     fi
     [[ $SY_POOL == 1 ]] && SY_POOL_USED="$SY_POOL_MODE, size $POOL_SIZE"
+    SY_POOL_USED+="${SY_WORKERS:+; runtime.workers $SY_WORKERS}${BASELINE_BIN:+; baseline $(basename "$BASELINE_BIN")${BASELINE_WORKERS:+ with runtime.workers $BASELINE_WORKERS}}"
     if has_target switchyard; then
         log "switchyard on 127.0.0.1:$SY_PORT (admin $SY_ADMIN, fake Patroni $API_PORT, pool: $SY_POOL_USED)"
         start_switchyard
