@@ -44,9 +44,12 @@ async fn proxy_with_pool(size: u32) -> (switchyard::proxy::RunningProxy, SocketA
          GRANT sy_tenant_a TO app_md5",
     )
     .await;
+    // One worker thread: the tests follow which server a client gets, and with one
+    // worker the pool's idle list is one stack, reused most recent first (with
+    // several, each worker first reuses the servers it left itself).
     let (proxy, api) = proxy_for(
         cluster.port(0),
-        &format!("pool: {{ mode: transaction, size: {size} }}\n"),
+        &format!("runtime: {{ workers: 1 }}\npool: {{ mode: transaction, size: {size} }}\n"),
     )
     .await;
     // The fake Patroni API must outlive the test.
