@@ -170,7 +170,9 @@ impl Reloader {
         self.ctx.set_config(Arc::clone(&config), users);
         self.ctx
             .pools()
-            .reconfigure(PoolSettings::from_config(&config), &self.ctx.users());
+            .reconfigure(PoolSettings::from_config(&config), &|user| {
+                self.ctx.server_secret(user)
+            });
         if cluster_changed(&old, &config) {
             self.restart_monitor(&config);
         }

@@ -19,7 +19,6 @@ pub use failures::{ConnectFailure, ConnectFailures};
 pub use server_pool::{CheckoutError, PoolSettings, PoolStats, PooledServer, ServerPool};
 
 use crate::auth::stored::ServerSecret;
-use crate::users::UserDb;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PoolKey {
@@ -121,13 +120,17 @@ impl PoolSet {
     /// Applies reloaded settings to every pool, and retires the pools of users
     /// that were removed or whose password changed: their idle connections close
     /// now, busy ones when their clients give them back.
-    pub fn reconfigure(&self, settings: PoolSettings, users: &UserDb) {
+    /// New settings for every pool; pools whose user is gone or whose secret
+    /// changed (`secret_of` says what each user logs in with now) are retired.
+    pub fn reconfigure(
+        &self,
+        settings: PoolSettings,
+        secret_of: &dyn Fn(&str) -> Option<Arc<ServerSecret>>,
+    ) {
         self.settings.store(Arc::new(settings.clone()));
         let mut pools = self.pools();
         pools.retain(|key, pool| {
-            let current = users
-                .get(&key.user)
-                .is_some_and(|u| pool.uses_secret(&u.secret));
+            let current = secret_of(&key.user).is_some_and(|secret| pool.uses_secret(&secret));
             if !current {
                 let closed = pool.drain();
                 tracing::info!(user = %key.user, node = %key.node, closed, "user removed or password changed: pool retired");
