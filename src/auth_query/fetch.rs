@@ -33,8 +33,12 @@ pub enum FetchError {
     NoNode(String),
     #[error("{0} lookups were already running and none finished within {1:?}")]
     Busy(u32, Duration),
+    /// Boxed: a ServerError is large and this is the rare path.
     #[error("on node \"{node}\": {source}")]
-    Server { node: String, source: ServerError },
+    Server {
+        node: String,
+        source: Box<ServerError>,
+    },
     #[error(
         "auth.query returned {0} column(s); it must return the user name and the stored password"
     )]
@@ -96,7 +100,7 @@ impl Fetcher {
             .ok_or(FetchError::Busy(self.max_fetches, wait))?;
         let failed = |source| FetchError::Server {
             node: node.name.clone(),
-            source,
+            source: Box::new(source),
         };
         let kept = self.take_idle(&node.address);
         let reused = kept.is_some();
