@@ -325,6 +325,9 @@ fn describe_changes(old: &Config, new: &Config) -> Vec<String> {
     if !changed.is_empty() {
         changes.push(format!("users changed: {}", changed.join(", ")));
     }
+    if old.auth != new.auth {
+        changes.push("auth changed: the auth_query cache starts empty".into());
+    }
     if serde_json::to_value(&old.pool).ok() != serde_json::to_value(&new.pool).ok() {
         changes.push(format!(
             "pool settings changed (size {} -> {})",

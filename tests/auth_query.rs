@@ -70,17 +70,20 @@ async fn primary_port() -> u16 {
     port
 }
 
-/// A proxy in transaction mode whose only node is the server on `pg_port`, with
-/// no configured users but `auth:` as given (YAML lines under `auth:`).
+/// A proxy in transaction mode whose only node is the server on `pg_port` (a
+/// primary), with no configured users but `auth:` as given (YAML lines under
+/// `auth:`).
 async fn proxy_with_auth(pg_port: u16, auth: &str) -> (RunningProxy, FakePatroni) {
     let api = FakePatroni::start(FakeRole::Primary, 1).await;
     let yaml = config_yaml(&single_node(pg_port, &api), auth);
     (start_proxy(&yaml).await, api)
 }
 
+/// Listeners `rw` (primary) and `ro` (replica, no fallback) in transaction mode.
 fn config_yaml(nodes: &[NodeSpec], auth: &str) -> String {
     let mut yaml = format!(
-        "listeners:\n  - {{ name: rw, listen: \"127.0.0.1:0\", route: primary }}\n\
+        "listeners:\n  - {{ name: rw, listen: \"127.0.0.1:0\", route: primary }}\n  \
+         - {{ name: ro, listen: \"127.0.0.1:0\", route: replica, fallback: none }}\n\
          admin:\n  listen: \"127.0.0.1:0\"\n\
          cluster:\n  health: {FAST_HEALTH}\n  nodes:\n"
     );
@@ -209,6 +212,42 @@ async fn a_role_created_on_the_server_logs_in_with_scram_and_its_pool_passes_the
         server_sessions >= 1,
         "the pool holds a server login as aq_scram"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_mode_and_a_replica_when_there_is_no_primary() {
+    let cluster = shared_cluster().await;
+    let (primary, replica) = (primary_port().await, cluster.port(1));
+    create_role(primary, "aq_reader", "reader_pw").await;
+    // The role and README's function reach the replica by replication.
+    eventually(
+        Duration::from_secs(10),
+        "the role replicated",
+        || async move {
+            su_count(
+                replica,
+                "SELECT count(*) FROM pg_roles WHERE rolname = 'aq_reader'",
+            )
+            .await
+                == 1
+        },
+    )
+    .await;
+    // The only node is a replica: the lookup runs there.
+    let api = FakePatroni::start(FakeRole::Replica, 1).await;
+    let nodes = single_node(replica, &api);
+    let yaml = config_yaml(&nodes, &default_auth()).replace("mode: transaction", "mode: session");
+    let proxy = start_proxy(&yaml).await;
+    let ro = proxy.listener_addr("ro").expect("ro listener");
+    let client = within(20, "login", try_login(ro, "aq_reader", "reader_pw"))
+        .await
+        .unwrap_or_else(|e| panic!("login via the replica: {}", describe(&e)));
+    let row = client
+        .query_one("SELECT current_user::text, pg_is_in_recovery()", &[])
+        .await
+        .unwrap_or_else(|e| panic!("query: {}", describe(&e)));
+    assert_eq!(row.get::<_, String>(0), "aq_reader");
+    assert!(row.get::<_, bool>(1), "served by the replica");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -530,7 +569,8 @@ async fn a_reload_keeps_the_cache_and_the_pools_unless_auth_changed() {
 
     // A reload that changes auth: starts with an empty cache.
     std::fs::write(file.path(), format!("{yaml}  cache_ttl: 61s\n")).expect("rewrite");
-    proxy.reload().await.expect("reload");
+    let summary = proxy.reload().await.expect("reload");
+    assert!(summary.contains("auth changed"), "{summary}");
     backend(addr).await;
     assert_eq!(calls(port, "aq_reloaded").await, 2, "looked up again");
 }

@@ -136,6 +136,26 @@ mod tests {
     }
 
     #[test]
+    fn the_password_comes_from_the_environment_and_is_never_shown() {
+        let yaml = "listeners:\n  - { name: rw, listen: \"127.0.0.1:5000\", route: primary }\n\
+             cluster:\n  nodes:\n    - { name: n1, host: 127.0.0.1, port: 5432, api: \"http://127.0.0.1:8008\" }\n\
+             users: []\n\
+             auth: { user: switchyard_auth, password: \"${AUTH_PW}\" }\n";
+        let env = |name: &str| (name == "AUTH_PW").then(|| "very-secret-lookup-pw".to_string());
+        let config = super::super::Config::from_yaml_str_with_env(yaml, &env).expect("valid");
+        let auth = config.auth.as_ref().expect("auth section");
+        assert_eq!(auth.password.expose(), "very-secret-lookup-pw");
+        assert_eq!(auth.query, DEFAULT_AUTH_QUERY);
+        assert_eq!(auth.cache_ttl.0, Duration::from_secs(60));
+        assert_eq!(auth.negative_cache_ttl.0, Duration::from_secs(5));
+        let shown = format!("{}\n{config:?}", config.to_effective_yaml());
+        assert!(!shown.contains("very-secret-lookup-pw"), "{shown}");
+        let unset = super::super::Config::from_yaml_str_with_env(yaml, &|_| None)
+            .expect_err("AUTH_PW is not set");
+        assert!(unset.to_string().starts_with("auth.password:"), "{unset}");
+    }
+
+    #[test]
     fn bounds_must_be_usable() {
         let mut zero = auth(DEFAULT_AUTH_QUERY);
         zero.max_fetches = 0;
