@@ -3,7 +3,7 @@
 //! a SCRAM secret or an MD5 hash, with the ClientKey a client proved) and a SCRAM
 //! verifier computed once at load, plus a mock verifier so unknown users go
 //! through the same exchange as known ones and learn nothing from it. Users that
-//! `auth.query` finds get the same entries (`crate::auth_query`).
+//! `auth.query` finds get the same entries (see the `auth_query` module).
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -151,11 +151,13 @@ impl AuthQuery {
         let now = Instant::now();
         match answer {
             Ok(Some(entry)) => {
+                tracing::debug!(user = %shown, stored = entry.secret.stored().kind(), "auth.query found the user");
                 self.counters.fetched.increment(1);
                 self.cache().found(user, Arc::clone(&entry), now);
                 Lookup::Found(entry)
             }
             Ok(None) => {
+                tracing::debug!(user = %shown, "auth.query knows no such user");
                 self.counters.not_found.increment(1);
                 self.cache().not_found(user, now);
                 Lookup::NotFound
