@@ -188,6 +188,17 @@ impl Fetcher {
     }
 }
 
+impl Drop for Fetcher {
+    /// A reload that changed `auth:`, or the proxy stopping: the kept connection
+    /// says goodbye, so the server logs a clean exit.
+    fn drop(&mut self) {
+        let idle = self.idle.get_mut().unwrap_or_else(|p| p.into_inner());
+        if let Some(mut connection) = idle.take() {
+            connection.say_goodbye();
+        }
+    }
+}
+
 fn answer(row: Option<Row>) -> Result<Answer, FetchError> {
     let Some(row) = row else {
         return Ok(Answer::NotFound);
