@@ -14,6 +14,7 @@ use crate::users::UserEntry;
 /// dropped), so a flood of random names cannot grow the cache without bound;
 /// found users are bounded by the roles that exist.
 const MAX_ENTRIES: usize = 50_000;
+// (Names are at most 63 bytes: `super::MAX_ROLE_NAME`.)
 
 /// What the cache knows about a name now.
 #[derive(Clone)]

@@ -23,6 +23,9 @@ use crate::users::UserEntry;
 use cache::{Cache, Cached};
 use fetch::{Answer, Fetcher};
 
+/// PostgreSQL's longest role name in bytes (NAMEDATALEN - 1).
+const MAX_ROLE_NAME: usize = 63;
+
 /// What a lookup found.
 pub enum Lookup {
     Found(Arc<UserEntry>),
@@ -86,6 +89,12 @@ impl AuthQuery {
     /// The entry for `user`: from the cache while fresh, else asked of the node
     /// `topology` names (`server`: how server connections are made).
     pub async fn lookup(&self, user: &str, server: &ServerConfig, topology: &Topology) -> Lookup {
+        if user.len() > MAX_ROLE_NAME {
+            // No role has such a name; neither asking nor remembering it is
+            // worth a server round trip or up to 10 kB of cache per attempt.
+            self.counters.negative_hit.increment(1);
+            return Lookup::NotFound;
+        }
         if let Some(fresh) = self.fresh(user) {
             return fresh;
         }
@@ -224,5 +233,37 @@ impl AuthQuery {
         if last {
             in_flight.remove(user);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> AuthQueryConfig {
+        let yaml = "listeners:\n  - { name: rw, listen: \"127.0.0.1:5000\", route: primary }\n\
+             cluster:\n  nodes:\n    - { name: n1, host: 127.0.0.1, port: 5432, api: \"http://127.0.0.1:8008\" }\n\
+             users: []\nauth: { user: switchyard_auth, password: pw }\n";
+        let config = crate::config::Config::from_yaml_str_with_env(yaml, &|_| None).expect("valid");
+        config.auth.expect("auth")
+    }
+
+    #[tokio::test]
+    async fn names_longer_than_any_role_are_unknown_without_asking() {
+        let lookup = AuthQuery::new(&config());
+        // No node is known: a lookup that asked would be Unavailable.
+        let nowhere = Topology::unknown(Vec::new());
+        let server = ServerConfig::default();
+        let long = "x".repeat(MAX_ROLE_NAME + 1);
+        assert!(matches!(
+            lookup.lookup(&long, &server, &nowhere).await,
+            Lookup::NotFound
+        ));
+        assert!(lookup.last_found(&long).is_none());
+        let longest = "x".repeat(MAX_ROLE_NAME);
+        assert!(matches!(
+            lookup.lookup(&longest, &server, &nowhere).await,
+            Lookup::Unavailable(_)
+        ));
     }
 }
