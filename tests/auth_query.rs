@@ -3,10 +3,12 @@
 //! from README itself, so the documented SQL is the tested SQL), log in with
 //! SCRAM (the pool then logs in with the pass-through key) or MD5, and query;
 //! wrong passwords and unknown roles get the same 28P01; a changed password takes
-//! effect without a reload; a user seen before still logs in while no node
+//! effect without a reload, and password guessing does not turn into lookups
+//! (one per `auth.refetch_interval`); a user seen before still logs in while no node
 //! answers the lookup; quotes in names cannot inject SQL; concurrent logins of
 //! one name share one lookup, and lookups never hold more server connections
-//! than `auth.max_fetches`.
+//! than `auth.max_fetches`; session mode, a replica-only topology, and reloads
+//! (which keep the cache and the users' pools unless `auth:` changed) work too.
 
 mod harness;
 
@@ -573,4 +575,32 @@ async fn a_reload_keeps_the_cache_and_the_pools_unless_auth_changed() {
     assert!(summary.contains("auth changed"), "{summary}");
     backend(addr).await;
     assert_eq!(calls(port, "aq_reloaded").await, 2, "looked up again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn password_guessing_refetches_at_most_once_per_refetch_interval() {
+    let port = primary_port().await;
+    install_counting_function(port).await;
+    create_role(port, "aq_guessed", "guessed_pw").await;
+    let auth = format!("{COUNTING_AUTH}  refetch_interval: 1h\n");
+    let (proxy, _api) = proxy_with_auth(port, &auth).await;
+    let addr = rw(&proxy);
+    assert_eq!(
+        current_user(addr, "aq_guessed", "guessed_pw").await,
+        "aq_guessed"
+    );
+    assert_eq!(calls(port, "aq_guessed").await, 1);
+    for guess in 0..5 {
+        let (code, message) = login_error(addr, "aq_guessed", &format!("guess-{guess}")).await;
+        assert_eq!(code, "28P01", "{message}");
+    }
+    assert_eq!(
+        calls(port, "aq_guessed").await,
+        2,
+        "the first failure looked the user up again, the others did not"
+    );
+    assert_eq!(
+        current_user(addr, "aq_guessed", "guessed_pw").await,
+        "aq_guessed"
+    );
 }
