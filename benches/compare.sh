@@ -17,7 +17,9 @@
 #
 # Environment (defaults in brackets):
 #   ROUNDS [3]  DURATION [10] seconds per pgbench run  WARMUP [2] seconds per target
-#   TARGETS [direct,switchyard,pgbouncer,haproxy]  (also: tokio-relay)
+#   TARGETS [direct,switchyard,pgbouncer,haproxy]  (also: tokio-relay; baseline)
+#   BASELINE_BIN  another switchyard binary (an older build) run as target
+#     "baseline" with the same config on other ports: before/after in one run
 #   WORKLOADS [select,prepared,c500,connect]
 #   IDLE_CLIENTS [5000]  idle connections for the memory test (0 = skip it)
 #   C500_EXTRA [15] seconds added to -T of the 500-client runs: pgbench's -T clock
@@ -70,7 +72,8 @@ if [[ -z ${PG_BIN:-} ]]; then
 fi
 PGBENCH=$PG_BIN/pgbench
 PSQL=$(command -v psql || echo "$PG_BIN/psql")
-SY_BIN=$REPO/target/release/switchyard
+SY_BIN=${SY_BIN:-$REPO/target/release/switchyard}
+BASELINE_BIN=${BASELINE_BIN:-}
 PYTHON=${PYTHON:-python3}
 
 log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
@@ -79,7 +82,7 @@ die() { log "ERROR: $*"; exit 1; }
 IFS=, read -r -a TARGET_LIST <<<"$TARGETS"
 IFS=, read -r -a WORKLOAD_LIST <<<"$WORKLOADS"
 for t in "${TARGET_LIST[@]}"; do
-    case $t in direct|switchyard|pgbouncer|haproxy|tokio-relay) ;; *) die "unknown target '$t' in TARGETS" ;; esac
+    case $t in direct|switchyard|baseline|pgbouncer|haproxy|tokio-relay) ;; *) die "unknown target '$t' in TARGETS" ;; esac
 done
 for w in "${WORKLOAD_LIST[@]}"; do
     case $w in select|prepared|c500|connect) ;; *) die "unknown workload '$w' in WORKLOADS" ;; esac
@@ -111,7 +114,7 @@ fi
 # ---------------------------------------------------------------- state and cleanup
 TMP=""
 PG_DATA="" PG_SOCK=""
-PATRONI_PID="" SY_PID="" PGB_PID="" HAP_PID="" TR_PID="" IDLE_PID=""
+PATRONI_PID="" SY_PID="" BL_PID="" PGB_PID="" HAP_PID="" TR_PID="" IDLE_PID=""
 RUN_PIDS=()  # the pgbench processes of the run in progress
 
 # alive PID: the process exists and is not a zombie (PID 1 in containers may not reap
@@ -164,6 +167,7 @@ cleanup() {
     for pid in "${RUN_PIDS[@]}"; do stop_pid "$pid" 5; done
     [[ -n $IDLE_PID ]] && stop_pid "$IDLE_PID" 5
     stop_pid "$SY_PID" 15
+    stop_pid "${BL_PID:-}" 15
     stop_pid "$PGB_PID" 10
     stop_pid "$HAP_PID" 10
     stop_pid "$TR_PID" 5
@@ -208,6 +212,7 @@ if [[ $SKIP_BUILD != 1 ]]; then
 fi
 [[ -x $SY_BIN ]] || die "no binary at $SY_BIN"
 if has_target tokio-relay; then [[ -x $TR_BIN ]] || die "no binary at $TR_BIN"; fi
+if has_target baseline; then [[ -x $BASELINE_BIN ]] || die "target baseline needs BASELINE_BIN (a switchyard binary)"; fi
 
 TMP=$(mktemp -d /tmp/switchyard-bench.XXXXXX)
 chmod 755 "$TMP"
@@ -215,7 +220,7 @@ mkdir -p "$TMP/logs" "$TMP/runs" "$TMP/pg" "$TMP/pgbouncer"
 chown "$PG_OWNER" "$TMP/pg" "$TMP/pgbouncer"
 log "work dir $TMP (fd limit $FD_LIMIT)"
 
-read -r PG_PORT API_PORT SY_PORT SY_ADMIN PGB_PORT HAP_PORT TR_PORT <<<"$(free_ports 7)"
+read -r PG_PORT API_PORT SY_PORT SY_ADMIN PGB_PORT HAP_PORT TR_PORT BL_PORT BL_ADMIN <<<"$(free_ports 9)"
 
 export PGPASSWORD=bench_pw
 unset PGSERVICE PGSERVICEFILE PGOPTIONS PGSSLMODE PGHOST PGHOSTADDR PGPORT PGUSER PGDATABASE PGPASSFILE || true
@@ -311,7 +316,23 @@ start_switchyard() {
 }
 stop_switchyard() { stop_pid "$SY_PID" 15; SY_PID=""; }
 
-if has_target switchyard; then
+# The baseline: the same config with its own ports, another binary.
+start_baseline() {
+    sed -e "s/127.0.0.1:$SY_PORT\"/127.0.0.1:$BL_PORT\"/" -e "s/127.0.0.1:$SY_ADMIN\"/127.0.0.1:$BL_ADMIN\"/" \
+        "$SY_CONF" >"$TMP/baseline.yaml"
+    "$BASELINE_BIN" run --config "$TMP/baseline.yaml" >>"$TMP/logs/baseline.log" 2>&1 &
+    BL_PID=$!
+    local i
+    for ((i = 0; i < 150; i++)); do
+        alive "$BL_PID" || { tail -20 "$TMP/logs/baseline.log" >&2; die "baseline exited"; }
+        curl -fsS -o /dev/null --max-time 1 "http://127.0.0.1:$BL_ADMIN/health" 2>/dev/null && break
+        sleep 0.2
+    done
+    ((i < 150)) || die "baseline /health never returned 200"
+    wait_sql "$BL_PORT" baseline "$BL_PID" || die "cannot log in through baseline"
+}
+
+if has_target switchyard || has_target baseline; then
     "$PYTHON" "$BENCH_DIR/fake_patroni.py" "$API_PORT" 2>>"$TMP/logs/fake_patroni.log" &
     PATRONI_PID=$!
     write_sy_conf() {  # write_sy_conf with_pool(0|1)
@@ -348,8 +369,14 @@ EOF
         die "switchyard check rejected the generated config"
     fi
     [[ $SY_POOL == 1 ]] && SY_POOL_USED="$SY_POOL_MODE, size $POOL_SIZE"
-    log "switchyard on 127.0.0.1:$SY_PORT (admin $SY_ADMIN, fake Patroni $API_PORT, pool: $SY_POOL_USED)"
-    start_switchyard
+    if has_target switchyard; then
+        log "switchyard on 127.0.0.1:$SY_PORT (admin $SY_ADMIN, fake Patroni $API_PORT, pool: $SY_POOL_USED)"
+        start_switchyard
+    fi
+    if has_target baseline; then
+        log "baseline $BASELINE_BIN on 127.0.0.1:$BL_PORT (admin $BL_ADMIN)"
+        start_baseline
+    fi
 fi
 
 # ---------------------------------------------------------------- PgBouncer
@@ -440,10 +467,10 @@ if has_target tokio-relay; then
 fi
 
 target_pid() {  # the process whose connections to PostgreSQL are counted
-    case $1 in direct) echo "${RUN_PIDS[*]}" ;; switchyard) echo "$SY_PID" ;; pgbouncer) echo "$PGB_PID" ;; haproxy) echo "$HAP_PID" ;; tokio-relay) echo "$TR_PID" ;; esac
+    case $1 in direct) echo "${RUN_PIDS[*]}" ;; switchyard) echo "$SY_PID" ;; baseline) echo "$BL_PID" ;; pgbouncer) echo "$PGB_PID" ;; haproxy) echo "$HAP_PID" ;; tokio-relay) echo "$TR_PID" ;; esac
 }
 target_port() {
-    case $1 in direct) echo "$PG_PORT" ;; switchyard) echo "$SY_PORT" ;; pgbouncer) echo "$PGB_PORT" ;; haproxy) echo "$HAP_PORT" ;; tokio-relay) echo "$TR_PORT" ;; esac
+    case $1 in direct) echo "$PG_PORT" ;; switchyard) echo "$SY_PORT" ;; baseline) echo "$BL_PORT" ;; pgbouncer) echo "$PGB_PORT" ;; haproxy) echo "$HAP_PORT" ;; tokio-relay) echo "$TR_PORT" ;; esac
 }
 
 # ---------------------------------------------------------------- pgbench runs

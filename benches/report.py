@@ -18,7 +18,7 @@ WORKLOADS = {
     "connect": ("connect per transaction", "-S -C -c 4 -j 1, 2 processes"),
 }
 TARGETS = {"direct": "direct", "switchyard": "switchyard", "pgbouncer": "pgbouncer", "haproxy": "haproxy",
-           "tokio-relay": "tokio-relay (floor)"}
+           "tokio-relay": "tokio-relay (floor)", "baseline": "baseline (older build)"}
 
 
 def read_tsv(path):

@@ -24,6 +24,7 @@ use crate::pool::PoolSet;
 use crate::stop_signal::{StopSignal, StopWaiter};
 use crate::topology::TopologyHandle;
 use crate::users::UserDb;
+use crate::workers::Workers;
 
 /// What a reload did (a summary line) or why it did nothing.
 pub type ReloadOutcome = Result<String, String>;
@@ -61,6 +62,8 @@ pub struct ProxyContext {
     /// Cancelled when an operator asked for a graceful shutdown (console SHUTDOWN).
     stop_requested: CancellationToken,
     started: std::time::Instant,
+    /// The threads that serve clients.
+    workers: Arc<Workers>,
 }
 
 /// Client connections across listeners.
@@ -93,6 +96,7 @@ impl ProxyContext {
         pools: Arc<PoolSet>,
         shutdown: CancellationToken,
         reload_requests: mpsc::Sender<ReloadRequest>,
+        workers: Arc<Workers>,
     ) -> ProxyContext {
         let draining = shutdown.child_token();
         let client_buffers = BufferBudget::new(config.client.max_buffered_bytes.0 as usize);
@@ -103,6 +107,7 @@ impl ProxyContext {
             registry: Arc::new(ClientRegistry::default()),
             stop_requested: CancellationToken::new(),
             started: std::time::Instant::now(),
+            workers,
             users: ArcSwap::from_pointee(UserDb::from_config(&config, None)),
             auth_query: ArcSwapOption::new(
                 config.auth.as_ref().map(|a| Arc::new(AuthQuery::new(a))),
@@ -123,6 +128,10 @@ impl ProxyContext {
                 shutdown,
             },
         }
+    }
+
+    pub fn workers(&self) -> &Arc<Workers> {
+        &self.workers
     }
 
     pub fn config(&self) -> Arc<Config> {

@@ -22,7 +22,8 @@
 //!   `cancel` (keys), `accept_limits` (the limits on connections still logging in).
 //! - `protocol` (the wire vocabulary: message names, framing, builders), and small
 //!   utilities: `keyed_digest`, `log_text`, `buffer_budget`, `stop_signal`, [`http_client`],
-//!   `control` (the pause gate and the client registry the admin console drives).
+//!   `control` (the pause gate and the client registry the admin console drives),
+//!   [`workers`] (the threads, one event loop each, that serve clients).
 //!
 //! The binaries (`switchyard`, `switchyard-demo`) and the tests use only the public
 //! modules.
@@ -54,3 +55,4 @@ pub(crate) mod stop_signal;
 pub mod tls;
 pub mod topology;
 pub(crate) mod users;
+pub mod workers;

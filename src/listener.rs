@@ -1,5 +1,5 @@
 //! Accept loops: one per configured listener. Each accepted client gets TCP options
-//! set and its own session task, once [`accept_limits`](crate::accept_limits) gives it a
+//! set and its own session task on one of the [`workers`](crate::workers), once [`accept_limits`](crate::accept_limits) gives it a
 //! place among the connections still logging in (else FATAL 53300 and close, with
 //! no task); accept errors (such as running out of file descriptors) back off
 //! instead of spinning. A loop stops (closing its socket) when
@@ -57,12 +57,13 @@ pub async fn accept_loop(
         let _ = stream.set_nodelay(true);
         set_keepalive(&stream);
         let guard = ctx.count_client(&state);
-        let ctx = Arc::clone(&ctx);
+        let session_ctx = Arc::clone(&ctx);
         let state = Arc::clone(&state);
-        tasks.spawn(async move {
-            let _guard = guard;
-            session::run(stream, peer, ctx, state, logging_in).await;
-        });
+        ctx.workers()
+            .spawn_client(&tasks, stream, move |stream| async move {
+                let _guard = guard;
+                session::run(stream, peer, session_ctx, state, logging_in).await;
+            });
     }
     tracing::info!(listener = %current.load().config.name, "listener closed");
 }

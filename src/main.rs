@@ -169,7 +169,10 @@ fn run(path: PathBuf) -> ExitCode {
     for note in switchyard::config::notes(&config) {
         tracing::warn!("configuration note: {note}");
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    // The control plane (accept loops, topology polling, the admin API, reloads,
+    // signals) runs here; clients are served by `runtime.workers` threads of their
+    // own (switchyard::workers).
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {

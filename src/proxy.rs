@@ -1,5 +1,5 @@
-//! Wiring: builds the shared context from a config, starts the topology monitor,
-//! binds the listeners and the admin server, and hands back a [`RunningProxy`] that
+//! Wiring: builds the shared context from a config, starts the worker threads and
+//! the topology monitor, binds the listeners and the admin server, and hands back a [`RunningProxy`] that
 //! knows the bound addresses (port 0 works, for tests), reloads its configuration
 //! and shuts down, gracefully (drain) or at once.
 
@@ -19,6 +19,7 @@ use crate::listener::BindError;
 use crate::pool::{self, PoolSet, PoolSettings};
 use crate::reload::{self, Reloader};
 use crate::topology::{monitor, Topology, TopologyHandle};
+use crate::workers::Workers;
 use crate::{admin, listener, metrics};
 
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +32,8 @@ pub enum StartError {
     },
     #[error("TLS: {0}")]
     Tls(#[from] crate::tls::TlsError),
+    #[error("cannot start the worker threads: {0}")]
+    Workers(std::io::Error),
 }
 
 impl From<BindError> for StartError {
@@ -107,6 +110,7 @@ impl RunningProxy {
         {
             tracing::warn!("some tasks did not finish within {deadline:?}");
         }
+        self.context.workers().stop();
     }
 }
 
@@ -125,6 +129,8 @@ pub async fn start_with_source(
     metrics::install();
     // Certificates first: a bad one stops the start before any task runs.
     let mut tls = crate::tls::load_for_listeners(&config)?;
+    let workers = Workers::start(config.runtime.workers as usize).map_err(StartError::Workers)?;
+    tracing::info!(workers = workers.count(), "worker threads started");
     let config = Arc::new(config);
     let topology = TopologyHandle::new(Topology::unknown(monitor::initial_nodes(&config.cluster)));
     let shutdown = CancellationToken::new();
@@ -136,6 +142,7 @@ pub async fn start_with_source(
         Arc::new(PoolSet::new(PoolSettings::from_config(&config))),
         shutdown.clone(),
         reload_requests,
+        Arc::new(workers),
     ));
 
     let monitor_token = shutdown.child_token();

@@ -187,6 +187,16 @@ impl Reloader {
                 config.admin.listen
             );
         }
+        if old.runtime.workers != config.runtime.workers {
+            changes.push(format!(
+                "runtime.workers stays {} until a restart",
+                self.ctx.workers().count()
+            ));
+            tracing::warn!(
+                "runtime.workers changed to {}; it takes effect at the next restart",
+                config.runtime.workers
+            );
+        }
         if changes.is_empty() {
             changes.push("no changes".into());
         }

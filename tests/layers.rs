@@ -14,6 +14,7 @@ const LAYERS: &[&[&str]] = &[
         "log_text",
         "buffer_budget",
         "stop_signal",
+        "workers",
         "http_client",
         "protocol",
         "control",

@@ -34,8 +34,17 @@ struct Status<'a> {
     client_buffered_bytes: usize,
     client_buffered_limit: usize,
     pools: Vec<crate::pool::PoolStats>,
+    /// The worker threads serving clients (`runtime.workers` at start).
+    runtime: RuntimeStatus,
     draining: bool,
     reloads: ReloadInfo,
+}
+
+#[derive(Serialize)]
+struct RuntimeStatus {
+    workers: usize,
+    /// Client sessions each worker serves now.
+    sessions_per_worker: Vec<usize>,
 }
 
 #[derive(Serialize)]
@@ -146,6 +155,10 @@ pub(super) fn status(ctx: &ProxyContext) -> Response<Full<Bytes>> {
         client_buffered_bytes: ctx.client_buffers().used(),
         client_buffered_limit: ctx.client_buffers().limit(),
         pools: ctx.pools().stats(),
+        runtime: RuntimeStatus {
+            workers: ctx.workers().count(),
+            sessions_per_worker: ctx.workers().sessions_per_worker(),
+        },
         draining: ctx.draining().is_cancelled(),
         reloads: ReloadInfo {
             succeeded: ctx.reload_status().successes(),

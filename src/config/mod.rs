@@ -92,6 +92,8 @@ pub struct Config {
     pub shutdown_timeout: HumanDuration,
     #[serde(default)]
     pub log: LogConfig,
+    #[serde(default)]
+    pub runtime: RuntimeConfig,
     /// This instance's id among its peers, carried in every cancel key it mints;
     /// 0 (the default) means no peering.
     #[serde(default)]
@@ -133,6 +135,35 @@ impl Default for LogConfig {
             level: default_log_level(),
         }
     }
+}
+
+/// The threads that serve clients (see `crate::workers`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// Worker threads, each running its own event loop; default: the CPUs this
+    /// process may use. Read at startup.
+    #[serde(default = "default_workers")]
+    pub workers: u32,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            workers: default_workers(),
+        }
+    }
+}
+
+/// Upper bound on `runtime.workers`: far beyond any useful count, low enough that
+/// a typo cannot start thousands of threads.
+pub const MAX_WORKERS: u32 = 256;
+
+fn default_workers() -> u32 {
+    std::thread::available_parallelism()
+        .map(|n| n.get() as u32)
+        .unwrap_or(1)
+        .min(MAX_WORKERS)
 }
 
 fn default_log_format() -> LogFormat {

@@ -140,6 +140,12 @@ pub(super) fn validate(config: &mut Config) -> Result<(), ConfigError> {
     if let Err(e) = tracing_subscriber::EnvFilter::try_new(&config.log.level) {
         return Err(ConfigError::invalid("log.level", e.to_string()));
     }
+    if !(1..=super::MAX_WORKERS).contains(&config.runtime.workers) {
+        return Err(ConfigError::invalid(
+            "runtime.workers",
+            format!("must be between 1 and {}", super::MAX_WORKERS),
+        ));
+    }
     validate_keepalive(&config.server.keepalive)?;
     for (key, value) in [
         ("shutdown_timeout", config.shutdown_timeout),

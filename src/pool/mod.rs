@@ -201,6 +201,7 @@ mod tests {
             require_auth: Default::default(),
             require_auth_by_user: Default::default(),
             tls: Default::default(),
+            workers: 2,
         })
     }
 

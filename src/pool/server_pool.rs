@@ -1,5 +1,7 @@
 //! One pool of server connections for a (node, database, user): at most `size`
-//! open, idle ones reused most-recently-used first, checkout with a timeout, and an
+//! open, idle ones reused most-recently-used first (each worker thread first takes
+//! those it left itself, whose sockets its own event loop watches), checkout with a
+//! timeout, and an
 //! RAII guard whose drop discards the connection unless it was explicitly released
 //! as clean, so no error path can hand a broken or mid-transaction connection to the
 //! next client.
@@ -39,6 +41,8 @@ pub struct PoolSettings {
     pub require_auth_by_user: Arc<HashMap<String, RequireAuth>>,
     /// TLS toward each node (`server.tls` and the nodes' overrides).
     pub tls: crate::config::ServerTls,
+    /// Worker threads (`runtime.workers`): one idle list each.
+    pub workers: usize,
 }
 
 impl PoolSettings {
@@ -60,6 +64,7 @@ impl PoolSettings {
                     .collect(),
             ),
             tls: config.server.tls_loaded.clone(),
+            workers: config.runtime.workers as usize,
         }
     }
 
@@ -99,9 +104,11 @@ pub struct ServerPool {
     /// they were in use.
     excess_permits: AtomicUsize,
     resize: Mutex<()>,
+    /// Idle connections, one list per worker thread, by the worker whose event
+    /// loop their socket is registered with (see [`ServerPool::take_idle`]).
     /// Boxed, here and in [`PooledServer`]: a connection changes hands at every
     /// checkout and release, and moving a box is moving a pointer.
-    idle: Mutex<Vec<(Box<ServerConnection>, u64)>>,
+    idle: Box<[Mutex<Vec<Idle>>]>,
     /// Connections open now (idle and in use).
     open: AtomicUsize,
     /// Clients waiting in checkout now.
@@ -118,6 +125,9 @@ pub struct ServerPool {
     /// Where failed logins are reported (shared by the pool set, for /status).
     failures: Arc<ConnectFailures>,
 }
+
+/// An idle connection and the pool epoch it was opened in.
+type Idle = (Box<ServerConnection>, u64);
 
 /// Bound on remembered statements per pool; past it the memory starts over.
 const MAX_KNOWN_STATEMENTS: usize = 10_000;
@@ -143,6 +153,9 @@ impl ServerPool {
         settings: PoolSettings,
         failures: Arc<ConnectFailures>,
     ) -> ServerPool {
+        let idle_lists = (0..settings.workers.max(1))
+            .map(|_| Mutex::new(Vec::new()))
+            .collect();
         ServerPool {
             key,
             address,
@@ -151,7 +164,7 @@ impl ServerPool {
             settings: ArcSwap::from_pointee(settings),
             excess_permits: AtomicUsize::new(0),
             resize: Mutex::new(()),
-            idle: Mutex::new(Vec::new()),
+            idle: idle_lists,
             open: AtomicUsize::new(0),
             waiting: AtomicUsize::new(0),
             epoch: AtomicU64::new(0),
@@ -190,10 +203,36 @@ impl ServerPool {
         self.welcomes.remember(params, reported);
     }
 
-    fn idle(&self) -> MutexGuard<'_, Vec<(Box<ServerConnection>, u64)>> {
-        // Each critical section is a push, pop or retain: a panic cannot leave the
+    /// The idle list of connections registered with `worker`'s event loop (those
+    /// opened off the workers share the first list).
+    fn idle(&self, worker: Option<usize>) -> MutexGuard<'_, Vec<Idle>> {
+        let list = &self.idle[worker.unwrap_or(0) % self.idle.len()];
+        // Each critical section is a push, pop or drain: a panic cannot leave the
         // list half-changed, so a poisoned lock is still consistent.
-        self.idle.lock().unwrap_or_else(|p| p.into_inner())
+        list.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Idle connections across every worker's list.
+    fn idle_count(&self) -> usize {
+        (0..self.idle.len()).map(|w| self.idle(Some(w)).len()).sum()
+    }
+
+    /// Takes every idle connection out of every list.
+    fn take_all_idle(&self) -> Vec<Idle> {
+        (0..self.idle.len())
+            .flat_map(|w| std::mem::take(&mut *self.idle(Some(w))))
+            .collect()
+    }
+
+    /// The most recently used idle connection of this worker's own list, else
+    /// another worker's (a checkout never waits while a connection is idle).
+    fn pop_idle(&self, here: Option<usize>) -> Option<Idle> {
+        if let Some(own) = self.idle(here).pop() {
+            return Some(own);
+        }
+        let lists = self.idle.len();
+        let start = here.unwrap_or(0);
+        (1..lists).find_map(|step| self.idle(Some(start + step)).pop())
     }
 
     pub fn address(&self) -> &str {
@@ -311,16 +350,23 @@ impl ServerPool {
     }
 
     /// Pops a reusable idle connection, closing stale or broken ones on the way.
-    fn take_idle(&self, now: Instant) -> Option<(Box<ServerConnection>, u64)> {
+    /// One taken from another worker's list moves to this worker's event loop.
+    fn take_idle(&self, now: Instant) -> Option<Idle> {
         let current = self.epoch.load(Ordering::Relaxed);
+        let here = crate::workers::current();
         loop {
-            let (mut connection, epoch) = self.idle().pop()?;
+            let (mut connection, epoch) = self.pop_idle(here)?;
             // Checked every time (one non-blocking read): during a failover a
             // connection idle for milliseconds may already hold the server's FATAL,
             // and once a request is written after it, a TCP reset can discard that
             // evidence and leave an ambiguous broken connection instead.
             if epoch == current && self.is_fresh(&connection, now) && connection.looks_healthy() {
-                return Some((connection, epoch));
+                match connection.move_here() {
+                    Ok(()) => return Some((connection, epoch)),
+                    Err(e) => {
+                        tracing::warn!(node = %self.key.node, error = %e, "cannot move an idle server connection to this worker; closing it");
+                    }
+                }
             }
             self.close(connection);
         }
@@ -408,7 +454,7 @@ impl ServerPool {
             return self.close(connection);
         }
         connection.idle_since = now;
-        self.idle().push((connection, epoch));
+        self.idle(connection.home).push((connection, epoch));
     }
 
     fn close(&self, mut connection: Box<ServerConnection>) {
@@ -422,16 +468,23 @@ impl ServerPool {
     pub fn prune(&self) -> usize {
         let now = Instant::now();
         let size = self.size();
-        let stale: Vec<Box<ServerConnection>> = {
-            let mut idle = self.idle();
-            let (mut keep, mut stale): (Vec<_>, Vec<_>) =
+        let mut over = self.open.load(Ordering::Relaxed).saturating_sub(size);
+        let mut stale: Vec<Box<ServerConnection>> = Vec::new();
+        for worker in 0..self.idle.len() {
+            let mut idle = self.idle(Some(worker));
+            let (mut keep, closing): (Vec<_>, Vec<_>) =
                 idle.drain(..).partition(|(c, _)| self.is_fresh(c, now));
-            let over = self.open.load(Ordering::Relaxed).saturating_sub(size);
             // The least recently used sit at the front.
-            stale.extend(keep.drain(..over.min(keep.len())));
+            let surplus = over.min(keep.len());
+            over -= surplus;
+            stale.extend(
+                closing
+                    .into_iter()
+                    .chain(keep.drain(..surplus))
+                    .map(|(c, _)| c),
+            );
             *idle = keep;
-            stale.into_iter().map(|(c, _)| c).collect()
-        };
+        }
         let closed = stale.len();
         stale.into_iter().for_each(|c| self.close(c));
         closed
@@ -439,7 +492,7 @@ impl ServerPool {
 
     /// Opens connections until `min_idle` are idle, without making clients wait.
     pub async fn top_up(&self) {
-        while self.idle().len() < self.settings.load().min_idle {
+        while self.idle_count() < self.settings.load().min_idle {
             let Ok(permit) = self.slots.try_acquire() else {
                 return;
             };
@@ -460,7 +513,7 @@ impl ServerPool {
     /// Closes every idle connection and makes those in use close when returned.
     pub fn drain(&self) -> usize {
         self.epoch.fetch_add(1, Ordering::Relaxed);
-        let idle: Vec<_> = self.idle().drain(..).collect();
+        let idle = self.take_all_idle();
         let closed = idle.len();
         idle.into_iter().for_each(|(c, _)| self.close(c));
         closed
@@ -483,7 +536,7 @@ impl ServerPool {
 
     pub fn stats(&self) -> PoolStats {
         let open = self.open.load(Ordering::Relaxed);
-        let idle = self.idle().len();
+        let idle = self.idle_count();
         PoolStats {
             node: self.key.node.clone(),
             database: self.key.database.clone(),

@@ -113,6 +113,7 @@ async fn connect_inner(
         idle_since: now,
         applied: Default::default(),
         statements: Default::default(),
+        home: crate::workers::current(),
     };
     collect_until_ready(&mut connection).await?;
     Ok(connection)

@@ -55,9 +55,23 @@ pub struct ServerConnection {
     pub applied: ParamSet,
     /// Statements prepared on it by the proxy (transaction mode).
     pub statements: ServerStatements,
+    /// The worker whose event loop the socket is registered with (None: a thread
+    /// that is no worker, such as the pool's housekeeping).
+    pub home: Option<usize>,
 }
 
 impl ServerConnection {
+    /// Registers the socket with the calling worker's event loop when it is
+    /// registered elsewhere, so its wake-ups reach the thread that uses it.
+    pub fn move_here(&mut self) -> std::io::Result<()> {
+        let here = crate::workers::current();
+        if here.is_some() && here != self.home {
+            self.stream.rehome()?;
+            self.home = here;
+        }
+        Ok(())
+    }
+
     /// Records a ParameterStatus the server sent.
     pub fn note_parameter(&mut self, name: String, value: String) {
         match self.params.iter_mut().find(|(n, _)| *n == name) {

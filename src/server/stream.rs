@@ -91,6 +91,23 @@ impl ServerStream {
         }
     }
 
+    /// Moves the socket to the event loop of the calling thread (a worker taking a
+    /// connection another thread opened or left idle): the descriptor is
+    /// duplicated, the copy registered here, the original deregistered and closed.
+    /// The TLS state, and anything buffered in it, stays as it is.
+    pub fn rehome(&mut self) -> io::Result<()> {
+        use std::os::fd::AsFd;
+        let tcp = match self {
+            ServerStream::Plain(stream) => stream,
+            ServerStream::Tls(stream) => stream.get_mut().0,
+        };
+        // The copy shares the open file description, O_NONBLOCK included, which
+        // `from_std` requires.
+        let copy = std::net::TcpStream::from(tcp.as_fd().try_clone_to_owned()?);
+        *tcp = TcpStream::from_std(copy)?;
+        Ok(())
+    }
+
     /// Writes `bytes` without waiting, best effort (a goodbye nobody waits for).
     pub fn write_now(&mut self, bytes: &[u8]) {
         match self {
@@ -204,3 +221,53 @@ impl ServerWriteHalf<'_> {
 
 delegate_read!(ServerReadHalf<'_>);
 delegate_write!(ServerWriteHalf<'_>);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+    }
+
+    /// A socket opened on one event loop keeps working on another after `rehome`,
+    /// even once the first is gone (without the move, its wake-ups would have
+    /// nowhere to come from).
+    #[test]
+    fn a_rehomed_socket_outlives_the_event_loop_it_was_opened_on() {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        let opened_on = runtime();
+        let mut stream = opened_on
+            .block_on(async { ServerStream::Plain(TcpStream::connect(address).await.unwrap()) });
+        let (mut peer, _) = listener.accept().unwrap();
+        peer.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        let used_on = runtime();
+        used_on.block_on(async {
+            stream.rehome().expect("rehome");
+        });
+        drop(opened_on);
+        used_on.block_on(async {
+            peer.write_all(b"ping").unwrap();
+            let mut got = [0u8; 4];
+            tokio::time::timeout(
+                std::time::Duration::from_secs(5),
+                stream.read_exact(&mut got),
+            )
+            .await
+            .expect("the read is woken on the new event loop")
+            .expect("read");
+            assert_eq!(&got, b"ping");
+            stream.send(b"pong").await.expect("write");
+        });
+        let mut got = [0u8; 4];
+        peer.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"pong");
+    }
+}
