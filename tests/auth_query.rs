@@ -388,9 +388,11 @@ async fn quotes_and_backslashes_in_names_reach_the_query_as_data() {
 const COUNTING_AUTH: &str = "  user: aq_slow_auth\n  password: slow_pw\n  \
     query: \"SELECT usename, passwd FROM switchyard.get_auth_slowly($1)\"\n";
 
-/// A lookup role of its own (so other tests' lookups are not counted) and a
-/// function that records each call in `switchyard.calls` and is slow, so
-/// lookups overlap and can be counted. Once per test binary.
+/// Lookup roles of their own (`aq_slow_auth` for the tests that count calls,
+/// `aq_bound_auth` for the one that counts connections, so no other test's
+/// lookups are counted) and a function that records each call in
+/// `switchyard.calls` and is slow, so lookups overlap and can be counted. Once
+/// per test binary.
 async fn install_counting_function(port: u16) {
     static INSTALLED: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
     INSTALLED
@@ -398,6 +400,7 @@ async fn install_counting_function(port: u16) {
             su_sql(
                 port,
                 "DROP ROLE IF EXISTS aq_slow_auth; CREATE ROLE aq_slow_auth LOGIN PASSWORD 'slow_pw';
+                 DROP ROLE IF EXISTS aq_bound_auth; CREATE ROLE aq_bound_auth LOGIN PASSWORD 'slow_pw';
                  CREATE TABLE IF NOT EXISTS switchyard.calls (name text);
                  CREATE OR REPLACE FUNCTION switchyard.get_auth_slowly(p_usename text)
                  RETURNS TABLE (usename name, passwd text)
@@ -408,8 +411,9 @@ async fn install_counting_function(port: u16) {
                    RETURN QUERY SELECT * FROM switchyard.get_auth(p_usename);
                  END $$;
                  REVOKE ALL ON FUNCTION switchyard.get_auth_slowly(text) FROM PUBLIC;
-                 GRANT USAGE ON SCHEMA switchyard TO aq_slow_auth;
-                 GRANT EXECUTE ON FUNCTION switchyard.get_auth_slowly(text) TO aq_slow_auth;",
+                 GRANT USAGE ON SCHEMA switchyard TO aq_slow_auth, aq_bound_auth;
+                 GRANT EXECUTE ON FUNCTION switchyard.get_auth_slowly(text)
+                   TO aq_slow_auth, aq_bound_auth;",
             )
             .await;
         })
@@ -430,7 +434,10 @@ async fn concurrent_logins_share_one_lookup_and_lookups_stay_within_max_fetches(
     let port = primary_port().await;
     install_counting_function(port).await;
     create_role(port, "aq_crowd", "crowd_pw").await;
-    let auth = format!("{COUNTING_AUTH}  max_fetches: 2\n");
+    let auth = format!(
+        "{}  max_fetches: 2\n",
+        COUNTING_AUTH.replace("aq_slow_auth", "aq_bound_auth")
+    );
     let (proxy, _api) = proxy_with_auth(port, &auth).await;
     let addr = rw(&proxy);
 
@@ -457,7 +464,7 @@ async fn concurrent_logins_share_one_lookup_and_lookups_stay_within_max_fetches(
             while !done.load(Ordering::Relaxed) {
                 let now = su_count(
                     port,
-                    "SELECT count(*) FROM pg_stat_activity WHERE usename = 'aq_slow_auth'",
+                    "SELECT count(*) FROM pg_stat_activity WHERE usename = 'aq_bound_auth'",
                 )
                 .await;
                 most.fetch_max(now, Ordering::Relaxed);

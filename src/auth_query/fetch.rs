@@ -1,8 +1,9 @@
 //! Running `auth.query` for one user name: on the current primary (a replica
 //! when there is none), logged in as `auth.user`, with the name as the
 //! parameter `$1` of the extended protocol. At most `auth.max_fetches` run at
-//! once, each on its own server connection; one connection is kept open
-//! between lookups, so the usual lookup costs one round trip, not a login.
+//! once, each on its own server connection, and as many connections are kept
+//! open between lookups: the usual lookup costs one round trip, not a login,
+//! and a burst of lookups does not open and close connections.
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -53,8 +54,8 @@ pub struct Fetcher {
     query_timeout: Duration,
     max_fetches: u32,
     slots: Semaphore,
-    /// The connection kept open between lookups.
-    idle: Mutex<Option<ServerConnection>>,
+    /// Connections kept open between lookups (at most `max_fetches`).
+    idle: Mutex<Vec<ServerConnection>>,
 }
 
 impl Fetcher {
@@ -67,7 +68,7 @@ impl Fetcher {
             query_timeout: config.query_timeout.0,
             max_fetches: config.max_fetches,
             slots: Semaphore::new(config.max_fetches as usize),
-            idle: Mutex::new(None),
+            idle: Mutex::new(Vec::new()),
         }
     }
 
@@ -165,23 +166,25 @@ impl Fetcher {
         .await
     }
 
-    /// The kept connection, if it is to `address` and looks usable; any other is
-    /// closed.
+    /// A kept connection to `address` that looks usable (moved to this worker's
+    /// event loop); the unusable ones met on the way are closed.
     fn take_idle(&self, address: &str) -> Option<ServerConnection> {
-        let mut kept = self.idle.lock().unwrap_or_else(|p| p.into_inner()).take()?;
-        if kept.address == address && kept.looks_healthy() {
-            Some(kept)
-        } else {
-            // The primary moved, or the server closed it.
+        loop {
+            let mut kept = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop()?;
+            // The primary moved, or the server closed it: closed here.
+            let usable = kept.address == address && kept.looks_healthy();
+            // A login on another worker thread takes it to that thread's event loop.
+            if usable && kept.move_here().is_ok() {
+                return Some(kept);
+            }
             kept.say_goodbye();
-            None
         }
     }
 
     fn keep_idle(&self, mut connection: ServerConnection) {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        if idle.is_none() {
-            *idle = Some(connection);
+        if idle.len() < self.max_fetches as usize {
+            idle.push(connection);
         } else {
             connection.say_goodbye();
         }
@@ -189,11 +192,11 @@ impl Fetcher {
 }
 
 impl Drop for Fetcher {
-    /// A reload that changed `auth:`, or the proxy stopping: the kept connection
-    /// says goodbye, so the server logs a clean exit.
+    /// A reload that changed `auth:`, or the proxy stopping: the kept
+    /// connections say goodbye, so the server logs a clean exit.
     fn drop(&mut self) {
         let idle = self.idle.get_mut().unwrap_or_else(|p| p.into_inner());
-        if let Some(mut connection) = idle.take() {
+        for mut connection in idle.drain(..) {
             connection.say_goodbye();
         }
     }
