@@ -1,8 +1,8 @@
 //! What the running proxy's tasks share: the configuration in force, users (and
-//! the `auth_query` lookup with its cache), the topology, pools, cancel keys, the open listeners with their counters, client
-//! counts, reload history and the stop signals. Fields are private; each task reads
-//! what it needs through a narrow accessor. Built by `proxy`; nothing here starts a
-//! task or does I/O.
+//! the `auth_query` lookup with its cache), the topology, pools, cancel keys, the
+//! open listeners with their counters, client counts, reload history and the stop
+//! signals. Fields are private; each task reads what it needs through a narrow
+//! accessor. Built by `proxy`; nothing here starts a task or does I/O.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};

@@ -118,10 +118,9 @@ impl PoolSet {
     }
 
     /// Applies reloaded settings to every pool, and retires the pools of users
-    /// that were removed or whose password changed: their idle connections close
-    /// now, busy ones when their clients give them back.
-    /// New settings for every pool; pools whose user is gone or whose secret
-    /// changed (`secret_of` says what each user logs in with now) are retired.
+    /// that were removed or whose password changed (`secret_of` says what each
+    /// user, configured or found by `auth_query`, logs in with now): their idle
+    /// connections close now, busy ones when their clients give them back.
     pub fn reconfigure(
         &self,
         settings: PoolSettings,
