@@ -1,18 +1,20 @@
-//! What the running proxy's tasks share: the configuration in force, users, the
-//! topology, pools, cancel keys, the open listeners with their counters, client
-//! counts, reload history and the stop signals. Fields are private; each task reads
-//! what it needs through a narrow accessor. Built by `proxy`; nothing here starts a
-//! task or does I/O.
+//! What the running proxy's tasks share: the configuration in force, users (and
+//! the `auth_query` lookup with its cache), the topology, pools, cancel keys, the
+//! open listeners with their counters, client counts, reload history and the stop
+//! signals. Fields are private; each task reads what it needs through a narrow
+//! accessor. Built by `proxy`; nothing here starts a task or does I/O.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::accept_limits::Admission;
+use crate::auth::stored::ServerSecret;
+use crate::auth_query::AuthQuery;
 use crate::buffer_budget::BufferBudget;
 use crate::cancel::CancelRegistry;
 use crate::config::{Config, ListenerConfig};
@@ -35,6 +37,9 @@ pub struct ProxyContext {
     /// snapshot when they start and keep it.
     config: ArcSwap<Config>,
     users: ArcSwap<UserDb>,
+    /// Looks up users not in `users:` (`auth:`); kept across reloads that leave
+    /// `auth:` as it was, with its cache.
+    auth_query: ArcSwapOption<AuthQuery>,
     topology: Arc<TopologyHandle>,
     cancels: Arc<CancelRegistry>,
     pools: Arc<PoolSet>,
@@ -104,6 +109,9 @@ impl ProxyContext {
             started: std::time::Instant::now(),
             workers,
             users: ArcSwap::from_pointee(UserDb::from_config(&config, None)),
+            auth_query: ArcSwapOption::new(
+                config.auth.as_ref().map(|a| Arc::new(AuthQuery::new(a))),
+            ),
             config: ArcSwap::new(config),
             topology,
             cancels: Arc::new(CancelRegistry::default()),
@@ -139,9 +147,29 @@ impl ProxyContext {
     /// plaintext passwords) from `config` and the current [`Self::users`].
     pub(crate) fn set_config(&self, config: Arc<Config>, users: UserDb) {
         self.users.store(Arc::new(users));
+        if self.config.load().auth != config.auth {
+            // A new query or login may answer differently: start with an empty cache.
+            let lookup = config.auth.as_ref().map(|a| Arc::new(AuthQuery::new(a)));
+            self.auth_query.store(lookup);
+        }
         self.client_buffers
             .set_limit(config.client.max_buffered_bytes.0 as usize);
         self.config.store(config);
+    }
+
+    /// The `auth_query` lookup, when `auth:` is configured.
+    pub(crate) fn auth_query(&self) -> Option<Arc<AuthQuery>> {
+        self.auth_query.load_full()
+    }
+
+    /// What `user`'s pools log in with: a configured user's secret, else the one
+    /// `auth_query` last found (fresh or not: its clients already logged in).
+    pub(crate) fn server_secret(&self, user: &str) -> Option<Arc<ServerSecret>> {
+        if let Some(entry) = self.users.load().get(user) {
+            return Some(Arc::clone(&entry.secret));
+        }
+        let found = self.auth_query.load().as_ref()?.last_found(user)?;
+        Some(Arc::clone(&found.secret))
     }
 
     /// Places for connections still logging in.

@@ -14,6 +14,7 @@
 //! - [`context`]: what the running tasks share, behind narrow accessors.
 //! - `router`: a pure function from route and [`topology`] snapshot to a node.
 //! - `pool`: per-(node, database, user) server pools, reacting to the topology.
+//! - `auth_query`: looking up users that are not configured on the cluster, cached.
 //! - [`topology`]: Patroni polling or SQL probes, rise/fall health, snapshots.
 //! - [`server`]: one logged-in PostgreSQL connection, its parameters and statements.
 //! - [`config`], [`auth`] (SCRAM, MD5), [`tls`] (client TLS: certificates, the
@@ -30,6 +31,7 @@
 pub(crate) mod accept_limits;
 pub(crate) mod admin;
 pub mod auth;
+pub(crate) mod auth_query;
 pub(crate) mod buffer_budget;
 pub(crate) mod cancel;
 pub mod config;

@@ -170,7 +170,9 @@ impl Reloader {
         self.ctx.set_config(Arc::clone(&config), users);
         self.ctx
             .pools()
-            .reconfigure(PoolSettings::from_config(&config), &self.ctx.users());
+            .reconfigure(PoolSettings::from_config(&config), &|user| {
+                self.ctx.server_secret(user)
+            });
         if cluster_changed(&old, &config) {
             self.restart_monitor(&config);
         }
@@ -332,6 +334,9 @@ fn describe_changes(old: &Config, new: &Config) -> Vec<String> {
     }
     if !changed.is_empty() {
         changes.push(format!("users changed: {}", changed.join(", ")));
+    }
+    if old.auth != new.auth {
+        changes.push("auth changed: the auth_query cache starts empty".into());
     }
     if serde_json::to_value(&old.pool).ok() != serde_json::to_value(&new.pool).ok() {
         changes.push(format!(

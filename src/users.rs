@@ -2,7 +2,8 @@
 //! log in to PostgreSQL for them: the stored password ([`ServerSecret`]: plaintext,
 //! a SCRAM secret or an MD5 hash, with the ClientKey a client proved) and a SCRAM
 //! verifier computed once at load, plus a mock verifier so unknown users go
-//! through the same exchange as known ones and learn nothing from it.
+//! through the same exchange as known ones and learn nothing from it. Users that
+//! `auth.query` finds get the same entries (see the `auth_query` module).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -65,17 +66,30 @@ fn new_entry(name: &str, password: &Secret, method: ClientAuthMethod) -> UserEnt
     // treated as a plaintext password nobody knows.
     let stored = StoredPassword::parse(password.expose())
         .unwrap_or_else(|_| StoredPassword::Plain(password.expose().to_string()));
-    let verifier = match &stored {
-        StoredPassword::Plain(plain) => Some(ScramVerifier::generate(plain)),
-        StoredPassword::ScramSecret(verifier) => Some(verifier.clone()),
-        StoredPassword::Md5Hash(_) => None,
-    };
-    UserEntry {
-        name: name.to_string(),
-        password: password.clone(),
-        method,
-        verifier,
-        secret: Arc::new(ServerSecret::new(stored)),
+    UserEntry::from_stored(name, password.clone(), stored, method)
+}
+
+impl UserEntry {
+    /// An entry for `stored` (parsed from `password`). A plaintext password
+    /// derives a SCRAM verifier here (PBKDF2): call it off the async workers then.
+    pub fn from_stored(
+        name: &str,
+        password: Secret,
+        stored: StoredPassword,
+        method: ClientAuthMethod,
+    ) -> UserEntry {
+        let verifier = match &stored {
+            StoredPassword::Plain(plain) => Some(ScramVerifier::generate(plain)),
+            StoredPassword::ScramSecret(verifier) => Some(verifier.clone()),
+            StoredPassword::Md5Hash(_) => None,
+        };
+        UserEntry {
+            name: name.to_string(),
+            password,
+            method,
+            verifier,
+            secret: Arc::new(ServerSecret::new(stored)),
+        }
     }
 }
 

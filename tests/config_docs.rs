@@ -47,6 +47,16 @@ cluster:
   allowed_hosts: [10.0.0.0/24]
 users:
   - { name: app, password: pw, auth: md5, require_auth: [md5, scram-sha-256] }
+auth:
+  query: "SELECT usename, passwd FROM switchyard.get_auth($1)"
+  user: switchyard_auth
+  password: auth-pw
+  database: postgres
+  cache_ttl: 60s
+  negative_cache_ttl: 5s
+  query_timeout: 5s
+  max_fetches: 2
+  refetch_interval: 1s
 access:
   - { source: 10.0.0.0/8, user: app, database: appdb, listener: rw, tls: any, method: md5 }
 client: { startup_timeout: 10s, max_message_size: 64MB }

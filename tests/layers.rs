@@ -29,7 +29,7 @@ const LAYERS: &[&[&str]] = &[
         "accept_limits",
     ],
     &["server"],
-    &["topology"],
+    &["topology", "auth_query"],
     &["pool"],
     &["router"],
     &["context"],

@@ -4,6 +4,7 @@
 
 mod access;
 mod api;
+mod auth_query;
 mod cidr;
 mod client;
 mod peers;
@@ -27,6 +28,7 @@ pub use access::{
     decide as decide_access, AccessDecision, AccessMethod, AccessRequest, AccessRule, AccessTls,
 };
 pub use api::{host_port, split_host, ApiEndpoint};
+pub use auth_query::{AuthQueryConfig, DEFAULT_AUTH_QUERY};
 pub use cidr::Cidr;
 pub use client::ClientConfig;
 pub use peers::{PeerConfig, MAX_PEER_ID};
@@ -65,6 +67,9 @@ pub struct Config {
     pub admin: AdminConfig,
     pub cluster: ClusterConfig,
     pub users: Vec<UserConfig>,
+    /// Looks up users that are not in `users:` on the cluster (`auth_query`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<AuthQueryConfig>,
     /// Who may connect and how they authenticate, tried in order before
     /// authentication (pg_hba.conf's idea); none: anyone may try, each user with
     /// its own `auth`.

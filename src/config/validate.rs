@@ -21,6 +21,9 @@ pub(super) fn expand_secrets(
         let expanded = expand(probe.password.expose(), env, "cluster.probe.password")?;
         probe.password = Secret::new(expanded);
     }
+    if let Some(auth) = config.auth.as_mut() {
+        auth.password = Secret::new(expand(auth.password.expose(), env, "auth.password")?);
+    }
     if let Some(token) = config.admin.token.as_mut() {
         *token = Secret::new(expand(token.expose(), env, "admin.token")?);
     }
@@ -58,6 +61,9 @@ pub(super) fn validate(config: &mut Config) -> Result<(), ConfigError> {
     validate_listeners(config)?;
     validate_cluster(config)?;
     validate_users(config)?;
+    if let Some(auth) = &config.auth {
+        super::auth_query::validate(auth)?;
+    }
     super::access::validate(config)?;
     validate_pool(config)?;
     super::tls::validate_tls(config)?;
@@ -405,7 +411,20 @@ pub fn notes(config: &Config) -> Vec<String> {
     }));
     notes.extend(server_tls_note(config));
     notes.extend(super::access::notes(config));
+    notes.extend(auth_query_note(config));
     notes
+}
+
+/// Roles found by `auth.query` whose stored password is an MD5 hash log in to
+/// servers with MD5, which the default `server.require_auth` refuses.
+fn auth_query_note(config: &Config) -> Option<String> {
+    config.auth.as_ref()?;
+    let allowed = config.server.require_auth;
+    (!allowed.allows(crate::auth::require::ServerAuthMethod::Md5)).then(|| {
+        format!(
+            "auth: roles whose stored password is an MD5 hash are looked up but cannot log              in to servers: server.require_auth ({allowed}) does not allow md5 (SCRAM-stored              roles log in with SCRAM pass-through)"
+        )
+    })
 }
 
 /// Servers reached over TLS without authenticating them.

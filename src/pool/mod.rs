@@ -19,7 +19,6 @@ pub use failures::{ConnectFailure, ConnectFailures};
 pub use server_pool::{CheckoutError, PoolSettings, PoolStats, PooledServer, ServerPool};
 
 use crate::auth::stored::ServerSecret;
-use crate::users::UserDb;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PoolKey {
@@ -119,15 +118,18 @@ impl PoolSet {
     }
 
     /// Applies reloaded settings to every pool, and retires the pools of users
-    /// that were removed or whose password changed: their idle connections close
-    /// now, busy ones when their clients give them back.
-    pub fn reconfigure(&self, settings: PoolSettings, users: &UserDb) {
+    /// that were removed or whose password changed (`secret_of` says what each
+    /// user, configured or found by `auth_query`, logs in with now): their idle
+    /// connections close now, busy ones when their clients give them back.
+    pub fn reconfigure(
+        &self,
+        settings: PoolSettings,
+        secret_of: &dyn Fn(&str) -> Option<Arc<ServerSecret>>,
+    ) {
         self.settings.store(Arc::new(settings.clone()));
         let mut pools = self.pools();
         pools.retain(|key, pool| {
-            let current = users
-                .get(&key.user)
-                .is_some_and(|u| pool.uses_secret(&u.secret));
+            let current = secret_of(&key.user).is_some_and(|secret| pool.uses_secret(&secret));
             if !current {
                 let closed = pool.drain();
                 tracing::info!(user = %key.user, node = %key.node, closed, "user removed or password changed: pool retired");

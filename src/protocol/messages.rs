@@ -284,6 +284,19 @@ pub fn bind(out: &mut BytesMut, portal: &[u8], statement: &[u8], rest: &[u8]) {
     out.put_slice(rest);
 }
 
+/// Execute of `portal`, all rows.
+pub fn execute(out: &mut BytesMut, portal: &[u8]) {
+    put_header(out, tag::EXECUTE, portal.len() + 1 + 4);
+    out.put_slice(portal);
+    out.put_u8(0);
+    out.put_u32(0);
+}
+
+/// Sync.
+pub fn sync(out: &mut BytesMut) {
+    out.put_slice(&empty(tag::SYNC));
+}
+
 /// Close of a prepared statement.
 pub fn close_statement(out: &mut BytesMut, statement: &[u8]) {
     put_target(out, tag::CLOSE, tag::TARGET_STATEMENT, statement);

@@ -1,7 +1,9 @@
 //! Queries the proxy runs on a server connection for its own purposes (bringing
 //! session parameters in line with a client, the session-mode reset query, the SQL
-//! health probe; also the `switchyard-demo` binary's clients). Their replies are
-//! read here and never reach a client.
+//! health probe, the `auth_query` lookup; also the `switchyard-demo` binary's
+//! clients). Their replies are read here and never reach a client. Values that
+//! come from outside (a client's user name) go as parameters of the extended
+//! protocol, never into the SQL text.
 
 use std::time::Duration;
 
@@ -40,15 +42,62 @@ impl ServerConnection {
         self.simple_query(sql, timeout, true).await
     }
 
+    /// Runs `sql` with `params` (text values for `$1`, `$2`, ...) through the
+    /// extended protocol (Parse, Bind, Execute, Sync on the unnamed statement) and
+    /// returns the first row, like [`ServerConnection::query_row`]. The values
+    /// never become SQL text, so no quoting can go wrong.
+    pub async fn query_row_with_params(
+        &mut self,
+        sql: &str,
+        params: &[&str],
+        timeout: Duration,
+    ) -> Result<Option<Row>, ServerError> {
+        let mut message = BytesMut::with_capacity(sql.len() + 64);
+        let mut parse = BytesMut::with_capacity(sql.len() + 3);
+        parse.extend_from_slice(sql.as_bytes());
+        // NUL after the text, then no parameter types: the server infers them.
+        parse.extend_from_slice(&[0, 0, 0]);
+        messages::parse(&mut message, b"", &parse);
+        let count = i16::try_from(params.len())
+            .map_err(|_| ServerError::Protocol("too many query parameters".into()))?;
+        let mut bind = BytesMut::new();
+        // No parameter format codes: all text.
+        bind.extend_from_slice(&0i16.to_be_bytes());
+        bind.extend_from_slice(&count.to_be_bytes());
+        for value in params {
+            let len = i32::try_from(value.len())
+                .map_err(|_| ServerError::Protocol("query parameter too long".into()))?;
+            bind.extend_from_slice(&len.to_be_bytes());
+            bind.extend_from_slice(value.as_bytes());
+        }
+        // No result format codes: all text.
+        bind.extend_from_slice(&0i16.to_be_bytes());
+        messages::bind(&mut message, b"", b"", &bind);
+        messages::execute(&mut message, b"");
+        messages::sync(&mut message);
+        self.exchange(message, timeout, true).await
+    }
+
     async fn simple_query(
         &mut self,
         sql: &str,
         timeout: Duration,
         want_row: bool,
     ) -> Result<Option<Row>, ServerError> {
+        let mut message = BytesMut::with_capacity(sql.len() + 6);
+        messages::query(&mut message, sql);
+        self.exchange(message, timeout, want_row).await
+    }
+
+    /// Sends `message` (ending in Query or Sync) and reads every reply up to
+    /// ReadyForQuery; the first DataRow when `want_row`.
+    async fn exchange(
+        &mut self,
+        message: BytesMut,
+        timeout: Duration,
+        want_row: bool,
+    ) -> Result<Option<Row>, ServerError> {
         let exchange = async {
-            let mut message = BytesMut::with_capacity(sql.len() + 6);
-            messages::query(&mut message, sql);
             self.stream
                 .send(&message)
                 .await

@@ -194,8 +194,8 @@ impl ServerSource {
         topology: &Topology,
         node: usize,
     ) -> Result<Arc<ServerPool>, Refusal> {
-        let users = env.ctx.users();
-        let user = users.get(&env.client.user).ok_or_else(|| {
+        // A configured user, or one auth_query found.
+        let secret = env.ctx.server_secret(&env.client.user).ok_or_else(|| {
             Refusal::from(ClientError::fatal(
                 SqlState::InvalidPassword,
                 "user no longer configured",
@@ -205,12 +205,12 @@ impl ServerSource {
         let key = PoolKey {
             node: state.name.clone(),
             database: env.client.database.clone(),
-            user: user.name.clone(),
+            user: env.client.user.clone(),
         };
         let pool = env
             .ctx
             .pools()
-            .get(key, &state.address, &user.secret)
+            .get(key, &state.address, &secret)
             .map_err(|e| {
                 tracing::warn!(error = %e, "pool limit reached");
                 Refusal::from(ClientError::fatal(

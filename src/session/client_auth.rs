@@ -1,4 +1,5 @@
-//! Authenticating a connecting client against the configured users, with
+//! Authenticating a connecting client against its user entry (configured, or
+//! found by `auth_query`: see `user_lookup`), with
 //! SCRAM-SHA-256 or MD5 (against a plaintext password, a SCRAM secret or an MD5
 //! hash; a client that proves a SCRAM secret leaves its ClientKey for logging in
 //! to servers), or with its TLS client certificate (`auth: cert`). On TLS, SCRAM
@@ -18,7 +19,7 @@ use crate::protocol::messages;
 use crate::protocol::startup::{parse_password, parse_sasl_initial, StartupReader};
 use crate::protocol::{ClientError, SqlState};
 use crate::tls::{x509, ClientStream};
-use crate::users::{UserDb, UserEntry};
+use crate::users::UserEntry;
 
 use super::handshake::HandshakeFailure;
 
@@ -87,18 +88,19 @@ fn exchange_for<'u>(
     }
 }
 
-/// Runs the exchange; on success AuthenticationOk has been written to `out` (not yet
-/// sent, so it goes out together with the session's first messages).
+/// Runs the exchange for `user`, whose entry (configured, or found by
+/// `auth_query`) is `entry`, None when there is no such user; on success
+/// AuthenticationOk has been written to `out` (not yet sent, so it goes out
+/// together with the session's first messages).
 pub async fn authenticate<'u>(
     socket: &mut ClientStream,
     reader: &mut StartupReader,
-    users: &'u UserDb,
+    entry: Option<&'u UserEntry>,
     user: &str,
     rule_method: Option<ClientAuthMethod>,
     tls: TlsFacts<'_>,
     out: &mut BytesMut,
 ) -> Result<&'u UserEntry, HandshakeFailure> {
-    let entry = users.get(user);
     let method = rule_method
         .or(entry.map(|entry| entry.method))
         .unwrap_or(ClientAuthMethod::ScramSha256);

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 
-use super::client_auth::{self, TlsFacts};
+use super::client_auth::TlsFacts;
 use crate::cancel::{self, CancelRoute};
 use crate::config::{
     decide_access, AccessDecision, AccessMethod, AccessRequest, ClientAuthMethod, ClientTlsMode,
@@ -246,10 +246,10 @@ pub(super) async fn open(
         _ => TlsFacts::default(),
     };
     let mut greeting = BytesMut::with_capacity(512);
-    client_auth::authenticate(
+    super::user_lookup::authenticate(
         socket,
         &mut reader,
-        &ctx.users(),
+        ctx,
         &params.user,
         rule_method,
         facts,

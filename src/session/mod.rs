@@ -31,6 +31,7 @@ pub(crate) mod timeouts;
 mod transaction;
 pub mod translate;
 pub mod tx_settings;
+mod user_lookup;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
