@@ -125,6 +125,12 @@ impl PauseGate {
         }
     }
 
+    /// Bumped on every PAUSE and RESUME: for a session-mode relay that must
+    /// notice a pause while it waits on its sockets.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
     /// Whether everything is paused, and the databases paused one by one.
     pub fn paused(&self) -> (bool, Vec<String>) {
         let state = self.state();

@@ -22,6 +22,8 @@ pub mod ledger;
 mod negotiate;
 pub mod relay;
 mod session_mode;
+mod session_pause;
+mod session_snapshot;
 pub mod settings;
 pub mod sql_lex;
 mod sql_prefilter;
@@ -592,6 +594,8 @@ impl Session {
             SessionEnd::Relay(RelayEnd::Demoted(node)) => {
                 format!("node {node} was demoted (session-mode sessions on it are closed)")
             }
+            // session_mode holds a paused session and relays on; it never ends one.
+            SessionEnd::Relay(RelayEnd::Paused) => "paused".into(),
         };
         let env = &self.env;
         let counters = &self.counters;

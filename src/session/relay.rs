@@ -14,6 +14,7 @@ use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
+use crate::control::PauseGate;
 use crate::metrics::ListenerMetrics;
 use crate::protocol::frame::{FrameError, FrameScanner};
 use crate::protocol::tag;
@@ -53,6 +54,10 @@ pub enum RelayEnd {
     /// Session mode on the write route: the session's node is confirmed demoted
     /// (another node is the primary, or it reports itself a replica).
     Demoted(String),
+    /// Session mode under PAUSE: the session stopped at an idle boundary (every
+    /// request answered, ReadyForQuery 'I', nothing half-sent either way), so the
+    /// server connection may be inspected, kept or replaced.
+    Paused,
 }
 
 /// What the relay saw, for the session's log line and for deciding whether the
@@ -91,6 +96,21 @@ pub struct RelaySettings<'a> {
     pub metrics: &'a ListenerMetrics,
     /// Idle-in-transaction and query time limits ([`super::timeouts`]).
     pub timeouts: Timeouts,
+    /// Session mode: the pause gate to stop at (None: the relay never pauses).
+    pub pause: Option<PauseWatch<'a>>,
+}
+
+/// The pause a session-mode relay stops for: `database` paused by `gate`.
+pub struct PauseWatch<'a> {
+    pub gate: &'a PauseGate,
+    pub database: &'a str,
+}
+
+impl PauseWatch<'_> {
+    /// One SeqCst load while nothing is paused.
+    fn paused(&self) -> bool {
+        self.gate.is_paused(self.database)
+    }
 }
 
 /// Progress both directions see: requests sent and answered, and when the current
@@ -103,6 +123,13 @@ struct Progress {
     origin: Instant,
     /// Client bytes forwarded: a COPY FROM STDIN streaming in is not a silent server.
     client_bytes: AtomicU64,
+    /// The client's bytes so far end on a message boundary, and the last complete
+    /// message ended a request (or there was none): nothing is half-sent. Stored
+    /// once per read, not per message.
+    client_quiet: AtomicBool,
+    /// Everything read from the server so far ends on a message boundary and has
+    /// been written to the client.
+    server_quiet: AtomicBool,
 }
 
 impl Progress {
@@ -114,7 +141,17 @@ impl Progress {
             busy_since_micros: AtomicU64::new(0),
             origin: Instant::now(),
             client_bytes: AtomicU64::new(0),
+            client_quiet: AtomicBool::new(true),
+            server_quiet: AtomicBool::new(true),
         }
+    }
+
+    /// At an idle boundary both ways: the relay may stop without losing or
+    /// splitting anything (the pause point of session mode).
+    fn quiet(&self) -> bool {
+        self.settled()
+            && self.client_quiet.load(Ordering::Relaxed)
+            && self.server_quiet.load(Ordering::Relaxed)
     }
 
     fn micros(&self) -> u64 {
@@ -188,6 +225,7 @@ where
         end = server_to_client(server_reader, client_writer, settings, &progress, &mut downstream) => end,
         _ = settings.shutdown.cancelled() => RelayEnd::Shutdown,
         _ = drained(settings.draining, &progress) => RelayEnd::Shutdown,
+        end = paused_while_quiet(settings.pause.as_ref(), &progress) => end,
     };
     stats.client_bytes += upstream.bytes;
     stats.server_bytes += downstream.bytes;
@@ -205,6 +243,24 @@ async fn drained(draining: &CancellationToken, progress: &Progress) {
     draining.cancelled().await;
     if !progress.settled() {
         std::future::pending::<()>().await;
+    }
+}
+
+/// Resolves with [`RelayEnd::Paused`] when a PAUSE covers the session while it is
+/// quiet. A session busy when the pause comes is stopped by the server direction
+/// once it is quiet again (its ReadyForQuery 'I'). Woken only by pause changes.
+async fn paused_while_quiet(pause: Option<&PauseWatch<'_>>, progress: &Progress) -> RelayEnd {
+    let Some(pause) = pause else {
+        return std::future::pending().await;
+    };
+    let mut changes = pause.gate.subscribe();
+    loop {
+        if pause.paused() && progress.quiet() {
+            return RelayEnd::Paused;
+        }
+        if changes.changed().await.is_err() {
+            return std::future::pending().await;
+        }
     }
 }
 
@@ -231,6 +287,20 @@ struct ClientWatch {
     requests: u64,
     /// Simple queries and Executes.
     queries: u64,
+    /// The tag of the last complete message.
+    last: Option<u8>,
+}
+
+impl ClientWatch {
+    /// Nothing of the client's is half-sent, given where the bytes before this
+    /// read stood (`before`): the last complete message ended a request.
+    fn quiet(&self, at_boundary: bool, before: bool) -> bool {
+        at_boundary
+            && match self.last {
+                None => before,
+                Some(last) => matches!(last, tag::QUERY | tag::SYNC | tag::FUNCTION_CALL),
+            }
+    }
 }
 
 impl crate::protocol::frame::FrameVisitor for ClientWatch {
@@ -244,6 +314,7 @@ impl crate::protocol::frame::FrameVisitor for ClientWatch {
         if self.terminate_at.is_some() {
             return;
         }
+        self.last = Some(frame.tag);
         match frame.tag {
             tag::QUERY => {
                 self.requests += 1;
@@ -306,6 +377,10 @@ where
         if watch.queries > 0 {
             settings.metrics.add_queries(watch.queries);
         }
+        let before = progress.client_quiet.load(Ordering::Relaxed);
+        progress
+            .client_quiet
+            .store(watch.quiet(scanner.at_boundary(), before), Ordering::Relaxed);
         let terminate_at = watch.terminate_at;
         let upto = terminate_at.unwrap_or(buffer.len());
         if let Err(e) = send_all(writer, &buffer[..upto]).await {
@@ -375,6 +450,7 @@ where
             return server_gone(None, false);
         }
         counters.at_boundary = scanner.at_boundary();
+        progress.server_quiet.store(false, Ordering::Relaxed);
         let written = match writer.write_all(&buffer).await {
             Ok(()) => writer.flush().await,
             Err(e) => Err(e),
@@ -382,11 +458,19 @@ where
         if let Err(e) = written {
             return RelayEnd::ClientGone(Some(e));
         }
+        progress
+            .server_quiet
+            .store(scanner.at_boundary(), Ordering::Relaxed);
         counters.bytes += buffer.len() as u64;
         metrics.add_sent_bytes(buffer.len() as u64);
         buffer.clear();
         if settings.draining.is_cancelled() && progress.settled() && scanner.at_boundary() {
             return RelayEnd::Shutdown;
+        }
+        // A PAUSE that came while the session was busy takes hold here, once the
+        // server's last reply (ReadyForQuery 'I') has reached the client.
+        if settings.pause.as_ref().is_some_and(PauseWatch::paused) && progress.quiet() {
+            return RelayEnd::Paused;
         }
     }
 }
@@ -424,6 +508,7 @@ mod tests {
                 draining: &draining,
                 metrics: &metrics,
                 timeouts: Default::default(),
+                pause: None,
             };
             let end = relay(
                 (&mut cr, &mut cw),
