@@ -378,9 +378,10 @@ where
             settings.metrics.add_queries(watch.queries);
         }
         let before = progress.client_quiet.load(Ordering::Relaxed);
-        progress
-            .client_quiet
-            .store(watch.quiet(scanner.at_boundary(), before), Ordering::Relaxed);
+        progress.client_quiet.store(
+            watch.quiet(scanner.at_boundary(), before),
+            Ordering::Relaxed,
+        );
         let terminate_at = watch.terminate_at;
         let upto = terminate_at.unwrap_or(buffer.len());
         if let Err(e) = send_all(writer, &buffer[..upto]).await {

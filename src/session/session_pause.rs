@@ -32,14 +32,15 @@ pub(super) enum Held {
 
 /// Holds a paused session until RESUME, then keeps or replaces its server.
 pub(super) async fn hold(session: &mut Session, mut server: PooledServer) -> Held {
-    session.client.set_state(ClientState::Paused);
     let timeout = session.env.config.server.connect_timeout.0;
-    // Read now, while the server is surely up: after RESUME it may be gone.
+    // Read before the session counts as paused (PAUSE returns only once every
+    // session is), so the server is still up for it.
     let snapshot = Snapshot::take(&mut server, timeout).await;
     if let Err(e) = &snapshot {
         tracing::warn!(client = %session.env.peer, node = %server.node, error = %e,
             "session mode: could not read the session's state during PAUSE; it cannot move");
     }
+    session.client.set_state(ClientState::Paused);
     let gate = session.env.ctx.pause_gate();
     tokio::select! {
         biased;
@@ -87,13 +88,13 @@ async fn move_session(
             return refused(
                 session,
                 from,
-                "its state could not be read during PAUSE",
+                "the session's state could not be read during PAUSE",
                 &e.to_string(),
             )
         }
     };
     if let Some(why) = snapshot.pinned_by() {
-        return refused(session, from, &why, "");
+        return refused(session, from, &format!("the session {why}"), "");
     }
     let mut server = match session.checkout().await {
         Ok(server) => server,
@@ -142,7 +143,7 @@ fn refused(session: &Session, from: &str, why: &str, detail: &str) -> Held {
         SqlState::AdminShutdown,
         format!(
             "terminating connection: its server connection on node \"{from}\" ended during \
-             PAUSE and the session {why}; it cannot move to the new server"
+             PAUSE and {why}; it cannot move to the new server"
         ),
     );
     Held::Refused(if detail.is_empty() {

@@ -11,6 +11,7 @@
 
 use std::time::Duration;
 
+use super::sql_lex::{Kind, Lexer, Splitter, Token};
 use crate::server::{ServerConnection, ServerError};
 
 /// One row: the replay script and the counts. The script is built by the server
@@ -24,8 +25,10 @@ use crate::server::{ServerConnection, ServerError};
 ///   in as (`pg_stat_activity.usename`), then `SET ROLE` when one is set (both are
 ///   hidden from `pg_settings`).
 /// - Prepared statements: a protocol-level one becomes `PREPARE name(types) AS
-///   text`; an SQL one is replayed as the PREPARE text the client sent (that is
-///   what `pg_prepared_statements.statement` holds), once per distinct text.
+///   text`. For an SQL one `pg_prepared_statements.statement` holds the whole
+///   query string the client sent (perhaps several statements), so it comes back
+///   as JSON `[name, text]` pairs and its own PREPARE is cut out of the text here
+///   ([`prepare_in`]).
 const SNAPSHOT_SQL: &str = r#"SELECT
   concat_ws(E'\n;',
     (SELECT string_agg(format('SELECT pg_catalog.set_config(%L, %L, false)', name,
@@ -36,15 +39,15 @@ const SNAPSHOT_SQL: &str = r#"SELECT
             (SELECT usename FROM pg_catalog.pg_stat_activity WHERE pid = pg_catalog.pg_backend_pid())),
     (SELECT format('SET ROLE %L', pg_catalog.current_setting('role'))
       WHERE pg_catalog.current_setting('role') <> 'none'),
-    (SELECT string_agg(ddl, E'\n;' ORDER BY ddl) FROM (
-       SELECT DISTINCT CASE WHEN from_sql THEN statement
-         ELSE format('PREPARE %I%s AS %s', name,
+    (SELECT string_agg(format('PREPARE %I%s AS %s', name,
                 CASE WHEN pg_catalog.cardinality(parameter_types) > 0
                      THEN '(' || pg_catalog.array_to_string(parameter_types::text[], ',') || ')'
                      ELSE '' END,
-                statement) END AS ddl
-         FROM pg_catalog.pg_prepared_statements) AS statements)
+                statement), E'\n;' ORDER BY name)
+       FROM pg_catalog.pg_prepared_statements WHERE NOT from_sql)
   ),
+  (SELECT pg_catalog.json_agg(pg_catalog.json_build_array(name, statement) ORDER BY name)
+     FROM pg_catalog.pg_prepared_statements WHERE from_sql),
   (SELECT count(*) FROM pg_catalog.pg_settings WHERE source = 'session'),
   (SELECT count(*) FROM pg_catalog.pg_prepared_statements),
   (SELECT count(*) FROM pg_catalog.pg_class WHERE relnamespace = pg_catalog.pg_my_temp_schema()),
@@ -86,14 +89,31 @@ impl Snapshot {
                 .and_then(|v| v.parse().ok())
                 .ok_or_else(|| ServerError::Protocol(format!("session snapshot: column {i}")))
         };
+        let mut replay = row.first().cloned().flatten().unwrap_or_default();
+        if let Some(json) = row.get(1).and_then(|v| v.as_deref()) {
+            let pairs: Vec<(String, String)> = serde_json::from_str(json).map_err(|e| {
+                ServerError::Protocol(format!("session snapshot: prepared statements: {e}"))
+            })?;
+            for (name, text) in &pairs {
+                let prepare = prepare_in(text, name).ok_or_else(|| {
+                    ServerError::Protocol(format!(
+                        "session snapshot: no PREPARE of \"{name}\" in its query text"
+                    ))
+                })?;
+                if !replay.is_empty() {
+                    replay.push_str("\n;");
+                }
+                replay.push_str(prepare);
+            }
+        }
         Ok(Snapshot {
-            replay: row.first().cloned().flatten().unwrap_or_default(),
-            settings: count(1)?,
-            statements: count(2)?,
-            temp_relations: count(3)?,
-            advisory_locks: count(4)?,
-            listening: count(5)?,
-            cursors: count(6)?,
+            replay,
+            settings: count(2)?,
+            statements: count(3)?,
+            temp_relations: count(4)?,
+            advisory_locks: count(5)?,
+            listening: count(6)?,
+            cursors: count(7)?,
         })
     }
 
@@ -118,6 +138,51 @@ impl Snapshot {
     }
 }
 
+/// The `PREPARE name ...` statement of `sql` (a query string that may hold
+/// several statements) that prepares `name`, by PostgreSQL's identifier rules:
+/// unquoted names fold to lower case, quoted ones are taken as written.
+fn prepare_in<'a>(sql: &'a str, name: &str) -> Option<&'a str> {
+    let bytes = sql.as_bytes();
+    let prepares = |leading: &[Token]| {
+        matches!(leading, [keyword, named]
+            if keyword.is(bytes, b"prepare") && names(named, bytes, name))
+    };
+    let mut splitter = Splitter::default();
+    // The statement's first two tokens, and where its last token ends.
+    let mut leading: Vec<Token> = Vec::with_capacity(2);
+    let mut end = 0;
+    for token in Lexer::new(bytes) {
+        if splitter.ends_statement(&token, bytes) {
+            if prepares(&leading) {
+                return sql.get(leading[0].start..end);
+            }
+            leading.clear();
+        } else {
+            if leading.len() < 2 {
+                leading.push(token);
+            }
+            end = token.end;
+        }
+    }
+    if prepares(&leading) {
+        return sql.get(leading[0].start..end);
+    }
+    None
+}
+
+/// Whether `token` is the identifier `name`.
+fn names(token: &Token, sql: &[u8], name: &str) -> bool {
+    let text = token.text(sql);
+    match token.kind {
+        Kind::Word => text.to_ascii_lowercase() == name.as_bytes(),
+        Kind::Quoted => {
+            let inner = &text[1.min(text.len())..text.len().saturating_sub(1)];
+            String::from_utf8_lossy(inner).replace("\"\"", "\"") == name
+        }
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -130,6 +195,7 @@ mod tests {
     fn a_plain_session_can_move_and_a_pinned_one_says_why() {
         let plain = Snapshot::from_row(&row(&[
             Some("SELECT 1"),
+            Some(r#"[["p", "select 0; prepare P as select 1"]]"#),
             Some("1"),
             Some("0"),
             Some("0"),
@@ -139,8 +205,9 @@ mod tests {
         ]))
         .expect("row");
         assert_eq!(plain.pinned_by(), None);
-        assert_eq!(plain.replay, "SELECT 1");
+        assert_eq!(plain.replay, "SELECT 1\n;prepare P as select 1");
         let pinned = Snapshot::from_row(&row(&[
+            None,
             None,
             Some("0"),
             Some("0"),
@@ -153,13 +220,37 @@ mod tests {
         assert_eq!(pinned.replay, "");
         assert_eq!(
             pinned.pinned_by().as_deref(),
-            Some("had temporary tables, held session advisory locks and had open WITH HOLD cursors")
+            Some(
+                "had temporary tables, held session advisory locks and had open WITH HOLD cursors"
+            )
+        );
+    }
+
+    #[test]
+    fn the_prepare_of_a_name_is_cut_out_of_a_multi_statement_query_string() {
+        let sql = "create table t(x int); PREPARE a(int) AS select $1 -- a\n; \
+                   prepare \"B\"\"c\" as select ';' ; prepare Other as select (1;2)";
+        assert_eq!(prepare_in(sql, "a"), Some("PREPARE a(int) AS select $1"));
+        assert_eq!(
+            prepare_in(sql, "B\"c"),
+            Some("prepare \"B\"\"c\" as select ';'")
+        );
+        assert_eq!(
+            prepare_in(sql, "other"),
+            Some("prepare Other as select (1;2)")
+        );
+        assert_eq!(prepare_in(sql, "t"), None);
+        assert_eq!(
+            prepare_in(sql, "Other"),
+            None,
+            "unquoted names fold to lower case"
         );
     }
 
     #[test]
     fn a_malformed_row_is_an_error_not_a_panic() {
-        assert!(Snapshot::from_row(&row(&[Some("x"), Some("one")])).is_err());
+        assert!(Snapshot::from_row(&row(&[Some("x"), None, Some("one")])).is_err());
+        assert!(Snapshot::from_row(&row(&[Some("x"), Some("not json")])).is_err());
         assert!(Snapshot::from_row(&[]).is_err());
     }
 }
