@@ -288,6 +288,8 @@ async fn metrics_describe_a_real_workload() {
         "switchyard_cancel_requests_total",
         "switchyard_client_refusals_total",
         "switchyard_auth_failures_total",
+        // Only once PAUSE has moved (or refused to move) a session-mode session.
+        "switchyard_session_moves_total",
         // Only listeners with TLS export it (tests/tls_clients.rs reads it).
         "switchyard_tls_certificate_expiry_timestamp_seconds",
     ];
