@@ -494,6 +494,17 @@ mod tests {
         tokio::io::DuplexStream,
         tokio::task::JoinHandle<(RelayEnd, RelayStats)>,
     ) {
+        spawn_pausable_relay(None)
+    }
+
+    /// [`spawn_relay`] watching `gate` for database `db` (session mode), if given.
+    fn spawn_pausable_relay(
+        gate: Option<std::sync::Arc<PauseGate>>,
+    ) -> (
+        tokio::io::DuplexStream,
+        tokio::io::DuplexStream,
+        tokio::task::JoinHandle<(RelayEnd, RelayStats)>,
+    ) {
         let (client_app, client_proxy) = duplex(64 * 1024);
         let (server_proxy, server_app) = duplex(64 * 1024);
         let task = tokio::spawn(async move {
@@ -509,7 +520,10 @@ mod tests {
                 draining: &draining,
                 metrics: &metrics,
                 timeouts: Default::default(),
-                pause: None,
+                pause: gate.as_deref().map(|gate| PauseWatch {
+                    gate,
+                    database: "db",
+                }),
             };
             let end = relay(
                 (&mut cr, &mut cw),
@@ -585,5 +599,92 @@ mod tests {
         let mut forwarded = Vec::new();
         server_app.read_to_end(&mut forwarded).await.expect("read");
         assert_eq!(forwarded, query, "only the query reaches the server");
+    }
+
+    async fn forward(
+        from: &mut tokio::io::DuplexStream,
+        to: &mut tokio::io::DuplexStream,
+        bytes: &[u8],
+    ) {
+        from.write_all(bytes).await.expect("write");
+        let mut got = vec![0u8; bytes.len()];
+        to.read_exact(&mut got).await.expect("read");
+        assert_eq!(got, bytes);
+    }
+
+    #[tokio::test]
+    async fn an_idle_session_stops_for_a_pause_at_once() {
+        let gate = std::sync::Arc::new(PauseGate::default());
+        let (mut client_app, mut server_app, relay_task) =
+            spawn_pausable_relay(Some(std::sync::Arc::clone(&gate)));
+        let query = message(tag::QUERY, b"select 1\0");
+        forward(&mut client_app, &mut server_app, &query).await;
+        let reply = message(tag::READY_FOR_QUERY, b"I");
+        forward(&mut server_app, &mut client_app, &reply).await;
+        gate.pause(&crate::control::PauseScope::Database("other".into()));
+        tokio::task::yield_now().await;
+        assert!(!relay_task.is_finished(), "another database's pause");
+        gate.pause(&crate::control::PauseScope::All);
+        let (end, stats) = tokio::time::timeout(Duration::from_secs(5), relay_task)
+            .await
+            .expect("stops")
+            .expect("join");
+        assert!(matches!(end, RelayEnd::Paused), "{end:?}");
+        assert_eq!((stats.requests, stats.ready), (1, 1));
+    }
+
+    #[tokio::test]
+    async fn a_session_in_a_transaction_stops_only_at_its_idle_ready() {
+        let gate = std::sync::Arc::new(PauseGate::default());
+        let (mut client_app, mut server_app, relay_task) =
+            spawn_pausable_relay(Some(std::sync::Arc::clone(&gate)));
+        let begin = message(tag::QUERY, b"begin\0");
+        forward(&mut client_app, &mut server_app, &begin).await;
+        let in_transaction = message(tag::READY_FOR_QUERY, b"T");
+        forward(&mut server_app, &mut client_app, &in_transaction).await;
+        gate.pause(&crate::control::PauseScope::All);
+        let commit = message(tag::QUERY, b"commit\0");
+        forward(&mut client_app, &mut server_app, &commit).await;
+        assert!(!relay_task.is_finished(), "inside a transaction");
+        let reply = message(tag::READY_FOR_QUERY, b"I");
+        server_app.write_all(&reply).await.expect("write");
+        let (end, _) = tokio::time::timeout(Duration::from_secs(5), relay_task)
+            .await
+            .expect("stops")
+            .expect("join");
+        assert!(matches!(end, RelayEnd::Paused), "{end:?}");
+        let mut got = vec![0u8; reply.len()];
+        client_app
+            .read_exact(&mut got)
+            .await
+            .expect("the last reply reached the client");
+        assert_eq!(got, reply);
+    }
+
+    #[tokio::test]
+    async fn a_session_mid_batch_stops_only_after_its_sync() {
+        let gate = std::sync::Arc::new(PauseGate::default());
+        let (mut client_app, mut server_app, relay_task) =
+            spawn_pausable_relay(Some(std::sync::Arc::clone(&gate)));
+        // A Parse without its Sync yet: half a request, though nothing is owed.
+        let parse = message(tag::PARSE, b"\0select 1\0\0\0");
+        forward(&mut client_app, &mut server_app, &parse).await;
+        let parsed = message(tag::PARSE_COMPLETE, b"");
+        forward(&mut server_app, &mut client_app, &parsed).await;
+        gate.pause(&crate::control::PauseScope::All);
+        // Another round trip gives the relay every chance to stop (it must not).
+        let flush = message(tag::FLUSH, b"");
+        forward(&mut client_app, &mut server_app, &flush).await;
+        assert!(!relay_task.is_finished(), "mid extended-protocol batch");
+        forward(&mut client_app, &mut server_app, &message(tag::SYNC, b"")).await;
+        server_app
+            .write_all(&message(tag::READY_FOR_QUERY, b"I"))
+            .await
+            .expect("write");
+        let (end, _) = tokio::time::timeout(Duration::from_secs(5), relay_task)
+            .await
+            .expect("stops")
+            .expect("join");
+        assert!(matches!(end, RelayEnd::Paused), "{end:?}");
     }
 }
