@@ -18,6 +18,17 @@ use harness::proxy::*;
 use harness::raw_client::*;
 use harness::wait::*;
 
+/// A session's setup that pins it to its server, and the words of its refusal.
+const PINNED: [(&str, &str); 4] = [
+    ("create temp table scratch(x int)", "had temporary tables"),
+    ("select pg_advisory_lock(17)", "held session advisory locks"),
+    ("listen moving_channel", "was listening for notifications"),
+    (
+        "begin; declare held cursor with hold for select 1; commit",
+        "had open WITH HOLD cursors",
+    ),
+];
+
 const SESSION_MODE: &str = "pool: { mode: session, size: 10 }\nfailover: { hold_timeout: 30s }\n";
 
 #[tokio::test(flavor = "multi_thread")]
@@ -81,11 +92,13 @@ async fn switchover_under_pause_moves_plain_sessions_and_refuses_pinned_ones() {
     let proxy = start_proxy(&with_console(&config_yaml(&nodes, "primary", SESSION_MODE))).await;
     let rw = proxy.listener_addr("rw").expect("rw");
 
+    su_sql(cluster.port(0), "create role mover; grant mover to app").await;
     let plain = connect(rw, "app", "app_pw").await;
     plain
         .batch_execute(
             "create table moved_rows(id int primary key, note text); \
              grant all on moved_rows to public; \
+             set role mover; \
              set application_name = 'moving app'; set statement_timeout = '17s'; \
              prepare sql_prepared(int) as select $1 * 2",
         )
@@ -99,11 +112,16 @@ async fn switchover_under_pause_moves_plain_sessions_and_refuses_pinned_ones() {
         .execute(&insert, &[&1i32, &"before"])
         .await
         .expect("insert before");
-    let pinned = connect(rw, "app", "app_pw").await;
-    pinned
-        .batch_execute("create temp table scratch(x int)")
-        .await
-        .expect("temp table");
+    // Sessions owning state that cannot move, and the reason each must name.
+    let mut pinned = Vec::new();
+    for (setup, reason) in PINNED {
+        let client = connect(rw, "app", "app_pw").await;
+        client
+            .batch_execute(setup)
+            .await
+            .unwrap_or_else(|e| panic!("{setup}: {}", describe(&e)));
+        pinned.push((client, reason));
+    }
     let mut raw = RawClient::login(rw, "raw").await;
     assert_eq!(
         raw.round_trip(&query_msg("select 1"))
@@ -121,7 +139,15 @@ async fn switchover_under_pause_moves_plain_sessions_and_refuses_pinned_ones() {
         "insert into moved_rows values (2, 'sent while paused') returning inet_server_port()",
     ))
     .await;
-    let pinned_query = tokio::spawn(async move { pinned.batch_execute("select 1").await });
+    let pinned_queries: Vec<_> = pinned
+        .into_iter()
+        .map(|(client, reason)| {
+            (
+                tokio::spawn(async move { client.batch_execute("select 1").await }),
+                reason,
+            )
+        })
+        .collect();
 
     let cluster = blocking(move || {
         cluster.stop(0);
@@ -155,6 +181,11 @@ async fn switchover_under_pause_moves_plain_sessions_and_refuses_pinned_ones() {
         "moving app"
     );
     assert_eq!(show(&plain, "statement_timeout", "plain").await, "17s");
+    assert_eq!(
+        simple_value(&plain, "select current_user", "plain").await,
+        Some("mover".to_string()),
+        "SET ROLE survives the move"
+    );
     plain
         .execute(&insert, &[&3i32, &"after"])
         .await
@@ -186,20 +217,22 @@ async fn switchover_under_pause_moves_plain_sessions_and_refuses_pinned_ones() {
         describe(&error)
     );
 
-    // The pinned session: its held query gets a clear FATAL naming why.
-    let error = within(10, "the pinned session's held query ends", pinned_query)
-        .await
-        .expect("join")
-        .expect_err("a session with a temp table cannot move");
-    let db = error
-        .as_db_error()
-        .unwrap_or_else(|| panic!("{}", describe(&error)));
-    assert_eq!((db.severity(), db.code().code()), ("FATAL", "57P01"));
-    assert!(
-        db.message().contains("temporary tables"),
-        "{}",
-        db.message()
-    );
+    // The pinned sessions: each held query gets a clear FATAL naming why.
+    for (query, reason) in pinned_queries {
+        let error = within(10, "a pinned session's held query ends", query)
+            .await
+            .expect("join")
+            .expect_err(reason);
+        let db = error
+            .as_db_error()
+            .unwrap_or_else(|| panic!("{reason}: {}", describe(&error)));
+        assert_eq!((db.severity(), db.code().code()), ("FATAL", "57P01"));
+        assert!(
+            db.message().contains(reason) && db.message().contains("cannot move"),
+            "{reason}: {}",
+            db.message()
+        );
+    }
 
     let rows = simple_value(
         &direct(cluster.port(1)).await,
@@ -213,7 +246,7 @@ async fn switchover_under_pause_moves_plain_sessions_and_refuses_pinned_ones() {
         "the held query ran exactly once"
     );
     let metrics = admin_get(&proxy, "/metrics").await.1;
-    for (result, count) in [("moved", 2), ("refused", 1)] {
+    for (result, count) in [("moved", 2), ("refused", PINNED.len())] {
         let series = format!("switchyard_session_moves_total{{result=\"{result}\"}} {count}");
         assert!(metrics.contains(&series), "{series} in:\n{metrics}");
     }
