@@ -10,6 +10,8 @@ mod harness;
 
 use std::time::Duration;
 
+use futures_util::SinkExt;
+
 use harness::clients::*;
 use harness::console::*;
 use harness::fake_patroni::FakeRole;
@@ -40,6 +42,19 @@ async fn pause_holds_a_session_mode_transaction_until_it_ends_then_resumes_on_th
     let inside = connect(rw, "app", "app_pw").await;
     let pid = backend_pid(&inside, "inside").await;
     let idle = connect(rw, "app", "app_pw").await;
+    // Its last message was a CopyDone: still a boundary where PAUSE can stop it.
+    idle.batch_execute("create temp table copied(x int)")
+        .await
+        .expect("temp table");
+    let sink = idle
+        .copy_in("copy copied from stdin")
+        .await
+        .expect("copy in");
+    let mut sink = Box::pin(sink);
+    sink.send(bytes::Bytes::from_static(b"1\n2\n"))
+        .await
+        .expect("copy data");
+    assert_eq!(sink.as_mut().finish().await.expect("finish copy"), 2);
     inside.batch_execute("begin").await.expect("begin");
 
     let mut console = RawConsole::login(rw).await;

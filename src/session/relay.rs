@@ -167,6 +167,20 @@ impl Progress {
         }
     }
 
+    /// Requests counted by [`Progress::sent`] that the server ignores; returns how
+    /// many are taken back: never more than are unanswered (a client sending COPY
+    /// data outside COPY, which the server also ignores, cannot push the count
+    /// below the replies).
+    fn ignored(&self, requests: u64) -> u64 {
+        let owed = self
+            .requests
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.ready.load(Ordering::Relaxed));
+        let taken = requests.min(owed);
+        self.requests.fetch_sub(taken, Ordering::Relaxed);
+        taken
+    }
+
     /// A ReadyForQuery arrived. Returns the transaction's duration when it ended one.
     fn answered(&self, status: u8) -> Option<Duration> {
         self.ready.fetch_add(1, Ordering::Relaxed);
@@ -289,16 +303,27 @@ struct ClientWatch {
     queries: u64,
     /// The tag of the last complete message.
     last: Option<u8>,
+    /// Syncs since the last Execute (carried from read to read). When COPY data
+    /// follows, they reached the server in copy-in mode, where it ignores Sync
+    /// (extended-protocol COPY FROM STDIN: drivers send Bind, Execute, Sync, the
+    /// data, CopyDone, Sync, and only the last Sync gets a ReadyForQuery).
+    syncs_after_execute: u64,
+    /// Requests counted earlier that the server ignores (those Syncs).
+    ignored: u64,
 }
 
 impl ClientWatch {
     /// Nothing of the client's is half-sent, given where the bytes before this
-    /// read stood (`before`): the last complete message ended a request.
+    /// read stood (`before`): the last complete message ended a request, or
+    /// ended the COPY data its request asked for (CopyDone, CopyFail).
     fn quiet(&self, at_boundary: bool, before: bool) -> bool {
         at_boundary
             && match self.last {
                 None => before,
-                Some(last) => matches!(last, tag::QUERY | tag::SYNC | tag::FUNCTION_CALL),
+                Some(last) => matches!(
+                    last,
+                    tag::QUERY | tag::SYNC | tag::FUNCTION_CALL | tag::COPY_DONE | tag::COPY_FAIL
+                ),
             }
     }
 }
@@ -320,8 +345,19 @@ impl crate::protocol::frame::FrameVisitor for ClientWatch {
                 self.requests += 1;
                 self.queries += 1;
             }
-            tag::SYNC | tag::FUNCTION_CALL => self.requests += 1,
-            tag::EXECUTE => self.queries += 1,
+            tag::SYNC => {
+                self.requests += 1;
+                self.syncs_after_execute += 1;
+            }
+            tag::FUNCTION_CALL => self.requests += 1,
+            tag::EXECUTE => {
+                self.queries += 1;
+                self.syncs_after_execute = 0;
+            }
+            tag::COPY_DATA | tag::COPY_DONE | tag::COPY_FAIL if self.syncs_after_execute > 0 => {
+                self.ignored += self.syncs_after_execute;
+                self.syncs_after_execute = 0;
+            }
             _ => {}
         }
     }
@@ -350,6 +386,7 @@ where
     W: AsyncWrite + Unpin,
 {
     let mut scanner = FrameScanner::new(settings.max_message_size, never_capture);
+    let mut syncs_after_execute = 0;
     let mut buffer = pending;
     buffer.reserve(BUFFER_SIZE);
     loop {
@@ -366,13 +403,21 @@ where
                 Err(e) => return RelayEnd::ClientGone(Some(e)),
             }
         }
-        let mut watch = ClientWatch::default();
+        let mut watch = ClientWatch {
+            syncs_after_execute,
+            ..ClientWatch::default()
+        };
         if let Err(e) = scanner.scan_with(&buffer, &mut watch) {
             return RelayEnd::ClientProtocol(e);
         }
+        syncs_after_execute = watch.syncs_after_execute;
         counters.messages += watch.requests;
         if watch.requests > 0 {
             progress.sent(watch.requests);
+        }
+        if watch.ignored > 0 {
+            let taken = progress.ignored(watch.ignored);
+            counters.messages = counters.messages.saturating_sub(taken);
         }
         if watch.queries > 0 {
             settings.metrics.add_queries(watch.queries);
@@ -686,5 +731,42 @@ mod tests {
             .expect("stops")
             .expect("join");
         assert!(matches!(end, RelayEnd::Paused), "{end:?}");
+    }
+
+    #[tokio::test]
+    async fn extended_protocol_copy_in_counts_only_the_sync_that_is_answered() {
+        let gate = std::sync::Arc::new(PauseGate::default());
+        let (mut client_app, mut server_app, relay_task) =
+            spawn_pausable_relay(Some(std::sync::Arc::clone(&gate)));
+        // What tokio-postgres and libpq send: the Sync after Execute reaches the
+        // server in copy-in mode and is ignored; only the one after CopyDone is
+        // answered.
+        let start = [
+            message(tag::BIND, b"\0\0\0\0\0\0\0\0"),
+            message(tag::EXECUTE, b"\0\0\0\0\0"),
+            message(tag::SYNC, b""),
+        ]
+        .concat();
+        forward(&mut client_app, &mut server_app, &start).await;
+        let copy_in = message(tag::COPY_IN_RESPONSE, b"\0\0\0");
+        forward(&mut server_app, &mut client_app, &copy_in).await;
+        let data = [
+            message(tag::COPY_DATA, b"1\n"),
+            message(tag::COPY_DONE, b""),
+            message(tag::SYNC, b""),
+        ]
+        .concat();
+        forward(&mut client_app, &mut server_app, &data).await;
+        gate.pause(&crate::control::PauseScope::All);
+        server_app
+            .write_all(&message(tag::READY_FOR_QUERY, b"I"))
+            .await
+            .expect("write");
+        let (end, stats) = tokio::time::timeout(Duration::from_secs(5), relay_task)
+            .await
+            .expect("stops at the one ReadyForQuery")
+            .expect("join");
+        assert!(matches!(end, RelayEnd::Paused), "{end:?}");
+        assert_eq!((stats.requests, stats.ready), (1, 1));
     }
 }
