@@ -31,6 +31,11 @@ const PINNED: [(&str, &str); 4] = [
     ),
 ];
 
+/// Backend message types these tests read.
+mod tag_byte {
+    pub const NOTIFICATION: u8 = b'A';
+}
+
 const SESSION_MODE: &str = "pool: { mode: session, size: 10 }\nfailover: { hold_timeout: 30s }\n";
 
 #[tokio::test(flavor = "multi_thread")]
@@ -41,6 +46,10 @@ async fn pause_holds_a_session_mode_transaction_until_it_ends_then_resumes_on_th
     let rw = proxy.listener_addr("rw").expect("rw");
     let inside = connect(rw, "app", "app_pw").await;
     let pid = backend_pid(&inside, "inside").await;
+    let mut listener = RawClient::login(rw, "listener").await;
+    listener
+        .round_trip(&query_msg("listen pause_channel"))
+        .await;
     let idle = connect(rw, "app", "app_pw").await;
     // Its last message was a CopyDone: still a boundary where PAUSE can stop it.
     idle.batch_execute("create temp table copied(x int)")
@@ -89,7 +98,21 @@ async fn pause_holds_a_session_mode_transaction_until_it_ends_then_resumes_on_th
             .contains(&Some("active".to_string())),
         "held sessions are not active: {clients:?}"
     );
+    // A notification for a held session waits on its server connection; the
+    // proxy's own check on RESUME must pass it on, not swallow it.
+    direct(cluster.port(0))
+        .await
+        .batch_execute("notify pause_channel, 'while paused'")
+        .await
+        .expect("notify");
+    tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(console.query("RESUME").await.tag.as_deref(), Some("RESUME"));
+    let notification = listener.until(tag_byte::NOTIFICATION).await;
+    let payload = notification.last().map(|m| m.1.clone()).unwrap_or_default();
+    assert!(
+        String::from_utf8_lossy(&payload).contains("while paused"),
+        "{notification:?}"
+    );
     let (value, _idle) = within(5, "the held query runs", held).await.expect("join");
     assert_eq!(value.as_deref(), Some("42"));
     assert_eq!(

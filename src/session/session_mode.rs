@@ -46,7 +46,16 @@ pub(super) async fn run(
         // Held at an idle boundary by PAUSE; client bytes wait in the socket.
         pending = BytesMut::new();
         match session_pause::hold(session, server).await {
-            Held::Relay(next) => server = next,
+            Held::Relay(next, notifications) => {
+                server = next;
+                if !notifications.is_empty() {
+                    if let Err(e) = super::send_all(socket, &notifications).await {
+                        drop(server);
+                        let end = RelayEnd::ClientGone(Some(e));
+                        return SessionEnd::Relay(end);
+                    }
+                }
+            }
             Held::Refused(error) => {
                 super::refuse(socket, &error).await;
                 return SessionEnd::Refused(error);

@@ -10,6 +10,8 @@
 //! failover) ends the session as before, since no snapshot was taken while its
 //! server was up.
 
+use bytes::BytesMut;
+
 use super::relay::RelayEnd;
 use super::session_snapshot::Snapshot;
 use super::Session;
@@ -22,8 +24,10 @@ use crate::server::ServerError;
 
 /// How a hold ended.
 pub(super) enum Held {
-    /// Relay on with this server: the one the session had, or its replacement.
-    Relay(PooledServer),
+    /// Relay on with this server (the one the session had, or its replacement),
+    /// after sending the client these notifications, which arrived while the
+    /// proxy used the connection for its own queries.
+    Relay(PooledServer, BytesMut),
     /// The session cannot go on; the client gets this FATAL.
     Refused(ClientError),
     /// The proxy is draining: the session ends here, at its boundary.
@@ -35,7 +39,8 @@ pub(super) async fn hold(session: &mut Session, mut server: PooledServer) -> Hel
     let timeout = session.env.config.server.connect_timeout.0;
     // Read before the session counts as paused (PAUSE returns only once every
     // session is), so the server is still up for it.
-    let snapshot = Snapshot::take(&mut server, timeout).await;
+    let mut notifications = BytesMut::new();
+    let snapshot = Snapshot::take(&mut server, timeout, &mut notifications).await;
     if let Err(e) = &snapshot {
         tracing::warn!(client = %session.env.peer, node = %server.node, error = %e,
             "session mode: could not read the session's state during PAUSE; it cannot move");
@@ -48,25 +53,35 @@ pub(super) async fn hold(session: &mut Session, mut server: PooledServer) -> Hel
         _ = gate.wait_resumed(&session.env.client.database) => {}
     }
     session.client.set_state(ClientState::Active);
-    if still_usable(session, &mut server).await {
-        return Held::Relay(server);
+    if still_usable(session, &mut server, &mut notifications).await {
+        return Held::Relay(server, notifications);
     }
     let from = server.node.clone();
     // The old connection is closed, not pooled: its node is gone or demoted.
     drop(server);
-    move_session(session, &from, snapshot).await
+    match move_session(session, &from, snapshot).await {
+        Held::Relay(server, _) => Held::Relay(server, notifications),
+        other => other,
+    }
 }
 
 /// The session's server answers and its node is still the route's target (and,
 /// for writes, not a standby).
-async fn still_usable(session: &mut Session, server: &mut PooledServer) -> bool {
+async fn still_usable(
+    session: &mut Session,
+    server: &mut PooledServer,
+    notifications: &mut BytesMut,
+) -> bool {
     if !session.servers.is_current(&session.env) {
         tracing::info!(client = %session.env.peer, node = %server.node,
             "session mode: the route leads elsewhere after PAUSE");
         return false;
     }
     let timeout = session.env.config.server.connect_timeout.0;
-    match server.run_internal_query("SELECT 1", timeout).await {
+    match server
+        .run_internal_query_keeping_notifications("SELECT 1", timeout, notifications)
+        .await
+    {
         Ok(()) => session.env.listener.config.route != Route::Primary || !server.is_standby(),
         Err(e) => {
             tracing::info!(client = %session.env.peer, node = %server.node, error = %e,
@@ -124,7 +139,7 @@ async fn move_session(
         prepared_statements = snapshot.statements,
         "session mode: session moved to a new server connection after PAUSE"
     );
-    Held::Relay(server)
+    Held::Relay(server, BytesMut::new())
 }
 
 /// The server's own words when it refused a replayed statement.

@@ -11,6 +11,8 @@
 
 use std::time::Duration;
 
+use bytes::BytesMut;
+
 use super::sql_lex::{Kind, Lexer, Splitter, Token};
 use crate::server::{ServerConnection, ServerError};
 
@@ -71,12 +73,14 @@ pub(super) struct Snapshot {
 
 impl Snapshot {
     /// Reads the snapshot on the session's own (idle) connection.
+    /// Notifications that arrive meanwhile go to `notifications`, for the client.
     pub(super) async fn take(
         server: &mut ServerConnection,
         timeout: Duration,
+        notifications: &mut BytesMut,
     ) -> Result<Snapshot, ServerError> {
         let row = server
-            .query_row(SNAPSHOT_SQL, timeout)
+            .query_row_keeping_notifications(SNAPSHOT_SQL, timeout, notifications)
             .await?
             .ok_or_else(|| ServerError::Protocol("session snapshot returned no row".into()))?;
         Snapshot::from_row(&row)
