@@ -8,7 +8,9 @@
 //! ([`SessionEnv`], here), where its servers come from ([`checkout`]: routing, the
 //! pool and the failover [`hold`]), the parameters the client has set
 //! ([`client_params`]), its prepared statements ([`statements`]) and its figures
-//! ([`counters`]).
+//! ([`counters`]). A session-mode session held by PAUSE waits in
+//! [`session_pause`], which moves it to a new server after a switchover using
+//! what [`session_snapshot`] read.
 
 mod abandoned;
 mod checkout;
