@@ -262,19 +262,19 @@ async fn drained(draining: &CancellationToken, progress: &Progress) {
 
 /// Resolves with [`RelayEnd::Paused`] when a PAUSE covers the session while it is
 /// quiet. A session busy when the pause comes is stopped by the server direction
-/// once it is quiet again (its ReadyForQuery 'I'). Woken only by pause changes.
+/// once it is quiet again (its ReadyForQuery 'I'). Woken only by PAUSE; between
+/// pauses a wake-up of the relay costs this branch an atomic load.
 async fn paused_while_quiet(pause: Option<&PauseWatch<'_>>, progress: &Progress) -> RelayEnd {
     let Some(pause) = pause else {
         return std::future::pending().await;
     };
-    let mut changes = pause.gate.subscribe();
     loop {
+        // Subscribed before the state is read: a PAUSE after the read fires it.
+        let next = pause.gate.next_pause().subscribe();
         if pause.paused() && progress.quiet() {
             return RelayEnd::Paused;
         }
-        if changes.changed().await.is_err() {
-            return std::future::pending().await;
-        }
+        next.fired().await;
     }
 }
 
