@@ -29,9 +29,9 @@ listeners:
 admin: { listen: "127.0.0.1:$ADMIN" }
 cluster:
   discovery: sql
-  probe: { user: bench, password: bench_pw, database: bench }
+  probe: { user: bench, password: bench_pw, database: bench, require_auth: none }
   nodes: [ { name: n1, host: 127.0.0.1, port: $PGPORT } ]
-users: [ { name: bench, password: bench_pw } ]
+users: [ { name: bench, password: bench_pw, require_auth: none } ]
 pool: { mode: $MODE, size: 4 }
 log: { level: warn }
 YAML
