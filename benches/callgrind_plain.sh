@@ -5,11 +5,14 @@
 # SQL discovery, `pgbench -S -M prepared -c 4`: 800 transactions of warm-up, the
 # counters zeroed, then 8,000 measured. Prints callgrind's total for them.
 #
-#   bash benches/callgrind_plain.sh target/release/switchyard now
+#   bash benches/callgrind_plain.sh target/release/switchyard now [session]
+#
+# A third argument `session` runs the proxy in session mode (the relay path)
+# instead of transaction mode.
 #
 # Runs as root (PostgreSQL as the postgres user); work files in /tmp/sy-callgrind.
 set -euo pipefail
-BIN=$(realpath "$1"); LABEL=$2; SY=
+BIN=$(realpath "$1"); LABEL=$2; MODE=${3:-transaction}; SY=
 PGB=/usr/lib/postgresql/15/bin
 T=/tmp/sy-callgrind/$LABEL
 rm -rf "$T"; mkdir -p "$T"; chown postgres "$T" "$(dirname "$T")"
@@ -26,10 +29,10 @@ listeners:
 admin: { listen: "127.0.0.1:$ADMIN" }
 cluster:
   discovery: sql
-  probe: { user: bench, password: bench_pw, database: bench }
+  probe: { user: bench, password: bench_pw, database: bench, require_auth: none }
   nodes: [ { name: n1, host: 127.0.0.1, port: $PGPORT } ]
-users: [ { name: bench, password: bench_pw } ]
-pool: { mode: transaction, size: 4 }
+users: [ { name: bench, password: bench_pw, require_auth: none } ]
+pool: { mode: $MODE, size: 4 }
 log: { level: warn }
 YAML
 valgrind --tool=callgrind --callgrind-out-file="$T/cg.out" "$BIN" run --config "$T/sy.yaml" 2>"$T/vg.log" &

@@ -9,7 +9,8 @@
 //! - `listener` (accept loops), `reload` (applying a new config), `admin` (HTTP
 //!   /health, /status, /metrics, POST /reload, /pause, /resume).
 //! - `session`: one client: handshake, authentication, greeting, then the
-//!   session-mode relay or the transaction-mode run loop (attach, resend, fast path),
+//!   session-mode relay (held at an idle boundary by PAUSE, and moved to the new
+//!   primary after a switchover) or the transaction-mode run loop (attach, resend, fast path),
 //!   or the PgBouncer-style admin console.
 //! - [`context`]: what the running tasks share, behind narrow accessors.
 //! - `router`: a pure function from route and [`topology`] snapshot to a node.

@@ -290,6 +290,8 @@ async fn metrics_describe_a_real_workload() {
         "switchyard_auth_failures_total",
         // Only with auth: configured (tests/auth_query.rs reads it).
         "switchyard_auth_query_total",
+        // Only once PAUSE has moved (or refused to move) a session-mode session.
+        "switchyard_session_moves_total",
         // Only listeners with TLS export it (tests/tls_clients.rs reads it).
         "switchyard_tls_certificate_expiry_timestamp_seconds",
     ];

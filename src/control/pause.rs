@@ -5,9 +5,11 @@
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::watch;
+
+use crate::stop_signal::StopSignal;
 
 /// What a PAUSE or RESUME applies to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,6 +56,8 @@ pub struct PauseGate {
     state: Mutex<State>,
     /// Bumped on every change, for waiting sessions.
     changes: watch::Sender<u64>,
+    /// Fired and replaced by every PAUSE.
+    next_pause: Mutex<Arc<StopSignal>>,
 }
 
 impl Default for PauseGate {
@@ -62,6 +66,7 @@ impl Default for PauseGate {
             any: AtomicBool::new(false),
             state: Mutex::new(State::default()),
             changes: watch::channel(0).0,
+            next_pause: Mutex::default(),
         }
     }
 }
@@ -89,6 +94,11 @@ impl PauseGate {
             }
         }
         self.changed(&state);
+        drop(state);
+        // Replaced before it fires: a relay that subscribes to the new one
+        // already sees this pause in the state.
+        let fired = std::mem::take(&mut *self.next_pause.lock().unwrap_or_else(|p| p.into_inner()));
+        fired.fire();
     }
 
     pub fn resume(&self, scope: &PauseScope) -> Result<(), ResumeError> {
@@ -123,6 +133,14 @@ impl PauseGate {
                 return;
             }
         }
+    }
+
+    /// Fires at the next PAUSE (of any database): for a session-mode relay that
+    /// must notice a pause while it waits on its sockets. A [`StopSignal`]
+    /// rather than the watch channel: the relay polls it on every wake-up, and
+    /// waiting on it costs an atomic load, not a lock.
+    pub fn next_pause(&self) -> Arc<StopSignal> {
+        Arc::clone(&self.next_pause.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// Whether everything is paused, and the databases paused one by one.

@@ -28,7 +28,24 @@ impl ServerConnection {
         sql: &str,
         timeout: Duration,
     ) -> Result<(), ServerError> {
-        self.simple_query(sql, timeout, false).await.map(|_| ())
+        self.simple_query(sql, timeout, false, None)
+            .await
+            .map(|_| ())
+    }
+
+    /// Like [`ServerConnection::run_internal_query`], and appends any
+    /// NotificationResponse that arrives meanwhile (whole messages) to
+    /// `notifications`: on a connection that backs a client (session mode) they
+    /// are the client's, and must reach it later.
+    pub async fn run_internal_query_keeping_notifications(
+        &mut self,
+        sql: &str,
+        timeout: Duration,
+        notifications: &mut BytesMut,
+    ) -> Result<(), ServerError> {
+        self.simple_query(sql, timeout, false, Some(notifications))
+            .await
+            .map(|_| ())
     }
 
     /// Like [`ServerConnection::run_internal_query`], and returns the first row of
@@ -39,7 +56,19 @@ impl ServerConnection {
         sql: &str,
         timeout: Duration,
     ) -> Result<Option<Row>, ServerError> {
-        self.simple_query(sql, timeout, true).await
+        self.simple_query(sql, timeout, true, None).await
+    }
+
+    /// [`ServerConnection::query_row`] that keeps notifications as
+    /// [`ServerConnection::run_internal_query_keeping_notifications`] does.
+    pub async fn query_row_keeping_notifications(
+        &mut self,
+        sql: &str,
+        timeout: Duration,
+        notifications: &mut BytesMut,
+    ) -> Result<Option<Row>, ServerError> {
+        self.simple_query(sql, timeout, true, Some(notifications))
+            .await
     }
 
     /// Runs `sql` with `params` (text values for `$1`, `$2`, ...) through the
@@ -83,6 +112,7 @@ impl ServerConnection {
         sql: &str,
         timeout: Duration,
         want_row: bool,
+        mut notifications: Option<&mut BytesMut>,
     ) -> Result<Option<Row>, ServerError> {
         let mut message = BytesMut::with_capacity(sql.len() + 6);
         messages::query(&mut message, sql);
@@ -121,6 +151,13 @@ impl ServerConnection {
                     tag::PARAMETER_STATUS => {
                         if let Ok((name, value)) = backend::parse_parameter_status(&body) {
                             self.note_parameter(name, value);
+                        }
+                    }
+                    tag::NOTIFICATION_RESPONSE if notifications.is_some() => {
+                        if let Some(out) = notifications.as_deref_mut() {
+                            out.extend_from_slice(&[tag]);
+                            out.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
+                            out.extend_from_slice(&body);
                         }
                     }
                     tag::DATA_ROW if want_row && row.is_none() => {

@@ -22,6 +22,8 @@ pub(super) fn leaves_work_behind(end: &RelayEnd) -> bool {
         | RelayEnd::ClientOverLimit(_)
         | RelayEnd::Shutdown
         | RelayEnd::Demoted(_) => true,
+        // Stopped at an idle boundary: nothing runs.
+        RelayEnd::Paused => false,
     }
 }
 

@@ -86,6 +86,19 @@ impl ServerSource {
         self.binding.as_ref().map(|b| &b.pool)
     }
 
+    /// Whether the bound node is still where the route leads now (session mode,
+    /// after a PAUSE): false when routing picks another node or finds none.
+    pub(super) fn is_current(&self, env: &SessionEnv) -> bool {
+        let topology = env.ctx.topology().load();
+        let Some(binding) = &self.binding else {
+            return false;
+        };
+        match self.route(env, &topology) {
+            Ok(node) => binding.index_in(&topology) == Some(node),
+            Err(_) => false,
+        }
+    }
+
     /// The pool of the node this session should use now (routing again if needed),
     /// holding the client while writes have no primary.
     pub(super) async fn current_pool(

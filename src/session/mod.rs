@@ -8,7 +8,9 @@
 //! ([`SessionEnv`], here), where its servers come from ([`checkout`]: routing, the
 //! pool and the failover [`hold`]), the parameters the client has set
 //! ([`client_params`]), its prepared statements ([`statements`]) and its figures
-//! ([`counters`]).
+//! ([`counters`]). A session-mode session held by PAUSE waits in
+//! [`session_pause`], which moves it to a new server after a switchover using
+//! what [`session_snapshot`] read.
 
 mod abandoned;
 mod checkout;
@@ -22,6 +24,8 @@ pub mod ledger;
 mod negotiate;
 pub mod relay;
 mod session_mode;
+mod session_pause;
+mod session_snapshot;
 pub mod settings;
 pub mod sql_lex;
 mod sql_prefilter;
@@ -593,6 +597,8 @@ impl Session {
             SessionEnd::Relay(RelayEnd::Demoted(node)) => {
                 format!("node {node} was demoted (session-mode sessions on it are closed)")
             }
+            // session_mode holds a paused session and relays on; it never ends one.
+            SessionEnd::Relay(RelayEnd::Paused) => "paused".into(),
         };
         let env = &self.env;
         let counters = &self.counters;

@@ -14,6 +14,7 @@ use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
+use crate::control::PauseGate;
 use crate::metrics::ListenerMetrics;
 use crate::protocol::frame::{FrameError, FrameScanner};
 use crate::protocol::tag;
@@ -53,6 +54,10 @@ pub enum RelayEnd {
     /// Session mode on the write route: the session's node is confirmed demoted
     /// (another node is the primary, or it reports itself a replica).
     Demoted(String),
+    /// Session mode under PAUSE: the session stopped at an idle boundary (every
+    /// request answered, ReadyForQuery 'I', nothing half-sent either way), so the
+    /// server connection may be inspected, kept or replaced.
+    Paused,
 }
 
 /// What the relay saw, for the session's log line and for deciding whether the
@@ -91,6 +96,21 @@ pub struct RelaySettings<'a> {
     pub metrics: &'a ListenerMetrics,
     /// Idle-in-transaction and query time limits ([`super::timeouts`]).
     pub timeouts: Timeouts,
+    /// Session mode: the pause gate to stop at (None: the relay never pauses).
+    pub pause: Option<PauseWatch<'a>>,
+}
+
+/// The pause a session-mode relay stops for: `database` paused by `gate`.
+pub struct PauseWatch<'a> {
+    pub gate: &'a PauseGate,
+    pub database: &'a str,
+}
+
+impl PauseWatch<'_> {
+    /// One SeqCst load while nothing is paused.
+    fn paused(&self) -> bool {
+        self.gate.is_paused(self.database)
+    }
 }
 
 /// Progress both directions see: requests sent and answered, and when the current
@@ -103,6 +123,13 @@ struct Progress {
     origin: Instant,
     /// Client bytes forwarded: a COPY FROM STDIN streaming in is not a silent server.
     client_bytes: AtomicU64,
+    /// The client's bytes so far end on a message boundary, and the last complete
+    /// message ended a request (or there was none): nothing is half-sent. Stored
+    /// once per read, not per message.
+    client_quiet: AtomicBool,
+    /// Everything read from the server so far ends on a message boundary and has
+    /// been written to the client.
+    server_quiet: AtomicBool,
 }
 
 impl Progress {
@@ -114,7 +141,17 @@ impl Progress {
             busy_since_micros: AtomicU64::new(0),
             origin: Instant::now(),
             client_bytes: AtomicU64::new(0),
+            client_quiet: AtomicBool::new(true),
+            server_quiet: AtomicBool::new(true),
         }
+    }
+
+    /// At an idle boundary both ways: the relay may stop without losing or
+    /// splitting anything (the pause point of session mode).
+    fn quiet(&self) -> bool {
+        self.settled()
+            && self.client_quiet.load(Ordering::Relaxed)
+            && self.server_quiet.load(Ordering::Relaxed)
     }
 
     fn micros(&self) -> u64 {
@@ -128,6 +165,20 @@ impl Progress {
             self.busy_since_micros
                 .store(self.micros(), Ordering::Relaxed);
         }
+    }
+
+    /// Requests counted by [`Progress::sent`] that the server ignores; returns how
+    /// many are taken back: never more than are unanswered (a client sending COPY
+    /// data outside COPY, which the server also ignores, cannot push the count
+    /// below the replies).
+    fn ignored(&self, requests: u64) -> u64 {
+        let owed = self
+            .requests
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.ready.load(Ordering::Relaxed));
+        let taken = requests.min(owed);
+        self.requests.fetch_sub(taken, Ordering::Relaxed);
+        taken
     }
 
     /// A ReadyForQuery arrived. Returns the transaction's duration when it ended one.
@@ -188,6 +239,7 @@ where
         end = server_to_client(server_reader, client_writer, settings, &progress, &mut downstream) => end,
         _ = settings.shutdown.cancelled() => RelayEnd::Shutdown,
         _ = drained(settings.draining, &progress) => RelayEnd::Shutdown,
+        end = paused_while_quiet(settings.pause.as_ref(), &progress) => end,
     };
     stats.client_bytes += upstream.bytes;
     stats.server_bytes += downstream.bytes;
@@ -205,6 +257,24 @@ async fn drained(draining: &CancellationToken, progress: &Progress) {
     draining.cancelled().await;
     if !progress.settled() {
         std::future::pending::<()>().await;
+    }
+}
+
+/// Resolves with [`RelayEnd::Paused`] when a PAUSE covers the session while it is
+/// quiet. A session busy when the pause comes is stopped by the server direction
+/// once it is quiet again (its ReadyForQuery 'I'). Woken only by PAUSE; between
+/// pauses a wake-up of the relay costs this branch an atomic load.
+async fn paused_while_quiet(pause: Option<&PauseWatch<'_>>, progress: &Progress) -> RelayEnd {
+    let Some(pause) = pause else {
+        return std::future::pending().await;
+    };
+    loop {
+        // Subscribed before the state is read: a PAUSE after the read fires it.
+        let next = pause.gate.next_pause().subscribe();
+        if pause.paused() && progress.quiet() {
+            return RelayEnd::Paused;
+        }
+        next.fired().await;
     }
 }
 
@@ -231,6 +301,31 @@ struct ClientWatch {
     requests: u64,
     /// Simple queries and Executes.
     queries: u64,
+    /// The tag of the last complete message.
+    last: Option<u8>,
+    /// Syncs since the last Execute (carried from read to read). When COPY data
+    /// follows, they reached the server in copy-in mode, where it ignores Sync
+    /// (extended-protocol COPY FROM STDIN: drivers send Bind, Execute, Sync, the
+    /// data, CopyDone, Sync, and only the last Sync gets a ReadyForQuery).
+    syncs_after_execute: u64,
+    /// Requests counted earlier that the server ignores (those Syncs).
+    ignored: u64,
+}
+
+impl ClientWatch {
+    /// Nothing of the client's is half-sent, given where the bytes before this
+    /// read stood (`before`): the last complete message ended a request, or
+    /// ended the COPY data its request asked for (CopyDone, CopyFail).
+    fn quiet(&self, at_boundary: bool, before: bool) -> bool {
+        at_boundary
+            && match self.last {
+                None => before,
+                Some(last) => matches!(
+                    last,
+                    tag::QUERY | tag::SYNC | tag::FUNCTION_CALL | tag::COPY_DONE | tag::COPY_FAIL
+                ),
+            }
+    }
 }
 
 impl crate::protocol::frame::FrameVisitor for ClientWatch {
@@ -244,13 +339,25 @@ impl crate::protocol::frame::FrameVisitor for ClientWatch {
         if self.terminate_at.is_some() {
             return;
         }
+        self.last = Some(frame.tag);
         match frame.tag {
             tag::QUERY => {
                 self.requests += 1;
                 self.queries += 1;
             }
-            tag::SYNC | tag::FUNCTION_CALL => self.requests += 1,
-            tag::EXECUTE => self.queries += 1,
+            tag::SYNC => {
+                self.requests += 1;
+                self.syncs_after_execute += 1;
+            }
+            tag::FUNCTION_CALL => self.requests += 1,
+            tag::EXECUTE => {
+                self.queries += 1;
+                self.syncs_after_execute = 0;
+            }
+            tag::COPY_DATA | tag::COPY_DONE | tag::COPY_FAIL if self.syncs_after_execute > 0 => {
+                self.ignored += self.syncs_after_execute;
+                self.syncs_after_execute = 0;
+            }
             _ => {}
         }
     }
@@ -279,6 +386,7 @@ where
     W: AsyncWrite + Unpin,
 {
     let mut scanner = FrameScanner::new(settings.max_message_size, never_capture);
+    let mut syncs_after_execute = 0;
     let mut buffer = pending;
     buffer.reserve(BUFFER_SIZE);
     loop {
@@ -295,17 +403,30 @@ where
                 Err(e) => return RelayEnd::ClientGone(Some(e)),
             }
         }
-        let mut watch = ClientWatch::default();
+        let mut watch = ClientWatch {
+            syncs_after_execute,
+            ..ClientWatch::default()
+        };
         if let Err(e) = scanner.scan_with(&buffer, &mut watch) {
             return RelayEnd::ClientProtocol(e);
         }
+        syncs_after_execute = watch.syncs_after_execute;
         counters.messages += watch.requests;
         if watch.requests > 0 {
             progress.sent(watch.requests);
         }
+        if watch.ignored > 0 {
+            let taken = progress.ignored(watch.ignored);
+            counters.messages = counters.messages.saturating_sub(taken);
+        }
         if watch.queries > 0 {
             settings.metrics.add_queries(watch.queries);
         }
+        let before = progress.client_quiet.load(Ordering::Relaxed);
+        progress.client_quiet.store(
+            watch.quiet(scanner.at_boundary(), before),
+            Ordering::Relaxed,
+        );
         let terminate_at = watch.terminate_at;
         let upto = terminate_at.unwrap_or(buffer.len());
         if let Err(e) = send_all(writer, &buffer[..upto]).await {
@@ -375,6 +496,7 @@ where
             return server_gone(None, false);
         }
         counters.at_boundary = scanner.at_boundary();
+        progress.server_quiet.store(false, Ordering::Relaxed);
         let written = match writer.write_all(&buffer).await {
             Ok(()) => writer.flush().await,
             Err(e) => Err(e),
@@ -382,11 +504,19 @@ where
         if let Err(e) = written {
             return RelayEnd::ClientGone(Some(e));
         }
+        progress
+            .server_quiet
+            .store(scanner.at_boundary(), Ordering::Relaxed);
         counters.bytes += buffer.len() as u64;
         metrics.add_sent_bytes(buffer.len() as u64);
         buffer.clear();
         if settings.draining.is_cancelled() && progress.settled() && scanner.at_boundary() {
             return RelayEnd::Shutdown;
+        }
+        // A PAUSE that came while the session was busy takes hold here, once the
+        // server's last reply (ReadyForQuery 'I') has reached the client.
+        if settings.pause.as_ref().is_some_and(PauseWatch::paused) && progress.quiet() {
+            return RelayEnd::Paused;
         }
     }
 }
@@ -409,6 +539,17 @@ mod tests {
         tokio::io::DuplexStream,
         tokio::task::JoinHandle<(RelayEnd, RelayStats)>,
     ) {
+        spawn_pausable_relay(None)
+    }
+
+    /// [`spawn_relay`] watching `gate` for database `db` (session mode), if given.
+    fn spawn_pausable_relay(
+        gate: Option<std::sync::Arc<PauseGate>>,
+    ) -> (
+        tokio::io::DuplexStream,
+        tokio::io::DuplexStream,
+        tokio::task::JoinHandle<(RelayEnd, RelayStats)>,
+    ) {
         let (client_app, client_proxy) = duplex(64 * 1024);
         let (server_proxy, server_app) = duplex(64 * 1024);
         let task = tokio::spawn(async move {
@@ -424,6 +565,10 @@ mod tests {
                 draining: &draining,
                 metrics: &metrics,
                 timeouts: Default::default(),
+                pause: gate.as_deref().map(|gate| PauseWatch {
+                    gate,
+                    database: "db",
+                }),
             };
             let end = relay(
                 (&mut cr, &mut cw),
@@ -499,5 +644,129 @@ mod tests {
         let mut forwarded = Vec::new();
         server_app.read_to_end(&mut forwarded).await.expect("read");
         assert_eq!(forwarded, query, "only the query reaches the server");
+    }
+
+    async fn forward(
+        from: &mut tokio::io::DuplexStream,
+        to: &mut tokio::io::DuplexStream,
+        bytes: &[u8],
+    ) {
+        from.write_all(bytes).await.expect("write");
+        let mut got = vec![0u8; bytes.len()];
+        to.read_exact(&mut got).await.expect("read");
+        assert_eq!(got, bytes);
+    }
+
+    #[tokio::test]
+    async fn an_idle_session_stops_for_a_pause_at_once() {
+        let gate = std::sync::Arc::new(PauseGate::default());
+        let (mut client_app, mut server_app, relay_task) =
+            spawn_pausable_relay(Some(std::sync::Arc::clone(&gate)));
+        let query = message(tag::QUERY, b"select 1\0");
+        forward(&mut client_app, &mut server_app, &query).await;
+        let reply = message(tag::READY_FOR_QUERY, b"I");
+        forward(&mut server_app, &mut client_app, &reply).await;
+        gate.pause(&crate::control::PauseScope::Database("other".into()));
+        tokio::task::yield_now().await;
+        assert!(!relay_task.is_finished(), "another database's pause");
+        gate.pause(&crate::control::PauseScope::All);
+        let (end, stats) = tokio::time::timeout(Duration::from_secs(5), relay_task)
+            .await
+            .expect("stops")
+            .expect("join");
+        assert!(matches!(end, RelayEnd::Paused), "{end:?}");
+        assert_eq!((stats.requests, stats.ready), (1, 1));
+    }
+
+    #[tokio::test]
+    async fn a_session_in_a_transaction_stops_only_at_its_idle_ready() {
+        let gate = std::sync::Arc::new(PauseGate::default());
+        let (mut client_app, mut server_app, relay_task) =
+            spawn_pausable_relay(Some(std::sync::Arc::clone(&gate)));
+        let begin = message(tag::QUERY, b"begin\0");
+        forward(&mut client_app, &mut server_app, &begin).await;
+        let in_transaction = message(tag::READY_FOR_QUERY, b"T");
+        forward(&mut server_app, &mut client_app, &in_transaction).await;
+        gate.pause(&crate::control::PauseScope::All);
+        let commit = message(tag::QUERY, b"commit\0");
+        forward(&mut client_app, &mut server_app, &commit).await;
+        assert!(!relay_task.is_finished(), "inside a transaction");
+        let reply = message(tag::READY_FOR_QUERY, b"I");
+        server_app.write_all(&reply).await.expect("write");
+        let (end, _) = tokio::time::timeout(Duration::from_secs(5), relay_task)
+            .await
+            .expect("stops")
+            .expect("join");
+        assert!(matches!(end, RelayEnd::Paused), "{end:?}");
+        let mut got = vec![0u8; reply.len()];
+        client_app
+            .read_exact(&mut got)
+            .await
+            .expect("the last reply reached the client");
+        assert_eq!(got, reply);
+    }
+
+    #[tokio::test]
+    async fn a_session_mid_batch_stops_only_after_its_sync() {
+        let gate = std::sync::Arc::new(PauseGate::default());
+        let (mut client_app, mut server_app, relay_task) =
+            spawn_pausable_relay(Some(std::sync::Arc::clone(&gate)));
+        // A Parse without its Sync yet: half a request, though nothing is owed.
+        let parse = message(tag::PARSE, b"\0select 1\0\0\0");
+        forward(&mut client_app, &mut server_app, &parse).await;
+        let parsed = message(tag::PARSE_COMPLETE, b"");
+        forward(&mut server_app, &mut client_app, &parsed).await;
+        gate.pause(&crate::control::PauseScope::All);
+        // Another round trip gives the relay every chance to stop (it must not).
+        let flush = message(tag::FLUSH, b"");
+        forward(&mut client_app, &mut server_app, &flush).await;
+        assert!(!relay_task.is_finished(), "mid extended-protocol batch");
+        forward(&mut client_app, &mut server_app, &message(tag::SYNC, b"")).await;
+        server_app
+            .write_all(&message(tag::READY_FOR_QUERY, b"I"))
+            .await
+            .expect("write");
+        let (end, _) = tokio::time::timeout(Duration::from_secs(5), relay_task)
+            .await
+            .expect("stops")
+            .expect("join");
+        assert!(matches!(end, RelayEnd::Paused), "{end:?}");
+    }
+
+    #[tokio::test]
+    async fn extended_protocol_copy_in_counts_only_the_sync_that_is_answered() {
+        let gate = std::sync::Arc::new(PauseGate::default());
+        let (mut client_app, mut server_app, relay_task) =
+            spawn_pausable_relay(Some(std::sync::Arc::clone(&gate)));
+        // What tokio-postgres and libpq send: the Sync after Execute reaches the
+        // server in copy-in mode and is ignored; only the one after CopyDone is
+        // answered.
+        let start = [
+            message(tag::BIND, b"\0\0\0\0\0\0\0\0"),
+            message(tag::EXECUTE, b"\0\0\0\0\0"),
+            message(tag::SYNC, b""),
+        ]
+        .concat();
+        forward(&mut client_app, &mut server_app, &start).await;
+        let copy_in = message(tag::COPY_IN_RESPONSE, b"\0\0\0");
+        forward(&mut server_app, &mut client_app, &copy_in).await;
+        let data = [
+            message(tag::COPY_DATA, b"1\n"),
+            message(tag::COPY_DONE, b""),
+            message(tag::SYNC, b""),
+        ]
+        .concat();
+        forward(&mut client_app, &mut server_app, &data).await;
+        gate.pause(&crate::control::PauseScope::All);
+        server_app
+            .write_all(&message(tag::READY_FOR_QUERY, b"I"))
+            .await
+            .expect("write");
+        let (end, stats) = tokio::time::timeout(Duration::from_secs(5), relay_task)
+            .await
+            .expect("stops at the one ReadyForQuery")
+            .expect("join");
+        assert!(matches!(end, RelayEnd::Paused), "{end:?}");
+        assert_eq!((stats.requests, stats.ready), (1, 1));
     }
 }

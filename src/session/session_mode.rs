@@ -13,6 +13,7 @@ use bytes::BytesMut;
 
 use super::abandoned;
 use super::relay::{self, RelayEnd};
+use super::session_pause::{self, Held};
 use super::{Session, SessionEnd};
 use crate::cancel::Registration;
 use crate::config::Route;
@@ -32,39 +33,39 @@ pub(super) async fn run(
     session: &mut Session,
     socket: &mut ClientStream,
     mut server: PooledServer,
-    pending: BytesMut,
+    mut pending: BytesMut,
     registration: &Registration,
 ) -> SessionEnd {
-    registration.set_target(Some(server.cancel_target()));
-    let topology = std::sync::Arc::clone(session.env.ctx.topology());
-    let node = server.node.clone();
-    let end = {
-        let (mut client_reader, mut client_writer) = socket.split();
-        let (mut server_reader, mut server_writer) = server.stream.split();
-        let settings = relay::RelaySettings {
-            max_message_size: session.env.config.client.max_message_size.0 as usize,
-            shutdown: session.env.ctx.shutdown(),
-            draining: session.env.ctx.draining(),
-            metrics: &session.env.listener.counters.metrics,
-            timeouts: super::timeouts::Timeouts::from_config(&session.env.config),
-        };
-        let relay = relay::relay(
-            (&mut client_reader, &mut client_writer),
-            (&mut server_reader, &mut server_writer),
-            pending,
-            &settings,
-            &mut session.counters.stats,
-        );
-        if session.env.listener.config.route == Route::Primary {
-            tokio::select! {
-                end = relay => end,
-                node = demoted(&topology, &node) => RelayEnd::Demoted(node),
+    let end = loop {
+        registration.set_target(Some(server.cancel_target()));
+        let end = relay_on(session, socket, &mut server, pending).await;
+        registration.set_target(None);
+        if !matches!(end, RelayEnd::Paused) {
+            break end;
+        }
+        // Held at an idle boundary by PAUSE; client bytes wait in the socket.
+        pending = BytesMut::new();
+        match session_pause::hold(session, server).await {
+            Held::Relay(next, notifications) => {
+                server = next;
+                if !notifications.is_empty() {
+                    if let Err(e) = super::send_all(socket, &notifications).await {
+                        drop(server);
+                        let end = RelayEnd::ClientGone(Some(e));
+                        return SessionEnd::Relay(end);
+                    }
+                }
             }
-        } else {
-            relay.await
+            Held::Refused(error) => {
+                super::refuse(socket, &error).await;
+                return SessionEnd::Refused(error);
+            }
+            Held::Ended(end) => {
+                session.finish(socket, &end).await;
+                return SessionEnd::Relay(end);
+            }
         }
     };
-    registration.set_target(None);
     let clean = settle(session, &mut server, &end).await;
     if clean {
         return_to_pool(server, &session.env.pooling.reset_query).await;
@@ -73,6 +74,46 @@ pub(super) async fn run(
     }
     session.finish(socket, &end).await;
     SessionEnd::Relay(end)
+}
+
+/// One stretch of relaying on `server`: until either side stops, the node is
+/// demoted (write route), or a PAUSE holds the session at an idle boundary.
+async fn relay_on(
+    session: &mut Session,
+    socket: &mut ClientStream,
+    server: &mut PooledServer,
+    pending: BytesMut,
+) -> RelayEnd {
+    let topology = std::sync::Arc::clone(session.env.ctx.topology());
+    let node = server.node.clone();
+    let (mut client_reader, mut client_writer) = socket.split();
+    let (mut server_reader, mut server_writer) = server.stream.split();
+    let settings = relay::RelaySettings {
+        max_message_size: session.env.config.client.max_message_size.0 as usize,
+        shutdown: session.env.ctx.shutdown(),
+        draining: session.env.ctx.draining(),
+        metrics: &session.env.listener.counters.metrics,
+        timeouts: super::timeouts::Timeouts::from_config(&session.env.config),
+        pause: Some(relay::PauseWatch {
+            gate: session.env.ctx.pause_gate(),
+            database: &session.env.client.database,
+        }),
+    };
+    let relay = relay::relay(
+        (&mut client_reader, &mut client_writer),
+        (&mut server_reader, &mut server_writer),
+        pending,
+        &settings,
+        &mut session.counters.stats,
+    );
+    if session.env.listener.config.route == Route::Primary {
+        tokio::select! {
+            end = relay => end,
+            node = demoted(&topology, &node) => RelayEnd::Demoted(node),
+        }
+    } else {
+        relay.await
+    }
 }
 
 /// Resolves once `node` is confirmed demoted: another node is the confirmed

@@ -24,6 +24,8 @@
 //!   `tests/python/` with a deadline.
 //! - `raw_client`: the wire protocol as bytes, for what drivers cannot do: message
 //!   builders, reading and parsing replies, a raw MD5 login and a `RawClient`.
+//! - `session_writers`: long-lived session-mode writers that keep one connection,
+//!   with their own settings and prepared INSERT, checked after the run.
 //! - `tls`: a throwaway CA and certificates (rcgen), psql with a connection string,
 //!   a tokio-postgres connector on rustls with channel binding.
 //! - `wait`: async waiting (`eventually`, `within`) and blocking calls off the
@@ -44,6 +46,7 @@ pub mod proc;
 pub mod proxy;
 pub mod python;
 pub mod raw_client;
+pub mod session_writers;
 pub mod tls;
 pub mod wait;
 pub mod write_load;
