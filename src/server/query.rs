@@ -104,7 +104,7 @@ impl ServerConnection {
         messages::bind(&mut message, b"", b"", &bind);
         messages::execute(&mut message, b"");
         messages::sync(&mut message);
-        self.exchange(message, timeout, true).await
+        self.exchange(message, timeout, true, None).await
     }
 
     async fn simple_query(
@@ -112,20 +112,23 @@ impl ServerConnection {
         sql: &str,
         timeout: Duration,
         want_row: bool,
-        mut notifications: Option<&mut BytesMut>,
+        notifications: Option<&mut BytesMut>,
     ) -> Result<Option<Row>, ServerError> {
         let mut message = BytesMut::with_capacity(sql.len() + 6);
         messages::query(&mut message, sql);
-        self.exchange(message, timeout, want_row).await
+        self.exchange(message, timeout, want_row, notifications)
+            .await
     }
 
     /// Sends `message` (ending in Query or Sync) and reads every reply up to
-    /// ReadyForQuery; the first DataRow when `want_row`.
+    /// ReadyForQuery; the first DataRow when `want_row`; NotificationResponses
+    /// appended to `notifications` when given.
     async fn exchange(
         &mut self,
         message: BytesMut,
         timeout: Duration,
         want_row: bool,
+        mut notifications: Option<&mut BytesMut>,
     ) -> Result<Option<Row>, ServerError> {
         let exchange = async {
             self.stream
