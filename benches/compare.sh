@@ -119,7 +119,7 @@ fi
 # ---------------------------------------------------------------- state and cleanup
 TMP=""
 PG_DATA="" PG_SOCK=""
-PATRONI_PID="" SY_PID="" BL_PID="" PGB_PID="" HAP_PID="" TR_PID="" IDLE_PID=""
+PATRONI_PID="" SY_PID="" BL_PID="" INSTANCE_PID="" PGB_PID="" HAP_PID="" TR_PID="" IDLE_PID=""
 RUN_PIDS=()  # the pgbench processes of the run in progress
 
 # alive PID: the process exists and is not a zombie (PID 1 in containers may not reap
@@ -173,6 +173,7 @@ cleanup() {
     [[ -n $IDLE_PID ]] && stop_pid "$IDLE_PID" 5
     stop_pid "$SY_PID" 15
     stop_pid "${BL_PID:-}" 15
+    stop_pid "${INSTANCE_PID:-}" 15
     stop_pid "$PGB_PID" 10
     stop_pid "$HAP_PID" 10
     stop_pid "$TR_PID" 5
@@ -307,17 +308,23 @@ fi
 # ---------------------------------------------------------------- switchyard
 SY_CONF=$TMP/switchyard.yaml
 SY_POOL_USED="no pool: block (the build's defaults)"
-start_switchyard() {
-    "$SY_BIN" run --config "$SY_CONF" >>"$TMP/logs/switchyard.log" 2>&1 &
-    SY_PID=$!
-    local i
+# start_instance NAME BIN CONF PORT ADMIN: runs a Switchyard binary until its
+# /health answers and a login through it works; its pid is left in INSTANCE_PID.
+start_instance() {
+    local name=$1 bin=$2 conf=$3 port=$4 admin=$5 i
+    "$bin" run --config "$conf" >>"$TMP/logs/$name.log" 2>&1 &
+    INSTANCE_PID=$!
     for ((i = 0; i < 150; i++)); do
-        alive "$SY_PID" || { tail -20 "$TMP/logs/switchyard.log" >&2; die "switchyard exited"; }
-        curl -fsS -o /dev/null --max-time 1 "http://127.0.0.1:$SY_ADMIN/health" 2>/dev/null && break
+        alive "$INSTANCE_PID" || { tail -20 "$TMP/logs/$name.log" >&2; die "$name exited"; }
+        curl -fsS -o /dev/null --max-time 1 "http://127.0.0.1:$admin/health" 2>/dev/null && break
         sleep 0.2
     done
-    ((i < 150)) || { tail -20 "$TMP/logs/switchyard.log" >&2; die "switchyard /health never returned 200"; }
-    wait_sql "$SY_PORT" switchyard "$SY_PID" || { tail -20 "$TMP/logs/switchyard.log" >&2; die "cannot log in through switchyard"; }
+    ((i < 150)) || { tail -20 "$TMP/logs/$name.log" >&2; die "$name /health never returned 200"; }
+    wait_sql "$port" "$name" "$INSTANCE_PID" || { tail -20 "$TMP/logs/$name.log" >&2; die "cannot log in through $name"; }
+}
+start_switchyard() {
+    start_instance switchyard "$SY_BIN" "$SY_CONF" "$SY_PORT" "$SY_ADMIN"
+    SY_PID=$INSTANCE_PID
 }
 stop_switchyard() { stop_pid "$SY_PID" 15; SY_PID=""; }
 
@@ -326,16 +333,8 @@ start_baseline() {
     sed -e "s/127.0.0.1:$SY_PORT\"/127.0.0.1:$BL_PORT\"/" -e "s/127.0.0.1:$SY_ADMIN\"/127.0.0.1:$BL_ADMIN\"/" \
         -e '/^runtime:/d' "$SY_CONF" >"$TMP/baseline.yaml"
     [[ -z $BASELINE_WORKERS ]] || printf 'runtime: { workers: %s }\n' "$BASELINE_WORKERS" >>"$TMP/baseline.yaml"
-    "$BASELINE_BIN" run --config "$TMP/baseline.yaml" >>"$TMP/logs/baseline.log" 2>&1 &
-    BL_PID=$!
-    local i
-    for ((i = 0; i < 150; i++)); do
-        alive "$BL_PID" || { tail -20 "$TMP/logs/baseline.log" >&2; die "baseline exited"; }
-        curl -fsS -o /dev/null --max-time 1 "http://127.0.0.1:$BL_ADMIN/health" 2>/dev/null && break
-        sleep 0.2
-    done
-    ((i < 150)) || die "baseline /health never returned 200"
-    wait_sql "$BL_PORT" baseline "$BL_PID" || die "cannot log in through baseline"
+    start_instance baseline "$BASELINE_BIN" "$TMP/baseline.yaml" "$BL_PORT" "$BL_ADMIN"
+    BL_PID=$INSTANCE_PID
 }
 
 if has_target switchyard || has_target baseline; then

@@ -187,21 +187,7 @@ async fn switchover_under_pause_moves_plain_sessions_and_refuses_pinned_ones() {
         })
         .collect();
 
-    let cluster = blocking(move || {
-        cluster.stop(0);
-        cluster.promote(1);
-        cluster
-    })
-    .await;
-    apis[0].set_role(FakeRole::NotRunning);
-    apis[1].set_role(FakeRole::Primary);
-    apis[1].set_timeline(2);
-    eventually(
-        Duration::from_secs(10),
-        "the proxy sees the new primary",
-        || async { admin_get(&proxy, "/health").await.1.trim() == "OK: primary node2" },
-    )
-    .await;
+    let cluster = switch_over_to_node2(cluster, &apis, &proxy).await;
     assert_eq!(console.query("RESUME").await.tag.as_deref(), Some("RESUME"));
 
     let replies = raw.until_ready().await;

@@ -21,7 +21,7 @@ use harness::clients::{describe, su_count, su_sql};
 use harness::fake_patroni::{FakePatroni, FakeRole};
 use harness::pg::{self, shared_cluster, PgCluster};
 use harness::proxy::{admin_get, single_node, start_proxy, NodeSpec, FAST_HEALTH};
-use harness::raw_client::{cstr, message, raw_connect, read_message, startup_packet};
+use harness::raw_client::{raw_connect, read_message, send_probe_client_first, startup_packet};
 use harness::wait::{blocking, eventually, within};
 use switchyard::proxy::RunningProxy;
 use tokio::io::AsyncWriteExt;
@@ -301,16 +301,7 @@ async fn scram_opening(addr: SocketAddr, user: &str) -> (Vec<u8>, String) {
         .expect("startup");
     let (tag, request) = read_message(&mut stream).await;
     assert_eq!(tag, b'R', "{user}: an authentication request");
-    let client_first = b"n,,n=,r=probeprobeprobeprobe";
-    let mut initial = Vec::new();
-    cstr(&mut initial, "SCRAM-SHA-256");
-    initial.extend_from_slice(&(client_first.len() as i32).to_be_bytes());
-    initial.extend_from_slice(client_first);
-    stream
-        .write_all(&message(b'p', &initial))
-        .await
-        .expect("SASLInitialResponse");
-    let (tag, body) = read_message(&mut stream).await;
+    let (tag, body) = send_probe_client_first(&mut stream).await;
     assert_eq!(tag, b'R', "{user}: SASLContinue");
     (request, String::from_utf8_lossy(&body[4..]).into_owned())
 }

@@ -30,16 +30,7 @@ async fn salt_then_failure(addr: SocketAddr, user: &str) -> (String, String) {
         body.windows(13).any(|w| w == b"SCRAM-SHA-256"),
         "{user}: SCRAM offered"
     );
-    let client_first = b"n,,n=,r=probeprobeprobeprobe";
-    let mut initial = Vec::new();
-    cstr(&mut initial, "SCRAM-SHA-256");
-    initial.extend_from_slice(&(client_first.len() as i32).to_be_bytes());
-    initial.extend_from_slice(client_first);
-    stream
-        .write_all(&message(b'p', &initial))
-        .await
-        .expect("SASLInitialResponse");
-    let (tag, body) = read_message(&mut stream).await;
+    let (tag, body) = send_probe_client_first(&mut stream).await;
     assert_eq!(tag, b'R', "{user}: SASLContinue");
     assert_eq!(&body[..4], &11u32.to_be_bytes(), "{user}: SASLContinue");
     let server_first = String::from_utf8(body[4..].to_vec()).expect("utf-8 server-first");

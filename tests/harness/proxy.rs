@@ -13,6 +13,7 @@ use switchyard::proxy::{self, RunningProxy};
 
 use super::fake_patroni::{FakePatroni, FakeRole};
 use super::patroni::PatroniCluster;
+use super::pg::PgCluster;
 use super::write_load;
 
 /// A node as the proxy config sees it.
@@ -177,4 +178,30 @@ pub async fn assert_failover_landed(
         (status, body.trim().to_string()),
         (200, format!("OK: primary {}", cluster.name(node)))
     );
+}
+
+/// A planned switchover of a two-node [`PgCluster`] behind fake Patroni APIs:
+/// node1 stops, node2 is promoted and reported as the primary on timeline 2.
+/// Returns the cluster once the proxy's `/health` names node2.
+pub async fn switch_over_to_node2(
+    cluster: PgCluster,
+    apis: &[FakePatroni],
+    proxy: &RunningProxy,
+) -> PgCluster {
+    let cluster = super::wait::blocking(move || {
+        cluster.stop(0);
+        cluster.promote(1);
+        cluster
+    })
+    .await;
+    apis[0].set_role(FakeRole::NotRunning);
+    apis[1].set_role(FakeRole::Primary);
+    apis[1].set_timeline(2);
+    super::wait::eventually(
+        Duration::from_secs(10),
+        "the proxy sees the new primary",
+        || async { admin_get(proxy, "/health").await.1.trim() == "OK: primary node2" },
+    )
+    .await;
+    cluster
 }

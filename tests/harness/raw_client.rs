@@ -296,3 +296,19 @@ impl RawClient {
         }
     }
 }
+
+/// Answers a SCRAM-SHA-256 request with a fixed client-first message (no channel
+/// binding, nonce `probeprobeprobeprobe`) and returns the server's reply: the
+/// start of a SCRAM exchange, for tests that look at what a server-first says.
+pub async fn send_probe_client_first(stream: &mut TcpStream) -> Message {
+    let client_first = b"n,,n=,r=probeprobeprobeprobe";
+    let mut initial = Vec::new();
+    cstr(&mut initial, "SCRAM-SHA-256");
+    initial.extend_from_slice(&(client_first.len() as i32).to_be_bytes());
+    initial.extend_from_slice(client_first);
+    stream
+        .write_all(&message(b'p', &initial))
+        .await
+        .expect("SASLInitialResponse");
+    read_message(stream).await
+}
