@@ -1,7 +1,9 @@
 //! asyncpg through Switchyard (issue #13 item 1). asyncpg prepares each statement
 //! with Parse + Describe + Flush (no Sync) and waits for ParseComplete,
 //! ParameterDescription and RowDescription before it sends Bind/Execute/Sync; a
-//! proxy that holds server replies until a Sync hangs it. The cases of
+//! proxy that holds server replies until a Sync hangs it. Issue #14 as asyncpg
+//! sees it: the pid it reports (session mode), the server's FATAL, cancels by its
+//! key and by its pid, a client leaving mid-query. The cases of
 //! `tests/python/asyncpg_cases.py` run straight to PostgreSQL (the control),
 //! through a session-mode listener and through a transaction-mode listener; the
 //! raw-protocol tests pin the Flush behaviour without a driver in between.
@@ -29,12 +31,31 @@ const CASES: &[&str] = &[
     "copy_records_to_table",
     "transaction_commit_and_rollback",
     "two_concurrent_connections",
+    "cancel_through_the_driver",
 ];
+/// The backend's own pid (session mode and direct; a transaction-mode client has
+/// none of its own).
+const PID_CASES: &[&str] = &[
+    "own_backend_pid",
+    "terminated_by_its_pid",
+    "cancelled_by_its_pid",
+];
+/// Through the proxy only: directly, PostgreSQL notices a client that left only
+/// when it next writes to it (client_connection_check_interval is off by
+/// default), so the query runs on for its full 60 s.
+const PROXY_CASES: &[&str] = &["leaves_mid_query"];
 const CASE_TIMEOUT: Duration = Duration::from_secs(20);
 
 async fn asyncpg_cases(via: Via) {
     let cluster = driver_cluster().await;
-    let results = run_cases_via(SCRIPT, CASES, cluster.port(0), via, CASE_TIMEOUT).await;
+    let mut cases = CASES.to_vec();
+    if via != Via::Direct {
+        cases.extend(PROXY_CASES);
+    }
+    if !matches!(via, Via::Transaction(_)) {
+        cases.extend(PID_CASES);
+    }
+    let results = run_cases_via(SCRIPT, &cases, cluster.port(0), via, CASE_TIMEOUT).await;
     assert_cases_passed(&format!("asyncpg, {}", via.label()), &results);
 }
 

@@ -526,6 +526,93 @@ async fn settings_of_rolled_back_failed_and_local_work_do_not_follow() {
     }
 }
 
+/// The other ways a transaction ends (ABORT, an implicit transaction that
+/// succeeds, BEGIN/COMMIT inside one simple query, COMMIT AND CHAIN then COMMIT)
+/// and settings changed without SET, which only the server's ParameterStatus
+/// reports (`set_config` of a reported parameter: kept when committed, not when
+/// rolled back).
+#[tokio::test(flavor = "multi_thread")]
+async fn settings_follow_every_way_a_transaction_ends() {
+    let (_proxy, rw, _) = proxy_with_pool(2).await;
+    let only = |index: usize, value: &str| -> Vec<String> {
+        let mut expected = vec!["-".to_string(); 5];
+        expected[index] = value.to_string();
+        expected
+    };
+    let cases: [(&str, &[&str], Vec<String>); 6] = [
+        (
+            "ABORT",
+            &["BEGIN", "SET search_path TO sy_abort", "ABORT"],
+            vec!["-".to_string(); 5],
+        ),
+        (
+            "implicit transaction that succeeds",
+            &["SET statement_timeout = 4321; select 1"],
+            only(2, "4321ms"),
+        ),
+        (
+            "BEGIN and COMMIT inside one simple query",
+            &["SET application_name = 'sy_before_begin'; BEGIN; \
+               SET statement_timeout = 4321; COMMIT"],
+            vec![
+                "-".into(),
+                "-".into(),
+                "4321ms".into(),
+                "-".into(),
+                "sy_before_begin".into(),
+            ],
+        ),
+        (
+            "COMMIT AND CHAIN, then COMMIT",
+            &[
+                "BEGIN",
+                "SET statement_timeout = 4321",
+                "COMMIT AND CHAIN",
+                "SET search_path TO sy_chain, public",
+                "COMMIT",
+            ],
+            vec![
+                "sy_chain, public".into(),
+                "-".into(),
+                "4321ms".into(),
+                "-".into(),
+                "-".into(),
+            ],
+        ),
+        (
+            "set_config of a reported parameter, committed",
+            &[
+                "BEGIN",
+                "select set_config('TimeZone', 'Asia/Tokyo', false)",
+                "COMMIT",
+            ],
+            only(1, "Asia/Tokyo"),
+        ),
+        (
+            "set_config of a reported parameter, rolled back",
+            &[
+                "BEGIN",
+                "select set_config('TimeZone', 'Asia/Tokyo', false)",
+                "ROLLBACK",
+            ],
+            vec!["-".to_string(); 5],
+        ),
+    ];
+    for (what, statements, expected) in cases {
+        let seen = after_rotation(rw, |a| async move {
+            let pid = pid(&a).await;
+            for sql in statements {
+                a.batch_execute(sql)
+                    .await
+                    .unwrap_or_else(|e| panic!("{what}: {sql}: {}", describe(&e)));
+            }
+            (a, pid)
+        })
+        .await;
+        assert_eq!(seen, expected, "{what}");
+    }
+}
+
 /// statement_timeout and the backend pid, as a raw client sees them.
 async fn raw_state(raw: &mut RawClient) -> (String, String) {
     let rows = raw

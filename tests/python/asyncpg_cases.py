@@ -1,7 +1,10 @@
 """asyncpg through Switchyard (issue #13 item 1): asyncpg prepares every query with
 Parse + Describe + Flush and waits for the replies before it sends Bind/Execute/Sync,
-so a proxy that holds replies back until a Sync hangs it. Run one case:
-`python asyncpg_cases.py CASE` (see sy_cases.py for the environment)."""
+so a proxy that holds replies back until a Sync hangs it. Issue #14: the backend
+as asyncpg sees it (its pid in session mode, the server's FATAL when the server
+ends the session, a cancel by the driver's key, a client that leaves mid-query).
+Run one case: `python asyncpg_cases.py CASE` (see sy_cases.py for the
+environment)."""
 
 import asyncio
 import contextlib
@@ -9,17 +12,17 @@ import os
 
 import asyncpg
 
-from sy_cases import (DBNAME, HOST, OP_TIMEOUT, PASSWORD, PORT, USER, expect_eq,
-                      main, step)
+from sy_cases import (DBNAME, DIRECT_PORT, HOST, OP_TIMEOUT, PASSWORD, PORT, USER,
+                      expect_eq, main, step)
 
 # A table name unique to this process, so runs against one database do not clash.
 TABLE = f"sy_asyncpg_{os.getpid()}"
 
 
-async def connect(**kwargs):
-    step(f"connecting to {HOST}:{PORT} ({kwargs or 'defaults'})")
+async def connect(port=PORT, **kwargs):
+    step(f"connecting to {HOST}:{port} ({kwargs or 'defaults'})")
     return await asyncpg.connect(
-        host=HOST, port=PORT, user=USER, password=PASSWORD, database=DBNAME,
+        host=HOST, port=port, user=USER, password=PASSWORD, database=DBNAME,
         ssl=False, timeout=OP_TIMEOUT, command_timeout=OP_TIMEOUT, **kwargs)
 
 
@@ -148,6 +151,163 @@ async def two_concurrent_connections():
         expect_eq(sorted(done), ["A", "B"], "both clients finished 40 queries each")
 
 
+# ---------------------------------------------------------------------------
+# Issue #14: the backend as the driver sees it
+# ---------------------------------------------------------------------------
+
+async def own_backend_pid():
+    """Session mode (and directly): get_server_pid() is the server backend's pid,
+    so a listener can tell its own notifications from another connection's."""
+    async with connection() as conn, connection() as other:
+        own = conn.get_server_pid()
+        expect_eq(await conn.fetchval("select pg_backend_pid()"), own,
+                  "pg_backend_pid() = get_server_pid()")
+        received = asyncio.Queue()
+        await conn.add_listener("sy_asyncpg_pid", lambda _c, pid, _ch, payload:
+                                received.put_nowait((pid, payload)))
+        step("notify on the listening connection itself")
+        await conn.execute("notify sy_asyncpg_pid, 'own'")
+        expect_eq(await asyncio.wait_for(received.get(), OP_TIMEOUT), (own, "own"),
+                  "the own notification's (pid, payload)")
+        step("notify from another connection")
+        await other.execute("notify sy_asyncpg_pid, 'other'")
+        expect_eq(await asyncio.wait_for(received.get(), OP_TIMEOUT),
+                  (other.get_server_pid(), "other"), "the other's notification's (pid, payload)")
+
+
+async def wait_active(direct, pid):
+    step(f"waiting for backend {pid} to run its query")
+    for _ in range(100):
+        if await direct.fetchval(
+                "select count(*) from pg_stat_activity where pid = $1 and state = 'active'", pid):
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"backend {pid} never ran the query")
+
+
+async def terminated_by_its_pid():
+    """Session mode (and directly): pg_terminate_backend(get_server_pid()) from a
+    connection straight to PostgreSQL ends this one. A running query fails with
+    the server's FATAL (asyncpg reports the closed connection with the FATAL's
+    message); an idle connection is found closed at its next query."""
+    killer = await connect(port=DIRECT_PORT)
+    try:
+        busy = await connect()
+        own = busy.get_server_pid()
+        sleeping = asyncio.ensure_future(busy.fetchval("select pg_sleep(30)"))
+        await wait_active(killer, own)
+        step(f"pg_terminate_backend({own}) while it runs pg_sleep(30)")
+        expect_eq(await killer.fetchval("select pg_terminate_backend($1)", own), True,
+                  "pg_terminate_backend()")
+        try:
+            await asyncio.wait_for(sleeping, OP_TIMEOUT)
+        except asyncpg.exceptions.ConnectionDoesNotExistError as e:
+            # asyncpg raises the FATAL itself only once the query is answered; a
+            # FATAL mid-query ends the connection and is quoted in this error.
+            expect_eq("terminating connection due to administrator command" in str(e), True,
+                      f"the server's FATAL in {str(e)!r}")
+        else:
+            raise AssertionError("the query on a terminated connection succeeded")
+        expect_eq(busy.is_closed(), True, "the busy connection is closed")
+
+        idle = await connect()
+        own = idle.get_server_pid()
+        step(f"pg_terminate_backend({own}) while it is idle")
+        expect_eq(await killer.fetchval("select pg_terminate_backend($1)", own), True,
+                  "pg_terminate_backend()")
+        await asyncio.sleep(0.2)
+        try:
+            await idle.fetchval("select 1")
+        except (asyncpg.exceptions.InterfaceError,
+                asyncpg.exceptions.ConnectionDoesNotExistError) as e:
+            print(f"  ok the next query fails: {type(e).__name__}: {e}", flush=True)
+        else:
+            raise AssertionError("the query on a terminated connection succeeded")
+        expect_eq(idle.is_closed(), True, "the idle connection is closed")
+    finally:
+        await killer.close(timeout=OP_TIMEOUT)
+
+
+async def cancelled_by_its_pid():
+    """Session mode (and directly): pg_cancel_backend(get_server_pid()) from a
+    direct connection cancels this connection's running query, which the driver
+    reports as QueryCanceledError; the connection stays usable."""
+    async with connection() as conn:
+        own = conn.get_server_pid()
+        killer = await connect(port=DIRECT_PORT)
+        sleeping = asyncio.ensure_future(conn.fetchval("select pg_sleep(30)"))
+        await wait_active(killer, own)
+        step(f"pg_cancel_backend({own})")
+        expect_eq(await killer.fetchval("select pg_cancel_backend($1)", own), True,
+                  "pg_cancel_backend()")
+        await killer.close(timeout=OP_TIMEOUT)
+        try:
+            await asyncio.wait_for(sleeping, OP_TIMEOUT)
+        except asyncpg.exceptions.QueryCanceledError as e:
+            expect_eq(e.sqlstate, "57014", "the cancelled query's SQLSTATE")
+        else:
+            raise AssertionError("pg_sleep(30) was not cancelled")
+        expect_eq(await conn.fetchval("select 41 + 1"), 42, "a query after the cancel")
+
+
+async def cancel_through_the_driver():
+    """Every mode: asyncpg's own timeout sends a CancelRequest with the key it was
+    given; the query stops on the server and the connection stays usable."""
+    async with connection() as conn:
+        step("fetchval('select pg_sleep(30)', timeout=0.5)")
+        try:
+            await conn.fetchval("select pg_sleep(30) /* sy_asyncpg_timeout */", timeout=0.5)
+        except asyncio.TimeoutError:
+            pass
+        else:
+            raise AssertionError("pg_sleep(30) returned within 0.5 s")
+        expect_eq(await conn.fetchval("select 41 + 1"), 42, "a query after the timeout")
+        await expect_no_trace("sy_asyncpg_timeout", "after the driver's cancel")
+
+
+async def expect_no_trace(marker, what):
+    """Within 1 s no backend on the server runs (or last ran) the marked query."""
+    direct = await connect(port=DIRECT_PORT)
+    try:
+        step(f"pg_stat_activity without /* {marker} */ {what}")
+        count = None
+        for _ in range(20):
+            count = await direct.fetchval(
+                "select count(*) from pg_stat_activity "
+                "where query like $1 and pid <> pg_backend_pid()", f"%/* {marker} */%")
+            if count == 0:
+                break
+            await asyncio.sleep(0.05)
+        expect_eq(count, 0, f"backends showing the query {what}")
+    finally:
+        await direct.close(timeout=OP_TIMEOUT)
+
+
+async def leaves_mid_query():
+    """Every mode: a client that drops its connection (terminate(): no Terminate
+    message, the socket just closes) while pg_sleep(60) runs leaves no trace of the
+    query on the server within 1 s."""
+    conn = await connect()
+    sleeping = asyncio.ensure_future(conn.fetchval("select pg_sleep(60) /* sy_asyncpg_gone */"))
+    direct = await connect(port=DIRECT_PORT)
+    step("waiting for the pg_sleep to run on the server")
+    for _ in range(100):
+        if await direct.fetchval(
+                "select count(*) from pg_stat_activity "
+                "where query like '%/* sy_asyncpg_gone */%' and state = 'active' "
+                "and pid <> pg_backend_pid()"):
+            break
+        await asyncio.sleep(0.05)
+    await direct.close(timeout=OP_TIMEOUT)
+    step("terminate() mid-query")
+    conn.terminate()
+    try:
+        await sleeping
+    except (asyncpg.exceptions.ConnectionDoesNotExistError, asyncpg.exceptions.InterfaceError):
+        pass
+    await expect_no_trace("sy_asyncpg_gone", "after the client left")
+
+
 CASES = {
     "fetchval_no_cache": fetchval_no_cache,
     "fetchval_default_cache": fetchval_default_cache,
@@ -156,6 +316,13 @@ CASES = {
     "copy_records_to_table": copy_records,
     "transaction_commit_and_rollback": transaction_commit_and_rollback,
     "two_concurrent_connections": two_concurrent_connections,
+    "cancel_through_the_driver": cancel_through_the_driver,
+    "leaves_mid_query": leaves_mid_query,
+    # Session mode and direct only: a transaction-mode client has no backend of
+    # its own (its pid is minted).
+    "own_backend_pid": own_backend_pid,
+    "terminated_by_its_pid": terminated_by_its_pid,
+    "cancelled_by_its_pid": cancelled_by_its_pid,
 }
 
 if __name__ == "__main__":
