@@ -59,11 +59,20 @@ i=0
 while alive "$pid" && [ $i -lt "$grace" ]; do sleep 0.1; i=$((i+1)); done
 kill -KILL "$pid" 2>/dev/null
 wait "$pid" 2>/dev/null
-if [ -n "$xpid" ]; then
-  i=0
-  while alive "$xpid" && [ $i -lt "$grace" ]; do sleep 0.1; i=$((i+1)); done
-  kill -KILL "$xpid" 2>/dev/null
+# The supervisor may have started a new postmaster while it was stopping (patroni
+# restarting a demoted node): read the pid file again now that it is gone.
+if [ -n "$extra" ] && [ -r "$extra" ]; then
+  later=$(head -n 1 "$extra" 2>/dev/null | tr -dc 0-9)
+  if [ -n "$later" ] && [ "$later" != "$xpid" ]; then
+    kill -INT "$later" 2>/dev/null
+    xpid="$xpid $later"
+  fi
 fi
+for p in $xpid; do
+  i=0
+  while alive "$p" && [ $i -lt "$grace" ]; do sleep 0.1; i=$((i+1)); done
+  kill -KILL "$p" 2>/dev/null
+done
 rm -f "$pidfile"
 if [ "$cmd" != keep ] && [ -n "$cleanup" ]; then rm -rf "$cleanup"; fi
 exit 0
