@@ -73,6 +73,10 @@ const STARTUP_CASES: &[&str] = &[
 /// Issue #14: the pid psycopg2 reports is its server backend's (session mode).
 const PID_CASES: &[&str] = &["pg2_own_backend_pid"];
 
+/// Issue #14 item 5: libpq 18 (psycopg 3's wheel) with
+/// `max_protocol_version=latest` negotiated down to 3.0, in every mode.
+const PROTOCOL_CASES: &[&str] = &["pg3_libpq18_latest_protocol"];
+
 /// The driver cluster with role `tenant_a`, granted to `app`: set up once per test
 /// binary (tests run concurrently, and two concurrent CREATE ROLEs of one name fail
 /// with a unique violation rather than `duplicate_object`).
@@ -154,6 +158,13 @@ async fn startup_options_through_transaction_mode() {
         Via::Transaction(1),
     )
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn libpq18_latest_protocol_in_every_mode() {
+    for via in [Via::Direct, Via::Session(1), Via::Transaction(1)] {
+        cases("libpq 18 protocol negotiation", PROTOCOL_CASES, via).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -7,10 +7,11 @@ psycopg 3); `leak_` cases use two autocommit clients A and B, meant for a
 transaction pool of size 1 so both share one server; `tx_` cases use a client A in
 the default transaction mode and a client B whose transactions move A between the
 servers of a pool of size 2; `pool_configure` uses psycopg_pool;
-`pg2_own_backend_pid` checks the backend pid a session-mode client is given
-(issue #14)."""
+`pg2_own_backend_pid` checks the backend pid a session-mode client is given, and
+`pg3_libpq18_latest_protocol` libpq 18 asking for protocol 3.2 (issue #14)."""
 
 import os
+import threading
 
 import psycopg
 import psycopg2
@@ -370,6 +371,34 @@ def own_backend_pid():
     expect_eq(conn.closed != 0, True, "the connection is closed")
 
 
+def libpq18_latest_protocol():
+    """libpq 18 (bundled with psycopg 3's binary wheel) with
+    max_protocol_version=latest asks for protocol 3.2; PostgreSQL 15 (and the
+    proxy, which must answer as it does) negotiates 3.0, and the session works:
+    queries, parameters, and a cancel with the key the client was given."""
+    expect_eq(psycopg.pq.version() >= 180000, True, f"libpq {psycopg.pq.version()} is 18 or later")
+    step("connecting with max_protocol_version=latest")
+    conn = psycopg.connect(libpq_dsn(max_protocol_version="latest"), autocommit=True)
+    try:
+        expect_eq(conn.pgconn.full_protocol_version, 30000, "the negotiated protocol")
+        expect_eq(conn.execute("select %s::int + 1", (41,)).fetchone()[0], 42,
+                  "a query with a parameter")
+        step("a cancel during pg_sleep(30)")
+        killer = threading.Timer(0.5, conn.cancel_safe)
+        killer.start()
+        try:
+            conn.execute("select pg_sleep(30)")
+        except psycopg.errors.QueryCanceled:
+            print("  ok pg_sleep(30) cancelled", flush=True)
+        else:
+            raise AssertionError("pg_sleep(30) was not cancelled")
+        finally:
+            killer.cancel()
+        expect_eq(conn.execute("select 'after'").fetchone()[0], "after", "a query after the cancel")
+    finally:
+        conn.close()
+
+
 def cases():
     table = {}
     for prefix, driver in (("pg2", "psycopg2"), ("pg3", "psycopg3")):
@@ -383,6 +412,7 @@ def cases():
                 lambda name=name, driver=driver: tx_committed(driver, name))
     table["pg3_pool_configure"] = pool_configure
     table["pg2_own_backend_pid"] = own_backend_pid
+    table["pg3_libpq18_latest_protocol"] = libpq18_latest_protocol
     return table
 
 
