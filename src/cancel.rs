@@ -34,7 +34,7 @@
 //!   reveals nothing.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -42,6 +42,8 @@ use rand::Rng;
 use subtle::ConstantTimeEq;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::futures::Notified;
+use tokio::sync::Notify;
 
 use crate::config::PeerConfig;
 use crate::protocol::messages;
@@ -105,6 +107,9 @@ pub struct Peering<'a> {
 pub enum CancelRoute {
     /// One of our clients: cancel on the server it uses now.
     Local(CancelTarget),
+    /// One of our clients whose request waits for a server: nothing runs yet, so
+    /// the session itself answers the cancel.
+    Waiting(WaitingRequest),
     /// Issued by configured peer `peer`: send it this request (relayed bit set).
     Peer { peer: u32, target: CancelTarget },
     /// Nothing to cancel; why.
@@ -134,6 +139,12 @@ struct SlotState {
     backend_key: AtomicU64,
     /// `host:port` of the server the key was last set from.
     address: Mutex<String>,
+    /// The client's request waits for a server (PAUSE, failover hold, pool queue):
+    /// a cancel then has no server to go to and is delivered to the session.
+    waiting: AtomicBool,
+    /// Wakes the waiting session; `notify_waiters` stores no permit, so a cancel
+    /// can never reach a later request.
+    cancel_waiting: Notify,
 }
 
 type TargetSlot = Arc<SlotState>;
@@ -145,6 +156,37 @@ fn pack_key(pid: i32, secret: i32) -> u64 {
 struct Entry {
     secret: i32,
     target: TargetSlot,
+}
+
+/// What one of our own keys points at now.
+enum Local {
+    Server(CancelTarget),
+    Waiting(WaitingRequest),
+}
+
+/// A client whose request waits for a server, found by its cancel key.
+pub struct WaitingRequest(TargetSlot);
+
+impl WaitingRequest {
+    /// Tells the waiting session its request is cancelled.
+    pub fn cancel(self) {
+        self.0.cancel_waiting.notify_waiters();
+    }
+}
+
+/// The same client's slot.
+impl PartialEq for WaitingRequest {
+    fn eq(&self, other: &WaitingRequest) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for WaitingRequest {}
+
+impl std::fmt::Debug for WaitingRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WaitingRequest")
+    }
 }
 
 /// Live keys by process id. A process id usually has one entry; a real pid can
@@ -204,8 +246,16 @@ impl CancelRegistry {
         }
     }
 
-    /// The target for a cancel key, if the key is known and the secret matches.
+    /// The target for a cancel key, if the key is known, the secret matches and the
+    /// client uses a server now.
     pub fn lookup(&self, pid: i32, secret: &[u8]) -> Option<CancelTarget> {
+        match self.find(pid, secret)? {
+            Local::Server(target) => Some(target),
+            Local::Waiting(_) => None,
+        }
+    }
+
+    fn find(&self, pid: i32, secret: &[u8]) -> Option<Local> {
         let entries = self.entries();
         let entry = entries.get(&pid)?.iter().find(|entry| {
             let matches: bool = entry.secret.to_be_bytes().ct_eq(secret).into();
@@ -213,14 +263,18 @@ impl CancelRegistry {
         })?;
         let key = entry.target.backend_key.load(Ordering::Acquire);
         if key == 0 {
-            return None;
+            return entry
+                .target
+                .waiting
+                .load(Ordering::Acquire)
+                .then(|| Local::Waiting(WaitingRequest(Arc::clone(&entry.target))));
         }
         let address = lock_address(&entry.target).clone();
-        Some(CancelTarget {
+        Some(Local::Server(CancelTarget {
             address,
             pid: (key >> 32) as u32 as i32,
             secret: key as u32 as i32,
-        })
+        }))
     }
 
     /// Decides what a CancelRequest calls for: our own key, a key to pass on to
@@ -229,8 +283,10 @@ impl CancelRegistry {
     /// before a reload changed `peer_id` still work.
     pub fn route(&self, wire_pid: i32, secret: &[u8], peering: &Peering<'_>) -> CancelRoute {
         let key = KeyPid::decode(wire_pid);
-        if let Some(target) = self.lookup(key.pid, secret) {
-            return CancelRoute::Local(target);
+        match self.find(key.pid, secret) {
+            Some(Local::Server(target)) => return CancelRoute::Local(target),
+            Some(Local::Waiting(request)) => return CancelRoute::Waiting(request),
+            None => {}
         }
         if key.relayed {
             return CancelRoute::Ignore("relayed by a peer, but no such active session here");
@@ -265,6 +321,21 @@ impl CancelRegistry {
 }
 
 impl Registration {
+    /// A future that resolves when a CancelRequest for this client arrives while
+    /// its request waits; call `enable` on it (pinned) before [`Self::waiting`] so
+    /// no cancel slips between the two.
+    pub fn cancel_while_waiting(&self) -> Notified<'_> {
+        self.target.cancel_waiting.notified()
+    }
+
+    /// Marks the client's request as waiting for a server until the guard drops.
+    /// Point the key at the server ([`Self::set_target`]) before dropping it, so a
+    /// cancel always finds one or the other.
+    pub fn waiting(&self) -> WaitingGuard<'_> {
+        self.target.waiting.store(true, Ordering::Release);
+        WaitingGuard(&self.target)
+    }
+
     /// Points this client's key at the server it now uses (None: no server).
     pub fn set_target(&self, target: Option<&CancelTarget>) {
         let Some(target) = target else {
@@ -280,6 +351,15 @@ impl Registration {
         self.target
             .backend_key
             .store(pack_key(target.pid, target.secret), Ordering::Release);
+    }
+}
+
+/// Clears the waiting mark of a client's key when dropped.
+pub struct WaitingGuard<'a>(&'a SlotState);
+
+impl Drop for WaitingGuard<'_> {
+    fn drop(&mut self) {
+        self.0.waiting.store(false, Ordering::Release);
     }
 }
 

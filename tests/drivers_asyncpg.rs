@@ -44,6 +44,9 @@ const PID_CASES: &[&str] = &[
 /// when it next writes to it (client_connection_check_interval is off by
 /// default), so the query runs on for its full 60 s.
 const PROXY_CASES: &[&str] = &["leaves_mid_query"];
+/// Transaction mode with a pool of one: a request that waits for the only server
+/// and is given up by asyncpg's timeout (a CancelRequest) never runs.
+const QUEUE_CASES: &[&str] = &["timeout_while_queued"];
 const CASE_TIMEOUT: Duration = Duration::from_secs(20);
 
 async fn asyncpg_cases(via: Via) {
@@ -52,7 +55,9 @@ async fn asyncpg_cases(via: Via) {
     if via != Via::Direct {
         cases.extend(PROXY_CASES);
     }
-    if !matches!(via, Via::Transaction(_)) {
+    if matches!(via, Via::Transaction(_)) {
+        cases.extend(QUEUE_CASES);
+    } else {
         cases.extend(PID_CASES);
     }
     let results = run_cases_via(SCRIPT, &cases, cluster.port(0), via, CASE_TIMEOUT).await;

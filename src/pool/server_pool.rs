@@ -145,6 +145,22 @@ pub struct PoolStats {
     pub waiting: usize,
 }
 
+/// Counts one waiter in a gauge for as long as it lives.
+struct Counted<'a>(&'a AtomicUsize);
+
+impl<'a> Counted<'a> {
+    fn new(gauge: &'a AtomicUsize) -> Counted<'a> {
+        gauge.fetch_add(1, Ordering::Relaxed);
+        Counted(gauge)
+    }
+}
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 impl ServerPool {
     pub fn new(
         key: PoolKey,
@@ -301,11 +317,12 @@ impl ServerPool {
             Ok(permit) => permit.forget(),
             // Only a client that has to wait pays for a timer.
             Err(_) => {
-                waiting.fetch_add(1, Ordering::Relaxed);
+                // Counted by a guard: a client that gives up drops this future.
+                let counted = Counted::new(waiting);
                 // Boxed, like `connect` below: the uncontended checkout, made once
                 // per transaction, stays a small future.
                 let slot = Box::pin(self.wait_for_slot(timeout)).await;
-                waiting.fetch_sub(1, Ordering::Relaxed);
+                drop(counted);
                 slot?;
                 now = Instant::now();
             }
@@ -324,9 +341,9 @@ impl ServerPool {
 
     async fn wait_for_slot(&self, timeout: Duration) -> Result<(), CheckoutError> {
         let started = Instant::now();
-        self.waiting.fetch_add(1, Ordering::Relaxed);
+        let counted = Counted::new(&self.waiting);
         let acquired = tokio::time::timeout(timeout, self.slots.acquire()).await;
-        self.waiting.fetch_sub(1, Ordering::Relaxed);
+        drop(counted);
         match acquired {
             Ok(Ok(permit)) => {
                 permit.forget();

@@ -339,6 +339,11 @@ async fn forward_cancel(ctx: &ProxyContext, pid: i32, secret: &[u8], from: &str)
                 "failed"
             }
         },
+        CancelRoute::Waiting(request) => {
+            request.cancel();
+            tracing::info!(%from, "cancel request: the client's request was waiting for a server; it is cancelled there");
+            "waiting"
+        }
         CancelRoute::Peer { peer, target } => match cancel::send_cancel(&target, timeout).await {
             Ok(()) => {
                 tracing::info!(

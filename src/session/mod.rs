@@ -36,6 +36,7 @@ mod transaction;
 pub mod translate;
 pub mod tx_settings;
 mod user_lookup;
+mod waiting;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -502,25 +503,7 @@ impl Session {
                 }
                 _ = self.signals.draining.fired() => return Err(RelayEnd::Shutdown),
             }
-            if inbox.capacity() - inbox.len() < 1024 {
-                inbox.reserve(16 * 1024);
-            }
-            // Read through poll_read rather than try_read: a short read tells tokio
-            // the socket is drained, which spares the relay a read that would only
-            // say EAGAIN (one syscall per transaction).
-            let read = std::future::poll_fn(|cx| {
-                std::task::Poll::Ready(tokio_util::io::poll_read_buf(
-                    std::pin::Pin::new(&mut *socket),
-                    cx,
-                    inbox,
-                ))
-            })
-            .await;
-            match read {
-                std::task::Poll::Ready(Ok(0)) => return Err(RelayEnd::ClientGone(None)),
-                std::task::Poll::Ready(Ok(_)) | std::task::Poll::Pending => {}
-                std::task::Poll::Ready(Err(e)) => return Err(RelayEnd::ClientGone(Some(e))),
-            }
+            read_available(socket, inbox).await?;
         }
     }
 
@@ -652,5 +635,29 @@ impl Refusal {
 impl From<ClientError> for Refusal {
     fn from(error: ClientError) -> Refusal {
         Refusal { error, raw: None }
+    }
+}
+
+/// Reads what the client has sent, once the socket is readable; Err when the
+/// client closed its socket or broke it.
+async fn read_available(socket: &mut ClientStream, inbox: &mut BytesMut) -> Result<(), RelayEnd> {
+    if inbox.capacity() - inbox.len() < 1024 {
+        inbox.reserve(16 * 1024);
+    }
+    // Read through poll_read rather than try_read: a short read tells tokio the
+    // socket is drained, which spares the relay a read that would only say EAGAIN
+    // (one syscall per transaction).
+    let read = std::future::poll_fn(|cx| {
+        std::task::Poll::Ready(tokio_util::io::poll_read_buf(
+            std::pin::Pin::new(&mut *socket),
+            cx,
+            inbox,
+        ))
+    })
+    .await;
+    match read {
+        std::task::Poll::Ready(Ok(0)) => Err(RelayEnd::ClientGone(None)),
+        std::task::Poll::Ready(Ok(_)) | std::task::Poll::Pending => Ok(()),
+        std::task::Poll::Ready(Err(e)) => Err(RelayEnd::ClientGone(Some(e))),
     }
 }

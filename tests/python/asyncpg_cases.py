@@ -308,6 +308,43 @@ async def leaves_mid_query():
     await expect_no_trace("sy_asyncpg_gone", "after the client left")
 
 
+async def timeout_while_queued():
+    """Transaction mode, pool of one: while another connection holds the only
+    server in a transaction, an INSERT with timeout=0.5 waits for it; asyncpg's
+    timeout sends a CancelRequest, gets its TimeoutError at once, the INSERT never
+    runs (not even once the server is free), and the connection goes on. Both with
+    the statement cache (the waiting request is asyncpg's Parse/Describe/Flush,
+    without a Sync) and without it."""
+    direct = await connect(port=DIRECT_PORT)
+    await direct.execute(f"create table {TABLE}(v int)")
+    await direct.execute(f"grant all on {TABLE} to public")
+    try:
+        for cache in (100, 0):
+            async with connection() as holder, connection(statement_cache_size=cache) as waiter:
+                step(f"holder: begin (statement cache {cache})")
+                tx = holder.transaction()
+                await tx.start()
+                await holder.fetchval("select 1")
+                step("waiter: insert with timeout=0.5 while the only server is held")
+                started = asyncio.get_running_loop().time()
+                try:
+                    await waiter.execute(f"insert into {TABLE} values ($1)", cache, timeout=0.5)
+                except asyncio.TimeoutError:
+                    took = asyncio.get_running_loop().time() - started
+                    print(f"  ok TimeoutError after {took:.2f} s", flush=True)
+                    expect_eq(took < 3, True, "the timeout is not held up by the queue")
+                else:
+                    raise AssertionError("the insert returned while the only server was held")
+                step("holder: commit; the server is free")
+                await tx.commit()
+                expect_eq(await waiter.fetchval("select 41 + 1"), 42, "the waiter goes on")
+                await asyncio.sleep(0.3)
+                expect_eq(await direct.fetchval(f"select count(*) from {TABLE}"), 0,
+                          "rows inserted by the timed-out insert")
+    finally:
+        await direct.execute(f"drop table if exists {TABLE}")
+        await direct.close(timeout=OP_TIMEOUT)
+
 CASES = {
     "fetchval_no_cache": fetchval_no_cache,
     "fetchval_default_cache": fetchval_default_cache,
@@ -323,6 +360,8 @@ CASES = {
     "own_backend_pid": own_backend_pid,
     "terminated_by_its_pid": terminated_by_its_pid,
     "cancelled_by_its_pid": cancelled_by_its_pid,
+    # Transaction mode with a pool of one only: the request has to wait.
+    "timeout_while_queued": timeout_while_queued,
 }
 
 if __name__ == "__main__":

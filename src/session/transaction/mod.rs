@@ -16,8 +16,10 @@ use super::abandoned;
 use super::ledger::{self, Event, Ledger, Segment};
 use super::relay::RelayEnd;
 use super::sql_scan::Taint;
+use super::waiting::{self, Waited};
 use super::{Session, SessionEnd};
 use crate::cancel::Registration;
+use crate::control::ClientState;
 use crate::pool::PooledServer;
 use crate::protocol::frame::FrameScanner;
 
@@ -92,6 +94,9 @@ pub(super) async fn run(
 ) -> SessionEnd {
     let mut buffers = Buffers::default();
     let mut retries = 0;
+    // A cancelled extended batch whose Sync has not arrived: its messages are
+    // dropped until the Sync, as PostgreSQL does after an error.
+    let mut skipping_to_sync = false;
     loop {
         match session.wait_for_request(socket, &mut inbox).await {
             Ok(true) => {}
@@ -101,25 +106,61 @@ pub(super) async fn run(
                 return SessionEnd::Relay(end);
             }
         }
+        if skipping_to_sync {
+            let max_message = session.env.config.client.max_message_size.0 as usize;
+            if waiting::skip_to_sync(&mut inbox, max_message) {
+                skipping_to_sync = false;
+                let mut ready = BytesMut::new();
+                crate::protocol::messages::ready_for_query_idle(&mut ready);
+                if super::send_all(socket, &ready).await.is_err() {
+                    return SessionEnd::Relay(RelayEnd::ClientGone(None));
+                }
+            }
+            continue;
+        }
         if let Some(replies) = fast_path::answer_without_server(session, &mut inbox) {
             if let Err(e) = super::send_all(socket, &replies).await {
                 return SessionEnd::Relay(RelayEnd::ClientGone(Some(e)));
             }
             continue;
         }
-        let mut server = match session.checkout().await {
-            Ok(server) => server,
-            Err(refusal) => {
+        let max_message = session.env.config.client.max_message_size.0 as usize;
+        let waited = waiting::unless_client_gives_up(
+            session.checkout(),
+            socket,
+            &mut inbox,
+            max_message,
+            registration,
+            |checkout| {
+                if let Ok(server) = checkout {
+                    registration.set_target(Some(server.cancel_target()));
+                }
+            },
+        )
+        .await;
+        let mut server = match waited {
+            Waited::Done(Ok(server)) => server,
+            Waited::Done(Err(refusal)) => {
                 refusal.send(socket).await;
                 return SessionEnd::Refused(refusal.error);
+            }
+            Waited::Cancelled | Waited::CancelledBeforeSync => {
+                tracing::info!(client = %session.env.peer, "request cancelled while it waited for a server; it did not run");
+                skipping_to_sync = matches!(waited, Waited::CancelledBeforeSync);
+                session.client.set_state(ClientState::Idle);
+                continue;
+            }
+            Waited::ClientGone(end) => {
+                tracing::info!(client = %session.env.peer, "client left while its request waited for a server; it did not run");
+                return SessionEnd::Relay(end);
             }
         };
         let mut updates = BytesMut::new();
         session.params.parameter_updates(&server, &mut updates);
         if !updates.is_empty() && super::send_all(socket, &updates).await.is_err() {
+            registration.set_target(None);
             return SessionEnd::Relay(RelayEnd::ClientGone(None));
         }
-        registration.set_target(Some(server.cancel_target()));
         let attached_at = session.counters.checked_out_at;
         let resend_allowed = session.env.config.failover.resend && retries < resend::MAX_RETRIES;
         let detach = attach::attach(
