@@ -17,7 +17,7 @@
 //! The uncontended checkout finishes on its first poll and pays for none of this.
 
 use std::future::Future;
-use std::pin::pin;
+use std::pin::{pin, Pin};
 use std::task::Poll;
 
 use bytes::BytesMut;
@@ -47,29 +47,32 @@ pub(super) enum Waited<T> {
     CancelledBeforeSync,
 }
 
-/// Runs `wait` unless the client gives up first. `on_done` runs before the
-/// cancel key stops pointing at the waiting request, so the caller can point it
-/// at the server it got and no cancel falls between the two.
-pub(super) async fn unless_client_gives_up<T>(
-    wait: impl Future<Output = T>,
+/// Polls `wait` once: the uncontended checkout is ready at once and pays for
+/// no watching.
+pub(super) async fn poll_once<F: Future>(wait: Pin<&mut F>) -> Poll<F::Output> {
+    let mut wait = wait;
+    std::future::poll_fn(|cx| Poll::Ready(wait.as_mut().poll(cx))).await
+}
+
+/// Goes on with `wait` (polled once already, see [`poll_once`]) unless the
+/// client gives up first. `on_done` runs before the cancel key stops pointing at
+/// the waiting request, so the caller can point it at the server it got and no
+/// cancel falls between the two. Taken pinned in place: moving the checkout
+/// future into this one would copy it on every transaction.
+pub(super) async fn unless_client_gives_up<F: Future>(
+    mut wait: Pin<&mut F>,
     socket: &mut ClientStream,
     inbox: &mut BytesMut,
     max_message: usize,
     registration: &Registration,
-    on_done: impl FnOnce(&T),
-) -> Waited<T> {
-    let mut wait = pin!(wait);
-    let first = std::future::poll_fn(|cx| Poll::Ready(wait.as_mut().poll(cx))).await;
-    if let Poll::Ready(done) = first {
-        on_done(&done);
-        return Waited::Done(done);
-    }
+    on_done: impl FnOnce(&F::Output),
+) -> Waited<F::Output> {
     let mut cancelled = pin!(registration.cancel_while_waiting());
     cancelled.as_mut().enable();
     let _waiting = registration.waiting();
     tokio::select! {
         biased;
-        done = &mut wait => {
+        done = wait.as_mut() => {
             on_done(&done);
             Waited::Done(done)
         }
