@@ -23,7 +23,9 @@ use std::task::Poll;
 use bytes::BytesMut;
 
 use super::relay::RelayEnd;
+use super::{Refusal, Session};
 use crate::cancel::Registration;
+use crate::pool::PooledServer;
 use crate::protocol::frame::Messages;
 use crate::protocol::{messages, tag, ClientError, SqlState};
 use crate::tls::ClientStream;
@@ -47,19 +49,49 @@ pub(super) enum Waited<T> {
     CancelledBeforeSync,
 }
 
-/// Polls `wait` once: the uncontended checkout is ready at once and pays for
-/// no watching.
-pub(super) async fn poll_once<F: Future>(wait: Pin<&mut F>) -> Poll<F::Output> {
-    let mut wait = wait;
-    std::future::poll_fn(|cx| Poll::Ready(wait.as_mut().poll(cx))).await
+/// The session's checkout for its next request, given up if the client gives up.
+/// The cancel key points at the server before the wait ends.
+pub(super) async fn checkout(
+    session: &mut Session,
+    socket: &mut ClientStream,
+    inbox: &mut BytesMut,
+    registration: &Registration,
+) -> Waited<Result<PooledServer, Refusal>> {
+    let max_message = session.env.config.client.max_message_size.0 as usize;
+    let set_target = |checkout: &Result<PooledServer, Refusal>| {
+        if let Ok(server) = checkout {
+            registration.set_target(Some(server.cancel_target()));
+        }
+    };
+    // Made here, not passed in: moving the checkout future would copy it on every
+    // transaction.
+    let mut checkout = pin!(session.checkout());
+    let first = std::future::poll_fn(|cx| Poll::Ready(checkout.as_mut().poll(cx))).await;
+    match first {
+        Poll::Ready(done) => {
+            set_target(&done);
+            Waited::Done(done)
+        }
+        // Boxed: only a request that has to wait pays for the watching future, and
+        // every session future (idle ones included) stays as small as before.
+        Poll::Pending => {
+            Box::pin(unless_client_gives_up(
+                checkout,
+                socket,
+                inbox,
+                max_message,
+                registration,
+                set_target,
+            ))
+            .await
+        }
+    }
 }
 
-/// Goes on with `wait` (polled once already, see [`poll_once`]) unless the
-/// client gives up first. `on_done` runs before the cancel key stops pointing at
+/// Goes on with `wait` (polled once already) unless the client gives up first. `on_done` runs before the cancel key stops pointing at
 /// the waiting request, so the caller can point it at the server it got and no
-/// cancel falls between the two. Taken pinned in place: moving the checkout
-/// future into this one would copy it on every transaction.
-pub(super) async fn unless_client_gives_up<F: Future>(
+/// cancel falls between the two.
+async fn unless_client_gives_up<F: Future>(
     mut wait: Pin<&mut F>,
     socket: &mut ClientStream,
     inbox: &mut BytesMut,

@@ -10,8 +10,6 @@ mod fast_path;
 mod resend;
 
 use crate::tls::ClientStream;
-use std::task::Poll;
-
 use bytes::BytesMut;
 
 use super::abandoned;
@@ -126,32 +124,7 @@ pub(super) async fn run(
             }
             continue;
         }
-        let max_message = session.env.config.client.max_message_size.0 as usize;
-        let set_target = |checkout: &Result<PooledServer, _>| {
-            if let Ok(server) = checkout {
-                registration.set_target(Some(server.cancel_target()));
-            }
-        };
-        let waited = {
-            let mut checkout = std::pin::pin!(session.checkout());
-            match waiting::poll_once(checkout.as_mut()).await {
-                Poll::Ready(done) => {
-                    set_target(&done);
-                    Waited::Done(done)
-                }
-                Poll::Pending => {
-                    waiting::unless_client_gives_up(
-                        checkout,
-                        socket,
-                        &mut inbox,
-                        max_message,
-                        registration,
-                        set_target,
-                    )
-                    .await
-                }
-            }
-        };
+        let waited = waiting::checkout(session, socket, &mut inbox, registration).await;
         let mut server = match waited {
             Waited::Done(Ok(server)) => server,
             Waited::Done(Err(refusal)) => {
