@@ -102,18 +102,21 @@ async fn unless_client_gives_up<F: Future>(
     let mut cancelled = pin!(registration.cancel_while_waiting());
     cancelled.as_mut().enable();
     let _waiting = registration.waiting();
+    // The client's giving up comes first: when it coincides with a server
+    // freeing up, the request must not run. A checkout dropped after the pool
+    // handed it a slot gives the slot back.
     tokio::select! {
         biased;
-        done = wait.as_mut() => {
-            on_done(&done);
-            Waited::Done(done)
-        }
         () = &mut cancelled => match answer_cancelled(socket, inbox, max_message).await {
             Ok(true) => Waited::Cancelled,
             Ok(false) => Waited::CancelledBeforeSync,
             Err(end) => Waited::ClientGone(end),
         },
         end = client_leaves(socket, inbox) => Waited::ClientGone(end),
+        done = wait.as_mut() => {
+            on_done(&done);
+            Waited::Done(done)
+        }
     }
 }
 
