@@ -70,7 +70,9 @@ impl ParamSet {
     /// packet's own parameters win over the same ones in `options`.
     pub fn from_startup(params: &[(String, String)]) -> ParamSet {
         let mut set = ParamSet::default();
-        for (_, value) in params.iter().filter(|(name, _)| name == "options") {
+        // Only the last `options` counts: PostgreSQL keeps one, each overwriting
+        // the one before.
+        if let Some((_, value)) = params.iter().rfind(|(name, _)| name == "options") {
             for (k, v) in parse_options(value) {
                 set.set(&k, ParamValue::Raw(v));
             }
@@ -243,6 +245,12 @@ mod tests {
             Some(&ParamValue::Raw("UTC".into())),
             "the packet's own parameter wins over options"
         );
+        let set = ParamSet::from_startup(&[
+            ("options".into(), "-c search_path=first".into()),
+            ("options".into(), "-c work_mem=1MB".into()),
+        ]);
+        assert_eq!(set.get("search_path"), None, "only the last options counts");
+        assert_eq!(set.get("work_mem"), Some(&ParamValue::Raw("1MB".into())));
     }
 
     #[test]
