@@ -34,7 +34,7 @@
 //!   reveals nothing.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -104,7 +104,7 @@ pub struct Peering<'a> {
 #[derive(Debug, PartialEq, Eq)]
 pub enum CancelRoute {
     /// One of our clients: cancel on the server it uses now.
-    Local(CancelTarget),
+    Local(LocalCancel),
     /// Issued by configured peer `peer`: send it this request (relayed bit set).
     Peer { peer: u32, target: CancelTarget },
     /// Nothing to cancel; why.
@@ -120,13 +120,61 @@ pub struct CancelTarget {
     pub secret: i32,
 }
 
+/// A cancel on its way to the server one of our clients uses. Until it is
+/// dropped (the server has taken the request, or sending it failed) the client's
+/// session does not hand that server to another client ([`Registration::settle`]):
+/// a cancel racing the end of a transaction must not land on the next client's
+/// query, which directly could never happen.
+pub struct LocalCancel {
+    pub target: CancelTarget,
+    _in_flight: InFlight,
+}
+
+impl PartialEq for LocalCancel {
+    fn eq(&self, other: &LocalCancel) -> bool {
+        self.target == other.target
+    }
+}
+
+impl Eq for LocalCancel {}
+
+impl std::fmt::Debug for LocalCancel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.target.fmt(f)
+    }
+}
+
+/// Counts one cancel in flight on a slot; wakes [`Registration::settle`] when the
+/// last one ends.
+struct InFlight(TargetSlot);
+
+impl InFlight {
+    fn start(slot: &TargetSlot) -> InFlight {
+        slot.in_flight.fetch_add(1, Ordering::SeqCst);
+        InFlight(Arc::clone(slot))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if self.0.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.settled.notify_waiters();
+        }
+    }
+}
+
 /// The server a client uses now; shared by the registry and the client's session.
 ///
 /// Transaction mode points it at a server and back at none twice per transaction,
-/// so that is two relaxed stores of the backend key. The address is written only
+/// so that is two stores of the backend key. The address is written only
 /// when the client moves to a server at another address. A cancel racing with a
 /// move may pair a key with the other server's address; PostgreSQL ignores a key it
 /// did not issue, so the worst case is the cancel a race allows anyway.
+///
+/// A cancel counts itself in `in_flight` before it reads the key, and a session
+/// clears the key before it reads `in_flight` (both sequentially consistent): so
+/// either the cancel sees no server, or the session sees the cancel and waits for
+/// it before the server can go to anyone else.
 #[derive(Default)]
 struct SlotState {
     /// The server backend's key, pid in the high half and secret in the low; 0 when
@@ -134,6 +182,10 @@ struct SlotState {
     backend_key: AtomicU64,
     /// `host:port` of the server the key was last set from.
     address: Mutex<String>,
+    /// Cancels read from this slot and not yet delivered.
+    in_flight: AtomicU32,
+    /// Notified when `in_flight` drops to 0.
+    settled: tokio::sync::Notify,
 }
 
 type TargetSlot = Arc<SlotState>;
@@ -204,22 +256,28 @@ impl CancelRegistry {
         }
     }
 
-    /// The target for a cancel key, if the key is known and the secret matches.
-    pub fn lookup(&self, pid: i32, secret: &[u8]) -> Option<CancelTarget> {
+    /// The target for a cancel key, if the key is known and the secret matches and
+    /// the client uses a server now; the server stays the client's while the
+    /// returned [`LocalCancel`] lives.
+    pub fn lookup(&self, pid: i32, secret: &[u8]) -> Option<LocalCancel> {
         let entries = self.entries();
         let entry = entries.get(&pid)?.iter().find(|entry| {
             let matches: bool = entry.secret.to_be_bytes().ct_eq(secret).into();
             matches
         })?;
-        let key = entry.target.backend_key.load(Ordering::Acquire);
+        let in_flight = InFlight::start(&entry.target);
+        let key = entry.target.backend_key.load(Ordering::SeqCst);
         if key == 0 {
             return None;
         }
         let address = lock_address(&entry.target).clone();
-        Some(CancelTarget {
-            address,
-            pid: (key >> 32) as u32 as i32,
-            secret: key as u32 as i32,
+        Some(LocalCancel {
+            target: CancelTarget {
+                address,
+                pid: (key >> 32) as u32 as i32,
+                secret: key as u32 as i32,
+            },
+            _in_flight: in_flight,
         })
     }
 
@@ -265,10 +323,11 @@ impl CancelRegistry {
 }
 
 impl Registration {
-    /// Points this client's key at the server it now uses (None: no server).
+    /// Points this client's key at the server it now uses (None: no server; call
+    /// [`Registration::settle`] before the server goes to anyone else).
     pub fn set_target(&self, target: Option<&CancelTarget>) {
         let Some(target) = target else {
-            self.target.backend_key.store(0, Ordering::Release);
+            self.target.backend_key.store(0, Ordering::SeqCst);
             return;
         };
         {
@@ -280,6 +339,25 @@ impl Registration {
         self.target
             .backend_key
             .store(pack_key(target.pid, target.secret), Ordering::Release);
+    }
+}
+
+impl Registration {
+    /// After `set_target(None)`: waits until the cancels already on their way to
+    /// the server this client used have been delivered (each is bounded by
+    /// `server.cancel_timeout`), so that none lands on the next user of the server.
+    /// Returns at once when there are none, the usual case.
+    pub async fn settle(&self) {
+        let slot = &self.target;
+        while slot.in_flight.load(Ordering::SeqCst) > 0 {
+            let settled = slot.settled.notified();
+            tokio::pin!(settled);
+            settled.as_mut().enable();
+            if slot.in_flight.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            settled.await;
+        }
     }
 }
 
@@ -342,7 +420,10 @@ mod tests {
         let target = target("127.0.0.1:5432", 99, 7);
         registration.set_target(Some(&target));
         assert_eq!(
-            registry.lookup(registration.pid, &secret).as_ref(),
+            registry
+                .lookup(registration.pid, &secret)
+                .map(|l| l.target)
+                .as_ref(),
             Some(&target)
         );
         let wrong = (registration.secret ^ 1).to_be_bytes();
@@ -396,7 +477,11 @@ mod tests {
         let replica = target("10.0.0.2:5432", 4242, 2);
         on_primary.set_target(Some(&primary));
         on_replica.set_target(Some(&replica));
-        let lookup = |r: &Registration| registry.lookup(r.pid, &r.secret.to_be_bytes());
+        let lookup = |r: &Registration| {
+            registry
+                .lookup(r.pid, &r.secret.to_be_bytes())
+                .map(|l| l.target)
+        };
         assert_eq!(lookup(&on_primary), Some(primary));
         assert_eq!(lookup(&on_replica), Some(replica.clone()));
         drop(on_primary);
@@ -433,7 +518,10 @@ mod tests {
         for target in [&first, &second, &first] {
             registration.set_target(Some(target));
             assert_eq!(
-                registry.lookup(registration.pid, &secret).as_ref(),
+                registry
+                    .lookup(registration.pid, &secret)
+                    .map(|l| l.target)
+                    .as_ref(),
                 Some(target)
             );
             registration.set_target(None);
@@ -458,11 +546,20 @@ mod tests {
             let target = target("127.0.0.1:5432", 4242, 9);
             ours.set_target(Some(&target));
             let secret = ours.secret.to_be_bytes();
-            let local = CancelRoute::Local(target.clone());
-            assert_eq!(registry.route(ours.pid, &secret, &peering), local);
+            let local = |route| match route {
+                CancelRoute::Local(local) => Some(local.target),
+                _ => None,
+            };
+            assert_eq!(
+                local(registry.route(ours.pid, &secret, &peering)),
+                Some(target.clone())
+            );
             // A peer passing our key back to us (relayed bit set) reaches the same server.
             let relayed = KeyPid::decode(ours.pid).relayed_wire();
-            assert_eq!(registry.route(relayed, &secret, &peering), local);
+            assert_eq!(
+                local(registry.route(relayed, &secret, &peering)),
+                Some(target.clone())
+            );
         }
 
         let theirs = mint_secret(2, 77);
@@ -513,5 +610,24 @@ mod tests {
         let idle = registry.register(1, None);
         let route = registry.route(idle.pid, &idle.secret.to_be_bytes(), &peering);
         assert!(matches!(route, CancelRoute::Ignore(_)), "{route:?}");
+    }
+
+    #[tokio::test]
+    async fn a_session_waits_for_cancels_in_flight_before_giving_up_its_server() {
+        let registry = Arc::new(CancelRegistry::default());
+        let registration = registry.register(0, None);
+        let secret = registration.secret.to_be_bytes();
+        registration.set_target(Some(&target("10.0.0.1:5432", 7, 8)));
+        let cancel = registry.lookup(registration.pid, &secret).expect("in use");
+        registration.set_target(None);
+        // The cancel read the server before the session let it go: the session
+        // waits for it.
+        let mut settle = Box::pin(registration.settle());
+        assert!(futures_util::poll!(settle.as_mut()).is_pending());
+        drop(cancel);
+        settle.await;
+        // A cancel that finds no server holds nothing up.
+        assert!(registry.lookup(registration.pid, &secret).is_none());
+        registration.settle().await;
     }
 }

@@ -329,15 +329,16 @@ async fn forward_cancel(ctx: &ProxyContext, pid: i32, secret: &[u8], from: &str)
     let timeout = config.server.cancel_timeout.0;
     let tls = &config.server.tls_loaded;
     let outcome = match ctx.cancels().route(pid, secret, &peering) {
-        CancelRoute::Local(target) => match cancel_on_server(&target, tls, timeout).await {
+        // `local` holds the client's server for it until the request is delivered.
+        CancelRoute::Local(local) => match cancel_on_server(&local.target, tls, timeout).await {
             Ok(()) => {
-                tracing::info!(%from, server = %target.address, "cancel request forwarded");
+                tracing::info!(%from, server = %local.target.address, "cancel request forwarded");
                 "forwarded"
             }
             Err(e) => {
                 tracing::warn!(
                     %from,
-                    server = %target.address,
+                    server = %local.target.address,
                     error = %e,
                     "cannot forward cancel request"
                 );

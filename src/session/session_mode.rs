@@ -40,6 +40,8 @@ pub(super) async fn run(
         registration.set_target(Some(server.cancel_target()));
         let end = relay_on(session, socket, &mut server, pending).await;
         registration.set_target(None);
+        // A cancel for this client's query must not reach the server's next user.
+        registration.settle().await;
         if !matches!(end, RelayEnd::Paused) {
             break end;
         }
