@@ -76,6 +76,10 @@ pub struct RelayStats {
     pub client_at_boundary: bool,
     /// Everything read from the server so far ends on a message boundary.
     pub server_at_boundary: bool,
+    /// The client's last complete message did not end a request (an Execute or
+    /// Flush without Sync, COPY data without CopyDone): the server may be working
+    /// on something no ReadyForQuery was asked for yet.
+    pub client_unsynced: bool,
 }
 
 impl RelayStats {
@@ -248,6 +252,7 @@ where
     stats.ready += downstream.messages;
     stats.client_at_boundary = upstream.at_boundary;
     stats.server_at_boundary = downstream.at_boundary;
+    stats.client_unsynced = !progress.client_quiet.load(Ordering::Relaxed);
     end
 }
 
@@ -610,6 +615,46 @@ mod tests {
         assert!(matches!(end, RelayEnd::ClientTerminated), "{end:?}");
         assert_eq!(stats.transaction_status, tag::STATUS_IN_TRANSACTION);
         assert_eq!(stats.server_bytes, reply.len() as u64);
+    }
+
+    #[tokio::test]
+    async fn a_client_leaving_mid_batch_or_mid_copy_is_unsynced() {
+        let cases: [(&str, Vec<u8>, bool); 4] = [
+            (
+                "Execute, Flush",
+                [message(tag::EXECUTE, b"\0\0\0\0\0"), message(b'H', b"")].concat(),
+                true,
+            ),
+            ("COPY data", message(tag::COPY_DATA, b"row\n"), true),
+            (
+                "Execute, Sync",
+                [
+                    message(tag::EXECUTE, b"\0\0\0\0\0"),
+                    message(tag::SYNC, b""),
+                ]
+                .concat(),
+                false,
+            ),
+            (
+                "COPY data, CopyDone",
+                [
+                    message(tag::COPY_DATA, b"row\n"),
+                    message(tag::COPY_DONE, b""),
+                ]
+                .concat(),
+                false,
+            ),
+        ];
+        for (what, bytes, unsynced) in cases {
+            let (mut client_app, mut server_app, relay_task) = spawn_relay();
+            client_app.write_all(&bytes).await.expect("write");
+            let mut got = vec![0u8; bytes.len()];
+            server_app.read_exact(&mut got).await.expect("read");
+            drop(client_app);
+            let (end, stats) = relay_task.await.expect("join");
+            assert!(matches!(end, RelayEnd::ClientGone(None)), "{what}: {end:?}");
+            assert_eq!(stats.client_unsynced, unsynced, "{what}");
+        }
     }
 
     #[tokio::test]
