@@ -210,6 +210,44 @@ fn odd_startup_packets() -> Vec<(&'static str, Vec<u8>)> {
         ),
         ("packet over the size cap", with(&[(b"options", too_long)])),
         (
+            "-c joined to its value",
+            with(&[(b"options", b"-capplication_name=joined")]),
+        ),
+        ("-c without a value", with(&[(b"options", b"-c")])),
+        (
+            "-c without =",
+            with(&[(b"options", b"-c application_name")]),
+        ),
+        (
+            "--name without =",
+            with(&[(b"options", b"--application_name")]),
+        ),
+        ("an unknown switch", with(&[(b"options", b"-Z")])),
+        ("a postmaster-only switch", with(&[(b"options", b"-B 100")])),
+        (
+            "a setting fixed at server start",
+            with(&[(b"options", b"-c shared_buffers=100")]),
+        ),
+        (
+            "a superuser-only setting",
+            with(&[(b"options", b"-c log_min_messages=debug1")]),
+        ),
+        (
+            "a superuser-only setting as a parameter",
+            with(&[(b"log_min_messages", b"debug1")]),
+        ),
+        (
+            "session_authorization in options",
+            with(&[(b"options", b"-c session_authorization=postgres")]),
+        ),
+        ("User in odd case", with(&[(b"User", b"app_md5")])),
+        ("Database in odd case", with(&[(b"Database", b"appdb")])),
+        ("_PQ_ in odd case", with(&[(b"_PQ_.thing", b"1")])),
+        (
+            "Options in odd case",
+            with(&[(b"Options", b"-c application_name=x")]),
+        ),
+        (
             "client_encoding auto",
             with(&[(b"client_encoding", b"auto")]),
         ),
