@@ -261,6 +261,10 @@ pub(super) async fn open(
         &mut greeting,
     )
     .await?;
+    // After authentication, as PostgreSQL reads `options` once the user is known.
+    if let Some(options) = startup.get("options") {
+        super::startup_options::check(options).map_err(HandshakeFailure::Refuse)?;
+    }
     Ok(Some(Opened {
         params,
         greeting,
