@@ -665,6 +665,58 @@ async fn cancels_racing_a_transactions_end_never_reach_the_next_client() {
     );
 }
 
+/// Transaction mode, one server held by A's open transaction: B's request waits
+/// for a server, and B's cancel ends the wait as a cancel ends a query directly
+/// (ERROR 57014, then ReadyForQuery), for a simple query and an extended batch;
+/// nothing of it runs later, and B carries on once the server is free.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cancel_ends_a_wait_for_a_server() {
+    let targets = targets("transaction", 1).await;
+    let params = [("database", "appdb")];
+    let mut a = Login::open(targets.proxy, PROTOCOL_3_0, &params).await;
+    a.assert_ready("A");
+    let mut b = Login::open(targets.proxy, PROTOCOL_3_0, &params).await;
+    b.assert_ready("B");
+    let (pid, secret) = b.key().expect("B's key");
+    assert!(error_responses(&a.query("begin").await).is_empty());
+    let mut extended = parse_msg("", "select 'extended'");
+    extended.extend(bind_msg("", &[]));
+    extended.extend(execute_msg());
+    extended.extend(sync_msg());
+    for (what, request) in [
+        ("simple query", query_msg("select 'simple'")),
+        ("extended batch", extended),
+    ] {
+        b.stream.write_all(&request).await.expect("B's request");
+        eventually(Duration::from_secs(10), "B waits for the server", || async {
+            let status = admin_status(&targets.handle).await;
+            status["pools"]
+                .as_array()
+                .is_some_and(|pools| pools.iter().any(|p| p["waiting"].as_u64() == Some(1)))
+        })
+        .await;
+        send_raw_cancel(targets.proxy, &cancel_request(pid, secret)).await;
+        let mut answer = Vec::new();
+        loop {
+            let m = read_message(&mut b.stream).await;
+            let done = m.0 == b'Z';
+            answer.push(m);
+            if done {
+                break;
+            }
+        }
+        assert_eq!(
+            severities(&answer),
+            vec![("ERROR".to_string(), "57014".to_string())],
+            "{what}: cancelled"
+        );
+        assert_eq!(answer.last().map(|m| m.1.clone()), Some(b"I".to_vec()));
+        assert!(data_rows(&answer).is_empty(), "{what}: {answer:?}");
+    }
+    assert!(error_responses(&a.query("commit").await).is_empty());
+    assert_eq!(b.value("select 'after'").await, "after");
+}
+
 // ---------------------------------------------------------------------------
 // The server ends the session
 // ---------------------------------------------------------------------------
