@@ -186,6 +186,9 @@ struct SlotState {
     in_flight: AtomicU32,
     /// Notified when `in_flight` drops to 0.
     settled: tokio::sync::Notify,
+    /// Notified by a cancel that finds the client using no server: a session
+    /// waiting for one gives up the wait ([`Registration::cancelled`]).
+    waiting: tokio::sync::Notify,
 }
 
 type TargetSlot = Arc<SlotState>;
@@ -268,6 +271,8 @@ impl CancelRegistry {
         let in_flight = InFlight::start(&entry.target);
         let key = entry.target.backend_key.load(Ordering::SeqCst);
         if key == 0 {
+            // Wakes only a session waiting now; none stores the cancel for later.
+            entry.target.waiting.notify_waiters();
             return None;
         }
         let address = lock_address(&entry.target).clone();
@@ -343,6 +348,13 @@ impl Registration {
 }
 
 impl Registration {
+    /// Resolves when a cancel for this client arrives while it uses no server,
+    /// counting from when this is called (not first polled), so a session can
+    /// build it before it starts waiting for a server.
+    pub fn cancelled(&self) -> tokio::sync::futures::Notified<'_> {
+        self.target.waiting.notified()
+    }
+
     /// After `set_target(None)`: waits until the cancels already on their way to
     /// the server this client used have been delivered (each is bounded by
     /// `server.cancel_timeout`), so that none lands on the next user of the server.
@@ -629,5 +641,26 @@ mod tests {
         // A cancel that finds no server holds nothing up.
         assert!(registry.lookup(registration.pid, &secret).is_none());
         registration.settle().await;
+    }
+
+    #[tokio::test]
+    async fn a_cancel_for_a_client_without_a_server_wakes_its_wait_only() {
+        let registry = Arc::new(CancelRegistry::default());
+        let registration = registry.register(0, None);
+        let secret = registration.secret.to_be_bytes();
+        // No one waiting: the cancel is not kept for a later wait.
+        assert!(registry.lookup(registration.pid, &secret).is_none());
+        let mut later = Box::pin(registration.cancelled());
+        assert!(futures_util::poll!(later.as_mut()).is_pending());
+        // Built before the cancel, even if not yet polled: woken.
+        let waiting = registration.cancelled();
+        assert!(registry.lookup(registration.pid, &secret).is_none());
+        waiting.await;
+        later.await;
+        // A wrong secret wakes nobody.
+        let mut other = Box::pin(registration.cancelled());
+        let wrong = (registration.secret ^ 1).to_be_bytes();
+        assert!(registry.lookup(registration.pid, &wrong).is_none());
+        assert!(futures_util::poll!(other.as_mut()).is_pending());
     }
 }

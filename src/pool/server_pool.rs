@@ -301,11 +301,11 @@ impl ServerPool {
             Ok(permit) => permit.forget(),
             // Only a client that has to wait pays for a timer.
             Err(_) => {
-                waiting.fetch_add(1, Ordering::Relaxed);
+                let counted = Waiting::count(waiting);
                 // Boxed, like `connect` below: the uncontended checkout, made once
                 // per transaction, stays a small future.
                 let slot = Box::pin(self.wait_for_slot(timeout)).await;
-                waiting.fetch_sub(1, Ordering::Relaxed);
+                drop(counted);
                 slot?;
                 now = Instant::now();
             }
@@ -324,9 +324,9 @@ impl ServerPool {
 
     async fn wait_for_slot(&self, timeout: Duration) -> Result<(), CheckoutError> {
         let started = Instant::now();
-        self.waiting.fetch_add(1, Ordering::Relaxed);
+        let counted = Waiting::count(&self.waiting);
         let acquired = tokio::time::timeout(timeout, self.slots.acquire()).await;
-        self.waiting.fetch_sub(1, Ordering::Relaxed);
+        drop(counted);
         match acquired {
             Ok(Ok(permit)) => {
                 permit.forget();
@@ -585,6 +585,23 @@ impl PooledServer {
             .as_mut()
             .unwrap_or_else(|| unreachable!("connection taken before drop"));
         (&self.pool, connection)
+    }
+}
+
+/// One waiting client on a counter, for as long as it waits: also when the wait
+/// is abandoned (a cancel ends a transaction-mode client's wait for a server).
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn count(counter: &'a AtomicUsize) -> Waiting<'a> {
+        counter.fetch_add(1, Ordering::Relaxed);
+        Waiting(counter)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -6,6 +6,7 @@
 //! ([`resend`]), and what is answered without a server ([`fast_path`]).
 
 mod attach;
+mod cancelled_wait;
 mod fast_path;
 mod resend;
 
@@ -107,11 +108,30 @@ pub(super) async fn run(
             }
             continue;
         }
-        let mut server = match session.checkout().await {
-            Ok(server) => server,
-            Err(refusal) => {
+        // Built before the checkout starts, so a cancel during the wait counts;
+        // polled only if the checkout has to wait (biased), the usual checkout
+        // pays nothing for it.
+        let cancelled = registration.cancelled();
+        let checkout = tokio::select! {
+            biased;
+            checkout = session.checkout() => Some(checkout),
+            () = cancelled => None,
+        };
+        let mut server = match checkout {
+            Some(Ok(server)) => server,
+            Some(Err(refusal)) => {
                 refusal.send(socket).await;
                 return SessionEnd::Refused(refusal.error);
+            }
+            None => {
+                let max_message = session.env.config.client.max_message_size.0 as usize;
+                if let Some(replies) = cancelled_wait::answer(&mut inbox, max_message) {
+                    tracing::info!(client = %session.env.peer, "cancelled while waiting for a server");
+                    if let Err(e) = super::send_all(socket, &replies).await {
+                        return SessionEnd::Relay(RelayEnd::ClientGone(Some(e)));
+                    }
+                }
+                continue;
             }
         };
         let mut updates = BytesMut::new();
