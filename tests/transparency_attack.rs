@@ -4,15 +4,18 @@
 //! them:
 //!
 //! - startup packets: duplicate parameters (the last wins), odd-case names, bytes
-//!   after the terminator, an empty name, `options` mixes and escapes, unknown
-//!   settings and bad values, no user, non-UTF-8 values, a packet at the size cap;
+//!   after the terminator, an empty name, `options` mixes, escapes and malformed
+//!   or unknown switches, unknown settings and bad values, no user, non-UTF-8
+//!   values, a packet at and over the size cap (two documented differences);
 //! - client encodings other than UTF-8, round-tripped byte for byte;
 //! - two clients with different startup parameters sharing one server;
 //! - cancels with a wrong secret, extra bytes, a departed client's key, an idle
-//!   transaction-mode client's key, and cancels racing the end of a transaction
-//!   (which must never reach the next client of the same server);
-//! - the server ending a session mid-COPY or mid-batch, and a backend killed with
-//!   SIGKILL (the postmaster restarts every backend);
+//!   client's key, cancels racing the end of a transaction (which must never reach
+//!   the next client of the same server), and a cancel of a transaction-mode
+//!   client waiting for a server (it ends the wait with 57014);
+//! - the server ending a session mid-COPY, mid-batch or while the client streams
+//!   a large query, and a backend killed with SIGKILL (the postmaster restarts
+//!   every backend);
 //! - a client leaving mid-COPY, mid-batch without Sync, or with a large result it
 //!   never reads.
 
@@ -688,12 +691,16 @@ async fn a_cancel_ends_a_wait_for_a_server() {
         ("extended batch", extended),
     ] {
         b.stream.write_all(&request).await.expect("B's request");
-        eventually(Duration::from_secs(10), "B waits for the server", || async {
-            let status = admin_status(&targets.handle).await;
-            status["pools"]
-                .as_array()
-                .is_some_and(|pools| pools.iter().any(|p| p["waiting"].as_u64() == Some(1)))
-        })
+        eventually(
+            Duration::from_secs(10),
+            "B waits for the server",
+            || async {
+                let status = admin_status(&targets.handle).await;
+                status["pools"]
+                    .as_array()
+                    .is_some_and(|pools| pools.iter().any(|p| p["waiting"].as_u64() == Some(1)))
+            },
+        )
         .await;
         send_raw_cancel(targets.proxy, &cancel_request(pid, secret)).await;
         let mut answer = Vec::new();
@@ -825,7 +832,11 @@ async fn the_servers_fatal_reaches_a_client_streaming_a_large_query() {
         sql.push_str("')");
         let query = query_msg(&sql);
         let half = query.len() / 2;
-        login.stream.write_all(&query[..half]).await.expect("first half");
+        login
+            .stream
+            .write_all(&query[..half])
+            .await
+            .expect("first half");
         // Session mode: the key's pid is the server backend's.
         let ended = su_sql(port, &format!("select pg_terminate_backend({pid})")).await;
         assert_eq!(ended, "t", "{side}: the backend was ended");
@@ -837,7 +848,10 @@ async fn the_servers_fatal_reaches_a_client_streaming_a_large_query() {
             errors.is_empty() || errors == vec![("FATAL".to_string(), "57P01".to_string())],
             "{side}: {errors:?}"
         );
-        assert!(data_rows(&messages).is_empty(), "{side}: the query never ran");
+        assert!(
+            data_rows(&messages).is_empty(),
+            "{side}: the query never ran"
+        );
         eprintln!("{side}: {errors:?}");
     }
 }
