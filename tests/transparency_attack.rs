@@ -816,43 +816,43 @@ async fn the_servers_fatal_reaches_a_client_mid_copy_and_mid_batch() {
     }
 }
 
-/// Session mode and directly: the server is ended while the client is halfway
-/// through sending a 4 MB query. The client gets the server's FATAL (or, if its
-/// next write fails first, the end of the connection), never a hang.
+/// The server is ended while the client is halfway through sending a 4 MB query
+/// (inside a transaction, so transaction mode keeps its server): the client gets
+/// the server's FATAL alone, as directly (or, if its next write fails first, the
+/// end of the connection), never a hang and never a second error of the proxy's.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_servers_fatal_reaches_a_client_streaming_a_large_query() {
     let port = shared_cluster().await.port(0);
-    let targets = targets_on(port, "session", 2).await;
-    for (side, addr) in [("direct", targets.direct), ("proxied", targets.proxy)] {
-        let mut login = Login::open(addr, PROTOCOL_3_0, &[("database", "appdb")]).await;
-        login.assert_ready(side);
-        let (pid, _) = login.key().expect("key");
-        let mut sql = "select length('".to_string();
-        sql.push_str(&"x".repeat(4 << 20));
-        sql.push_str("')");
-        let query = query_msg(&sql);
-        let half = query.len() / 2;
-        login
-            .stream
-            .write_all(&query[..half])
-            .await
-            .expect("first half");
-        // Session mode: the key's pid is the server backend's.
-        let ended = su_sql(port, &format!("select pg_terminate_backend({pid})")).await;
-        assert_eq!(ended, "t", "{side}: the backend was ended");
-        // The rest may or may not be accepted, depending on when the socket closes.
-        let _ = login.stream.write_all(&query[half..]).await;
-        let messages = until_closed(&mut login.stream).await;
-        let errors = severities(&messages);
-        assert!(
-            errors.is_empty() || errors == vec![("FATAL".to_string(), "57P01".to_string())],
-            "{side}: {errors:?}"
-        );
-        assert!(
-            data_rows(&messages).is_empty(),
-            "{side}: the query never ran"
-        );
-        eprintln!("{side}: {errors:?}");
+    for mode in MODES {
+        let targets = targets_on(port, mode, 2).await;
+        for (side, addr) in [("direct", targets.direct), ("proxied", targets.proxy)] {
+            let what = format!("{mode} mode, {side}");
+            let mut login = Login::open(addr, PROTOCOL_3_0, &[("database", "appdb")]).await;
+            login.assert_ready(&what);
+            assert!(error_responses(&login.query("begin").await).is_empty());
+            let pid = login.value("select pg_backend_pid()").await;
+            let mut sql = "select length('".to_string();
+            sql.push_str(&"x".repeat(4 << 20));
+            sql.push_str("')");
+            let query = query_msg(&sql);
+            let half = query.len() / 2;
+            login
+                .stream
+                .write_all(&query[..half])
+                .await
+                .expect("first half");
+            let ended = su_sql(port, &format!("select pg_terminate_backend({pid})")).await;
+            assert_eq!(ended, "t", "{what}: the backend was ended");
+            // The rest may or may not be taken, depending on when the socket closes.
+            let _ = login.stream.write_all(&query[half..]).await;
+            let messages = until_closed(&mut login.stream).await;
+            let errors = severities(&messages);
+            assert!(
+                errors.is_empty() || errors == vec![("FATAL".to_string(), "57P01".to_string())],
+                "{what}: {errors:?}"
+            );
+            assert!(data_rows(&messages).is_empty(), "{what}: the query never ran");
+        }
     }
 }
 
