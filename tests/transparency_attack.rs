@@ -481,6 +481,51 @@ async fn two_clients_sharing_one_server_keep_their_own_parameters() {
     }
 }
 
+/// Pool size 1 in session mode: clients with different startup parameters (and
+/// one that changes its own with SET) connect one after another on the one server;
+/// each is greeted with, and shows, its own values, never the last client's.
+#[tokio::test(flavor = "multi_thread")]
+async fn session_mode_clients_one_after_another_on_one_server_see_their_own() {
+    let targets = targets("session", 1).await;
+    let sets: [&[(&str, &str)]; 3] = [
+        &[("database", "appdb"), ("TimeZone", "Asia/Tokyo")],
+        &[("database", "appdb")],
+        &[
+            ("database", "appdb"),
+            ("options", "-c TimeZone=America/Lima"),
+        ],
+    ];
+    let mut direct_zone = Vec::new();
+    for params in sets {
+        let mut direct = Login::open(targets.direct, PROTOCOL_3_0, params).await;
+        direct.assert_ready("direct");
+        direct_zone.push(direct.value("show TimeZone").await);
+    }
+    for round in 0..4 {
+        for (i, params) in sets.iter().enumerate() {
+            let what = format!("round {round}, client {i}");
+            let mut login = Login::open(targets.proxy, PROTOCOL_3_0, params).await;
+            login.assert_ready(&what);
+            assert_eq!(
+                login.greeting()["TimeZone"],
+                direct_zone[i],
+                "{what}: greeted"
+            );
+            assert_eq!(login.value("show TimeZone").await, direct_zone[i], "{what}");
+            // Leaves a change of its own behind, which must not reach the next.
+            assert!(
+                error_responses(&login.query("set TimeZone = 'Africa/Cairo'").await).is_empty()
+            );
+            login
+                .stream
+                .write_all(&message(b'X', b""))
+                .await
+                .expect("terminate");
+            until_closed(&mut login.stream).await;
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Cancels
 // ---------------------------------------------------------------------------
@@ -851,7 +896,10 @@ async fn the_servers_fatal_reaches_a_client_streaming_a_large_query() {
                 errors.is_empty() || errors == vec![("FATAL".to_string(), "57P01".to_string())],
                 "{what}: {errors:?}"
             );
-            assert!(data_rows(&messages).is_empty(), "{what}: the query never ran");
+            assert!(
+                data_rows(&messages).is_empty(),
+                "{what}: the query never ran"
+            );
         }
     }
 }
