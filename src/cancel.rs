@@ -34,7 +34,7 @@
 //!   reveals nothing.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -106,7 +106,7 @@ pub struct Peering<'a> {
 #[derive(Debug, PartialEq, Eq)]
 pub enum CancelRoute {
     /// One of our clients: cancel on the server it uses now.
-    Local(CancelTarget),
+    Local(LocalCancel),
     /// One of our clients whose request waits for a server: nothing runs yet, so
     /// the session itself answers the cancel.
     Waiting(WaitingRequest),
@@ -125,13 +125,61 @@ pub struct CancelTarget {
     pub secret: i32,
 }
 
+/// A cancel on its way to the server one of our clients uses. Until it is
+/// dropped (the server has taken the request, or sending it failed) the client's
+/// session does not hand that server to another client ([`Registration::settle`]):
+/// a cancel racing the end of a transaction must not land on the next client's
+/// query, which directly could never happen.
+pub struct LocalCancel {
+    pub target: CancelTarget,
+    _in_flight: InFlight,
+}
+
+impl PartialEq for LocalCancel {
+    fn eq(&self, other: &LocalCancel) -> bool {
+        self.target == other.target
+    }
+}
+
+impl Eq for LocalCancel {}
+
+impl std::fmt::Debug for LocalCancel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.target.fmt(f)
+    }
+}
+
+/// Counts one cancel in flight on a slot; wakes [`Registration::settle`] when the
+/// last one ends.
+struct InFlight(TargetSlot);
+
+impl InFlight {
+    fn start(slot: &TargetSlot) -> InFlight {
+        slot.in_flight.fetch_add(1, Ordering::SeqCst);
+        InFlight(Arc::clone(slot))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if self.0.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.settled.notify_waiters();
+        }
+    }
+}
+
 /// The server a client uses now; shared by the registry and the client's session.
 ///
 /// Transaction mode points it at a server and back at none twice per transaction,
-/// so that is two relaxed stores of the backend key. The address is written only
+/// so that is two stores of the backend key. The address is written only
 /// when the client moves to a server at another address. A cancel racing with a
 /// move may pair a key with the other server's address; PostgreSQL ignores a key it
 /// did not issue, so the worst case is the cancel a race allows anyway.
+///
+/// A cancel counts itself in `in_flight` before it reads the key, and a session
+/// clears the key before it reads `in_flight` (both sequentially consistent): so
+/// either the cancel sees no server, or the session sees the cancel and waits for
+/// it before the server can go to anyone else.
 #[derive(Default)]
 struct SlotState {
     /// The server backend's key, pid in the high half and secret in the low; 0 when
@@ -139,6 +187,10 @@ struct SlotState {
     backend_key: AtomicU64,
     /// `host:port` of the server the key was last set from.
     address: Mutex<String>,
+    /// Cancels read from this slot and not yet delivered.
+    in_flight: AtomicU32,
+    /// Notified when `in_flight` drops to 0.
+    settled: Notify,
     /// The client's request waits for a server (PAUSE, failover hold, pool queue):
     /// a cancel then has no server to go to and is delivered to the session.
     waiting: AtomicBool,
@@ -160,7 +212,7 @@ struct Entry {
 
 /// What one of our own keys points at now.
 enum Local {
-    Server(CancelTarget),
+    Server(LocalCancel),
     Waiting(WaitingRequest),
 }
 
@@ -247,8 +299,9 @@ impl CancelRegistry {
     }
 
     /// The target for a cancel key, if the key is known, the secret matches and the
-    /// client uses a server now.
-    pub fn lookup(&self, pid: i32, secret: &[u8]) -> Option<CancelTarget> {
+    /// client uses a server now; the server stays the client's while the returned
+    /// [`LocalCancel`] lives.
+    pub fn lookup(&self, pid: i32, secret: &[u8]) -> Option<LocalCancel> {
         match self.find(pid, secret)? {
             Local::Server(target) => Some(target),
             Local::Waiting(_) => None,
@@ -261,7 +314,8 @@ impl CancelRegistry {
             let matches: bool = entry.secret.to_be_bytes().ct_eq(secret).into();
             matches
         })?;
-        let key = entry.target.backend_key.load(Ordering::Acquire);
+        let in_flight = InFlight::start(&entry.target);
+        let key = entry.target.backend_key.load(Ordering::SeqCst);
         if key == 0 {
             return entry
                 .target
@@ -270,10 +324,13 @@ impl CancelRegistry {
                 .then(|| Local::Waiting(WaitingRequest(Arc::clone(&entry.target))));
         }
         let address = lock_address(&entry.target).clone();
-        Some(Local::Server(CancelTarget {
-            address,
-            pid: (key >> 32) as u32 as i32,
-            secret: key as u32 as i32,
+        Some(Local::Server(LocalCancel {
+            target: CancelTarget {
+                address,
+                pid: (key >> 32) as u32 as i32,
+                secret: key as u32 as i32,
+            },
+            _in_flight: in_flight,
         }))
     }
 
@@ -336,10 +393,28 @@ impl Registration {
         WaitingGuard(&self.target)
     }
 
-    /// Points this client's key at the server it now uses (None: no server).
+    /// After `set_target(None)`: waits until the cancels already on their way to
+    /// the server this client used have been delivered (each is bounded by
+    /// `server.cancel_timeout`), so that none lands on the next user of the server.
+    /// Returns at once when there are none, the usual case.
+    pub async fn settle(&self) {
+        let slot = &self.target;
+        while slot.in_flight.load(Ordering::SeqCst) > 0 {
+            let settled = slot.settled.notified();
+            tokio::pin!(settled);
+            settled.as_mut().enable();
+            if slot.in_flight.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            settled.await;
+        }
+    }
+
+    /// Points this client's key at the server it now uses (None: no server; call
+    /// [`Registration::settle`] before the server goes to anyone else).
     pub fn set_target(&self, target: Option<&CancelTarget>) {
         let Some(target) = target else {
-            self.target.backend_key.store(0, Ordering::Release);
+            self.target.backend_key.store(0, Ordering::SeqCst);
             return;
         };
         {
@@ -422,7 +497,10 @@ mod tests {
         let target = target("127.0.0.1:5432", 99, 7);
         registration.set_target(Some(&target));
         assert_eq!(
-            registry.lookup(registration.pid, &secret).as_ref(),
+            registry
+                .lookup(registration.pid, &secret)
+                .map(|l| l.target)
+                .as_ref(),
             Some(&target)
         );
         let wrong = (registration.secret ^ 1).to_be_bytes();
@@ -476,7 +554,11 @@ mod tests {
         let replica = target("10.0.0.2:5432", 4242, 2);
         on_primary.set_target(Some(&primary));
         on_replica.set_target(Some(&replica));
-        let lookup = |r: &Registration| registry.lookup(r.pid, &r.secret.to_be_bytes());
+        let lookup = |r: &Registration| {
+            registry
+                .lookup(r.pid, &r.secret.to_be_bytes())
+                .map(|l| l.target)
+        };
         assert_eq!(lookup(&on_primary), Some(primary));
         assert_eq!(lookup(&on_replica), Some(replica.clone()));
         drop(on_primary);
@@ -513,7 +595,10 @@ mod tests {
         for target in [&first, &second, &first] {
             registration.set_target(Some(target));
             assert_eq!(
-                registry.lookup(registration.pid, &secret).as_ref(),
+                registry
+                    .lookup(registration.pid, &secret)
+                    .map(|l| l.target)
+                    .as_ref(),
                 Some(target)
             );
             registration.set_target(None);
@@ -538,11 +623,20 @@ mod tests {
             let target = target("127.0.0.1:5432", 4242, 9);
             ours.set_target(Some(&target));
             let secret = ours.secret.to_be_bytes();
-            let local = CancelRoute::Local(target.clone());
-            assert_eq!(registry.route(ours.pid, &secret, &peering), local);
+            let local = |route| match route {
+                CancelRoute::Local(local) => Some(local.target),
+                _ => None,
+            };
+            assert_eq!(
+                local(registry.route(ours.pid, &secret, &peering)),
+                Some(target.clone())
+            );
             // A peer passing our key back to us (relayed bit set) reaches the same server.
             let relayed = KeyPid::decode(ours.pid).relayed_wire();
-            assert_eq!(registry.route(relayed, &secret, &peering), local);
+            assert_eq!(
+                local(registry.route(relayed, &secret, &peering)),
+                Some(target.clone())
+            );
         }
 
         let theirs = mint_secret(2, 77);
@@ -592,6 +686,60 @@ mod tests {
         // Our own idle client: known key, no server yet.
         let idle = registry.register(1, None);
         let route = registry.route(idle.pid, &idle.secret.to_be_bytes(), &peering);
+        assert!(matches!(route, CancelRoute::Ignore(_)), "{route:?}");
+    }
+
+    #[tokio::test]
+    async fn a_session_waits_for_cancels_in_flight_before_giving_up_its_server() {
+        let registry = Arc::new(CancelRegistry::default());
+        let registration = registry.register(0, None);
+        let secret = registration.secret.to_be_bytes();
+        registration.set_target(Some(&target("10.0.0.1:5432", 7, 8)));
+        let cancel = registry.lookup(registration.pid, &secret).expect("in use");
+        registration.set_target(None);
+        // The cancel read the server before the session let it go: the session
+        // waits for it.
+        let mut settle = Box::pin(registration.settle());
+        assert!(futures_util::poll!(settle.as_mut()).is_pending());
+        drop(cancel);
+        settle.await;
+        // A cancel that finds no server holds nothing up.
+        assert!(registry.lookup(registration.pid, &secret).is_none());
+        registration.settle().await;
+    }
+
+    #[tokio::test]
+    async fn a_cancel_for_a_client_without_a_server_wakes_its_wait_only() {
+        let registry = Arc::new(CancelRegistry::default());
+        let registration = registry.register(0, None);
+        let secret = registration.secret.to_be_bytes();
+        let peering = Peering {
+            own_id: 0,
+            peers: &[],
+        };
+        // Not waiting: nothing to cancel, and nothing kept for a later wait.
+        let mut later = Box::pin(registration.cancel_while_waiting());
+        later.as_mut().enable();
+        let route = registry.route(registration.pid, &secret, &peering);
+        assert!(matches!(route, CancelRoute::Ignore(_)), "{route:?}");
+        assert!(futures_util::poll!(later.as_mut()).is_pending());
+        // Waiting: the cancel is delivered to the session, once.
+        let mut waiting = Box::pin(registration.cancel_while_waiting());
+        waiting.as_mut().enable();
+        let mark = registration.waiting();
+        // A wrong secret wakes nobody.
+        let wrong = (registration.secret ^ 1).to_be_bytes();
+        let route = registry.route(registration.pid, &wrong, &peering);
+        assert!(matches!(route, CancelRoute::Ignore(_)), "{route:?}");
+        assert!(futures_util::poll!(waiting.as_mut()).is_pending());
+        match registry.route(registration.pid, &secret, &peering) {
+            CancelRoute::Waiting(request) => request.cancel(),
+            other => panic!("expected the waiting request, got {other:?}"),
+        }
+        waiting.await;
+        drop(mark);
+        // Once the wait is over, a cancel finds nothing again.
+        let route = registry.route(registration.pid, &secret, &peering);
         assert!(matches!(route, CancelRoute::Ignore(_)), "{route:?}");
     }
 }

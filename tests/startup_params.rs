@@ -7,17 +7,14 @@
 
 mod harness;
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use harness::clients::{su_count, su_sql};
 use harness::fake_patroni::FakePatroni;
+use harness::login::Login;
 use harness::pg::shared_cluster;
 use harness::proxy::proxy_for;
-use harness::raw_client::*;
 use switchyard::proxy::RunningProxy;
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 
 const PROTOCOL_3_0: u32 = 3 << 16;
 const PROTOCOL_3_2: u32 = (3 << 16) | 2;
@@ -41,117 +38,6 @@ async fn targets(mode: &str) -> Targets {
         proxy: rw,
         direct: SocketAddr::from(([127, 0, 0, 1], port)),
     }
-}
-
-/// What a raw login as `app_md5` got: every message but the authentication
-/// requests, up to ReadyForQuery or an ErrorResponse.
-struct Login {
-    stream: TcpStream,
-    messages: Vec<Message>,
-}
-
-impl Login {
-    async fn open(addr: SocketAddr, version: u32, params: &[(&str, &str)]) -> Login {
-        let mut all = vec![("user", "app_md5")];
-        all.extend_from_slice(params);
-        let mut stream = raw_connect(addr).await;
-        stream
-            .write_all(&startup_packet(version, &all))
-            .await
-            .expect("startup packet");
-        let mut messages = Vec::new();
-        loop {
-            let (tag, body) = read_message(&mut stream).await;
-            match tag {
-                b'R' => {
-                    let code = u32::from_be_bytes([body[0], body[1], body[2], body[3]]);
-                    if code == 5 {
-                        let salt = [body[4], body[5], body[6], body[7]];
-                        let response =
-                            switchyard::auth::md5::md5_response("app_md5", "app_md5_pw", salt);
-                        stream
-                            .write_all(&password_msg(&response))
-                            .await
-                            .expect("password");
-                    } else {
-                        assert_eq!(code, 0, "{addr}: unexpected authentication request");
-                    }
-                }
-                b'Z' | b'E' => {
-                    messages.push((tag, body));
-                    return Login { stream, messages };
-                }
-                _ => messages.push((tag, body)),
-            }
-        }
-    }
-
-    /// The ParameterStatus values of the greeting.
-    fn greeting(&self) -> BTreeMap<String, String> {
-        self.messages
-            .iter()
-            .filter(|(tag, _)| *tag == b'S')
-            .map(|(_, body)| {
-                let mut parts = body.split(|&b| b == 0);
-                let name = String::from_utf8_lossy(parts.next().unwrap_or_default());
-                let value = String::from_utf8_lossy(parts.next().unwrap_or_default());
-                (name.into_owned(), value.into_owned())
-            })
-            .collect()
-    }
-
-    /// The ErrorResponse the login ended with: (severity, SQLSTATE, message).
-    fn error(&self) -> Option<(String, String, String)> {
-        let (_, body) = self.messages.iter().find(|(tag, _)| *tag == b'E')?;
-        Some((field(body, b'V'), field(body, b'C'), field(body, b'M')))
-    }
-
-    /// The NegotiateProtocolVersion body, if one was sent.
-    fn negotiation(&self) -> Option<Vec<u8>> {
-        self.messages
-            .iter()
-            .find(|(tag, _)| *tag == b'v')
-            .map(|(_, body)| body.clone())
-    }
-
-    fn assert_ready(&self, what: &str) {
-        assert_eq!(
-            self.messages.last().map(|m| m.0),
-            Some(b'Z'),
-            "{what}: login failed: {:?}",
-            error_responses(&self.messages)
-        );
-    }
-
-    /// First column of the first row of a simple query.
-    async fn value(&mut self, sql: &str) -> String {
-        self.stream.write_all(&query_msg(sql)).await.expect("query");
-        let mut messages = Vec::new();
-        loop {
-            let message = read_message(&mut self.stream).await;
-            let done = message.0 == b'Z';
-            messages.push(message);
-            if done {
-                break;
-            }
-        }
-        assert!(
-            error_responses(&messages).is_empty(),
-            "{sql}: {:?}",
-            error_responses(&messages)
-        );
-        data_rows(&messages)
-            .first()
-            .and_then(|row| row.first().cloned().flatten())
-            .unwrap_or_else(|| panic!("{sql}: no row"))
-    }
-}
-
-fn field(body: &[u8], kind: u8) -> String {
-    body.split(|&b| b == 0)
-        .find(|f| f.first() == Some(&kind))
-        .map(|f| String::from_utf8_lossy(&f[1..]).into_owned())
-        .unwrap_or_default()
 }
 
 /// Parameters the greeting and SHOW are compared for.

@@ -42,6 +42,8 @@ pub enum SqlState {
     UndefinedObject,
     /// F0000: a reload asked for from the admin console failed.
     ConfigFileError,
+    /// 55P02: a startup `options` switch sets what only a server restart changes.
+    CantChangeRuntimeParam,
 }
 
 impl SqlState {
@@ -67,6 +69,7 @@ impl SqlState {
             SqlState::ObjectNotInPrerequisiteState => "55000",
             SqlState::UndefinedObject => "42704",
             SqlState::ConfigFileError => "F0000",
+            SqlState::CantChangeRuntimeParam => "55P02",
         }
     }
 }

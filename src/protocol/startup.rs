@@ -49,15 +49,18 @@ pub enum Negotiation {
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct StartupParams {
     pub minor_version: u16,
-    /// In the order the client sent them.
+    /// In the order the client sent them, duplicates included.
     pub params: Vec<(String, String)>,
 }
 
 impl StartupParams {
+    /// The value of `key` (case-sensitive, as PostgreSQL compares `user`,
+    /// `database`, `options` and `replication`); the last one when the client sent
+    /// it more than once, since PostgreSQL lets each occurrence overwrite the last.
     pub fn get(&self, key: &str) -> Option<&str> {
         self.params
             .iter()
-            .find(|(k, _)| k == key)
+            .rfind(|(k, _)| k == key)
             .map(|(_, v)| v.as_str())
     }
 }
@@ -240,6 +243,13 @@ fn parse_params(mut rest: &[u8]) -> Result<Vec<(String, String)>, StartupError> 
     loop {
         let (key, after_key) = split_cstr(rest).ok_or(StartupError::Malformed("startup packet"))?;
         if key.is_empty() {
+            // PostgreSQL refuses a packet whose terminator is not its last byte
+            // (including an empty name followed by more parameters).
+            if !after_key.is_empty() {
+                return Err(StartupError::Malformed(
+                    "startup packet layout: expected terminator as last byte",
+                ));
+            }
             return Ok(params);
         }
         let (value, after_value) =
@@ -340,6 +350,24 @@ mod tests {
         assert!(parse_first_packet(&packet(196608, b"user\0app")).is_err());
         assert!(parse_first_packet(&packet(CANCEL_REQUEST, b"\0\0")).is_err());
         assert!(parse_first_packet(b"\0\0").is_err());
+        // The terminator must be the last byte: nothing after it, no empty name
+        // before more parameters.
+        assert!(parse_first_packet(&packet(196608, b"user\0app\0\0x\0y\0\0")).is_err());
+        assert!(parse_first_packet(&packet(196608, b"user\0app\0\0\0")).is_err());
+        assert!(parse_first_packet(&packet(196608, b"\0orphan\0user\0app\0\0")).is_err());
+    }
+
+    #[test]
+    fn the_last_of_duplicate_parameters_counts() {
+        let FirstPacket::Startup(p) =
+            parse_first_packet(&packet(196608, b"user\0a\0database\0d\0user\0b\0\0"))
+                .expect("startup")
+        else {
+            panic!("not a startup packet");
+        };
+        assert_eq!(p.get("user"), Some("b"));
+        assert_eq!(p.get("User"), None, "names are compared as PostgreSQL does");
+        assert_eq!(p.params.len(), 3, "every occurrence is kept, in order");
     }
 
     #[test]

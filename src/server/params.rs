@@ -70,7 +70,9 @@ impl ParamSet {
     /// packet's own parameters win over the same ones in `options`.
     pub fn from_startup(params: &[(String, String)]) -> ParamSet {
         let mut set = ParamSet::default();
-        for (_, value) in params.iter().filter(|(name, _)| name == "options") {
+        // Only the last `options` counts: PostgreSQL keeps one, each overwriting
+        // the one before.
+        if let Some((_, value)) = params.iter().rfind(|(name, _)| name == "options") {
             for (k, v) in parse_options(value) {
                 set.set(&k, ParamValue::Raw(v));
             }
@@ -145,6 +147,30 @@ pub(crate) fn is_identifier(name: &str) -> bool {
 /// split as PostgreSQL's `pg_split_opts` does: at ASCII white space, where a
 /// backslash takes the next character (a space, or a backslash) literally.
 fn parse_options(options: &str) -> Vec<(String, String)> {
+    let mut pairs = Vec::new();
+    let mut iter = split_options(options).into_iter();
+    while let Some(word) = iter.next() {
+        let setting = if word == "-c" {
+            iter.next()
+        } else if let Some(rest) = word.strip_prefix("--") {
+            Some(rest.to_string())
+        } else {
+            word.strip_prefix("-c").map(str::to_string)
+        };
+        if let Some((name, value)) = setting.as_deref().and_then(|s| s.split_once('=')) {
+            let name = name.replace('-', "_");
+            if is_identifier(&name) {
+                pairs.push((name, value.to_string()));
+            }
+        }
+    }
+    pairs
+}
+
+/// The words of the startup `options` parameter, split as PostgreSQL's
+/// `pg_split_opts` does: at ASCII white space, where a backslash takes the next
+/// character (a space, or a backslash) literally.
+pub fn split_options(options: &str) -> Vec<String> {
     let mut words = Vec::new();
     let mut current = String::new();
     let mut chars = options.chars();
@@ -166,24 +192,7 @@ fn parse_options(options: &str) -> Vec<(String, String)> {
     if !current.is_empty() {
         words.push(current);
     }
-    let mut pairs = Vec::new();
-    let mut iter = words.into_iter();
-    while let Some(word) = iter.next() {
-        let setting = if word == "-c" {
-            iter.next()
-        } else if let Some(rest) = word.strip_prefix("--") {
-            Some(rest.to_string())
-        } else {
-            word.strip_prefix("-c").map(str::to_string)
-        };
-        if let Some((name, value)) = setting.as_deref().and_then(|s| s.split_once('=')) {
-            let name = name.replace('-', "_");
-            if is_identifier(&name) {
-                pairs.push((name, value.to_string()));
-            }
-        }
-    }
-    pairs
+    words
 }
 
 /// A SQL string literal for any value (E'' form when it holds backslashes).
@@ -243,6 +252,12 @@ mod tests {
             Some(&ParamValue::Raw("UTC".into())),
             "the packet's own parameter wins over options"
         );
+        let set = ParamSet::from_startup(&[
+            ("options".into(), "-c search_path=first".into()),
+            ("options".into(), "-c work_mem=1MB".into()),
+        ]);
+        assert_eq!(set.get("search_path"), None, "only the last options counts");
+        assert_eq!(set.get("work_mem"), Some(&ParamValue::Raw("1MB".into())));
     }
 
     #[test]

@@ -116,8 +116,18 @@ pub fn session_params(startup: &StartupParams) -> Result<SessionParams, ClientEr
             ))
         }
     };
-    if let Some(replication) = startup.get("replication") {
-        check_replication(replication)?;
+    // PostgreSQL reads every `replication` value in turn (a bad one is refused
+    // wherever it is) and the last one decides.
+    let mut replication = false;
+    for (_, value) in startup.params.iter().filter(|(k, _)| k == "replication") {
+        replication = wants_replication(value)?;
+    }
+    if replication {
+        return Err(ClientError::fatal(
+            SqlState::FeatureNotSupported,
+            "replication connections are not supported through Switchyard",
+        )
+        .with_hint("Connect replication clients to the PostgreSQL node directly."));
     }
     let database = match startup.get("database") {
         Some(db) if !db.is_empty() => db.to_string(),
@@ -141,24 +151,19 @@ pub fn session_params(startup: &StartupParams) -> Result<SessionParams, ClientEr
 }
 
 /// `replication` as PostgreSQL reads it: `database` or a true boolean asks for a
-/// replication connection, which is refused; a false boolean is an ordinary one.
-fn check_replication(value: &str) -> Result<(), ClientError> {
-    let replication = value == "database"
-        || parse_bool(value).ok_or_else(|| {
-            ClientError::fatal(
-                SqlState::InvalidParameterValue,
-                format!("invalid value for parameter \"replication\": \"{value}\""),
-            )
-            .with_hint("Valid values are: \"false\", 0, \"true\", 1, \"database\".")
-        })?;
-    if replication {
-        return Err(ClientError::fatal(
-            SqlState::FeatureNotSupported,
-            "replication connections are not supported through Switchyard",
-        )
-        .with_hint("Connect replication clients to the PostgreSQL node directly."));
+/// replication connection (which Switchyard refuses), a false boolean for an
+/// ordinary one; anything else is refused.
+fn wants_replication(value: &str) -> Result<bool, ClientError> {
+    if value == "database" {
+        return Ok(true);
     }
-    Ok(())
+    parse_bool(value).ok_or_else(|| {
+        ClientError::fatal(
+            SqlState::InvalidParameterValue,
+            format!("invalid value for parameter \"replication\": \"{value}\""),
+        )
+        .with_hint("Valid values are: \"false\", 0, \"true\", 1, \"database\".")
+    })
 }
 
 /// PostgreSQL's `parse_bool`: any unambiguous prefix of true/false/yes/no, on/off
@@ -256,6 +261,10 @@ pub(super) async fn open(
         &mut greeting,
     )
     .await?;
+    // After authentication, as PostgreSQL reads `options` once the user is known.
+    if let Some(options) = startup.get("options") {
+        super::startup_options::check(options).map_err(HandshakeFailure::Refuse)?;
+    }
     Ok(Some(Opened {
         params,
         greeting,
@@ -324,15 +333,16 @@ async fn forward_cancel(ctx: &ProxyContext, pid: i32, secret: &[u8], from: &str)
     let timeout = config.server.cancel_timeout.0;
     let tls = &config.server.tls_loaded;
     let outcome = match ctx.cancels().route(pid, secret, &peering) {
-        CancelRoute::Local(target) => match cancel_on_server(&target, tls, timeout).await {
+        // `local` holds the client's server for it until the request is delivered.
+        CancelRoute::Local(local) => match cancel_on_server(&local.target, tls, timeout).await {
             Ok(()) => {
-                tracing::info!(%from, server = %target.address, "cancel request forwarded");
+                tracing::info!(%from, server = %local.target.address, "cancel request forwarded");
                 "forwarded"
             }
             Err(e) => {
                 tracing::warn!(
                     %from,
-                    server = %target.address,
+                    server = %local.target.address,
                     error = %e,
                     "cannot forward cancel request"
                 );
@@ -424,6 +434,27 @@ mod tests {
                 .expect_err("replication");
             assert_eq!(err.code, SqlState::FeatureNotSupported, "replication={on}");
         }
+        // Several: each is read, the last decides.
+        let twice = |a, b| {
+            session_params(&startup(&[
+                ("user", "u"),
+                ("replication", a),
+                ("replication", b),
+            ]))
+        };
+        assert!(twice("true", "false").is_ok());
+        assert_eq!(
+            twice("false", "database")
+                .expect_err("last is database")
+                .code,
+            SqlState::FeatureNotSupported
+        );
+        assert_eq!(
+            twice("maybe", "false")
+                .expect_err("a bad one anywhere")
+                .code,
+            SqlState::InvalidParameterValue
+        );
         for bad in ["maybe", "o", "", "Database", "2"] {
             let err = session_params(&startup(&[("user", "a"), ("replication", bad)]))
                 .expect_err("bad value");

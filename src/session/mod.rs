@@ -30,6 +30,7 @@ pub mod settings;
 pub mod sql_lex;
 mod sql_prefilter;
 pub mod sql_scan;
+mod startup_options;
 pub mod statements;
 pub(crate) mod timeouts;
 mod transaction;

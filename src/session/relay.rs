@@ -76,6 +76,10 @@ pub struct RelayStats {
     pub client_at_boundary: bool,
     /// Everything read from the server so far ends on a message boundary.
     pub server_at_boundary: bool,
+    /// The client's last complete message did not end a request (an Execute or
+    /// Flush without Sync, COPY data without CopyDone): the server may be working
+    /// on something no ReadyForQuery was asked for yet.
+    pub client_unsynced: bool,
 }
 
 impl RelayStats {
@@ -234,12 +238,36 @@ where
         ..Direction::default()
     };
     let progress = Progress::new();
-    let end = tokio::select! {
-        end = client_to_server(client_reader, server_writer, pending, settings, &progress, &mut upstream) => end,
-        end = server_to_client(server_reader, client_writer, settings, &progress, &mut downstream) => end,
-        _ = settings.shutdown.cancelled() => RelayEnd::Shutdown,
-        _ = drained(settings.draining, &progress) => RelayEnd::Shutdown,
-        end = paused_while_quiet(settings.pause.as_ref(), &progress) => end,
+    let end = {
+        let to_server = client_to_server(
+            client_reader,
+            server_writer,
+            pending,
+            settings,
+            &progress,
+            &mut upstream,
+        );
+        let to_client = server_to_client(
+            server_reader,
+            client_writer,
+            settings,
+            &progress,
+            &mut downstream,
+        );
+        tokio::pin!(to_server, to_client);
+        tokio::select! {
+            end = &mut to_server => match end {
+                RelayEnd::ServerGone { .. } => {
+                    let server_gone = |end: &RelayEnd| matches!(end, RelayEnd::ServerGone { .. });
+                    after_server_write_failed(to_client, server_gone).await.unwrap_or(end)
+                }
+                end => end,
+            },
+            end = &mut to_client => end,
+            _ = settings.shutdown.cancelled() => RelayEnd::Shutdown,
+            _ = drained(settings.draining, &progress) => RelayEnd::Shutdown,
+            end = paused_while_quiet(settings.pause.as_ref(), &progress) => end,
+        }
     };
     stats.client_bytes += upstream.bytes;
     stats.server_bytes += downstream.bytes;
@@ -248,7 +276,28 @@ where
     stats.ready += downstream.messages;
     stats.client_at_boundary = upstream.at_boundary;
     stats.server_at_boundary = downstream.at_boundary;
+    stats.client_unsynced = !progress.client_quiet.load(Ordering::Relaxed);
     end
+}
+
+/// How long the server direction may take, once writing to the server failed, to
+/// forward what the server said before it closed (its FATAL) and see it close.
+pub(crate) const SERVER_CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// Writing to the server failed: the server closed the connection, often right
+/// after a FATAL that the other direction (`to_client`) has not yet forwarded, or
+/// has, but not yet seen the close. Lets it finish, within [`SERVER_CLOSE_GRACE`],
+/// so the client gets the server's error, and only that (the end says whether the
+/// client was told), rather than the proxy's own "connection lost" after or
+/// instead of it. Some(end) if it ended as `server_ended` says within the grace.
+pub(crate) async fn after_server_write_failed<F: std::future::Future>(
+    to_client: std::pin::Pin<&mut F>,
+    server_ended: impl Fn(&F::Output) -> bool,
+) -> Option<F::Output> {
+    match tokio::time::timeout(SERVER_CLOSE_GRACE, to_client).await {
+        Ok(end) if server_ended(&end) => Some(end),
+        _ => None,
+    }
 }
 
 /// Resolves when draining starts while the session is between transactions; a
@@ -610,6 +659,68 @@ mod tests {
         assert!(matches!(end, RelayEnd::ClientTerminated), "{end:?}");
         assert_eq!(stats.transaction_status, tag::STATUS_IN_TRANSACTION);
         assert_eq!(stats.server_bytes, reply.len() as u64);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_server_write_waits_briefly_for_the_servers_own_end() {
+        let gone = |end: &RelayEnd| matches!(end, RelayEnd::ServerGone { .. });
+        // The server's FATAL was forwarded, then it closed: that end is taken.
+        let told = std::pin::pin!(async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            server_gone(None, true)
+        });
+        assert!(matches!(
+            after_server_write_failed(told, gone).await,
+            Some(RelayEnd::ServerGone {
+                sent_error: true,
+                ..
+            })
+        ));
+        // The other direction ends otherwise, or not within the grace: no end.
+        let client_left = std::pin::pin!(async { RelayEnd::ClientGone(None) });
+        assert!(after_server_write_failed(client_left, gone).await.is_none());
+        let silent = std::pin::pin!(std::future::pending::<RelayEnd>());
+        assert!(after_server_write_failed(silent, gone).await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_client_leaving_mid_batch_or_mid_copy_is_unsynced() {
+        let cases: [(&str, Vec<u8>, bool); 4] = [
+            (
+                "Execute, Flush",
+                [message(tag::EXECUTE, b"\0\0\0\0\0"), message(b'H', b"")].concat(),
+                true,
+            ),
+            ("COPY data", message(tag::COPY_DATA, b"row\n"), true),
+            (
+                "Execute, Sync",
+                [
+                    message(tag::EXECUTE, b"\0\0\0\0\0"),
+                    message(tag::SYNC, b""),
+                ]
+                .concat(),
+                false,
+            ),
+            (
+                "COPY data, CopyDone",
+                [
+                    message(tag::COPY_DATA, b"row\n"),
+                    message(tag::COPY_DONE, b""),
+                ]
+                .concat(),
+                false,
+            ),
+        ];
+        for (what, bytes, unsynced) in cases {
+            let (mut client_app, mut server_app, relay_task) = spawn_relay();
+            client_app.write_all(&bytes).await.expect("write");
+            let mut got = vec![0u8; bytes.len()];
+            server_app.read_exact(&mut got).await.expect("read");
+            drop(client_app);
+            let (end, stats) = relay_task.await.expect("join");
+            assert!(matches!(end, RelayEnd::ClientGone(None)), "{what}: {end:?}");
+            assert_eq!(stats.client_unsynced, unsynced, "{what}");
+        }
     }
 
     #[tokio::test]

@@ -40,6 +40,8 @@ pub(super) async fn run(
         registration.set_target(Some(server.cancel_target()));
         let end = relay_on(session, socket, &mut server, pending).await;
         registration.set_target(None);
+        // A cancel for this client's query must not reach the server's next user.
+        registration.settle().await;
         if !matches!(end, RelayEnd::Paused) {
             break end;
         }
@@ -149,8 +151,14 @@ async fn settle(session: &Session, server: &mut PooledServer, end: &RelayEnd) ->
     let stats = session.counters.stats;
     let client_left = matches!(end, RelayEnd::ClientTerminated | RelayEnd::ClientGone(None));
     let busy = stats.requests > stats.ready;
-    let drainable = client_left && stats.client_at_boundary && stats.server_at_boundary && busy;
-    let mut clean = client_left && stats.server_idle();
+    // Mid-batch without Sync or mid-COPY: no ReadyForQuery is coming to drain to,
+    // and a COPY FROM STDIN ignores cancels while it waits for data (PostgreSQL
+    // holds them off to keep the protocol in sync). The connection is closed after
+    // the cancel, which also ends such a COPY at once.
+    let unsynced = stats.client_unsynced;
+    let drainable =
+        client_left && stats.client_at_boundary && stats.server_at_boundary && busy && !unsynced;
+    let mut clean = client_left && stats.server_idle() && !unsynced;
     if drainable {
         let mut drain = Drain::new(stats.requests - stats.ready);
         let within_grace = matches!(end, RelayEnd::ClientTerminated)
@@ -165,7 +173,7 @@ async fn settle(session: &Session, server: &mut PooledServer, end: &RelayEnd) ->
             .ok()
             .flatten()
             == Some(tag::STATUS_IDLE);
-    } else if busy && abandoned::leaves_work_behind(end) {
+    } else if (busy || unsynced) && abandoned::leaves_work_behind(end) {
         abandoned::cancel(&session.env, server, end).await;
     }
     tracing::debug!(

@@ -22,6 +22,8 @@
 //!   `tests/python/requirements.txt`), PyPI source distributions cached under
 //!   `target/pysdist`, and running scripts / one-case-per-process case scripts from
 //!   `tests/python/` with a deadline.
+//! - `login`: raw logins as `app_md5` that keep the greeting, the backend key or
+//!   the refusal, for comparing Switchyard with PostgreSQL packet by packet.
 //! - `raw_client`: the wire protocol as bytes, for what drivers cannot do: message
 //!   builders, reading and parsing replies, a raw MD5 login and a `RawClient`.
 //! - `session_writers`: long-lived session-mode writers that keep one connection,
@@ -40,6 +42,7 @@ pub mod certs;
 pub mod clients;
 pub mod console;
 pub mod fake_patroni;
+pub mod login;
 pub mod patroni;
 pub mod pg;
 pub mod proc;

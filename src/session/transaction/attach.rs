@@ -25,7 +25,7 @@ use crate::protocol::tag;
 use crate::server::statements::ServerStatements;
 use crate::server::stream::{ServerReadHalf, ServerWriteHalf};
 use crate::session::ledger::{Event, Ledger, Segment};
-use crate::session::relay::RelayEnd;
+use crate::session::relay::{self, RelayEnd};
 use crate::session::statements::ClientStatements;
 use crate::session::timeouts::{self, Timeouts};
 use crate::session::translate::{TranslateError, Translator};
@@ -148,14 +148,30 @@ pub(super) async fn attach(
         sent: 0,
         timeouts: limits.timeouts,
     };
-    let detach = tokio::select! {
-        biased;
-        end = upstream.run(client_reader, server_writer) => Detach::End(end),
-        result = downstream.run(server_reader, client_writer) => match result {
-            Ok(()) => Detach::Released,
-            Err(detach) => detach,
-        },
-        _ = session.signals.shutdown.fired() => Detach::End(RelayEnd::Shutdown),
+    let detach = {
+        let to_server = upstream.run(client_reader, server_writer);
+        let to_client = downstream.run(server_reader, client_writer);
+        tokio::pin!(to_server, to_client);
+        tokio::select! {
+            biased;
+            end = &mut to_server => match end {
+                RelayEnd::ServerGone { .. } => {
+                    let server_gone = |result: &Result<(), Detach>| {
+                        matches!(result, Err(Detach::End(RelayEnd::ServerGone { .. })))
+                    };
+                    match relay::after_server_write_failed(to_client, server_gone).await {
+                        Some(Err(detach)) => detach,
+                        _ => Detach::End(end),
+                    }
+                }
+                end => Detach::End(end),
+            },
+            result = &mut to_client => match result {
+                Ok(()) => Detach::Released,
+                Err(detach) => detach,
+            },
+            _ = session.signals.shutdown.fired() => Detach::End(RelayEnd::Shutdown),
+        }
     };
     let received = std::mem::take(&mut upstream.received);
     let sent = downstream.sent;

@@ -161,6 +161,8 @@ pub(super) async fn run(
         .await;
         buffers.shrink();
         registration.set_target(None);
+        // A cancel for this client's query must not reach the server's next user.
+        registration.settle().await;
         session.mark_idle();
         let ledger = &buffers.ledger;
         let end = match detach {
