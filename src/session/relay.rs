@@ -239,31 +239,34 @@ where
     };
     let progress = Progress::new();
     let end = {
-        let to_server = client_to_server(
+        // Pinned where they are made (moving them into pinned locals would copy
+        // both futures).
+        let mut to_server = std::pin::pin!(client_to_server(
             client_reader,
             server_writer,
             pending,
             settings,
             &progress,
             &mut upstream,
-        );
-        let to_client = server_to_client(
+        ));
+        let mut to_client = std::pin::pin!(server_to_client(
             server_reader,
             client_writer,
             settings,
             &progress,
             &mut downstream,
-        );
-        tokio::pin!(to_server, to_client);
+        ));
         tokio::select! {
-            end = &mut to_server => match end {
+            end = to_server.as_mut() => match end {
                 RelayEnd::ServerGone { .. } => {
                     let server_gone = |end: &RelayEnd| matches!(end, RelayEnd::ServerGone { .. });
-                    after_server_write_failed(to_client, server_gone).await.unwrap_or(end)
+                    Box::pin(after_server_write_failed(to_client, server_gone))
+                        .await
+                        .unwrap_or(end)
                 }
                 end => end,
             },
-            end = &mut to_client => end,
+            end = to_client.as_mut() => end,
             _ = settings.shutdown.cancelled() => RelayEnd::Shutdown,
             _ = drained(settings.draining, &progress) => RelayEnd::Shutdown,
             end = paused_while_quiet(settings.pause.as_ref(), &progress) => end,
