@@ -4,7 +4,7 @@
 //! (a tracked SET/RESET, a savepoint operation), [`Taint`]s that make the server
 //! need a reset before another client may use it (state the proxy cannot carry:
 //! `set_config` not provably local, temporary tables, session advisory locks,
-//! WITH HOLD cursors, SQL-level PREPARE, DO blocks), and [`Refusal`]s (LISTEN, and
+//! WITH HOLD cursors, SQL-level PREPARE, DO blocks and CALL), and [`Refusal`]s (LISTEN, and
 //! SQL-level use of the proxy's own statement names). Pure; the text is only read
 //! (see [`sql_lex`](super::sql_lex)), and a query of plain statements allocates
 //! nothing.
@@ -26,6 +26,11 @@ pub enum Action {
     Savepoint(Box<[u8]>),
     RollbackTo(Box<[u8]>),
     Release(Box<[u8]>),
+    /// A statement that may change settings the proxy does not follow (a
+    /// `set_config` not provably local, a SET form not understood, DO, CALL):
+    /// where it falls among the tracked changes decides whether a value the server
+    /// reports afterwards came from a RESET before it or from the statement itself.
+    Untracked,
 }
 
 /// Session state left on a server that must be cleared before reuse (a bit set).
@@ -339,7 +344,10 @@ impl Statement {
             sql,
             last_end: self.last_end,
         };
-        let (action, taint) = words.classify(self);
+        let (mut action, taint) = words.classify(self);
+        if action == Action::Other && (self.taint | taint).contains(Taint::SETTINGS) {
+            action = Action::Untracked;
+        }
         if self.proxy_names {
             result.refusal = Some(Refusal::ProxyNames);
         }
@@ -391,15 +399,19 @@ impl Head<'_> {
         std::str::from_utf8(text).ok().map(str::to_string)
     }
 
-    /// A savepoint name at `i` (the last token), folded as PostgreSQL does.
+    /// A savepoint name at `i` (the last token), as PostgreSQL reads it: folded
+    /// when unquoted, `""` read as `"` when quoted, truncated to NAMEDATALEN - 1
+    /// bytes (so a longer name and its prefix are the same savepoint).
     fn name(&self, i: usize) -> Option<Box<[u8]>> {
         let token = self.get(i).filter(|_| self.last(i))?;
         let text = inner_ident(&token, self.sql);
-        match token.kind {
-            Kind::Word => Some(text.to_ascii_lowercase().into()),
-            Kind::Quoted => Some(text.into()),
-            _ => None,
-        }
+        let mut name = match token.kind {
+            Kind::Word => text.to_ascii_lowercase(),
+            Kind::Quoted => unescape_quoted(text),
+            _ => return None,
+        };
+        name.truncate(identifier_len(&name));
+        Some(name.into())
     }
 
     fn classify(&self, statement: &Statement) -> (Action, Taint) {
@@ -446,6 +458,15 @@ impl Head<'_> {
                 taint |= Taint::STATEMENTS;
             }
             (Action::Other, taint)
+        } else if keyword(b"call") {
+            // A procedure's body is not in the text, and it may even commit: it can
+            // leave anything behind, settings included.
+            let all = Taint::SETTINGS
+                | Taint::TEMP
+                | Taint::ADVISORY
+                | Taint::CURSORS
+                | Taint::STATEMENTS;
+            (Action::Other, all)
         } else if keyword(b"create") {
             let temp = (1..4).any(|i| self.is(i, b"temp") || self.is(i, b"temporary"));
             (Action::Other, taint_if(temp, Taint::TEMP))
@@ -569,6 +590,37 @@ impl Head<'_> {
     }
 }
 
+/// Longest identifier PostgreSQL keeps (NAMEDATALEN - 1 bytes).
+const MAX_IDENTIFIER: usize = 63;
+
+/// How many bytes of `name` PostgreSQL keeps: at most [`MAX_IDENTIFIER`], cut at a
+/// character boundary (it truncates multibyte names whole characters at a time).
+fn identifier_len(name: &[u8]) -> usize {
+    if name.len() <= MAX_IDENTIFIER {
+        return name.len();
+    }
+    // A UTF-8 continuation byte (10xxxxxx) cannot start a character.
+    (0..=MAX_IDENTIFIER)
+        .rev()
+        .find(|&at| name.get(at).is_some_and(|b| b & 0xc0 != 0x80))
+        .unwrap_or(0)
+}
+
+/// The text between the quotes of a quoted identifier, with `""` read as `"`.
+fn unescape_quoted(inner: &[u8]) -> Vec<u8> {
+    let mut name = Vec::with_capacity(inner.len());
+    let mut quote = false;
+    for &byte in inner {
+        if byte == b'"' && quote {
+            quote = false;
+            continue;
+        }
+        quote = byte == b'"';
+        name.push(byte);
+    }
+    name
+}
+
 fn taint_if(condition: bool, taint: Taint) -> Taint {
     if condition {
         taint
@@ -596,7 +648,7 @@ mod tests {
             "pg_temp", "temp", "temporary", "pg_advisory_lock", "pg_try_advisory_lock_shared",
             "advisor", "hold", "with", "into", "create", "table", "declare", "cursor",
             "listen", "notify", "discard", "all", "deallocate", "prepare", "execute", "sy_x",
-            "savepoint", "rollback", "abort", "release", "to", "do", "d", "o", "load",
+            "savepoint", "rollback", "abort", "release", "to", "do", "d", "o", "load", "call", "ca",
             "role", "session", "authorization", "local", "true", "'true'", "1", "x", "\"x\"",
             "\"pg_temp\"", "$$", "'", "''", "--", "/*", "*/", "(", ")", ",", "=", ".", "\n",
             "1set", "$1", "e", "E'x'", "x", "_", "$", "é", "\"", "1e", "0x1f", "set$1", "ab",
@@ -667,6 +719,11 @@ mod tests {
             ("rollback work to B", Action::RollbackTo((*b"b").into())),
             ("RELEASE SAVEPOINT a", Action::Release((*b"a").into())),
             ("release a", Action::Release((*b"a").into())),
+            ("savepoint \"a\"\"B\"", Action::Savepoint((*b"a\"B").into())),
+            ("SAVEPOINT sssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssssSSSSS",
+                Action::Savepoint([b's'; 63].into())),
+            ("rollback to \"ééééééééééééééééééééééééééééééé\u{e9}z\"",
+                Action::RollbackTo("é".repeat(31).as_bytes().into())),
             ("ROLLBACK", Action::Other),
             ("SET LOCAL search_path TO x", Action::Other),
             ("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE", Action::Other),
@@ -725,6 +782,8 @@ mod tests {
             ("explain analyze execute sy_1", Taint::default(), Some(Refusal::ProxyNames)),
             ("select 'listen x'; select ' set_config(1) '", Taint::default(), None),
             ("select temp from weather", Taint::default(), None),
+            ("CALL app.refresh(1)", s | Taint::TEMP | Taint::ADVISORY | Taint::CURSORS | Taint::STATEMENTS, None),
+            ("select recall from t", Taint::default(), None),
         ];
         for (sql, taint, refusal) in cases {
             let scan = scan(sql.as_bytes());
@@ -754,9 +813,28 @@ mod tests {
     }
 
     #[test]
+    fn untracked_settings_keep_their_place_among_the_statements() {
+        let scan = scan(
+            b"RESET ALL; select set_config('TimeZone', 'UTC', false); CALL p(); DO $$ $$; select 1",
+        );
+        assert_eq!(
+            scan.actions,
+            vec![
+                Action::Change(ParamChange::ResetAll),
+                Action::Untracked,
+                Action::Untracked,
+                Action::Untracked,
+                Action::Other
+            ]
+        );
+        let local = super::scan(b"select set_config('a.b', 'x', true)");
+        assert!(local.actions.is_empty(), "{local:?}");
+    }
+
+    #[test]
     fn non_utf8_values_are_not_tracked() {
         let scan = scan(b"SET application_name = '\xff'");
-        assert_eq!(scan.actions, vec![]);
+        assert_eq!(scan.actions, vec![Action::Untracked]);
         assert_eq!(scan.taint, Taint::SETTINGS);
     }
 

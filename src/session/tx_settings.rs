@@ -32,6 +32,9 @@ const MAX_PENDING: usize = 10_000;
 enum Pending {
     Change(ParamChange),
     Savepoint(Box<[u8]>),
+    /// A statement changed settings the proxy does not follow: a RESET before it
+    /// no longer explains what the server reports.
+    Untracked,
 }
 
 #[derive(Debug, Default)]
@@ -67,7 +70,18 @@ impl TxSettings {
                 self.pending.clear();
             }
             (_, Action::Other) => {}
+            // Whatever its tag (SELECT, CALL, DO, SET): once is enough in a row.
+            (_, Action::Untracked) => {
+                if !matches!(self.pending.last(), Some(Pending::Untracked)) {
+                    if self.pending.len() >= MAX_PENDING {
+                        self.lost = true;
+                    } else {
+                        self.pending.push(Pending::Untracked);
+                    }
+                }
+            }
             (b"SET" | b"RESET" | b"DISCARD ALL", Action::Change(change)) => {
+                self.replace_earlier(&change);
                 if self.pending.len() >= MAX_PENDING {
                     self.lost = true;
                 } else {
@@ -88,7 +102,7 @@ impl TxSettings {
                     let mut index = 0;
                     self.pending.retain(|p| {
                         index += 1;
-                        index <= at || matches!(p, Pending::Change(_))
+                        index <= at || !matches!(p, Pending::Savepoint(_))
                     });
                 }
                 None => self.lost = true,
@@ -141,13 +155,44 @@ impl TxSettings {
 
     fn commit(&mut self, out: &mut Vec<ParamChange>) {
         for pending in self.pending.drain(..) {
-            if let Pending::Change(change) = pending {
-                match &change {
-                    ParamChange::ResetAll | ParamChange::DiscardAll => self.reset_all = true,
-                    ParamChange::Reset(name) => self.reset_names.push(name.clone()),
-                    _ => {}
+            match pending {
+                Pending::Change(change) => {
+                    match &change {
+                        ParamChange::ResetAll | ParamChange::DiscardAll => self.reset_all = true,
+                        ParamChange::Reset(name) => self.reset_names.push(name.clone()),
+                        _ => {}
+                    }
+                    out.push(change);
                 }
-                out.push(change);
+                // PostgreSQL reports at the end of a query, so a value reported
+                // after this may be what the statement set: the server's word.
+                Pending::Untracked => {
+                    self.reset_names.clear();
+                    self.reset_all = false;
+                }
+                Pending::Savepoint(_) => {}
+            }
+        }
+    }
+
+    /// Drops a pending change of the same parameter that `change` overrides: one
+    /// made since the last savepoint, RESET ALL and DISCARD ALL (a savepoint may be
+    /// rolled back to, and the others change every parameter). A loop of SETs in
+    /// one transaction then keeps one entry per parameter, not one per SET. Order
+    /// between different parameters does not matter, even for `role` and
+    /// `session_authorization`: the later authorization drops the role either way.
+    fn replace_earlier(&mut self, change: &ParamChange) {
+        let Some(name) = change.name() else {
+            return;
+        };
+        let earlier = self.pending.iter().rposition(|p| match p {
+            Pending::Savepoint(_) => true,
+            Pending::Change(c) => c.name().is_none_or(|n| n.eq_ignore_ascii_case(name)),
+            Pending::Untracked => false,
+        });
+        if let Some(at) = earlier {
+            if matches!(&self.pending[at], Pending::Change(c) if c.name().is_some()) {
+                self.pending.remove(at);
             }
         }
     }
@@ -239,6 +284,25 @@ mod tests {
     }
 
     #[test]
+    fn a_loop_of_sets_keeps_one_entry_per_parameter() {
+        let mut tracker = TxSettings::default();
+        let mut out = Vec::new();
+        tracker.completed(Action::Other, b"BEGIN\0", &mut out);
+        for i in 0..3 * MAX_PENDING {
+            let change = ParamChange::Set(format!("app.{}", i % 3), i.to_string());
+            tracker.completed(Action::Change(change), b"SET\0", &mut out);
+        }
+        tracker.completed(Action::Savepoint(sp("s")), b"SAVEPOINT\0", &mut out);
+        let reset = ParamChange::Reset("APP.0".into());
+        tracker.completed(Action::Change(reset.clone()), b"RESET\0", &mut out);
+        tracker.completed(Action::Other, b"COMMIT\0", &mut out);
+        assert!(!tracker.lost);
+        let last = |i: usize| ParamChange::Set(format!("app.{}", i % 3), i.to_string());
+        let n = 3 * MAX_PENDING;
+        assert_eq!(out, vec![last(n - 3), last(n - 2), last(n - 1), reset]);
+    }
+
+    #[test]
     fn replies_that_do_not_match_lose_track() {
         let i = tag::STATUS_IDLE;
         assert!(run(vec![Done(set("a"), "SELECT 1"), Ready(i)]).1);
@@ -265,5 +329,48 @@ mod tests {
         tracker.reported("TimeZone".into(), "GMT".into());
         tracker.ready(tag::STATUS_IDLE, &mut out);
         assert_eq!(out, vec![ParamChange::ResetAll]);
+    }
+
+    #[test]
+    fn a_value_reported_after_an_untracked_change_is_taken_even_after_a_reset() {
+        let report = ParamChange::Report("TimeZone".into(), "Europe/Paris".into());
+        let reset = ParamChange::Reset("timezone".into());
+        // RESET, then set_config: the reported value is set_config's.
+        // set_config, then RESET: the reported value is the server's login value.
+        for (first, second, expected) in [
+            (
+                Action::Change(reset.clone()),
+                Action::Untracked,
+                vec![reset.clone(), report.clone()],
+            ),
+            (
+                Action::Untracked,
+                Action::Change(reset.clone()),
+                vec![reset.clone()],
+            ),
+        ] {
+            let mut tracker = TxSettings::default();
+            let mut out = Vec::new();
+            tracker.completed(Action::Other, b"BEGIN\0", &mut out);
+            tracker.completed(first, b"RESET\0", &mut out);
+            tracker.completed(second, b"RESET\0", &mut out);
+            tracker.completed(Action::Other, b"COMMIT\0", &mut out);
+            tracker.reported("TimeZone".into(), "Europe/Paris".into());
+            tracker.ready(tag::STATUS_IDLE, &mut out);
+            assert_eq!(out, expected);
+            assert!(!tracker.lost);
+        }
+        // Rolled back to a savepoint, the untracked change explains nothing.
+        let mut tracker = TxSettings::default();
+        let mut out = Vec::new();
+        tracker.completed(Action::Other, b"BEGIN\0", &mut out);
+        tracker.completed(Action::Change(reset.clone()), b"RESET\0", &mut out);
+        tracker.completed(Action::Savepoint(sp("s")), b"SAVEPOINT\0", &mut out);
+        tracker.completed(Action::Untracked, b"SELECT 1\0", &mut out);
+        tracker.completed(Action::RollbackTo(sp("s")), b"ROLLBACK\0", &mut out);
+        tracker.completed(Action::Other, b"COMMIT\0", &mut out);
+        tracker.reported("TimeZone".into(), "UTC".into());
+        tracker.ready(tag::STATUS_IDLE, &mut out);
+        assert_eq!(out, vec![reset]);
     }
 }
