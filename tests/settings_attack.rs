@@ -119,8 +119,11 @@ impl Session {
                     let mut parts = body.split(|&b| b == 0);
                     let name = text(parts.next().unwrap_or_default());
                     let value = text(parts.next().unwrap_or_default());
-                    self.reported.insert(name, value);
-                    None
+                    self.reported.insert(name.clone(), value.clone());
+                    // What the proxy says at checkout comes before any reply; what
+                    // the server says comes after one (PostgreSQL reports just
+                    // before ReadyForQuery) and must match.
+                    (!lines.is_empty()).then(|| format!("S {name}={value}"))
                 }
                 b'C' => Some(format!("C {}", text(&body))),
                 b'E' | b'N' => Some(format!("{} {}", tag as char, sqlstate(&body))),
@@ -273,6 +276,10 @@ struct Case {
     what: &'static str,
     startup: &'static [(&'static str, &'static str)],
     steps: Vec<Step>,
+    /// README documents that the replies differ (a RESET of a startup parameter
+    /// shows the server's default until the request ends): they must differ, and
+    /// nothing else may.
+    replies_differ: bool,
 }
 
 fn case(what: &'static str, steps: Vec<Step>) -> Case {
@@ -280,6 +287,21 @@ fn case(what: &'static str, steps: Vec<Step>) -> Case {
         what,
         startup: &[],
         steps,
+        replies_differ: false,
+    }
+}
+
+/// A case with startup parameters whose RESET differs as README documents.
+fn reset_of_startup(
+    what: &'static str,
+    startup: &'static [(&'static str, &'static str)],
+    steps: Vec<Step>,
+) -> Case {
+    Case {
+        what,
+        startup,
+        steps,
+        replies_differ: true,
     }
 }
 
@@ -365,7 +387,11 @@ async fn compare(rw: SocketAddr, pg: SocketAddr, case: Case) -> Vec<String> {
         for step in &case.steps {
             replies.push(a.run(step).await);
         }
-        if replies != direct_replies {
+        if case.replies_differ && replies == direct_replies {
+            divergences.push(format!(
+                "{what}: README says the replies differ, but they match: update README\n  {replies:?}"
+            ));
+        } else if replies != direct_replies && !case.replies_differ {
             divergences.push(format!(
                 "{what}: replies differ\n  direct: {direct_replies:?}\n  proxy:  {replies:?}"
             ));
@@ -543,6 +569,24 @@ async fn savepoints() {
             ))],
         ),
         case(
+            "rollback to an outer savepoint, release it, commit",
+            vec![q(
+                "BEGIN; SAVEPOINT a; SET app.a = 'lost'; SAVEPOINT b; SET app.b = 'lost'; ROLLBACK TO a; RELEASE a; SET statement_timeout = 4321; COMMIT",
+            )],
+        ),
+        case(
+            "release then more sets then rollback to the outer one",
+            vec![q(
+                "BEGIN; SAVEPOINT a; SAVEPOINT b; SET app.a = 'lost'; RELEASE b; SET app.b = 'lost'; ROLLBACK TO a; COMMIT",
+            )],
+        ),
+        case(
+            "quoted name with a doubled quote",
+            vec![q(
+                "BEGIN; SET app.a = 'kept'; SAVEPOINT \"x\"\"y\"; SET app.b = 'lost'; ROLLBACK TO \"x\"\"y\"; COMMIT",
+            )],
+        ),
+        case(
             "savepoint outside a transaction",
             vec![q("SAVEPOINT s"), q("SET app.a = 'kept'")],
         ),
@@ -652,6 +696,46 @@ async fn extended_protocol() {
             vec![q("BEGIN; SELECT sy_attack_fn(); ROLLBACK")],
         ),
         case(
+            "COMMIT inside an extended implicit transaction",
+            vec![ext(&[
+                "SET app.a = 'kept'",
+                "COMMIT",
+                "SET app.b = 'lost'",
+                "SELECT 1/0",
+            ])],
+        ),
+        case(
+            "ROLLBACK inside an extended implicit transaction",
+            vec![ext(&[
+                "SET app.a = 'lost'",
+                "ROLLBACK",
+                "SET app.b = 'kept'",
+            ])],
+        ),
+        case(
+            "a Bind error after a SET in the same batch",
+            vec![raw(
+                &[
+                    parse_msg("", "SET app.a = 'lost'"),
+                    bind_msg("", &[]),
+                    execute_msg(),
+                    parse_msg("", "select $1::int"),
+                    bind_msg("", &["not a number"]),
+                    execute_msg(),
+                    sync_msg(),
+                ],
+                Until::Ready(1),
+            )],
+        ),
+        case(
+            "a SET with a bad value fails its transaction",
+            vec![
+                ext(&["BEGIN", "SET app.a = 'lost'"]),
+                ext(&["SET statement_timeout = 'soon'"]),
+                ext(&["COMMIT"]),
+            ],
+        ),
+        case(
             "set_config in an implicit transaction that fails",
             vec![ext(&[
                 "SELECT set_config('TimeZone', 'Asia/Tokyo', false)",
@@ -716,22 +800,66 @@ async fn resets_and_roles() {
                 q("BEGIN; RESET ALL; COMMIT"),
             ],
         ),
-        Case {
-            what: "reset of a startup parameter in a transaction",
-            startup: &[("TimeZone", "Asia/Tokyo"), ("application_name", "attack")],
-            steps: vec![
+        reset_of_startup(
+            "reset of a startup parameter in a transaction",
+            &[("TimeZone", "Asia/Tokyo"), ("application_name", "attack")],
+            vec![
                 q("SET TimeZone = 'Europe/Paris'; SET application_name = 'other'"),
                 q("BEGIN; RESET TimeZone; RESET application_name; COMMIT"),
             ],
-        },
-        Case {
-            what: "reset all with startup parameters",
-            startup: &[("TimeZone", "Asia/Tokyo"), ("DateStyle", "SQL, DMY")],
-            steps: vec![
+        ),
+        case(
+            "set session authorization to oneself drops the role",
+            vec![
+                q("SET ROLE sy_tenant_a"),
+                q("BEGIN; SET SESSION AUTHORIZATION app_md5; COMMIT"),
+            ],
+        ),
+        case(
+            "set session authorization default in a rolled-back transaction",
+            vec![
+                q("SET ROLE sy_tenant_a"),
+                q("BEGIN; SET SESSION AUTHORIZATION DEFAULT; ROLLBACK"),
+            ],
+        ),
+        case(
+            "generic role forms",
+            vec![q("BEGIN; SET role = sy_tenant_a; SET ROLE NONE; SET role TO 'sy_tenant_a'; COMMIT")],
+        ),
+        case(
+            "untracked set forms committed",
+            vec![q(
+                "BEGIN; SET app.a = 'kept'; SET TIME ZONE INTERVAL '+02:00' HOUR TO MINUTE; COMMIT",
+            )],
+        ),
+        case(
+            "set session and set to default",
+            vec![
+                q("SET SESSION statement_timeout = 1000; SET app.a = 'x'"),
+                q("BEGIN; SET app.a TO DEFAULT; SET SESSION statement_timeout TO DEFAULT; ROLLBACK"),
+            ],
+        ),
+        reset_of_startup(
+            "startup options reset and set again",
+            &[("options", "-c search_path=sy_opt -c statement_timeout=2500")],
+            vec![
+                q("SET search_path = sy_other"),
+                q("BEGIN; RESET search_path; SET statement_timeout = 100; RESET statement_timeout; SHOW search_path; COMMIT"),
+            ],
+        ),
+        reset_of_startup(
+            "reset of a startup parameter seen in its own transaction",
+            &[("TimeZone", "Asia/Tokyo")],
+            vec![q("SET TimeZone = 'Europe/Paris'"), q("BEGIN; RESET TimeZone; SHOW TimeZone; COMMIT")],
+        ),
+        reset_of_startup(
+            "reset all with startup parameters",
+            &[("TimeZone", "Asia/Tokyo"), ("DateStyle", "SQL, DMY")],
+            vec![
                 q("SET TimeZone = 'Europe/Paris'; SET DateStyle = 'German'"),
                 q("RESET ALL"),
             ],
-        },
+        ),
     ];
     assert_none(attack(cases).await);
 }
