@@ -974,3 +974,57 @@ async fn routines_follow_the_documented_rules() {
     drop(api);
     drop(proxy);
 }
+
+/// With `standard_conforming_strings` off a backslash escapes a quote in a plain
+/// string literal, so the same text splits into other statements. The proxy does
+/// not know the session's setting: as README documents, what only the other
+/// reading runs is reset after the transaction (the client loses a SET hidden that
+/// way, nobody else sees it) and LISTEN is refused under either reading.
+#[tokio::test(flavor = "multi_thread")]
+async fn backslashes_in_strings_without_standard_conforming_strings() {
+    let hidden = "SELECT 'x\\''; SET app.a = 'hidden'; --'";
+    let cases = vec![
+        case(
+            "a SET after an escaped quote",
+            vec![q("SET standard_conforming_strings = off"), q(hidden)],
+        ),
+        case(
+            "a SET after an escaped quote in a committed transaction",
+            vec![
+                q("BEGIN; SET standard_conforming_strings = off; COMMIT"),
+                q(&format!("BEGIN; {hidden}")),
+                q("COMMIT"),
+            ],
+        ),
+        case(
+            "the same text with standard_conforming_strings on",
+            vec![q(hidden)],
+        ),
+    ];
+    let mut divergences = attack(cases).await;
+    let lost = |d: &String| {
+        d.starts_with("a SET after an escaped quote")
+            && d.contains("the client's view")
+            && d.contains("\"app.a\": \"hidden\"")
+    };
+    let documented = divergences.iter().filter(|d| lost(d)).count();
+    if documented != 4 {
+        divergences.push(format!(
+            "README: a SET hidden behind an escaped quote is lost to its client ({documented} of 4 views show it)"
+        ));
+    }
+    divergences.retain(|d| !lost(d));
+    let (proxy, api, rw, _) = setup().await;
+    let mut a = Session::login(rw, &[], "A").await;
+    a.run(&q("SET standard_conforming_strings = off")).await;
+    let replies = a.run(&q("SELECT 'x\\''; LISTEN sy_hidden; --'")).await;
+    if !replies.iter().any(|r| r == "E 0A000") {
+        divergences.push(format!(
+            "LISTEN after an escaped quote was not refused: {replies:?}"
+        ));
+    }
+    a.close().await;
+    drop(api);
+    drop(proxy);
+    assert_none(divergences);
+}

@@ -46,6 +46,12 @@ impl Token {
 pub struct Lexer<'a> {
     sql: &'a [u8],
     pos: usize,
+    /// A backslash escapes in plain `'...'` literals too, as with
+    /// `standard_conforming_strings` off.
+    backslash_strings: bool,
+    /// A plain `'...'` literal held a backslash: with the other setting of
+    /// `standard_conforming_strings` the text would read differently.
+    saw_backslash: bool,
 }
 
 fn is_ident_start(b: u8) -> bool {
@@ -58,7 +64,27 @@ fn is_ident_byte(b: u8) -> bool {
 
 impl<'a> Lexer<'a> {
     pub fn new(sql: &'a [u8]) -> Lexer<'a> {
-        Lexer { sql, pos: 0 }
+        Lexer {
+            sql,
+            pos: 0,
+            backslash_strings: false,
+            saw_backslash: false,
+        }
+    }
+
+    /// A lexer that reads `sql` as PostgreSQL does with
+    /// `standard_conforming_strings` off (a backslash escapes in every literal).
+    pub fn without_standard_strings(sql: &'a [u8]) -> Lexer<'a> {
+        Lexer {
+            backslash_strings: true,
+            ..Lexer::new(sql)
+        }
+    }
+
+    /// Whether a plain string literal read so far held a backslash (the text
+    /// means something else when `standard_conforming_strings` differs).
+    pub fn saw_backslash(&self) -> bool {
+        self.saw_backslash
     }
 
     fn at(&self, offset: usize) -> Option<u8> {
@@ -151,7 +177,10 @@ impl Iterator for Lexer<'_> {
         let b = self.at(0)?;
         let kind = match b {
             b'\'' => {
-                self.quoted(b'\'', false);
+                let from = self.pos;
+                self.quoted(b'\'', self.backslash_strings);
+                let literal = self.sql.get(from..self.pos).unwrap_or_default();
+                self.saw_backslash |= literal.contains(&b'\\');
                 Kind::Str
             }
             b'"' => {

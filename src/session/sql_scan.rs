@@ -138,6 +138,26 @@ pub fn scan(sql: &[u8]) -> Scan {
 }
 
 fn scan_statements(sql: &[u8]) -> Scan {
+    let mut lexer = Lexer::new(sql);
+    let mut result = scan_tokens(sql, &mut lexer);
+    if lexer.saw_backslash() {
+        // With standard_conforming_strings off (the proxy does not know the
+        // session's) a backslash escapes a quote, and the text splits into other
+        // statements: whatever that reading runs is reset or refused too. The
+        // actions stay those of the standard reading; where the two disagree, the
+        // server is reset so a SET only the other reading sees cannot stay behind.
+        let other = scan_tokens(sql, &mut Lexer::without_standard_strings(sql));
+        if other.actions != result.actions {
+            result.taint |= Taint::SETTINGS;
+        }
+        result.taint |= other.taint;
+        result.refusal = result.refusal.or(other.refusal);
+        result.drops_statements |= other.drops_statements;
+    }
+    result
+}
+
+fn scan_tokens(sql: &[u8], lexer: &mut Lexer<'_>) -> Scan {
     let mut result = Scan::default();
     let mut splitter = Splitter::default();
     let mut statement = Statement::default();
@@ -156,7 +176,7 @@ fn scan_statements(sql: &[u8]) -> Scan {
         count += 1;
         *statement = Statement::default();
     };
-    for token in Lexer::new(sql) {
+    for token in lexer {
         if splitter.ends_statement(&token, sql) {
             finish(&mut statement, &mut result);
         } else {
@@ -829,6 +849,26 @@ mod tests {
         );
         let local = super::scan(b"select set_config('a.b', 'x', true)");
         assert!(local.actions.is_empty(), "{local:?}");
+    }
+
+    #[test]
+    fn both_readings_of_a_backslash_in_a_string_are_covered() {
+        // standard_conforming_strings off: `'x\''` ends after the escaped quote.
+        let hidden = scan(b"SELECT 'x\\''; SET app.a = 1; LISTEN c; --'");
+        assert_eq!(hidden.actions, vec![], "the standard reading: one SELECT");
+        assert!(hidden.taint.contains(Taint::SETTINGS), "{hidden:?}");
+        assert_eq!(hidden.refusal, Some(Refusal::Listen));
+        // A Windows path in a standard string: both readings agree on the SET.
+        let path = scan(b"SET app.dir = 'C:\\'");
+        assert_eq!(path.actions, vec![set("app.dir", "'C:\\'")]);
+        assert!(path.taint.is_empty(), "{path:?}");
+        // E'' strings read the same either way.
+        let escaped = scan(b"SET app.a = E'x\\''; select 1");
+        assert_eq!(
+            escaped.actions,
+            vec![set("app.a", "E'x\\''"), Action::Other]
+        );
+        assert!(escaped.taint.is_empty(), "{escaped:?}");
     }
 
     #[test]
