@@ -46,12 +46,41 @@ impl Token {
 pub struct Lexer<'a> {
     sql: &'a [u8],
     pos: usize,
+    reading: Reading,
+    /// A literal held a backslash another [`Reading`] may take differently.
+    saw_backslash: bool,
+}
+
+/// How backslashes in string literals are read: what PostgreSQL does depends on
+/// session state the text does not show.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Reading {
     /// A backslash escapes in plain `'...'` literals too, as with
     /// `standard_conforming_strings` off.
-    backslash_strings: bool,
-    /// A plain `'...'` literal held a backslash: with the other setting of
-    /// `standard_conforming_strings` the text would read differently.
-    saw_backslash: bool,
+    pub backslash_strings: bool,
+    /// A backslash right after a byte of 0x80 or more is the second byte of a
+    /// character, as in the client encodings Shift-JIS, BIG5, GBK, GB18030, UHC and
+    /// JOHAB (the server reads the text converted, where it is no backslash).
+    pub multibyte_backslash: bool,
+}
+
+impl Reading {
+    /// The readings other than the standard one (`standard_conforming_strings` on,
+    /// a client encoding where 0x5c is always a backslash).
+    pub const OTHERS: [Reading; 3] = [
+        Reading {
+            backslash_strings: true,
+            multibyte_backslash: false,
+        },
+        Reading {
+            backslash_strings: false,
+            multibyte_backslash: true,
+        },
+        Reading {
+            backslash_strings: true,
+            multibyte_backslash: true,
+        },
+    ];
 }
 
 fn is_ident_start(b: u8) -> bool {
@@ -64,25 +93,22 @@ fn is_ident_byte(b: u8) -> bool {
 
 impl<'a> Lexer<'a> {
     pub fn new(sql: &'a [u8]) -> Lexer<'a> {
+        Lexer::with_reading(sql, Reading::default())
+    }
+
+    /// A lexer that reads backslashes in literals as `reading` says.
+    pub fn with_reading(sql: &'a [u8], reading: Reading) -> Lexer<'a> {
         Lexer {
             sql,
             pos: 0,
-            backslash_strings: false,
+            reading,
             saw_backslash: false,
         }
     }
 
-    /// A lexer that reads `sql` as PostgreSQL does with
-    /// `standard_conforming_strings` off (a backslash escapes in every literal).
-    pub fn without_standard_strings(sql: &'a [u8]) -> Lexer<'a> {
-        Lexer {
-            backslash_strings: true,
-            ..Lexer::new(sql)
-        }
-    }
-
-    /// Whether a plain string literal read so far held a backslash (the text
-    /// means something else when `standard_conforming_strings` differs).
+    /// Whether a literal read so far held a backslash that another [`Reading`]
+    /// may take differently (in a plain literal, or right after a byte of 0x80 or
+    /// more): the text may then split into other statements.
     pub fn saw_backslash(&self) -> bool {
         self.saw_backslash
     }
@@ -128,10 +154,17 @@ impl<'a> Lexer<'a> {
     /// inside, and with `backslash` a backslash escapes the next byte.
     fn quoted(&mut self, quote: u8, backslash: bool) {
         self.pos += 1;
+        let mut previous = quote;
         while let Some(b) = self.at(0) {
             self.pos += 1;
-            if backslash && b == b'\\' {
+            let high = previous >= 0x80;
+            previous = b;
+            if b == b'\\' && quote == b'\'' {
+                self.saw_backslash |= high || !backslash;
+            }
+            if backslash && b == b'\\' && !(high && self.reading.multibyte_backslash) {
                 self.pos = (self.pos + 1).min(self.sql.len());
+                previous = 0;
             } else if b == quote {
                 if self.at(0) == Some(quote) {
                     self.pos += 1;
@@ -177,10 +210,7 @@ impl Iterator for Lexer<'_> {
         let b = self.at(0)?;
         let kind = match b {
             b'\'' => {
-                let from = self.pos;
-                self.quoted(b'\'', self.backslash_strings);
-                let literal = self.sql.get(from..self.pos).unwrap_or_default();
-                self.saw_backslash |= literal.contains(&b'\\');
+                self.quoted(b'\'', self.reading.backslash_strings);
                 Kind::Str
             }
             b'"' => {

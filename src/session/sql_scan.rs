@@ -10,7 +10,7 @@
 //! nothing.
 
 use super::settings::ParamChange;
-use super::sql_lex::{Kind, Lexer, Splitter, Token};
+use super::sql_lex::{Kind, Lexer, Reading, Splitter, Token};
 use super::sql_prefilter::may_touch_session;
 use crate::server::params::is_identifier;
 
@@ -141,18 +141,21 @@ fn scan_statements(sql: &[u8]) -> Scan {
     let mut lexer = Lexer::new(sql);
     let mut result = scan_tokens(sql, &mut lexer);
     if lexer.saw_backslash() {
-        // With standard_conforming_strings off (the proxy does not know the
-        // session's) a backslash escapes a quote, and the text splits into other
-        // statements: whatever that reading runs is reset or refused too. The
-        // actions stay those of the standard reading; where the two disagree, the
-        // server is reset so a SET only the other reading sees cannot stay behind.
-        let other = scan_tokens(sql, &mut Lexer::without_standard_strings(sql));
-        if other.actions != result.actions {
-            result.taint |= Taint::SETTINGS;
+        // With standard_conforming_strings off, or in a client encoding whose
+        // characters may end in 0x5c (the proxy knows neither of the session), a
+        // backslash may escape a quote or not, and the text splits into other
+        // statements: whatever another reading runs is reset or refused too. The
+        // actions stay those of the standard reading; where they disagree, the
+        // server is reset so a SET only another reading sees cannot stay behind.
+        for reading in Reading::OTHERS {
+            let other = scan_tokens(sql, &mut Lexer::with_reading(sql, reading));
+            if other.actions != result.actions {
+                result.taint |= Taint::SETTINGS;
+            }
+            result.taint |= other.taint;
+            result.refusal = result.refusal.or(other.refusal);
+            result.drops_statements |= other.drops_statements;
         }
-        result.taint |= other.taint;
-        result.refusal = result.refusal.or(other.refusal);
-        result.drops_statements |= other.drops_statements;
     }
     result
 }
@@ -869,6 +872,14 @@ mod tests {
             vec![set("app.a", "E'x\\''"), Action::Other]
         );
         assert!(escaped.taint.is_empty(), "{escaped:?}");
+        // Shift-JIS 0x95 0x5c is one character: the literal ends at the quote.
+        let sjis = scan(b"SELECT E'\x95\x5c'; SET app.a = 1; --'");
+        assert_eq!(sjis.actions, vec![], "the UTF-8 reading: one SELECT");
+        assert!(sjis.taint.contains(Taint::SETTINGS), "{sjis:?}");
+        // UTF-8 text before an escape reads the same both ways.
+        let utf8 = scan("SET app.a = E'\u{e9}\\n'".as_bytes());
+        assert_eq!(utf8.actions, vec![set("app.a", "E'\u{e9}\\n'")]);
+        assert!(utf8.taint.is_empty(), "{utf8:?}");
     }
 
     #[test]
