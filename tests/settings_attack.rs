@@ -34,7 +34,7 @@ const REPORTED: [&str; 8] = [
 ];
 
 /// What the probe reads, in its column order.
-const PROBED: [(&str, &str); 13] = [
+const PROBED: [(&str, &str); 19] = [
     ("search_path", "current_setting('search_path')"),
     ("TimeZone", "current_setting('TimeZone')"),
     ("DateStyle", "current_setting('DateStyle')"),
@@ -49,6 +49,22 @@ const PROBED: [(&str, &str); 13] = [
     // NULL: which server ran the SET is not what is compared.
     ("app.a", "coalesce(current_setting('app.a', true), '')"),
     ("app.b", "coalesce(current_setting('app.b', true), '')"),
+    // Custom parameters whose first part is a word SET gives a meaning to.
+    ("local.x", "coalesce(current_setting('local.x', true), '')"),
+    ("role.x", "coalesce(current_setting('role.x', true), '')"),
+    ("names.x", "coalesce(current_setting('names.x', true), '')"),
+    (
+        "session.x",
+        "coalesce(current_setting('session.x', true), '')",
+    ),
+    (
+        "schema.x",
+        "coalesce(current_setting('schema.x', true), '')",
+    ),
+    (
+        "transaction.x",
+        "coalesce(current_setting('transaction.x', true), '')",
+    ),
     (
         "default_transaction_read_only",
         "current_setting('default_transaction_read_only')",
@@ -381,6 +397,7 @@ async fn compare(rw: SocketAddr, pg: SocketAddr, case: Case) -> Vec<String> {
     let mut divergences = Vec::new();
     {
         let what = case.what;
+        eprintln!("case: {what}");
         let mut direct = Session::login(pg, case.startup, "direct").await;
         let mut direct_replies = Vec::new();
         for step in &case.steps {
@@ -1048,4 +1065,32 @@ async fn backslashes_in_strings_without_standard_conforming_strings() {
     drop(api);
     drop(proxy);
     assert_none(divergences);
+}
+
+/// SET forms whose words could be read more than one way.
+#[tokio::test(flavor = "multi_thread")]
+async fn set_forms() {
+    let mut cases = Vec::new();
+    for prefix in ["local", "role", "names", "session", "schema", "transaction"] {
+        let committed: &'static str =
+            Box::leak(format!("SET {prefix}.x committed").into_boxed_str());
+        let sql = format!("BEGIN; SET {prefix}.x = 'v'; COMMIT");
+        cases.push(case(committed, vec![q(&sql)]));
+        let plain: &'static str =
+            Box::leak(format!("SET {prefix}.x in autocommit").into_boxed_str());
+        cases.push(case(plain, vec![q(&format!("SET {prefix}.x TO 'w'"))]));
+    }
+    cases.push(case(
+        "a function called begin, then a SET",
+        vec![q(
+            "CREATE FUNCTION pg_temp.begin() RETURNS int LANGUAGE sql RETURN 1; SET app.a = 'after begin'",
+        )],
+    ));
+    cases.push(case(
+        "a BEGIN ATOMIC body with CASE, then a SET",
+        vec![q(
+            "CREATE FUNCTION pg_temp.f(i int) RETURNS int LANGUAGE sql BEGIN ATOMIC SELECT CASE WHEN i > 0 THEN 1 ELSE 0 END; END; SET app.b = 'after atomic'",
+        )],
+    ));
+    assert_none(attack(cases).await);
 }

@@ -276,11 +276,14 @@ pub struct Splitter {
     /// FUNCTION, PROCEDURE (psql's `identifiers`).
     leading: [u8; 4],
     words: usize,
+    /// The previous token was the word BEGIN outside a body: ATOMIC starts one.
+    after_begin: bool,
 }
 
 impl Splitter {
     /// Feeds the next token; true when it ends the statement.
     pub fn ends_statement(&mut self, token: &Token, sql: &[u8]) -> bool {
+        let after_begin = std::mem::take(&mut self.after_begin);
         match token.kind {
             Kind::Punct(b'(') => self.paren_depth += 1,
             Kind::Punct(b')') => self.paren_depth = self.paren_depth.saturating_sub(1),
@@ -288,13 +291,13 @@ impl Splitter {
                 *self = Splitter::default();
                 return true;
             }
-            Kind::Word => self.word(token.text(sql)),
+            Kind::Word => self.word(token.text(sql), after_begin),
             _ => {}
         }
         false
     }
 
-    fn word(&mut self, word: &[u8]) {
+    fn word(&mut self, word: &[u8], after_begin: bool) {
         let routine_start = [
             b"create".as_slice(),
             b"or",
@@ -318,8 +321,13 @@ impl Splitter {
         if !in_routine || self.paren_depth > 0 {
             return;
         }
-        if word.eq_ignore_ascii_case(b"begin") {
-            self.begin_depth += 1;
+        // Only BEGIN ATOMIC opens a body, as in the server's grammar (psql counts
+        // any BEGIN, so a function called `begin` hid the statements after it);
+        // inside one, CASE ... END nests.
+        if self.begin_depth == 0 && word.eq_ignore_ascii_case(b"begin") {
+            self.after_begin = true;
+        } else if self.begin_depth == 0 && after_begin && word.eq_ignore_ascii_case(b"atomic") {
+            self.begin_depth = 1;
         } else if word.eq_ignore_ascii_case(b"case") {
             if self.begin_depth >= 1 {
                 self.begin_depth += 1;
@@ -388,6 +396,10 @@ mod tests {
             ("create function f() returns int language sql begin atomic select 1; select case when true then 2 end; end; set a=1",
              vec!["create function f() returns int language sql begin atomic select 1; select case when true then 2 end; end", "set a=1"]),
             ("select 1 as begin; set a = 1", vec!["select 1 as begin", "set a = 1"]),
+            ("create function begin() returns int language sql return 1; set a = 1",
+             vec!["create function begin() returns int language sql return 1", "set a = 1"]),
+            ("create procedure p(begin int) language sql begin atomic select begin; end; set a = 1",
+             vec!["create procedure p(begin int) language sql begin atomic select begin; end", "set a = 1"]),
             ("begin; set a=1; end; commit", vec!["begin", "set a=1", "end", "commit"]),
         ];
         for (sql, expected) in cases {

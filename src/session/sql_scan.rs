@@ -518,6 +518,14 @@ impl Head<'_> {
     fn classify_set(&self) -> (Action, Taint) {
         let untracked = (Action::Other, Taint::SETTINGS);
         let scoped = (Action::Other, Taint::default());
+        if self.get(2).map(|t| t.kind) == Some(Kind::Punct(b'.')) {
+            // `SET role.x = 1`, `SET names.x ...`: a custom parameter whose first
+            // part is one of the words below, not the form that word starts.
+            return match self.generic_set(1) {
+                Some(change) => (Action::Change(change), Taint::default()),
+                None => untracked,
+            };
+        }
         if self.is(1, b"local") || self.is(1, b"transaction") || self.is(1, b"constraints") {
             return scoped;
         }
@@ -736,6 +744,12 @@ mod tests {
             ("RESET TIME ZONE", reset("timezone")),
             ("SET NAMES 'UTF8'", set("client_encoding", "'UTF8'")),
             ("SET SCHEMA 'app'", set("search_path", "'app'")),
+            ("SET role.x = 'v'", set("role.x", "'v'")),
+            ("set names.x to 1", set("names.x", "1")),
+            ("SET session.x = 1", set("session.x", "1")),
+            ("SET SESSION session.x = 1", set("session.x", "1")),
+            ("SET transaction.x = 1", set("transaction.x", "1")),
+            ("RESET role.x", reset("role.x")),
             ("/* why */ SET\nstatement_timeout = 5000", set("statement_timeout", "5000")),
             ("SAVEPOINT a", Action::Savepoint((*b"a").into())),
             ("ROLLBACK TO SAVEPOINT \"A\"", Action::RollbackTo((*b"A").into())),
