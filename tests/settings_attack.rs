@@ -1081,6 +1081,25 @@ async fn set_forms() {
         cases.push(case(plain, vec![q(&format!("SET {prefix}.x TO 'w'"))]));
     }
     cases.push(case(
+        "an escaped quote in a SET value without standard_conforming_strings",
+        vec![
+            q("SET standard_conforming_strings = off"),
+            q("SET app.a = 'it\\'s'"),
+        ],
+    ));
+    cases.push(case(
+        "a backslash in a SET value with standard_conforming_strings",
+        vec![q("SET app.a = 'C:\\'"), q("SET search_path = 'a\\b'")],
+    ));
+    cases.push(case(
+        "a backslash in a SET value, then standard_conforming_strings off",
+        vec![
+            q("BEGIN; SET app.a = 'C:\\temp'; COMMIT"),
+            q("SET standard_conforming_strings = off"),
+            q("SET app.b = 'tab\\there'"),
+        ],
+    ));
+    cases.push(case(
         "a function called begin, then a SET",
         vec![q(
             "CREATE FUNCTION pg_temp.begin() RETURNS int LANGUAGE sql RETURN 1; SET app.a = 'after begin'",

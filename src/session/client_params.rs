@@ -146,6 +146,13 @@ impl ClientParams {
         }
     }
 
+    /// The client has been told `standard_conforming_strings` is off.
+    pub(super) fn nonstandard_strings(&self) -> bool {
+        self.reported
+            .iter()
+            .any(|(name, value)| name == "standard_conforming_strings" && value == "off")
+    }
+
     /// Records a ParameterStatus body the client was sent through the relay.
     pub(super) fn note_reported(&mut self, body: &[u8]) {
         self.reported_from = None;

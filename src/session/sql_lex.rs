@@ -265,6 +265,52 @@ impl Iterator for Lexer<'_> {
     }
 }
 
+/// `sql` (the value of a SET) with every plain `'...'` literal that holds a
+/// backslash written as an `E'...'` literal meaning the same, given the session's
+/// `standard_conforming_strings` when it ran; None when there is none. Such a value
+/// is re-run on the client's later servers, where that setting may differ when it
+/// is parsed: an `E''` literal reads the same either way.
+pub fn portable_literals(sql: &[u8], standard_strings: bool) -> Option<Vec<u8>> {
+    let reading = Reading {
+        backslash_strings: !standard_strings,
+        multibyte_backslash: false,
+    };
+    let mut out = Vec::new();
+    let mut copied = 0;
+    let mut previous_end = None;
+    for token in Lexer::with_reading(sql, reading) {
+        let text = token.text(sql);
+        // Right after another token (U&'...', N'...', B'...') the quote is part
+        // of another literal form.
+        let prefixed = previous_end == Some(token.start);
+        previous_end = Some(token.end);
+        if token.kind != Kind::Str || prefixed || !text.starts_with(b"'") || !text.contains(&b'\\')
+        {
+            continue;
+        }
+        out.extend_from_slice(sql.get(copied..token.start)?);
+        out.push(b'E');
+        if standard_strings {
+            // Each backslash was itself: doubled, it stays itself in E''.
+            for &byte in text {
+                out.push(byte);
+                if byte == b'\\' {
+                    out.push(b'\\');
+                }
+            }
+        } else {
+            // It already escaped, as in E''.
+            out.extend_from_slice(text);
+        }
+        copied = token.end;
+    }
+    if copied == 0 {
+        return None;
+    }
+    out.extend_from_slice(sql.get(copied..)?);
+    Some(out)
+}
+
 /// Where statements end: at a semicolon outside parentheses and outside the body of
 /// a `CREATE [OR REPLACE] FUNCTION|PROCEDURE ... BEGIN ATOMIC ... END` (the heuristic
 /// psql uses, so the count matches the server's replies for what psql would send).
@@ -383,6 +429,26 @@ mod tests {
         for (sql, expected) in cases {
             assert_eq!(kinds(sql), expected, "{sql}");
         }
+    }
+
+    #[test]
+    fn literals_with_backslashes_become_portable() {
+        let portable = |sql: &str, standard| {
+            portable_literals(sql.as_bytes(), standard)
+                .map(|v| String::from_utf8_lossy(&v).into_owned())
+        };
+        assert_eq!(
+            portable("'C:\\t', 'x'", true).as_deref(),
+            Some("E'C:\\\\t', 'x'")
+        );
+        assert_eq!(portable("'it\\'s'", false).as_deref(), Some("E'it\\'s'"));
+        assert_eq!(portable("'plain', E'a\\n', $$b\\$$", true), None);
+        assert_eq!(
+            portable("U&'\\0041'", true),
+            None,
+            "a Unicode literal stays"
+        );
+        assert_eq!(portable("'a''\\'", true).as_deref(), Some("E'a''\\\\'"));
     }
 
     #[test]

@@ -96,7 +96,10 @@ impl Translator<'_> {
         let body = &message[5..];
         match tag {
             tag::QUERY => {
-                let scan = self.scan(body);
+                // The text ends at its NUL, as the server reads it: a literal left
+                // open must not take the NUL into a value the proxy re-runs.
+                let text = body.split(|&b| b == 0).next().unwrap_or(body);
+                let scan = self.scan(text);
                 match scan.refusal {
                     Some(refusal) => {
                         // The server raises the error, which keeps transaction

@@ -8,6 +8,7 @@
 //! over. Pure: it only says which changes now hold.
 
 use super::settings::ParamChange;
+use super::sql_lex::portable_literals;
 use super::sql_scan::Action;
 use crate::protocol::tag;
 
@@ -52,6 +53,9 @@ pub struct TxSettings {
     /// all): the server then reports its login value, not the client's.
     reset_names: Vec<String>,
     reset_all: bool,
+    /// The session's `standard_conforming_strings` is off: how backslashes in the
+    /// SET values it runs read (see [`portable_literals`]).
+    pub nonstandard_strings: bool,
 }
 
 impl TxSettings {
@@ -81,6 +85,7 @@ impl TxSettings {
                 }
             }
             (b"SET" | b"RESET" | b"DISCARD ALL", Action::Change(change)) => {
+                let change = self.portable(change);
                 self.replace_earlier(&change);
                 if self.pending.len() >= MAX_PENDING {
                     self.lost = true;
@@ -116,8 +121,25 @@ impl TxSettings {
         self.error = true;
     }
 
+    /// A SET whose value holds a backslash in a plain literal, written so that it
+    /// means the same when re-run where `standard_conforming_strings` differs.
+    fn portable(&self, change: ParamChange) -> ParamChange {
+        match change {
+            ParamChange::Set(name, sql) if sql.contains('\\') => {
+                let rewritten = portable_literals(sql.as_bytes(), !self.nonstandard_strings)
+                    .and_then(|v| String::from_utf8(v).ok());
+                ParamChange::Set(name, rewritten.unwrap_or(sql))
+            }
+            other => other,
+        }
+    }
+
     /// The server reported a parameter value.
     pub fn reported(&mut self, name: String, value: String) {
+        if name == "standard_conforming_strings" {
+            // PostgreSQL reports at the end of a query, before the next one is read.
+            self.nonstandard_strings = value == "off";
+        }
         if !FOLLOWED.iter().any(|f| f.eq_ignore_ascii_case(&name)) {
             return;
         }

@@ -110,7 +110,7 @@ pub(super) async fn attach(
         replay,
         scanner,
     } = buffers;
-    ledger.reset();
+    ledger.reset(session.params.nonstandard_strings());
     replay.clear();
     scanner.reset();
     let env = &session.env;
