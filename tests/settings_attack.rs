@@ -1099,6 +1099,17 @@ async fn set_forms() {
             q("SET app.b = 'tab\\there'"),
         ],
     ));
+    cases.push(Case {
+        what: "transaction-scoped parameters set as session ones",
+        startup: &[("application_name", "attack")],
+        steps: vec![
+            q("SELECT set_config('application_name', 'reported', false)"),
+            q("SET transaction_isolation = 'repeatable read'"),
+            q("SET SESSION transaction_read_only TO on; SET transaction_deferrable = on"),
+            q("BEGIN; SET transaction_isolation = 'serializable'; COMMIT"),
+        ],
+        replies_differ: false,
+    });
     cases.push(case(
         "a function called begin, then a SET",
         vec![q(

@@ -556,6 +556,7 @@ impl Head<'_> {
             self.generic_set(1)
         };
         match change {
+            Some(change) if transaction_scoped(&change) => scoped,
             Some(change) => (Action::Change(change), Taint::default()),
             None => untracked,
         }
@@ -615,10 +616,27 @@ impl Head<'_> {
                 .map(|(name, _)| ParamChange::Reset(name))
         };
         match change {
+            Some(change) if transaction_scoped(&change) => (Action::Other, Taint::default()),
             Some(change) => (Action::Change(change), Taint::default()),
             None => (Action::Other, Taint::SETTINGS),
         }
     }
+}
+
+/// Parameters PostgreSQL sets afresh at the start of every transaction (from their
+/// `default_` ones): a session-level SET of them ends with its transaction, and
+/// re-run at a checkout after another statement it fails ("must be called before
+/// any query").
+const TRANSACTION_SCOPED: [&str; 3] = [
+    "transaction_isolation",
+    "transaction_read_only",
+    "transaction_deferrable",
+];
+
+fn transaction_scoped(change: &ParamChange) -> bool {
+    change
+        .name()
+        .is_some_and(|n| TRANSACTION_SCOPED.iter().any(|t| n.eq_ignore_ascii_case(t)))
 }
 
 /// Longest identifier PostgreSQL keeps (NAMEDATALEN - 1 bytes).
@@ -763,6 +781,9 @@ mod tests {
                 Action::RollbackTo("é".repeat(31).as_bytes().into())),
             ("ROLLBACK", Action::Other),
             ("SET LOCAL search_path TO x", Action::Other),
+            ("SET transaction_isolation = 'serializable'", Action::Other),
+            ("SET SESSION transaction_read_only TO on", Action::Other),
+            ("RESET transaction_deferrable", Action::Other),
             ("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE", Action::Other),
             ("select 1", Action::Other),
         ];
