@@ -96,9 +96,10 @@ impl Translator<'_> {
         let body = &message[5..];
         match tag {
             tag::QUERY => {
-                // The text ends at its NUL, as the server reads it: a literal left
-                // open must not take the NUL into a value the proxy re-runs.
-                let text = body.split(|&b| b == 0).next().unwrap_or(body);
+                // The text without its closing NUL (the server refuses a Query with
+                // bytes after the first NUL): a literal left open must not take the
+                // NUL into a value the proxy re-runs.
+                let text = body.strip_suffix(b"\0").unwrap_or(body);
                 let scan = self.scan(text);
                 match scan.refusal {
                     Some(refusal) => {
