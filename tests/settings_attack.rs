@@ -928,6 +928,14 @@ async fn resets_and_roles() {
             vec![q("SET TimeZone = 'Europe/Paris'"), q("BEGIN; RESET TimeZone; SHOW TimeZone; COMMIT")],
         ),
         reset_of_startup(
+            "reset all, then set_config of another parameter",
+            &[("TimeZone", "Asia/Tokyo")],
+            vec![
+                q("SET TimeZone = 'Europe/Paris'"),
+                q("BEGIN; RESET ALL; SELECT set_config('application_name', 'after reset', false); COMMIT"),
+            ],
+        ),
+        reset_of_startup(
             "reset all with startup parameters",
             &[("TimeZone", "Asia/Tokyo"), ("DateStyle", "SQL, DMY")],
             vec![

@@ -30,7 +30,9 @@ pub enum Action {
     /// `set_config` not provably local, a SET form not understood, DO, CALL):
     /// where it falls among the tracked changes decides whether a value the server
     /// reports afterwards came from a RESET before it or from the statement itself.
-    Untracked,
+    /// With the one parameter it may change, when that is known (a single
+    /// `set_config` naming it in a literal), lowercased.
+    Untracked(Option<Box<str>>),
 }
 
 /// Session state left on a server that must be cleared before reuse (a bit set).
@@ -214,9 +216,24 @@ enum SetConfig {
     Args {
         depth: u32,
         commas: u32,
+        /// Tokens of the first argument, and the span of the last string literal
+        /// among them (the parameter's name when it is the only token).
+        first_tokens: u32,
+        first_literal: Option<(usize, usize)>,
         third_tokens: u32,
         third_true: bool,
     },
+}
+
+/// Which parameters the non-local `set_config` calls of a statement name.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum Target {
+    #[default]
+    None,
+    /// One call, naming the parameter in this string literal.
+    One(usize, usize),
+    /// Several calls, or a name that is not a literal.
+    Unknown,
 }
 
 #[derive(Default)]
@@ -226,6 +243,7 @@ struct Statement {
     last_end: usize,
     prev: Prev,
     set_config: SetConfig,
+    target: Target,
     taint: Taint,
     with_hold: bool,
     into_temp: bool,
@@ -302,6 +320,8 @@ impl Statement {
             (SetConfig::AwaitParen, Kind::Punct(b'(')) => SetConfig::Args {
                 depth: 1,
                 commas: 0,
+                first_tokens: 0,
+                first_literal: None,
                 third_tokens: 0,
                 third_true: false,
             },
@@ -310,6 +330,8 @@ impl Statement {
                 SetConfig::Args {
                     depth,
                     commas,
+                    mut first_tokens,
+                    mut first_literal,
                     third_tokens,
                     third_true,
                 },
@@ -321,10 +343,22 @@ impl Statement {
                     Kind::Punct(b',') if depth == 1 => (depth, commas + 1),
                     _ => (depth, commas),
                 };
+                if commas == 0 && depth >= 1 {
+                    first_tokens += 1;
+                    if kind == Kind::Str {
+                        first_literal = Some((token.start, token.end));
+                    }
+                }
                 if depth == 0 {
                     let local = commas == 2 && third_tokens == 1 && third_true;
                     if !local {
                         self.taint |= Taint::SETTINGS;
+                        self.target = match (self.target, first_literal) {
+                            (Target::None, Some((start, end))) if first_tokens == 1 => {
+                                Target::One(start, end)
+                            }
+                            _ => Target::Unknown,
+                        };
                     }
                     SetConfig::Off
                 } else if commas == 2 && !matches!(kind, Kind::Punct(b',')) {
@@ -339,6 +373,8 @@ impl Statement {
                     SetConfig::Args {
                         depth,
                         commas,
+                        first_tokens,
+                        first_literal,
                         third_tokens: third_tokens + 1,
                         third_true: literal_true,
                     }
@@ -346,6 +382,8 @@ impl Statement {
                     SetConfig::Args {
                         depth,
                         commas,
+                        first_tokens,
+                        first_literal,
                         third_tokens,
                         third_true,
                     }
@@ -369,7 +407,14 @@ impl Statement {
         };
         let (mut action, taint) = words.classify(self);
         if action == Action::Other && (self.taint | taint).contains(Taint::SETTINGS) {
-            action = Action::Untracked;
+            // Only set_config changed settings: it names the one it changes.
+            let named = match self.target {
+                Target::One(start, end) if !taint.contains(Taint::SETTINGS) => {
+                    literal_name(sql.get(start..end).unwrap_or_default())
+                }
+                _ => None,
+            };
+            action = Action::Untracked(named);
         }
         if self.proxy_names {
             result.refusal = Some(Refusal::ProxyNames);
@@ -639,6 +684,14 @@ fn transaction_scoped(change: &ParamChange) -> bool {
         .is_some_and(|n| TRANSACTION_SCOPED.iter().any(|t| n.eq_ignore_ascii_case(t)))
 }
 
+/// The parameter a plain string literal names (`'TimeZone'`), lowercased as
+/// PostgreSQL matches names; None for anything but a simple name.
+fn literal_name(literal: &[u8]) -> Option<Box<str>> {
+    let inner = literal.strip_prefix(b"'")?.strip_suffix(b"'")?;
+    let name = std::str::from_utf8(inner).ok()?.to_ascii_lowercase();
+    is_identifier(&name).then(|| name.into())
+}
+
 /// Longest identifier PostgreSQL keeps (NAMEDATALEN - 1 bytes).
 const MAX_IDENTIFIER: usize = 63;
 
@@ -879,12 +932,32 @@ mod tests {
             scan.actions,
             vec![
                 Action::Change(ParamChange::ResetAll),
-                Action::Untracked,
-                Action::Untracked,
-                Action::Untracked,
+                Action::Untracked(Some("timezone".into())),
+                Action::Untracked(None),
+                Action::Untracked(None),
                 Action::Other
             ]
         );
+        for (sql, named) in [
+            ("select set_config('App.X', '1', false)", Some("app.x")),
+            (
+                "select set_config('a.b', '1', false), set_config('c.d', '1', false)",
+                None,
+            ),
+            (
+                "select set_config('a.b', '1', true), set_config('c.d', '1', false)",
+                Some("c.d"),
+            ),
+            ("select set_config('a' || 'b', '1', false)", None),
+            ("select set_config($1, '1', false)", None),
+        ] {
+            let named = named.map(Box::from);
+            assert_eq!(
+                super::scan(sql.as_bytes()).actions,
+                vec![Action::Untracked(named)],
+                "{sql}"
+            );
+        }
         let local = super::scan(b"select set_config('a.b', 'x', true)");
         assert!(local.actions.is_empty(), "{local:?}");
     }
@@ -920,7 +993,7 @@ mod tests {
     #[test]
     fn non_utf8_values_are_not_tracked() {
         let scan = scan(b"SET application_name = '\xff'");
-        assert_eq!(scan.actions, vec![Action::Untracked]);
+        assert_eq!(scan.actions, vec![Action::Untracked(None)]);
         assert_eq!(scan.taint, Taint::SETTINGS);
     }
 

@@ -33,9 +33,9 @@ const MAX_PENDING: usize = 10_000;
 enum Pending {
     Change(ParamChange),
     Savepoint(Box<[u8]>),
-    /// A statement changed settings the proxy does not follow: a RESET before it
-    /// no longer explains what the server reports.
-    Untracked,
+    /// A statement changed settings the proxy does not follow (this one, when
+    /// known): a RESET before it no longer explains what the server reports.
+    Untracked(Option<Box<str>>),
 }
 
 #[derive(Debug, Default)]
@@ -53,6 +53,8 @@ pub struct TxSettings {
     /// all): the server then reports its login value, not the client's.
     reset_names: Vec<String>,
     reset_all: bool,
+    /// Names an untracked change may have set after the RESET ALL.
+    set_after_reset_all: Vec<String>,
     /// The session's `standard_conforming_strings` is off: how backslashes in the
     /// SET values it runs read (see [`portable_literals`]).
     pub nonstandard_strings: bool,
@@ -75,12 +77,14 @@ impl TxSettings {
             }
             (_, Action::Other) => {}
             // Whatever its tag (SELECT, CALL, DO, SET): once is enough in a row.
-            (_, Action::Untracked) => {
-                if !matches!(self.pending.last(), Some(Pending::Untracked)) {
+            (_, Action::Untracked(name)) => {
+                let repeated =
+                    matches!(self.pending.last(), Some(Pending::Untracked(n)) if *n == name);
+                if !repeated {
                     if self.pending.len() >= MAX_PENDING {
                         self.lost = true;
                     } else {
-                        self.pending.push(Pending::Untracked);
+                        self.pending.push(Pending::Untracked(name));
                     }
                 }
             }
@@ -160,17 +164,17 @@ impl TxSettings {
                 self.commit(out);
             }
             for (name, value) in self.reported.drain(..) {
-                let reset = self.reset_all
-                    || self
-                        .reset_names
-                        .iter()
-                        .any(|n| n.eq_ignore_ascii_case(&name));
+                let named =
+                    |names: &Vec<String>| names.iter().any(|n| n.eq_ignore_ascii_case(&name));
+                let reset =
+                    self.reset_all && !named(&self.set_after_reset_all) || named(&self.reset_names);
                 if !reset {
                     out.push(ParamChange::Report(name, value));
                 }
             }
             self.reset_names.clear();
             self.reset_all = false;
+            self.set_after_reset_all.clear();
         }
         self.error = false;
     }
@@ -180,17 +184,32 @@ impl TxSettings {
             match pending {
                 Pending::Change(change) => {
                     match &change {
-                        ParamChange::ResetAll | ParamChange::DiscardAll => self.reset_all = true,
-                        ParamChange::Reset(name) => self.reset_names.push(name.clone()),
+                        ParamChange::ResetAll | ParamChange::DiscardAll => {
+                            self.reset_all = true;
+                            self.reset_names.clear();
+                            self.set_after_reset_all.clear();
+                        }
+                        ParamChange::Reset(name) => {
+                            self.reset_names.push(name.clone());
+                            self.set_after_reset_all
+                                .retain(|n| !n.eq_ignore_ascii_case(name));
+                        }
                         _ => {}
                     }
                     out.push(change);
                 }
                 // PostgreSQL reports at the end of a query, so a value reported
                 // after this may be what the statement set: the server's word.
-                Pending::Untracked => {
+                Pending::Untracked(None) => {
                     self.reset_names.clear();
                     self.reset_all = false;
+                    self.set_after_reset_all.clear();
+                }
+                Pending::Untracked(Some(name)) => {
+                    self.reset_names.retain(|n| !n.eq_ignore_ascii_case(&name));
+                    if self.reset_all {
+                        self.set_after_reset_all.push(name.into());
+                    }
                 }
                 Pending::Savepoint(_) => {}
             }
@@ -210,7 +229,7 @@ impl TxSettings {
         let earlier = self.pending.iter().rposition(|p| match p {
             Pending::Savepoint(_) => true,
             Pending::Change(c) => c.name().is_none_or(|n| n.eq_ignore_ascii_case(name)),
-            Pending::Untracked => false,
+            Pending::Untracked(_) => false,
         });
         if let Some(at) = earlier {
             if matches!(&self.pending[at], Pending::Change(c) if c.name().is_some()) {
@@ -354,22 +373,20 @@ mod tests {
     }
 
     #[test]
+    #[rustfmt::skip]
     fn a_value_reported_after_an_untracked_change_is_taken_even_after_a_reset() {
+        let untracked = |name: &str| Action::Untracked(Some(name.into()));
         let report = ParamChange::Report("TimeZone".into(), "Europe/Paris".into());
         let reset = ParamChange::Reset("timezone".into());
         // RESET, then set_config: the reported value is set_config's.
         // set_config, then RESET: the reported value is the server's login value.
         for (first, second, expected) in [
-            (
-                Action::Change(reset.clone()),
-                Action::Untracked,
-                vec![reset.clone(), report.clone()],
-            ),
-            (
-                Action::Untracked,
-                Action::Change(reset.clone()),
-                vec![reset.clone()],
-            ),
+            (Action::Change(reset.clone()), Action::Untracked(None), vec![reset.clone(), report.clone()]),
+            (Action::Change(reset.clone()), untracked("timezone"), vec![reset.clone(), report.clone()]),
+            (Action::Change(reset.clone()), untracked("app.x"), vec![reset.clone()]),
+            (Action::Untracked(None), Action::Change(reset.clone()), vec![reset.clone()]),
+            (Action::Change(ParamChange::ResetAll), untracked("app.x"), vec![ParamChange::ResetAll]),
+            (Action::Change(ParamChange::ResetAll), untracked("timezone"), vec![ParamChange::ResetAll, report.clone()]),
         ] {
             let mut tracker = TxSettings::default();
             let mut out = Vec::new();
@@ -388,7 +405,7 @@ mod tests {
         tracker.completed(Action::Other, b"BEGIN\0", &mut out);
         tracker.completed(Action::Change(reset.clone()), b"RESET\0", &mut out);
         tracker.completed(Action::Savepoint(sp("s")), b"SAVEPOINT\0", &mut out);
-        tracker.completed(Action::Untracked, b"SELECT 1\0", &mut out);
+        tracker.completed(Action::Untracked(None), b"SELECT 1\0", &mut out);
         tracker.completed(Action::RollbackTo(sp("s")), b"ROLLBACK\0", &mut out);
         tracker.completed(Action::Other, b"COMMIT\0", &mut out);
         tracker.reported("TimeZone".into(), "UTC".into());
