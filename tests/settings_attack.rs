@@ -527,6 +527,33 @@ async fn transaction_ends_in_simple_queries() {
             ],
         ),
         case(
+            // A temporary table lasts only as long as its transaction here.
+            "a COPY between SETs of one query",
+            vec![
+                raw(
+                    &[
+                        query_msg(
+                            "BEGIN; CREATE TEMP TABLE sy_copy (a int); SET app.a = 'kept'; \
+                             COPY sy_copy FROM STDIN; SET app.b = 'kept'",
+                        ),
+                        message(b'd', b"1\n"),
+                        message(b'c', &[]),
+                    ],
+                    Until::Ready(1),
+                ),
+                q("COMMIT"),
+                raw(
+                    &[query_msg(
+                        "BEGIN; CREATE TEMP TABLE sy_copy2 (a int); SET app.a = 'lost'; \
+                         COPY sy_copy2 FROM STDIN",
+                    )],
+                    Until::Tag(b'G'),
+                ),
+                raw(&[message(b'f', b"given up\0")], Until::Ready(1)),
+                q("ROLLBACK"),
+            ],
+        ),
+        case(
             "set then error in one implicit transaction",
             vec![q("SET statement_timeout = 1234; SET search_path = x; SELECT 1/0")],
         ),
