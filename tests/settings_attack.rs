@@ -1021,6 +1021,18 @@ async fn reported_parameters() {
                 "BEGIN; SET TimeZone = 'Asia/Tokyo'; SELECT set_config('TimeZone', 'Europe/Paris', true); COMMIT",
             )],
         ),
+        Case {
+            what: "a non-ASCII startup application_name around a rolled-back SET",
+            startup: &[("application_name", "caf\u{e9} \u{2615}"), ("DateStyle", "SQL, DMY")],
+            steps: vec![
+                q("BEGIN; SET application_name = 'x'; SET DateStyle = 'ISO'; ROLLBACK"),
+                q("BEGIN; SET application_name = 'y'; COMMIT"),
+                // The documented difference: RESET shows the server's default
+                // until the transaction ends.
+                q("RESET application_name"),
+            ],
+            replies_differ: true,
+        },
         case(
             "set names and set time zone local",
             vec![q("BEGIN; SET NAMES 'LATIN1'; SET TIME ZONE LOCAL; COMMIT")],
