@@ -554,6 +554,17 @@ async fn transaction_ends_in_simple_queries() {
             ],
         ),
         case(
+            "a COMMIT that fails on a deferred constraint",
+            vec![
+                q("SET app.a = 'kept'"),
+                q(
+                    "BEGIN; CREATE TEMP TABLE sy_deferred (a int UNIQUE DEFERRABLE INITIALLY DEFERRED); \
+                     INSERT INTO sy_deferred VALUES (1), (1); SET app.b = 'lost'; SET app.a = 'lost'",
+                ),
+                q("COMMIT"),
+            ],
+        ),
+        case(
             "set then error in one implicit transaction",
             vec![q("SET statement_timeout = 1234; SET search_path = x; SELECT 1/0")],
         ),
