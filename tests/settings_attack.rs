@@ -1060,7 +1060,18 @@ async fn more_changes_than_are_followed() {
         sql.push_str(&format!("SET app.b = '{i}';"));
     }
     sql.push_str("SET search_path = sy_last; COMMIT");
-    let cases = vec![case("10,050 SETs in one transaction", vec![q(&sql)])];
+    let mut chained = String::from("BEGIN;");
+    for i in 0..3_000 {
+        chained.push_str(&format!(
+            "SET application_name = 'run {i}'; SET app.a = '{i}'; COMMIT AND CHAIN;"
+        ));
+    }
+    chained.push_str("SET app.b = 'rolled back'; ROLLBACK");
+    let cases = vec![
+        case("10,050 SETs in one transaction", vec![q(&sql)]),
+        // One attach: the proxy applies what each commit keeps as it goes.
+        case("3,000 chained transactions in one query", vec![q(&chained)]),
+    ];
     assert_none(attack(cases).await);
 
     // 5,100 savepoints each followed by a SET: past the 10,000 entries followed
