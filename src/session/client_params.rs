@@ -43,6 +43,8 @@ pub(super) struct ClientParams {
     reported: Vec<(String, String)>,
     /// The params digest of the server `reported` was last checked against.
     reported_from: Option<u128>,
+    /// A change past the limits was logged.
+    over_limit_logged: bool,
 }
 
 impl ClientParams {
@@ -53,6 +55,7 @@ impl ClientParams {
             startup,
             reported: Vec::new(),
             reported_from: None,
+            over_limit_logged: false,
         }
     }
 
@@ -78,11 +81,15 @@ impl ClientParams {
             })
             .sum();
         if next.iter().count() > MAX_PARAMS || bytes > MAX_PARAM_BYTES {
-            tracing::warn!(
-                params = next.iter().count(),
-                bytes,
-                "the client's session parameters exceed the limit; this change is not carried to its next transactions"
-            );
+            // Once per session: a client looping over SET must not flood the log.
+            if !self.over_limit_logged {
+                self.over_limit_logged = true;
+                tracing::warn!(
+                    params = next.iter().count(),
+                    bytes,
+                    "the client's session parameters exceed the limit; changes past it are not carried to its next transactions (logged once per session)"
+                );
+            }
             return;
         }
         self.desired = next;
@@ -144,6 +151,13 @@ impl ClientParams {
                 }
             }
         }
+    }
+
+    /// The client has been told `standard_conforming_strings` is off.
+    pub(super) fn nonstandard_strings(&self) -> bool {
+        self.reported
+            .iter()
+            .any(|(name, value)| name == "standard_conforming_strings" && value == "off")
     }
 
     /// Records a ParameterStatus body the client was sent through the relay.

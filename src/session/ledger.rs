@@ -140,14 +140,16 @@ impl Default for Ledger {
 }
 
 impl Ledger {
-    /// Back to the state of a fresh attach, keeping the queue's allocation.
-    pub fn reset(&mut self) {
+    /// Back to the state of a fresh attach, keeping the queue's allocation;
+    /// `nonstandard_strings`: the client's `standard_conforming_strings` is off.
+    pub fn reset(&mut self, nonstandard_strings: bool) {
         self.queue.clear();
         let queue = std::mem::take(&mut self.queue);
         *self = Ledger {
             queue,
             ..Ledger::default()
         };
+        self.settings.nonstandard_strings = nonstandard_strings;
     }
 
     /// A reply the proxy owes is at the head (nothing from the server comes first).

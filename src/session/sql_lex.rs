@@ -46,6 +46,41 @@ impl Token {
 pub struct Lexer<'a> {
     sql: &'a [u8],
     pos: usize,
+    reading: Reading,
+    /// A literal held a backslash another [`Reading`] may take differently.
+    saw_backslash: bool,
+}
+
+/// How backslashes in string literals are read: what PostgreSQL does depends on
+/// session state the text does not show.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Reading {
+    /// A backslash escapes in plain `'...'` literals too, as with
+    /// `standard_conforming_strings` off.
+    pub backslash_strings: bool,
+    /// A backslash right after a byte of 0x80 or more is the second byte of a
+    /// character, as in the client encodings Shift-JIS, BIG5, GBK, GB18030, UHC and
+    /// JOHAB (the server reads the text converted, where it is no backslash).
+    pub multibyte_backslash: bool,
+}
+
+impl Reading {
+    /// The readings other than the standard one (`standard_conforming_strings` on,
+    /// a client encoding where 0x5c is always a backslash).
+    pub const OTHERS: [Reading; 3] = [
+        Reading {
+            backslash_strings: true,
+            multibyte_backslash: false,
+        },
+        Reading {
+            backslash_strings: false,
+            multibyte_backslash: true,
+        },
+        Reading {
+            backslash_strings: true,
+            multibyte_backslash: true,
+        },
+    ];
 }
 
 fn is_ident_start(b: u8) -> bool {
@@ -58,7 +93,24 @@ fn is_ident_byte(b: u8) -> bool {
 
 impl<'a> Lexer<'a> {
     pub fn new(sql: &'a [u8]) -> Lexer<'a> {
-        Lexer { sql, pos: 0 }
+        Lexer::with_reading(sql, Reading::default())
+    }
+
+    /// A lexer that reads backslashes in literals as `reading` says.
+    pub fn with_reading(sql: &'a [u8], reading: Reading) -> Lexer<'a> {
+        Lexer {
+            sql,
+            pos: 0,
+            reading,
+            saw_backslash: false,
+        }
+    }
+
+    /// Whether a literal read so far held a backslash that another [`Reading`]
+    /// may take differently (in a plain literal, or right after a byte of 0x80 or
+    /// more): the text may then split into other statements.
+    pub fn saw_backslash(&self) -> bool {
+        self.saw_backslash
     }
 
     fn at(&self, offset: usize) -> Option<u8> {
@@ -102,10 +154,17 @@ impl<'a> Lexer<'a> {
     /// inside, and with `backslash` a backslash escapes the next byte.
     fn quoted(&mut self, quote: u8, backslash: bool) {
         self.pos += 1;
+        let mut previous = quote;
         while let Some(b) = self.at(0) {
             self.pos += 1;
-            if backslash && b == b'\\' {
+            let high = previous >= 0x80;
+            previous = b;
+            if b == b'\\' && quote == b'\'' {
+                self.saw_backslash |= high || !backslash;
+            }
+            if backslash && b == b'\\' && !(high && self.reading.multibyte_backslash) {
                 self.pos = (self.pos + 1).min(self.sql.len());
+                previous = 0;
             } else if b == quote {
                 if self.at(0) == Some(quote) {
                     self.pos += 1;
@@ -151,7 +210,7 @@ impl Iterator for Lexer<'_> {
         let b = self.at(0)?;
         let kind = match b {
             b'\'' => {
-                self.quoted(b'\'', false);
+                self.quoted(b'\'', self.reading.backslash_strings);
                 Kind::Str
             }
             b'"' => {
@@ -206,6 +265,52 @@ impl Iterator for Lexer<'_> {
     }
 }
 
+/// `sql` (the value of a SET) with every plain `'...'` literal that holds a
+/// backslash written as an `E'...'` literal meaning the same, given the session's
+/// `standard_conforming_strings` when it ran; None when there is none. Such a value
+/// is re-run on the client's later servers, where that setting may differ when it
+/// is parsed: an `E''` literal reads the same either way.
+pub fn portable_literals(sql: &[u8], standard_strings: bool) -> Option<Vec<u8>> {
+    let reading = Reading {
+        backslash_strings: !standard_strings,
+        multibyte_backslash: false,
+    };
+    let mut out = Vec::new();
+    let mut copied = 0;
+    let mut previous_end = None;
+    for token in Lexer::with_reading(sql, reading) {
+        let text = token.text(sql);
+        // Right after another token (U&'...', N'...', B'...') the quote is part
+        // of another literal form.
+        let prefixed = previous_end == Some(token.start);
+        previous_end = Some(token.end);
+        if token.kind != Kind::Str || prefixed || !text.starts_with(b"'") || !text.contains(&b'\\')
+        {
+            continue;
+        }
+        out.extend_from_slice(sql.get(copied..token.start)?);
+        out.push(b'E');
+        if standard_strings {
+            // Each backslash was itself: doubled, it stays itself in E''.
+            for &byte in text {
+                out.push(byte);
+                if byte == b'\\' {
+                    out.push(b'\\');
+                }
+            }
+        } else {
+            // It already escaped, as in E''.
+            out.extend_from_slice(text);
+        }
+        copied = token.end;
+    }
+    if copied == 0 {
+        return None;
+    }
+    out.extend_from_slice(sql.get(copied..)?);
+    Some(out)
+}
+
 /// Where statements end: at a semicolon outside parentheses and outside the body of
 /// a `CREATE [OR REPLACE] FUNCTION|PROCEDURE ... BEGIN ATOMIC ... END` (the heuristic
 /// psql uses, so the count matches the server's replies for what psql would send).
@@ -217,11 +322,14 @@ pub struct Splitter {
     /// FUNCTION, PROCEDURE (psql's `identifiers`).
     leading: [u8; 4],
     words: usize,
+    /// The previous token was the word BEGIN outside a body: ATOMIC starts one.
+    after_begin: bool,
 }
 
 impl Splitter {
     /// Feeds the next token; true when it ends the statement.
     pub fn ends_statement(&mut self, token: &Token, sql: &[u8]) -> bool {
+        let after_begin = std::mem::take(&mut self.after_begin);
         match token.kind {
             Kind::Punct(b'(') => self.paren_depth += 1,
             Kind::Punct(b')') => self.paren_depth = self.paren_depth.saturating_sub(1),
@@ -229,13 +337,13 @@ impl Splitter {
                 *self = Splitter::default();
                 return true;
             }
-            Kind::Word => self.word(token.text(sql)),
+            Kind::Word => self.word(token.text(sql), after_begin),
             _ => {}
         }
         false
     }
 
-    fn word(&mut self, word: &[u8]) {
+    fn word(&mut self, word: &[u8], after_begin: bool) {
         let routine_start = [
             b"create".as_slice(),
             b"or",
@@ -259,8 +367,13 @@ impl Splitter {
         if !in_routine || self.paren_depth > 0 {
             return;
         }
-        if word.eq_ignore_ascii_case(b"begin") {
-            self.begin_depth += 1;
+        // Only BEGIN ATOMIC opens a body, as in the server's grammar (psql counts
+        // any BEGIN, so a function called `begin` hid the statements after it);
+        // inside one, CASE ... END nests.
+        if self.begin_depth == 0 && word.eq_ignore_ascii_case(b"begin") {
+            self.after_begin = true;
+        } else if self.begin_depth == 0 && after_begin && word.eq_ignore_ascii_case(b"atomic") {
+            self.begin_depth = 1;
         } else if word.eq_ignore_ascii_case(b"case") {
             if self.begin_depth >= 1 {
                 self.begin_depth += 1;
@@ -319,6 +432,26 @@ mod tests {
     }
 
     #[test]
+    fn literals_with_backslashes_become_portable() {
+        let portable = |sql: &str, standard| {
+            portable_literals(sql.as_bytes(), standard)
+                .map(|v| String::from_utf8_lossy(&v).into_owned())
+        };
+        assert_eq!(
+            portable("'C:\\t', 'x'", true).as_deref(),
+            Some("E'C:\\\\t', 'x'")
+        );
+        assert_eq!(portable("'it\\'s'", false).as_deref(), Some("E'it\\'s'"));
+        assert_eq!(portable("'plain', E'a\\n', $$b\\$$", true), None);
+        assert_eq!(
+            portable("U&'\\0041'", true),
+            None,
+            "a Unicode literal stays"
+        );
+        assert_eq!(portable("'a''\\'", true).as_deref(), Some("E'a''\\\\'"));
+    }
+
+    #[test]
     fn statement_split() {
         #[rustfmt::skip]
         let cases: Vec<(&str, Vec<&str>)> = vec![
@@ -329,6 +462,10 @@ mod tests {
             ("create function f() returns int language sql begin atomic select 1; select case when true then 2 end; end; set a=1",
              vec!["create function f() returns int language sql begin atomic select 1; select case when true then 2 end; end", "set a=1"]),
             ("select 1 as begin; set a = 1", vec!["select 1 as begin", "set a = 1"]),
+            ("create function begin() returns int language sql return 1; set a = 1",
+             vec!["create function begin() returns int language sql return 1", "set a = 1"]),
+            ("create procedure p(begin int) language sql begin atomic select begin; end; set a = 1",
+             vec!["create procedure p(begin int) language sql begin atomic select begin; end", "set a = 1"]),
             ("begin; set a=1; end; commit", vec!["begin", "set a=1", "end", "commit"]),
         ];
         for (sql, expected) in cases {

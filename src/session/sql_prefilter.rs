@@ -69,6 +69,7 @@ fn starts_with_trigger(text: &[u8]) -> bool {
     match text {
         [first, second, ..] => match &[first | 0x20, second | 0x20] {
             b"ab" => starts(b"abort"),
+            b"ca" => starts(b"call"),
             b"ad" => starts(b"advisory"),
             b"do" => true,
             b"di" => starts(b"discard"),

@@ -96,7 +96,11 @@ impl Translator<'_> {
         let body = &message[5..];
         match tag {
             tag::QUERY => {
-                let scan = self.scan(body);
+                // The text without its closing NUL (the server refuses a Query with
+                // bytes after the first NUL): a literal left open must not take the
+                // NUL into a value the proxy re-runs.
+                let text = body.strip_suffix(b"\0").unwrap_or(body);
+                let scan = self.scan(text);
                 match scan.refusal {
                     Some(refusal) => {
                         // The server raises the error, which keeps transaction

@@ -8,6 +8,7 @@
 //! over. Pure: it only says which changes now hold.
 
 use super::settings::ParamChange;
+use super::sql_lex::portable_literals;
 use super::sql_scan::Action;
 use crate::protocol::tag;
 
@@ -32,6 +33,9 @@ const MAX_PENDING: usize = 10_000;
 enum Pending {
     Change(ParamChange),
     Savepoint(Box<[u8]>),
+    /// A statement changed settings the proxy does not follow (this one, when
+    /// known): a RESET before it no longer explains what the server reports.
+    Untracked(Option<Box<str>>),
 }
 
 #[derive(Debug, Default)]
@@ -49,6 +53,11 @@ pub struct TxSettings {
     /// all): the server then reports its login value, not the client's.
     reset_names: Vec<String>,
     reset_all: bool,
+    /// Names an untracked change may have set after the RESET ALL.
+    set_after_reset_all: Vec<String>,
+    /// The session's `standard_conforming_strings` is off: how backslashes in the
+    /// SET values it runs read (see [`portable_literals`]).
+    pub nonstandard_strings: bool,
 }
 
 impl TxSettings {
@@ -67,7 +76,21 @@ impl TxSettings {
                 self.pending.clear();
             }
             (_, Action::Other) => {}
+            // Whatever its tag (SELECT, CALL, DO, SET): once is enough in a row.
+            (_, Action::Untracked(name)) => {
+                let repeated =
+                    matches!(self.pending.last(), Some(Pending::Untracked(n)) if *n == name);
+                if !repeated {
+                    if self.pending.len() >= MAX_PENDING {
+                        self.lost = true;
+                    } else {
+                        self.pending.push(Pending::Untracked(name));
+                    }
+                }
+            }
             (b"SET" | b"RESET" | b"DISCARD ALL", Action::Change(change)) => {
+                let change = self.portable(change);
+                self.replace_earlier(&change);
                 if self.pending.len() >= MAX_PENDING {
                     self.lost = true;
                 } else {
@@ -88,7 +111,7 @@ impl TxSettings {
                     let mut index = 0;
                     self.pending.retain(|p| {
                         index += 1;
-                        index <= at || matches!(p, Pending::Change(_))
+                        index <= at || !matches!(p, Pending::Savepoint(_))
                     });
                 }
                 None => self.lost = true,
@@ -102,8 +125,25 @@ impl TxSettings {
         self.error = true;
     }
 
+    /// A SET whose value holds a backslash in a plain literal, written so that it
+    /// means the same when re-run where `standard_conforming_strings` differs.
+    fn portable(&self, change: ParamChange) -> ParamChange {
+        match change {
+            ParamChange::Set(name, sql) if sql.contains('\\') => {
+                let rewritten = portable_literals(sql.as_bytes(), !self.nonstandard_strings)
+                    .and_then(|v| String::from_utf8(v).ok());
+                ParamChange::Set(name, rewritten.unwrap_or(sql))
+            }
+            other => other,
+        }
+    }
+
     /// The server reported a parameter value.
     pub fn reported(&mut self, name: String, value: String) {
+        if name == "standard_conforming_strings" {
+            // PostgreSQL reports at the end of a query, before the next one is read.
+            self.nonstandard_strings = value == "off";
+        }
         if !FOLLOWED.iter().any(|f| f.eq_ignore_ascii_case(&name)) {
             return;
         }
@@ -124,30 +164,76 @@ impl TxSettings {
                 self.commit(out);
             }
             for (name, value) in self.reported.drain(..) {
-                let reset = self.reset_all
-                    || self
-                        .reset_names
-                        .iter()
-                        .any(|n| n.eq_ignore_ascii_case(&name));
+                let named =
+                    |names: &Vec<String>| names.iter().any(|n| n.eq_ignore_ascii_case(&name));
+                let reset =
+                    self.reset_all && !named(&self.set_after_reset_all) || named(&self.reset_names);
                 if !reset {
                     out.push(ParamChange::Report(name, value));
                 }
             }
             self.reset_names.clear();
             self.reset_all = false;
+            self.set_after_reset_all.clear();
         }
         self.error = false;
     }
 
     fn commit(&mut self, out: &mut Vec<ParamChange>) {
         for pending in self.pending.drain(..) {
-            if let Pending::Change(change) = pending {
-                match &change {
-                    ParamChange::ResetAll | ParamChange::DiscardAll => self.reset_all = true,
-                    ParamChange::Reset(name) => self.reset_names.push(name.clone()),
-                    _ => {}
+            match pending {
+                Pending::Change(change) => {
+                    match &change {
+                        ParamChange::ResetAll | ParamChange::DiscardAll => {
+                            self.reset_all = true;
+                            self.reset_names.clear();
+                            self.set_after_reset_all.clear();
+                        }
+                        ParamChange::Reset(name) => {
+                            self.reset_names.push(name.clone());
+                            self.set_after_reset_all
+                                .retain(|n| !n.eq_ignore_ascii_case(name));
+                        }
+                        _ => {}
+                    }
+                    out.push(change);
                 }
-                out.push(change);
+                // PostgreSQL reports at the end of a query, so a value reported
+                // after this may be what the statement set: the server's word.
+                Pending::Untracked(None) => {
+                    self.reset_names.clear();
+                    self.reset_all = false;
+                    self.set_after_reset_all.clear();
+                }
+                Pending::Untracked(Some(name)) => {
+                    self.reset_names.retain(|n| !n.eq_ignore_ascii_case(&name));
+                    if self.reset_all {
+                        self.set_after_reset_all.push(name.into());
+                    }
+                }
+                Pending::Savepoint(_) => {}
+            }
+        }
+    }
+
+    /// Drops a pending change of the same parameter that `change` overrides: one
+    /// made since the last savepoint, RESET ALL and DISCARD ALL (a savepoint may be
+    /// rolled back to, and the others change every parameter). A loop of SETs in
+    /// one transaction then keeps one entry per parameter, not one per SET. Order
+    /// between different parameters does not matter, even for `role` and
+    /// `session_authorization`: the later authorization drops the role either way.
+    fn replace_earlier(&mut self, change: &ParamChange) {
+        let Some(name) = change.name() else {
+            return;
+        };
+        let earlier = self.pending.iter().rposition(|p| match p {
+            Pending::Savepoint(_) => true,
+            Pending::Change(c) => c.name().is_none_or(|n| n.eq_ignore_ascii_case(name)),
+            Pending::Untracked(_) => false,
+        });
+        if let Some(at) = earlier {
+            if matches!(&self.pending[at], Pending::Change(c) if c.name().is_some()) {
+                self.pending.remove(at);
             }
         }
     }
@@ -239,6 +325,25 @@ mod tests {
     }
 
     #[test]
+    fn a_loop_of_sets_keeps_one_entry_per_parameter() {
+        let mut tracker = TxSettings::default();
+        let mut out = Vec::new();
+        tracker.completed(Action::Other, b"BEGIN\0", &mut out);
+        for i in 0..3 * MAX_PENDING {
+            let change = ParamChange::Set(format!("app.{}", i % 3), i.to_string());
+            tracker.completed(Action::Change(change), b"SET\0", &mut out);
+        }
+        tracker.completed(Action::Savepoint(sp("s")), b"SAVEPOINT\0", &mut out);
+        let reset = ParamChange::Reset("APP.0".into());
+        tracker.completed(Action::Change(reset.clone()), b"RESET\0", &mut out);
+        tracker.completed(Action::Other, b"COMMIT\0", &mut out);
+        assert!(!tracker.lost);
+        let last = |i: usize| ParamChange::Set(format!("app.{}", i % 3), i.to_string());
+        let n = 3 * MAX_PENDING;
+        assert_eq!(out, vec![last(n - 3), last(n - 2), last(n - 1), reset]);
+    }
+
+    #[test]
     fn replies_that_do_not_match_lose_track() {
         let i = tag::STATUS_IDLE;
         assert!(run(vec![Done(set("a"), "SELECT 1"), Ready(i)]).1);
@@ -265,5 +370,46 @@ mod tests {
         tracker.reported("TimeZone".into(), "GMT".into());
         tracker.ready(tag::STATUS_IDLE, &mut out);
         assert_eq!(out, vec![ParamChange::ResetAll]);
+    }
+
+    #[test]
+    #[rustfmt::skip]
+    fn a_value_reported_after_an_untracked_change_is_taken_even_after_a_reset() {
+        let untracked = |name: &str| Action::Untracked(Some(name.into()));
+        let report = ParamChange::Report("TimeZone".into(), "Europe/Paris".into());
+        let reset = ParamChange::Reset("timezone".into());
+        // RESET, then set_config: the reported value is set_config's.
+        // set_config, then RESET: the reported value is the server's login value.
+        for (first, second, expected) in [
+            (Action::Change(reset.clone()), Action::Untracked(None), vec![reset.clone(), report.clone()]),
+            (Action::Change(reset.clone()), untracked("timezone"), vec![reset.clone(), report.clone()]),
+            (Action::Change(reset.clone()), untracked("app.x"), vec![reset.clone()]),
+            (Action::Untracked(None), Action::Change(reset.clone()), vec![reset.clone()]),
+            (Action::Change(ParamChange::ResetAll), untracked("app.x"), vec![ParamChange::ResetAll]),
+            (Action::Change(ParamChange::ResetAll), untracked("timezone"), vec![ParamChange::ResetAll, report.clone()]),
+        ] {
+            let mut tracker = TxSettings::default();
+            let mut out = Vec::new();
+            tracker.completed(Action::Other, b"BEGIN\0", &mut out);
+            tracker.completed(first, b"RESET\0", &mut out);
+            tracker.completed(second, b"RESET\0", &mut out);
+            tracker.completed(Action::Other, b"COMMIT\0", &mut out);
+            tracker.reported("TimeZone".into(), "Europe/Paris".into());
+            tracker.ready(tag::STATUS_IDLE, &mut out);
+            assert_eq!(out, expected);
+            assert!(!tracker.lost);
+        }
+        // Rolled back to a savepoint, the untracked change explains nothing.
+        let mut tracker = TxSettings::default();
+        let mut out = Vec::new();
+        tracker.completed(Action::Other, b"BEGIN\0", &mut out);
+        tracker.completed(Action::Change(reset.clone()), b"RESET\0", &mut out);
+        tracker.completed(Action::Savepoint(sp("s")), b"SAVEPOINT\0", &mut out);
+        tracker.completed(Action::Untracked(None), b"SELECT 1\0", &mut out);
+        tracker.completed(Action::RollbackTo(sp("s")), b"ROLLBACK\0", &mut out);
+        tracker.completed(Action::Other, b"COMMIT\0", &mut out);
+        tracker.reported("TimeZone".into(), "UTC".into());
+        tracker.ready(tag::STATUS_IDLE, &mut out);
+        assert_eq!(out, vec![reset]);
     }
 }

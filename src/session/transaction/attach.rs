@@ -22,8 +22,10 @@ use crate::buffer_budget::Reservation;
 use crate::pool::{PooledServer, ServerPool};
 use crate::protocol::frame::{complete_prefix, FrameError, FrameScanner, Messages};
 use crate::protocol::tag;
+use crate::server::params::ParamSet;
 use crate::server::statements::ServerStatements;
 use crate::server::stream::{ServerReadHalf, ServerWriteHalf};
+use crate::session::client_params::ClientParams;
 use crate::session::ledger::{Event, Ledger, Segment};
 use crate::session::relay::{self, RelayEnd};
 use crate::session::statements::ClientStatements;
@@ -48,6 +50,11 @@ struct Shared<'a> {
     writing: bool,
     client: &'a mut ClientStatements,
     server: &'a mut ServerStatements,
+    /// The client's parameters and what the server has set: settings that hold
+    /// are applied as they happen, so a long chain of transactions in one attach
+    /// (COMMIT AND CHAIN) piles nothing up.
+    params: &'a mut ClientParams,
+    applied: &'a mut ParamSet,
 }
 
 impl Shared<'_> {
@@ -110,7 +117,7 @@ pub(super) async fn attach(
         replay,
         scanner,
     } = buffers;
-    ledger.reset();
+    ledger.reset(session.params.nonstandard_strings());
     replay.clear();
     scanner.reset();
     let env = &session.env;
@@ -122,6 +129,8 @@ pub(super) async fn attach(
         writing: false,
         client: &mut session.statements,
         server: &mut connection.statements,
+        params: &mut session.params,
+        applied: &mut connection.applied,
     });
     let wake = Notify::new();
     let (client_reader, client_writer) = socket.split();
@@ -463,8 +472,9 @@ impl Downstream<'_, '_> {
 
     /// Applies the events that need nothing but what this direction holds, as they
     /// happen: a client pipelining thousands of requests in one attach must not
-    /// pile them up (a rejected statement is forgotten at once). The rest wait for
-    /// the end of the attach.
+    /// pile them up (a rejected statement is forgotten at once, a setting that
+    /// holds is applied). ParameterStatus waits for the end of the attach, only the
+    /// latest per parameter.
     fn apply_now(&mut self, state: &mut Shared<'_>) {
         let listener = &self.env.listener.config.name;
         let pool = self.pool;
@@ -481,8 +491,16 @@ impl Downstream<'_, '_> {
                 crate::metrics::record_error(listener, code);
                 false
             }
-            Event::ParameterStatus(_) | Event::ParamCommitted(_) => true,
+            Event::ParamCommitted(change) => {
+                state.params.apply(change);
+                // What the server now has: a RESET returns it to its login value,
+                // which the next checkout brings back in line with the client.
+                change.apply_to_server(state.applied);
+                false
+            }
+            Event::ParameterStatus(_) => true,
         });
+        keep_latest_parameter_status(self.events);
     }
 
     /// The server ended before running the request: resend it if the node is
@@ -505,6 +523,32 @@ fn server_protocol_error(e: FrameError) -> RelayEnd {
     RelayEnd::ServerGone {
         error: None,
         sent_error: false,
+    }
+}
+
+/// Drops every ParameterStatus event followed by a later one for the same
+/// parameter (PostgreSQL reports a bounded set of parameters, so this keeps the
+/// list bounded however long the attach).
+fn keep_latest_parameter_status(events: &mut Vec<Event>) {
+    fn name(body: &[u8]) -> &[u8] {
+        body.split(|&b| b == 0).next().unwrap_or_default()
+    }
+    let mut at = 0;
+    while at < events.len() {
+        let later = match &events[at] {
+            Event::ParameterStatus(body) => {
+                let mine = name(body);
+                events[at + 1..]
+                    .iter()
+                    .any(|e| matches!(e, Event::ParameterStatus(other) if name(other) == mine))
+            }
+            _ => false,
+        };
+        if later {
+            events.remove(at);
+        } else {
+            at += 1;
+        }
     }
 }
 
@@ -561,5 +605,31 @@ async fn write_segments<W: tokio::io::AsyncWrite + Unpin>(
             writer.flush().await?;
             Ok(out.len())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_latest_parameter_status_per_name_is_kept() {
+        let status = |body: &[u8]| Event::ParameterStatus(body.to_vec());
+        let mut events = Vec::new();
+        for i in 0..1000 {
+            events.push(status(format!("application_name\0run {i}\0").as_bytes()));
+            events.push(status(b"TimeZone\0UTC\0"));
+            keep_latest_parameter_status(&mut events);
+        }
+        events.push(Event::Error("42601".into()));
+        keep_latest_parameter_status(&mut events);
+        assert_eq!(
+            events,
+            vec![
+                status(b"application_name\0run 999\0"),
+                status(b"TimeZone\0UTC\0"),
+                Event::Error("42601".into()),
+            ]
+        );
     }
 }
