@@ -6,6 +6,10 @@
 //! in PostgreSQL), never allocates and never panics. What the statements mean is
 //! [`sql_scan`](super::sql_scan)'s job.
 
+/// Makes a string literal an escape string (`E'...'`), whose backslashes mean
+/// the same whatever `standard_conforming_strings` is.
+const ESCAPE_STRING_PREFIX: &[u8] = b"E";
+
 /// What a token is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -289,7 +293,7 @@ pub fn portable_literals(sql: &[u8], standard_strings: bool) -> Option<Vec<u8>> 
             continue;
         }
         out.extend_from_slice(sql.get(copied..token.start)?);
-        out.push(b'E');
+        out.extend_from_slice(ESCAPE_STRING_PREFIX);
         if standard_strings {
             // Each backslash was itself: doubled, it stays itself in E''.
             for &byte in text {

@@ -33,22 +33,24 @@ pub(super) fn check(options: &str) -> Result<(), ClientError> {
                 } else {
                     joined
                 };
-                return_if_refused(switch, argument)?;
+                return_if_refused(switch as char, argument)?;
                 break;
             }
             if !WITHOUT_ARGUMENT.contains(&switch) {
                 return Err(invalid_argument(word));
             }
-            return_if_refused(switch, "")?;
+            return_if_refused(switch as char, "")?;
         }
     }
     Ok(())
 }
 
-fn return_if_refused(switch: u8, argument: &str) -> Result<(), ClientError> {
+/// Switch letters are compared as chars: they are command-line letters, not
+/// protocol message tags.
+fn return_if_refused(switch: char, argument: &str) -> Result<(), ClientError> {
     match switch {
-        b'c' | b'-' if !argument.contains('=') => {
-            let shown = if switch == b'c' {
+        'c' | '-' if !argument.contains('=') => {
+            let shown = if switch == 'c' {
                 format!("-c {argument}")
             } else {
                 format!("--{argument}")
@@ -58,22 +60,22 @@ fn return_if_refused(switch: u8, argument: &str) -> Result<(), ClientError> {
                 format!("{shown} requires a value"),
             ))
         }
-        b'c' | b'-' => Ok(()),
+        'c' | '-' => Ok(()),
         // PostgreSQL ignores these for a client (they only mean something to a
         // server started from the command line).
-        b'b' | b'C' | b'D' | b'E' | b'j' | b'n' | b'r' | b'T' | b'v' => Ok(()),
-        b'B' => restart_only("shared_buffers"),
-        b'h' | b'i' => restart_only("listen_addresses"),
-        b'k' => restart_only("unix_socket_directories"),
-        b'N' => restart_only("max_connections"),
-        b'p' => restart_only("port"),
-        b'F' => not_now("fsync"),
-        b'l' => not_now("ssl"),
+        'b' | 'C' | 'D' | 'E' | 'j' | 'n' | 'r' | 'T' | 'v' => Ok(()),
+        'B' => restart_only("shared_buffers"),
+        'h' | 'i' => restart_only("listen_addresses"),
+        'k' => restart_only("unix_socket_directories"),
+        'N' => restart_only("max_connections"),
+        'p' => restart_only("port"),
+        'F' => not_now("fsync"),
+        'l' => not_now("ssl"),
         other => Err(ClientError::fatal(
             SqlState::FeatureNotSupported,
             format!(
                 "the startup option -{} is not supported through Switchyard",
-                other as char
+                other
             ),
         )
         .with_hint("Give settings as -c name=value or --name=value.")),
