@@ -1,7 +1,10 @@
 //! Query cancellation. Each client gets a BackendKeyData from here; the registry
 //! maps it to the server connection the client is using at that moment, and a
 //! CancelRequest arriving on a new connection is forwarded to that server with the
-//! server's own key. Behind a VIP a client's CancelRequest (a new connection) can
+//! server's own key; while the client's request still waits for a server, the
+//! cancel goes to the waiting session instead (`session::waiting`), and a session
+//! does not give its server to anyone else while a cancel for it is on the way
+//! ([`Registration::settle`]). Behind a VIP a client's CancelRequest (a new connection) can
 //! reach the other instance of a pair, so each key also names the instance that
 //! issued it, and a key issued by a configured peer is passed on to that peer.
 //!

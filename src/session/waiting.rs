@@ -63,42 +63,64 @@ pub(super) async fn checkout(
             registration.set_target(Some(server.cancel_target()));
         }
     };
-    // Made here, not passed in: moving the checkout future would copy it on every
-    // transaction.
-    let mut checkout = pin!(session.checkout());
-    let first = std::future::poll_fn(|cx| Poll::Ready(checkout.as_mut().poll(cx))).await;
-    match first {
-        Poll::Ready(done) => {
-            set_target(&done);
-            Waited::Done(done)
+    // The checkout (and whatever it holds: a place in the queue, a hold) is
+    // dropped before a cancelled request is answered, so the client never sees
+    // its answer while the proxy still counts it as waiting.
+    let watched = {
+        // Made here, not passed in: moving the checkout future would copy it on
+        // every transaction.
+        let mut checkout = pin!(session.checkout());
+        let first = std::future::poll_fn(|cx| Poll::Ready(checkout.as_mut().poll(cx))).await;
+        match first {
+            Poll::Ready(done) => {
+                set_target(&done);
+                return Waited::Done(done);
+            }
+            // Boxed: only a request that has to wait pays for the watching future,
+            // and every session future (idle ones included) stays as small as before.
+            Poll::Pending => {
+                Box::pin(unless_client_gives_up(
+                    checkout,
+                    socket,
+                    inbox,
+                    registration,
+                    set_target,
+                ))
+                .await
+            }
         }
-        // Boxed: only a request that has to wait pays for the watching future, and
-        // every session future (idle ones included) stays as small as before.
-        Poll::Pending => {
-            Box::pin(unless_client_gives_up(
-                checkout,
-                socket,
-                inbox,
-                max_message,
-                registration,
-                set_target,
-            ))
-            .await
-        }
+    };
+    match watched {
+        Watched::Done(done) => Waited::Done(done),
+        Watched::ClientGone(end) => Waited::ClientGone(end),
+        // Boxed: rare, and kept out of every session's future.
+        Watched::Cancelled => match Box::pin(answer_cancelled(socket, inbox, max_message)).await {
+            Ok(true) => Waited::Cancelled,
+            Ok(false) => Waited::CancelledBeforeSync,
+            Err(end) => Waited::ClientGone(end),
+        },
     }
 }
 
-/// Goes on with `wait` (polled once already) unless the client gives up first. `on_done` runs before the cancel key stops pointing at
-/// the waiting request, so the caller can point it at the server it got and no
-/// cancel falls between the two.
+/// How watching a wait ended.
+enum Watched<T> {
+    Done(T),
+    ClientGone(RelayEnd),
+    /// A CancelRequest came; the request is still to be answered.
+    Cancelled,
+}
+
+/// Goes on with `wait` (polled once already) unless the client gives up first.
+/// `on_done` runs before the cancel key stops pointing at the waiting request, so
+/// the caller can point it at the server it got and no cancel falls between the
+/// two.
 async fn unless_client_gives_up<F: Future>(
     mut wait: Pin<&mut F>,
     socket: &mut ClientStream,
     inbox: &mut BytesMut,
-    max_message: usize,
     registration: &Registration,
     on_done: impl FnOnce(&F::Output),
-) -> Waited<F::Output> {
+) -> Watched<F::Output> {
     let mut cancelled = pin!(registration.cancel_while_waiting());
     cancelled.as_mut().enable();
     let _waiting = registration.waiting();
@@ -107,15 +129,11 @@ async fn unless_client_gives_up<F: Future>(
     // handed it a slot gives the slot back.
     tokio::select! {
         biased;
-        () = &mut cancelled => match answer_cancelled(socket, inbox, max_message).await {
-            Ok(true) => Waited::Cancelled,
-            Ok(false) => Waited::CancelledBeforeSync,
-            Err(end) => Waited::ClientGone(end),
-        },
-        end = client_leaves(socket, inbox) => Waited::ClientGone(end),
+        () = &mut cancelled => Watched::Cancelled,
+        end = client_leaves(socket, inbox) => Watched::ClientGone(end),
         done = wait.as_mut() => {
             on_done(&done);
-            Waited::Done(done)
+            Watched::Done(done)
         }
     }
 }

@@ -176,10 +176,14 @@ async def own_backend_pid():
 
 
 async def wait_active(direct, pid):
-    step(f"waiting for backend {pid} to run its query")
+    """Waits until backend `pid` sleeps in pg_sleep: asyncpg prepares first, and a
+    cancel that arrives between its Parse and its Execute finds the backend idle,
+    which PostgreSQL ignores (directly as through a proxy)."""
+    step(f"waiting for backend {pid} to sleep in pg_sleep")
     for _ in range(100):
         if await direct.fetchval(
-                "select count(*) from pg_stat_activity where pid = $1 and state = 'active'", pid):
+                "select count(*) from pg_stat_activity where pid = $1 and state = 'active' "
+                "and wait_event = 'PgSleep'", pid):
             return
         await asyncio.sleep(0.05)
     raise AssertionError(f"backend {pid} never ran the query")
