@@ -108,7 +108,7 @@ mod tests {
     fn every_keyword_is_behind_a_trigger() {
         // Every byte-string keyword the classifier compares with is either a
         // trigger's superstring or a follower.
-        let source = include_str!("sql_scan.rs");
+        let source = include_str!("sql_scan/mod.rs");
         // The classifier proper: from `scan_statements` to the tests (the trigger
         // table above it is what is being checked).
         let code = source
