@@ -104,6 +104,47 @@ async fn a_client_that_leaves_the_pool_queue_runs_nothing() {
     );
 }
 
+/// Runs `request` on `waiter` (it has to wait: the pool's only server is held),
+/// cancels it once the proxy counts it waiting, and checks the answer is 57014
+/// and that the proxy no longer counts it; gives the client back.
+async fn cancelled_while_queued<F, Fut>(
+    proxy: &switchyard::proxy::RunningProxy,
+    waiter: tokio_postgres::Client,
+    what: &str,
+    request: F,
+) -> tokio_postgres::Client
+where
+    F: FnOnce(tokio_postgres::Client) -> Fut,
+    Fut: std::future::Future<Output = (tokio_postgres::Client, Result<(), tokio_postgres::Error>)>
+        + Send
+        + 'static,
+{
+    let token = waiter.cancel_token();
+    let queued = tokio::spawn(request(waiter));
+    eventually(
+        Duration::from_secs(5),
+        &format!("{what} waits for a server"),
+        || async { waiting(proxy).await == 1 },
+    )
+    .await;
+    token
+        .cancel_query(tokio_postgres::NoTls)
+        .await
+        .expect("send the cancel");
+    let (waiter, result) = within(5, &format!("the cancelled {what} is answered"), queued)
+        .await
+        .expect("join");
+    let error = result.expect_err("the cancelled request fails");
+    assert_eq!(
+        error.code().map(|c| c.code()),
+        Some("57014"),
+        "{what}: {}",
+        describe(&error)
+    );
+    assert_eq!(waiting(proxy).await, 0, "{what}: nobody waits any more");
+    waiter
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_cancel_of_a_queued_request_answers_57014_and_runs_nothing() {
     let port = shared_cluster().await.port(0);
@@ -116,61 +157,24 @@ async fn a_cancel_of_a_queued_request_answers_57014_and_runs_nothing() {
         .await
         .expect("holder: begin");
     let waiter = connect(rw, "app", "app_pw").await;
-    let token = waiter.cancel_token();
     let insert = format!("INSERT INTO {table} VALUES (1)");
-    let queued = tokio::spawn(async move {
+    let waiter = cancelled_while_queued(&proxy, waiter, "the insert", move |waiter| async move {
         let result = waiter.batch_execute(&insert).await;
-        (waiter, result)
-    });
-    eventually(
-        Duration::from_secs(5),
-        "the insert waits for a server",
-        || async { waiting(&proxy).await == 1 },
-    )
+        (waiter, result.map(|_| ()))
+    })
     .await;
-    token
-        .cancel_query(tokio_postgres::NoTls)
-        .await
-        .expect("send the cancel");
-    let (waiter, result) = within(5, "the cancelled insert is answered", queued)
-        .await
-        .expect("join");
-    let error = result.expect_err("the cancelled insert fails");
-    assert_eq!(
-        error.code().map(|c| c.code()),
-        Some("57014"),
-        "{}",
-        describe(&error)
-    );
-    assert_eq!(waiting(&proxy).await, 0, "nobody waits any more");
-
     // The same through the extended protocol (Parse/Bind/Execute/Sync).
-    let token = waiter.cancel_token();
     let insert = format!("INSERT INTO {table} VALUES ($1)");
-    let queued = tokio::spawn(async move {
-        let result = waiter.execute(&insert, &[&2i32]).await;
-        (waiter, result)
-    });
-    eventually(
-        Duration::from_secs(5),
-        "the prepared insert waits",
-        || async { waiting(&proxy).await == 1 },
+    let waiter = cancelled_while_queued(
+        &proxy,
+        waiter,
+        "the prepared insert",
+        move |waiter| async move {
+            let result = waiter.execute(&insert, &[&2i32]).await;
+            (waiter, result.map(|_| ()))
+        },
     )
     .await;
-    token
-        .cancel_query(tokio_postgres::NoTls)
-        .await
-        .expect("send the cancel");
-    let (waiter, result) = within(5, "the cancelled prepared insert is answered", queued)
-        .await
-        .expect("join");
-    let error = result.expect_err("the cancelled prepared insert fails");
-    assert_eq!(
-        error.code().map(|c| c.code()),
-        Some("57014"),
-        "{}",
-        describe(&error)
-    );
 
     holder
         .batch_execute("COMMIT")
