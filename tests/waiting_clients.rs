@@ -37,6 +37,18 @@ async fn rows(port: u16, table: &str) -> i64 {
     su_count(port, &format!("select count(*) from {table}")).await
 }
 
+/// Once a server is free again, lets the next client take it and checks that no
+/// given-up request ran (`what` names the one that must not have).
+async fn assert_nothing_ran(rw: SocketAddr, port: u16, table: &str, what: &str) {
+    let next = connect(rw, "app", "app_pw").await;
+    next.batch_execute("select 1")
+        .await
+        .expect("the next client");
+    // Anything still queued would have run by now.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(rows(port, table).await, 0, "{what}");
+}
+
 /// The proxy's count of clients waiting for a server (all listeners), from /status.
 async fn waiting(proxy: &switchyard::proxy::RunningProxy) -> u64 {
     let status = admin_status(proxy).await;
@@ -91,17 +103,7 @@ async fn a_client_that_leaves_the_pool_queue_runs_nothing() {
         .batch_execute("COMMIT")
         .await
         .expect("holder: commit");
-    // Anything still queued would take the server now.
-    let next = connect(rw, "app", "app_pw").await;
-    next.batch_execute("select 1")
-        .await
-        .expect("the next client");
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(
-        rows(port, &table).await,
-        0,
-        "the insert of the client that left ran"
-    );
+    assert_nothing_ran(rw, port, &table, "the insert of the client that left ran").await;
 }
 
 /// Runs `request` on `waiter` (it has to wait: the pool's only server is held),
@@ -232,16 +234,7 @@ async fn clients_that_give_up_during_a_pause_run_nothing_on_resume() {
     // Give the proxy a moment to see the closed socket before RESUME.
     tokio::time::sleep(Duration::from_millis(300)).await;
     post(&proxy, "/resume").await;
-    let next = connect(rw, "app", "app_pw").await;
-    next.batch_execute("select 1")
-        .await
-        .expect("the next client");
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(
-        rows(port, &table).await,
-        0,
-        "an insert given up during the pause ran"
-    );
+    assert_nothing_ran(rw, port, &table, "an insert given up during the pause ran").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -281,14 +274,11 @@ async fn a_client_that_leaves_the_failover_hold_runs_nothing() {
         !admin_status(&proxy).await["primary"].is_null()
     })
     .await;
-    let next = connect(rw, "app", "app_pw").await;
-    next.batch_execute("select 1")
-        .await
-        .expect("the next client");
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(
-        rows(port, &table).await,
-        0,
-        "the held insert of the client that left ran"
-    );
+    assert_nothing_ran(
+        rw,
+        port,
+        &table,
+        "the held insert of the client that left ran",
+    )
+    .await;
 }
